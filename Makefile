@@ -1,0 +1,47 @@
+# greenhub - developer commands.  `make help` lists them.
+PY ?= python3
+PIP = $(PY) -m pip
+export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
+
+.PHONY: help deps build debug demo test test-unit test-compat bench clean
+
+help:
+	@echo "make demo        install what is missing, build, run the showcase"
+	@echo "make test        install what is missing, build, run every test"
+	@echo "make build       build the C extension in place (PY=python3.x to pick)"
+	@echo "make debug       debug build: -O0 -g, assertions on"
+	@echo "make test-unit   pytest suite only;  make test-compat  CPython's suites only"
+	@echo "make bench       scheduling benchmarks: greenhub vs asyncio vs uvloop"
+
+# System and Python packages a fresh Debian machine lacks.
+deps:
+	@if [ ! -f /usr/include/ev.h ] && [ -z "$$LIBEV_PREFIX" ]; then \
+	    echo "installing libev-dev"; \
+	    (apt-get update -qq && apt-get install -y -qq libev-dev) >/dev/null; \
+	fi
+	@$(PY) -c "import greenlet, pytest, pytest_timeout" 2>/dev/null || \
+	    $(PIP) install -q --disable-pip-version-check "greenlet>=3.0" pytest pytest-timeout
+
+build: deps
+	$(PY) setup.py -q build_ext --inplace
+
+debug: deps
+	GREENHUB_DEBUG=1 $(PY) setup.py -q build_ext --inplace --force
+
+demo: build
+	$(PY) examples/demo.py
+
+test-unit: build
+	$(PY) -m pytest -q tests
+
+test-compat: build
+	$(PY) compat/run_cpython.py
+
+test: test-unit test-compat
+
+bench: build
+	@$(PY) -c "import uvloop" 2>/dev/null || $(PIP) install -q uvloop
+	$(PY) benchmarks/bench_scheduling.py
+
+clean:
+	rm -rf build greenhub/*.so greenhub/__pycache__ tests/__pycache__

@@ -1,0 +1,54 @@
+"""greenhub: virtual threads for Python.
+
+An asyncio event loop written in C on libev.  Use it as any asyncio loop::
+
+    import asyncio, greenhub
+
+    greenhub.run(main())                                   # like asyncio.run()
+    asyncio.run(main(), loop_factory=greenhub.new_event_loop)   # Python 3.12+
+    asyncio.set_event_loop_policy(greenhub.Policy())       # or greenhub.install()
+"""
+
+import asyncio as _asyncio
+
+from . import _core
+from ._loop import Loop
+
+__all__ = ["Loop", "Policy", "new_event_loop", "run", "install"]
+__version__ = "0.1.0.dev0"
+
+
+def new_event_loop():
+    """Return a new greenhub event loop (usable as ``loop_factory=``)."""
+    return Loop()
+
+
+class Policy(_asyncio.events.BaseDefaultEventLoopPolicy):
+    """An asyncio event loop policy whose loops are greenhub loops.
+
+    ``asyncio.set_event_loop_policy(greenhub.Policy())`` makes
+    ``asyncio.new_event_loop()``, ``asyncio.run()`` and
+    ``asyncio.get_event_loop()`` (main thread) use greenhub.
+    """
+
+    _loop_factory = Loop
+
+    def __repr__(self):
+        return f"<{type(self).__module__}.{type(self).__qualname__}>"
+
+
+def install():
+    """Make greenhub the loop asyncio creates by default in this process
+    (sets a greenhub.Policy as the event loop policy)."""
+    _asyncio.set_event_loop_policy(Policy())
+
+
+def run(main, *, debug=None):
+    """Run coroutine `main` on a new greenhub loop and return its result.
+
+    Behaves as ``asyncio.run(main, debug=debug)``: cancels leftover tasks,
+    finalises async generators, shuts the default executor down and closes
+    the loop; Ctrl-C cancels `main` and raises KeyboardInterrupt.
+    """
+    with _asyncio.Runner(debug=debug, loop_factory=new_event_loop) as runner:
+        return runner.run(main)

@@ -1,0 +1,41 @@
+/*
+ * compat.h - small shims so the extension builds on CPython 3.11-3.13 with
+ * public API only.
+ */
+#ifndef GH_COMPAT_H
+#define GH_COMPAT_H
+
+#include <Python.h>
+
+/* PyErr_GetRaisedException()/PyErr_SetRaisedException() are 3.12+. */
+#if PY_VERSION_HEX < 0x030C0000
+static inline PyObject *
+gh_err_get_raised(void)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    if (type == NULL) {
+        return NULL;
+    }
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL) {
+        PyException_SetTraceback(value, tb);
+    }
+    Py_DECREF(type);
+    Py_XDECREF(tb);
+    return value;
+}
+
+static inline void
+gh_err_set_raised(PyObject *exc)
+{
+    PyObject *type = Py_NewRef((PyObject *)Py_TYPE(exc));
+    PyObject *tb = PyException_GetTraceback(exc);
+    PyErr_Restore(type, exc, tb);
+}
+#else
+#define gh_err_get_raised() PyErr_GetRaisedException()
+#define gh_err_set_raised(exc) PyErr_SetRaisedException(exc)
+#endif
+
+#endif /* GH_COMPAT_H */

@@ -1,0 +1,926 @@
+/*
+ * loop.c - the Loop type: scheduling, timers and the run loop.  See loop.h.
+ *
+ * One iteration (run_once) does what asyncio's BaseEventLoop._run_once does,
+ * in the same order, so callback order is identical to the stock loop:
+ *
+ *   1. drop cancelled timers from the head of the timer queue (or sweep the
+ *      whole queue when more than half of it is cancelled);
+ *   2. poll: without waiting if callbacks are ready or stop() was called,
+ *      else until the earliest timer, else until woken;
+ *   3. move every timer whose deadline has passed to the ready queue;
+ *   4. run the callbacks that are ready *now*; callbacks they schedule run
+ *      in the next iteration, after another poll.
+ *
+ * Threads.  The ready queue has no lock of its own: every access - including
+ * call_soon_threadsafe() from other threads and Python-level signal handlers
+ * - happens with the GIL held, and no Python code runs between the reads and
+ * writes of one queue operation.  The GIL is released only inside the poll,
+ * where the loop does not touch the queue.  After queueing,
+ * call_soon_threadsafe() wakes a sleeping poll through the reactor.
+ *
+ * Task steps.  The run loop only ever calls handles.  A task step is a
+ * handle whose callback is the task's step function, so running steps on
+ * greenlets is a matter of what that callback does (the task layer), not of
+ * this loop.
+ */
+#include "loop.h"
+
+#include <structmember.h>
+
+#include "clock.h"
+#include "compat.h"
+#include "handle.h"
+
+/* asyncio's cap on one poll's wait (base_events.MAXIMUM_SELECT_TIMEOUT). */
+#define MAX_POLL_TIMEOUT (24 * 3600.)
+/* Sweep the timer queue when it holds more than this many timers and more
+ * than half of them are cancelled (asyncio's thresholds). */
+#define MIN_TIMERS_FOR_SWEEP 100
+
+/* --- checks shared by the scheduling methods ----------------------------- */
+
+static int
+check_closed(gh_Loop *self)
+{
+    if (self->closed) {
+        PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
+        return -1;
+    }
+    return 0;
+}
+
+static int
+check_thread(gh_Loop *self)
+{
+    if (self->has_thread_id && PyThread_get_thread_ident() != self->thread_id) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "Non-thread-safe operation invoked on an event loop "
+                        "other than the current one");
+        return -1;
+    }
+    return 0;
+}
+
+/*
+ * Is `cb` a coroutine function (which call_soon() must refuse)?  asyncio asks
+ * inspect.iscoroutinefunction() and looks for markers; that costs far more
+ * than scheduling, so decide the common cases here and ask asyncio only
+ * when the answer depends on attributes we cannot see cheaply.
+ */
+static int
+is_coroutine_function(gh_state *st, PyObject *cb)
+{
+    for (;;) {
+        if (PyCFunction_Check(cb)) {
+            return 0; /* builtins carry no code flags and no attributes */
+        }
+        if (PyMethod_Check(cb)) {
+            cb = PyMethod_GET_FUNCTION(cb); /* markers are read through __func__ */
+            continue;
+        }
+        break;
+    }
+    PyTypeObject *tp = Py_TYPE(cb);
+    if (PyFunction_Check(cb)) {
+        PyCodeObject *code = (PyCodeObject *)PyFunction_GET_CODE(cb);
+        if (code->co_flags & CO_COROUTINE) {
+            return 1;
+        }
+        PyObject *dict = ((PyFunctionObject *)cb)->func_dict;
+        if (dict == NULL || PyDict_GET_SIZE(dict) == 0) {
+            return 0; /* no marker attribute can be set */
+        }
+    }
+    else if (tp->tp_dictoffset == 0 &&
+             (!(tp->tp_flags & Py_TPFLAGS_HEAPTYPE) ||
+              (tp->tp_flags & Py_TPFLAGS_IMMUTABLETYPE))) {
+        /* No instance dict and a type nobody can add attributes to. */
+        return 0;
+    }
+    PyObject *res = PyObject_CallOneArg(st->iscoroutinefunction, cb);
+    if (res == NULL) {
+        return -1;
+    }
+    int yes = PyObject_IsTrue(res);
+    Py_DECREF(res);
+    return yes;
+}
+
+/* asyncio's BaseEventLoop._check_callback(), same messages. */
+static int
+check_callback(gh_state *st, PyObject *cb, const char *method)
+{
+    int coro;
+    if (PyCallable_Check(cb)) {
+        coro = is_coroutine_function(st, cb);
+    }
+    else {
+        PyObject *res = PyObject_CallOneArg(st->iscoroutine, cb);
+        if (res == NULL) {
+            return -1;
+        }
+        coro = PyObject_IsTrue(res);
+        Py_DECREF(res);
+        if (coro == 0) {
+            PyErr_Format(PyExc_TypeError,
+                         "a callable object was expected by %s(), got %R", method, cb);
+            return -1;
+        }
+    }
+    if (coro < 0) {
+        return -1;
+    }
+    if (coro) {
+        PyErr_Format(PyExc_TypeError, "coroutines cannot be used with %s()", method);
+        return -1;
+    }
+    return 0;
+}
+
+/* Parses (callback, *args, context=None) from a vectorcall. */
+static int
+parse_callback_args(gh_state *st, const char *method, Py_ssize_t nargs,
+                    PyObject *kwnames, PyObject *const *kwvalues, PyObject **context)
+{
+    *context = NULL;
+    if (nargs < 1) {
+        PyErr_Format(PyExc_TypeError,
+                     "%s() missing 1 required positional argument: 'callback'", method);
+        return -1;
+    }
+    if (kwnames != NULL) {
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); i++) {
+            PyObject *name = PyTuple_GET_ITEM(kwnames, i);
+            int eq = name == st->str_context || PyUnicode_Compare(name, st->str_context) == 0;
+            if (!eq) {
+                if (PyErr_Occurred()) {
+                    return -1;
+                }
+                PyErr_Format(PyExc_TypeError,
+                             "%s() got an unexpected keyword argument '%U'", method, name);
+                return -1;
+            }
+            *context = kwvalues[i];
+        }
+    }
+    return 0;
+}
+
+/* Debug mode: remember where the handle was made (asyncio's
+ * _source_traceback), from the Python frame that called us. */
+static int
+attach_source_traceback(gh_state *st, gh_Handle *h)
+{
+    PyFrameObject *frame = PyEval_GetFrame(); /* borrowed */
+    if (frame == NULL || st->hook_extract_stack == NULL) {
+        return 0;
+    }
+    PyObject *tb = PyObject_CallOneArg(st->hook_extract_stack, (PyObject *)frame);
+    if (tb == NULL) {
+        return -1;
+    }
+    Py_XSETREF(h->source_traceback, tb);
+    return 0;
+}
+
+/* --- the queues --------------------------------------------------------- */
+
+/* Queues a handle; steals the reference to `h` on success and on failure. */
+static int
+push_ready(gh_Loop *self, gh_Handle *h)
+{
+    if (gh_readyq_push(&self->ready, h) < 0) {
+        Py_DECREF(h);
+        PyErr_NoMemory();
+        return -1;
+    }
+    self->st->queued_items++;
+    return 0;
+}
+
+static gh_Handle *
+new_soon_handle(gh_Loop *self, PyObject *const *args, Py_ssize_t nargs, PyObject *context)
+{
+    gh_Handle *h = gh_handle_new(self->st, self->st->HandleType, (PyObject *)self,
+                                 args[0], args + 1, nargs - 1, context);
+    if (h == NULL) {
+        return NULL;
+    }
+    if (self->debug && attach_source_traceback(self->st, h) < 0) {
+        Py_DECREF(h);
+        return NULL;
+    }
+    if (push_ready(self, (gh_Handle *)Py_NewRef(h)) < 0) {
+        Py_DECREF(h);
+        return NULL;
+    }
+    return h;
+}
+
+void
+gh_loop_timer_cancelled(gh_Loop *self, PyObject *timer)
+{
+    if (((gh_TimerHandle *)timer)->scheduled) {
+        self->timer_cancelled_count++;
+    }
+}
+
+/* A timer leaves the timer queue: returns the queue's reference. */
+static gh_TimerHandle *
+pop_timer(gh_Loop *self)
+{
+    gh_TimerHandle *t = gh_timerq_pop(&self->timers);
+    t->scheduled = 0;
+    if (t->base.cancelled) {
+        self->timer_cancelled_count--;
+    }
+    self->st->queued_items--;
+    return t;
+}
+
+typedef struct {
+    PyObject **items; /* dropped timers whose references are released later */
+    size_t len;
+} drop_list;
+
+static int
+timer_not_cancelled(void *data, void *arg)
+{
+    (void)arg;
+    return !((gh_Handle *)data)->cancelled;
+}
+
+static void
+timer_collect(void *data, void *arg)
+{
+    drop_list *dl = arg;
+    ((gh_TimerHandle *)data)->scheduled = 0;
+    dl->items[dl->len++] = data;
+}
+
+/* Step 1 of an iteration.  References are released only once the queue is
+ * consistent again, because releasing one can run arbitrary Python code. */
+static int
+drop_cancelled_timers(gh_Loop *self)
+{
+    gh_timerq *q = &self->timers;
+    if (q->len > MIN_TIMERS_FOR_SWEEP &&
+        (size_t)self->timer_cancelled_count * 2 > q->len) {
+        drop_list dl = {PyMem_Malloc(q->len * sizeof(PyObject *)), 0};
+        if (dl.items == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        gh_timerq_filter(q, timer_not_cancelled, timer_collect, &dl);
+        self->timer_cancelled_count = 0;
+        self->st->queued_items -= (Py_ssize_t)dl.len;
+        for (size_t i = 0; i < dl.len; i++) {
+            Py_DECREF(dl.items[i]);
+        }
+        PyMem_Free(dl.items);
+        return 0;
+    }
+    const gh_timer_entry *top;
+    while ((top = gh_timerq_top(q)) != NULL && ((gh_Handle *)top->data)->cancelled) {
+        Py_DECREF(pop_timer(self));
+    }
+    return 0;
+}
+
+/* Empties both queues (close, GC).  Handles are released one at a time, so
+ * code run by a release sees consistent queues. */
+static void
+clear_queues(gh_Loop *self)
+{
+    while (self->ready.len) {
+        gh_Handle *h = gh_readyq_pop(&self->ready);
+        self->st->queued_items--;
+        Py_DECREF(h);
+    }
+    while (self->timers.len) {
+        Py_DECREF(pop_timer(self));
+    }
+    self->timer_cancelled_count = 0;
+}
+
+/* --- the run loop --------------------------------------------------------- */
+
+static void
+release_gil(void *arg)
+{
+    gh_Loop *self = arg;
+    self->poll_tstate = PyEval_SaveThread();
+}
+
+static void
+acquire_gil(void *arg)
+{
+    gh_Loop *self = arg;
+    PyEval_RestoreThread(self->poll_tstate);
+    self->poll_tstate = NULL;
+}
+
+/* Debug mode runs each handle as asyncio does: it is _current_handle while
+ * it runs, and a slow one is reported. */
+static int
+run_handle_debug(gh_Loop *self, gh_Handle *h)
+{
+    gh_state *st = self->st;
+    Py_XSETREF(self->current_handle, Py_NewRef(h));
+    double t0 = gh_monotonic();
+    int rc = gh_handle_run(st, h);
+    double dt = gh_monotonic() - t0;
+    Py_CLEAR(self->current_handle);
+    if (rc < 0) {
+        return -1;
+    }
+    PyObject *limit_obj = PyObject_GetAttr((PyObject *)self, st->str_slow_callback_duration);
+    if (limit_obj == NULL) {
+        return -1;
+    }
+    double limit = PyFloat_AsDouble(limit_obj);
+    Py_DECREF(limit_obj);
+    if (limit == -1. && PyErr_Occurred()) {
+        return -1;
+    }
+    if (dt >= limit && st->hook_slow_callback != NULL) {
+        PyObject *secs = PyFloat_FromDouble(dt);
+        if (secs == NULL) {
+            return -1;
+        }
+        PyObject *res = PyObject_CallFunctionObjArgs(st->hook_slow_callback,
+                                                     (PyObject *)h, secs, NULL);
+        Py_DECREF(secs);
+        if (res == NULL) {
+            return -1;
+        }
+        Py_DECREF(res);
+    }
+    return 0;
+}
+
+static int
+run_once(gh_Loop *self)
+{
+    if (drop_cancelled_timers(self) < 0) {
+        return -1;
+    }
+
+    double timeout = -1.; /* no limit */
+    if (self->ready.len || self->stopping) {
+        timeout = 0.;
+    }
+    else if (self->timers.len) {
+        timeout = gh_timerq_top(&self->timers)->when - gh_monotonic();
+        if (timeout > MAX_POLL_TIMEOUT) {
+            timeout = MAX_POLL_TIMEOUT;
+        }
+        else if (timeout < 0.) {
+            timeout = 0.;
+        }
+    }
+    gh_reactor_poll(self->reactor, timeout);
+    /* Run Python-level signal handlers now: a signal (Ctrl-C) that ended
+     * the poll raises here, as it would out of asyncio's selector.select(). */
+    if (PyErr_CheckSignals() < 0) {
+        return -1;
+    }
+
+    if (self->timers.len) {
+        /* A timer is due once its deadline is not in the future: never
+         * early, and no later than this iteration. */
+        double now = gh_monotonic();
+        const gh_timer_entry *top;
+        while ((top = gh_timerq_top(&self->timers)) != NULL && top->when <= now) {
+            if (push_ready(self, (gh_Handle *)pop_timer(self)) < 0) {
+                return -1;
+            }
+        }
+    }
+
+    /* Only what is ready now; see the file comment. */
+    for (size_t ntodo = self->ready.len; ntodo > 0 && self->ready.len > 0; ntodo--) {
+        gh_Handle *h = gh_readyq_pop(&self->ready);
+        self->st->queued_items--;
+        if (h->cancelled) {
+            Py_DECREF(h);
+            continue;
+        }
+        int rc = self->debug ? run_handle_debug(self, h) : gh_handle_run(self->st, h);
+        Py_DECREF(h);
+        if (rc < 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* --- Python-visible methods --------------------------------------------- */
+
+static PyObject *
+loop_call_soon(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    gh_Loop *self = (gh_Loop *)op;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *context;
+    if (parse_callback_args(self->st, "call_soon", nargs, kwnames, args + nargs, &context) < 0 ||
+        check_closed(self) < 0 || (self->debug && check_thread(self) < 0) ||
+        check_callback(self->st, args[0], "call_soon") < 0) {
+        return NULL;
+    }
+    return (PyObject *)new_soon_handle(self, args, nargs, context);
+}
+
+static PyObject *
+loop_call_soon_threadsafe(PyObject *op, PyObject *const *args, size_t nargsf,
+                          PyObject *kwnames)
+{
+    gh_Loop *self = (gh_Loop *)op;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *context;
+    if (parse_callback_args(self->st, "call_soon_threadsafe", nargs, kwnames, args + nargs,
+                            &context) < 0 ||
+        check_closed(self) < 0 ||
+        (self->debug && check_callback(self->st, args[0], "call_soon_threadsafe") < 0)) {
+        return NULL;
+    }
+    PyObject *h = (PyObject *)new_soon_handle(self, args, nargs, context);
+    if (h != NULL) {
+        gh_reactor_wakeup(self->reactor);
+    }
+    return h;
+}
+
+/* call_at() after its `when` has been converted.  `when_obj` is the value to
+ * report from when() if it is not exactly `when` as a float (or NULL). */
+static PyObject *
+schedule_timer(gh_Loop *self, double when, PyObject *when_obj, PyObject *const *args,
+               Py_ssize_t nargs, PyObject *context)
+{
+    gh_state *st = self->st;
+    if (check_closed(self) < 0 ||
+        (self->debug && (check_thread(self) < 0 || check_callback(st, args[0], "call_at") < 0))) {
+        return NULL;
+    }
+    gh_TimerHandle *t = (gh_TimerHandle *)gh_handle_new(
+        st, st->TimerHandleType, (PyObject *)self, args[0], args + 1, nargs - 1, context);
+    if (t == NULL) {
+        return NULL;
+    }
+    t->when = when;
+    t->when_obj = Py_XNewRef(when_obj);
+    if (self->debug && attach_source_traceback(st, &t->base) < 0) {
+        Py_DECREF(t);
+        return NULL;
+    }
+    if (gh_timerq_push(&self->timers, when, Py_NewRef(t)) < 0) {
+        Py_DECREF(t); /* the reference meant for the queue */
+        Py_DECREF(t);
+        return PyErr_NoMemory();
+    }
+    st->queued_items++;
+    t->scheduled = 1;
+    return (PyObject *)t;
+}
+
+static PyObject *
+loop_call_at(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    gh_Loop *self = (gh_Loop *)op;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *context;
+    if (nargs < 1) {
+        PyErr_SetString(PyExc_TypeError,
+                        "call_at() missing 2 required positional arguments: 'when' and 'callback'");
+        return NULL;
+    }
+    if (parse_callback_args(self->st, "call_at", nargs - 1, kwnames, args + nargs, &context) < 0) {
+        return NULL;
+    }
+    PyObject *when_obj = args[0];
+    if (when_obj == Py_None) {
+        PyErr_SetString(PyExc_TypeError, "when cannot be None");
+        return NULL;
+    }
+    double when = PyFloat_AsDouble(when_obj);
+    if (when == -1. && PyErr_Occurred()) {
+        return NULL;
+    }
+    return schedule_timer(self, when, PyFloat_CheckExact(when_obj) ? NULL : when_obj,
+                          args + 1, nargs - 1, context);
+}
+
+static PyObject *
+loop_call_later(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    gh_Loop *self = (gh_Loop *)op;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *context;
+    if (nargs < 1) {
+        PyErr_SetString(PyExc_TypeError, "call_later() missing 2 required positional "
+                                         "arguments: 'delay' and 'callback'");
+        return NULL;
+    }
+    if (parse_callback_args(self->st, "call_later", nargs - 1, kwnames, args + nargs,
+                            &context) < 0) {
+        return NULL;
+    }
+    PyObject *delay = args[0];
+    if (delay == Py_None) {
+        PyErr_SetString(PyExc_TypeError, "delay must not be None");
+        return NULL;
+    }
+    double now = gh_monotonic();
+    if (PyFloat_CheckExact(delay) || PyLong_CheckExact(delay)) {
+        double d = PyFloat_AsDouble(delay);
+        if (d == -1. && PyErr_Occurred()) {
+            return NULL;
+        }
+        return schedule_timer(self, now + d, NULL, args + 1, nargs - 1, context);
+    }
+    /* Anything else: exactly asyncio's `self.time() + delay`. */
+    PyObject *nowobj = PyFloat_FromDouble(now);
+    if (nowobj == NULL) {
+        return NULL;
+    }
+    PyObject *when_obj = PyNumber_Add(nowobj, delay);
+    Py_DECREF(nowobj);
+    if (when_obj == NULL) {
+        return NULL;
+    }
+    PyObject *res = NULL;
+    double when = PyFloat_AsDouble(when_obj);
+    if (!(when == -1. && PyErr_Occurred())) {
+        res = schedule_timer(self, when, PyFloat_CheckExact(when_obj) ? NULL : when_obj,
+                             args + 1, nargs - 1, context);
+    }
+    Py_DECREF(when_obj);
+    return res;
+}
+
+static PyObject *
+loop_time(PyObject *Py_UNUSED(self), PyObject *Py_UNUSED(ignored))
+{
+    return PyFloat_FromDouble(gh_monotonic());
+}
+
+/* The body of run_forever(); greenhub.Loop.run_forever() does the setup
+ * (running-loop registration, async generator hooks) around it. */
+static PyObject *
+loop_run(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    gh_Loop *self = (gh_Loop *)op;
+    for (;;) {
+        if (run_once(self) < 0) {
+            return NULL;
+        }
+        if (self->stopping) {
+            Py_RETURN_NONE;
+        }
+    }
+}
+
+static PyObject *
+loop_run_once(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    if (run_once((gh_Loop *)op) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+loop_stop(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    ((gh_Loop *)op)->stopping = 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+loop_is_running(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    return PyBool_FromLong(((gh_Loop *)op)->has_thread_id);
+}
+
+static PyObject *
+loop_is_closed(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    return PyBool_FromLong(((gh_Loop *)op)->closed);
+}
+
+static PyObject *
+loop_get_debug(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    return Py_NewRef(((gh_Loop *)op)->debug_obj);
+}
+
+static PyObject *
+loop_check_closed(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    if (check_closed((gh_Loop *)op) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+loop_check_thread(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    if (check_thread((gh_Loop *)op) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+loop_check_callback(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyUnicode_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "_check_callback(callback, method: str)");
+        return NULL;
+    }
+    const char *method = PyUnicode_AsUTF8(args[1]);
+    if (method == NULL || check_callback(((gh_Loop *)op)->st, args[0], method) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* Closes the scheduling core: marks the loop closed and drops every pending
+ * callback and timer.  greenhub.Loop.close() does the rest. */
+static PyObject *
+loop_close_core(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    gh_Loop *self = (gh_Loop *)op;
+    if (self->has_thread_id) {
+        PyErr_SetString(PyExc_RuntimeError, "Cannot close a running event loop");
+        return NULL;
+    }
+    self->closed = 1;
+    clear_queues(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+loop_write_to_self(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    gh_Loop *self = (gh_Loop *)op;
+    gh_reactor_wakeup(self->reactor);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+loop_timer_handle_cancelled(PyObject *op, PyObject *timer)
+{
+    gh_Loop *self = (gh_Loop *)op;
+    if (gh_is_timer(self->st, timer)) {
+        gh_loop_timer_cancelled(self, timer);
+    }
+    Py_RETURN_NONE;
+}
+
+/* --- attributes shared with the inherited Python code ------------------- */
+
+static int
+set_flag(char *flag, PyObject *value)
+{
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete this attribute");
+        return -1;
+    }
+    int truth = PyObject_IsTrue(value);
+    if (truth < 0) {
+        return -1;
+    }
+    *flag = (char)truth;
+    return 0;
+}
+
+static PyObject *
+get_closed(PyObject *op, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(((gh_Loop *)op)->closed);
+}
+
+static int
+set_closed(PyObject *op, PyObject *value, void *Py_UNUSED(closure))
+{
+    return set_flag(&((gh_Loop *)op)->closed, value);
+}
+
+static PyObject *
+get_stopping(PyObject *op, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(((gh_Loop *)op)->stopping);
+}
+
+static int
+set_stopping(PyObject *op, PyObject *value, void *Py_UNUSED(closure))
+{
+    return set_flag(&((gh_Loop *)op)->stopping, value);
+}
+
+static PyObject *
+get_debug_attr(PyObject *op, void *Py_UNUSED(closure))
+{
+    return Py_NewRef(((gh_Loop *)op)->debug_obj);
+}
+
+static int
+set_debug_attr(PyObject *op, PyObject *value, void *Py_UNUSED(closure))
+{
+    gh_Loop *self = (gh_Loop *)op;
+    if (set_flag(&self->debug, value) < 0) {
+        return -1;
+    }
+    Py_SETREF(self->debug_obj, Py_NewRef(value));
+    return 0;
+}
+
+static PyObject *
+get_thread_id(PyObject *op, void *Py_UNUSED(closure))
+{
+    return Py_NewRef(((gh_Loop *)op)->thread_id_obj);
+}
+
+static int
+set_thread_id(PyObject *op, PyObject *value, void *Py_UNUSED(closure))
+{
+    gh_Loop *self = (gh_Loop *)op;
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete _thread_id");
+        return -1;
+    }
+    if (value == Py_None) {
+        self->has_thread_id = 0;
+    }
+    else {
+        unsigned long ident = PyLong_AsUnsignedLong(value);
+        if (ident == (unsigned long)-1 && PyErr_Occurred()) {
+            return -1;
+        }
+        self->thread_id = ident;
+        self->has_thread_id = 1;
+    }
+    Py_SETREF(self->thread_id_obj, Py_NewRef(value));
+    return 0;
+}
+
+static PyObject *
+get_current_handle(PyObject *op, void *Py_UNUSED(closure))
+{
+    gh_Loop *self = (gh_Loop *)op;
+    return Py_NewRef(self->current_handle ? self->current_handle : Py_None);
+}
+
+static int
+set_current_handle(PyObject *op, PyObject *value, void *Py_UNUSED(closure))
+{
+    gh_Loop *self = (gh_Loop *)op;
+    Py_XSETREF(self->current_handle, (value && value != Py_None) ? Py_NewRef(value) : NULL);
+    return 0;
+}
+
+static PyObject *
+get_signal_wakeup_fd(PyObject *op, void *Py_UNUSED(closure))
+{
+    return PyLong_FromLong(gh_reactor_signal_fd(((gh_Loop *)op)->reactor));
+}
+
+static PyObject *
+get_backend(PyObject *op, void *Py_UNUSED(closure))
+{
+    return PyUnicode_FromString(gh_reactor_backend_name(((gh_Loop *)op)->reactor));
+}
+
+/* --- type slots ----------------------------------------------------------- */
+
+static PyObject *
+loop_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwds))
+{
+    gh_state *st = gh_state_from_type(type);
+    if (st == NULL) {
+        return NULL;
+    }
+    gh_Loop *self = (gh_Loop *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    /* tp_alloc zeroed the struct; set what is not zero. */
+    self->st = st;
+    self->debug_obj = Py_NewRef(Py_False);
+    self->thread_id_obj = Py_NewRef(Py_None);
+    st->live_loops++;
+    self->reactor = gh_reactor_new();
+    if (self->reactor == NULL) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        Py_DECREF(self);
+        return NULL;
+    }
+    gh_reactor_set_blocking_hooks(self->reactor, release_gil, acquire_gil, self);
+    return (PyObject *)self;
+}
+
+static int
+loop_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    gh_Loop *self = (gh_Loop *)op;
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(self->debug_obj);
+    Py_VISIT(self->thread_id_obj);
+    Py_VISIT(self->current_handle);
+    for (size_t i = 0; i < self->ready.len; i++) {
+        Py_VISIT((PyObject *)gh_readyq_at(&self->ready, i));
+    }
+    for (size_t i = 0; i < self->timers.len; i++) {
+        Py_VISIT((PyObject *)self->timers.items[i].data);
+    }
+    return 0;
+}
+
+static int
+loop_clear(PyObject *op)
+{
+    gh_Loop *self = (gh_Loop *)op;
+    clear_queues(self);
+    Py_CLEAR(self->current_handle);
+    return 0;
+}
+
+static void
+loop_dealloc(PyObject *op)
+{
+    gh_Loop *self = (gh_Loop *)op;
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    loop_clear(op);
+    Py_CLEAR(self->debug_obj);
+    Py_CLEAR(self->thread_id_obj);
+    gh_readyq_free(&self->ready);
+    gh_timerq_free(&self->timers);
+    gh_reactor_free(self->reactor);
+    self->reactor = NULL;
+    self->st->live_loops--;
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+#define FASTKW (METH_FASTCALL | METH_KEYWORDS)
+
+static PyMethodDef loop_methods[] = {
+    {"call_soon", (PyCFunction)(void (*)(void))loop_call_soon, FASTKW,
+     "call_soon(callback, *args, context=None) -> Handle\n\n"
+     "Arrange for callback(*args) to be called soon, in FIFO order."},
+    {"call_soon_threadsafe", (PyCFunction)(void (*)(void))loop_call_soon_threadsafe, FASTKW,
+     "Like call_soon(), but callable from any thread; wakes the loop."},
+    {"call_later", (PyCFunction)(void (*)(void))loop_call_later, FASTKW,
+     "call_later(delay, callback, *args, context=None) -> TimerHandle"},
+    {"call_at", (PyCFunction)(void (*)(void))loop_call_at, FASTKW,
+     "call_at(when, callback, *args, context=None) -> TimerHandle"},
+    {"time", loop_time, METH_NOARGS,
+     "Return the loop's time: time.monotonic()'s clock, in seconds."},
+    {"stop", loop_stop, METH_NOARGS, "Stop running once the current iteration ends."},
+    {"is_running", loop_is_running, METH_NOARGS, "Return True if the loop is running."},
+    {"is_closed", loop_is_closed, METH_NOARGS, "Return True if the loop was closed."},
+    {"get_debug", loop_get_debug, METH_NOARGS, "Return the debug mode setting."},
+    {"_run", loop_run, METH_NOARGS, NULL},
+    {"_run_once", loop_run_once, METH_NOARGS, NULL},
+    {"_close_core", loop_close_core, METH_NOARGS, NULL},
+    {"_check_closed", loop_check_closed, METH_NOARGS, NULL},
+    {"_check_thread", loop_check_thread, METH_NOARGS, NULL},
+    {"_check_callback", (PyCFunction)(void (*)(void))loop_check_callback, METH_FASTCALL, NULL},
+    {"_write_to_self", loop_write_to_self, METH_NOARGS, NULL},
+    {"_timer_handle_cancelled", loop_timer_handle_cancelled, METH_O, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef loop_getset[] = {
+    {"_closed", get_closed, set_closed, NULL, NULL},
+    {"_stopping", get_stopping, set_stopping, NULL, NULL},
+    {"_debug", get_debug_attr, set_debug_attr, NULL, NULL},
+    {"_thread_id", get_thread_id, set_thread_id, NULL, NULL},
+    {"_current_handle", get_current_handle, set_current_handle, NULL, NULL},
+    {"_signal_wakeup_fd", get_signal_wakeup_fd, NULL, NULL, NULL},
+    {"_backend", get_backend, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot loop_slots[] = {
+    {Py_tp_doc, "The C scheduling core of greenhub.Loop; use greenhub.Loop."},
+    {Py_tp_new, loop_new},
+    {Py_tp_dealloc, loop_dealloc},
+    {Py_tp_traverse, loop_traverse},
+    {Py_tp_clear, loop_clear},
+    {Py_tp_methods, loop_methods},
+    {Py_tp_getset, loop_getset},
+    {0, NULL},
+};
+
+PyType_Spec gh_loop_spec = {
+    .name = "greenhub._core.Loop",
+    .basicsize = sizeof(gh_Loop),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE |
+             Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = loop_slots,
+};

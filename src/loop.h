@@ -1,0 +1,50 @@
+/*
+ * loop.h - the Loop type: asyncio's scheduling core in C.
+ *
+ * greenhub.Loop (Python) subclasses this type and asyncio.BaseEventLoop.
+ * This type owns everything on the hot path - call_soon and friends, the
+ * ready queue, timers, the run loop, time() - and the state that both the
+ * C and the inherited Python code read (_closed, _stopping, _debug,
+ * _thread_id, _current_handle), so there is one copy of each.
+ */
+#ifndef GH_LOOP_H
+#define GH_LOOP_H
+
+#include <Python.h>
+
+#include "readyq.h"
+#include "reactor.h"
+#include "state.h"
+#include "timerq.h"
+
+typedef struct {
+    PyObject_HEAD
+    gh_state *st;            /* borrowed: module state; our type keeps the module alive */
+    gh_reactor *reactor;     /* owned (malloc); NULL only if creation failed */
+    gh_readyq ready;         /* owns one reference to each queued gh_Handle */
+    gh_timerq timers;        /* owns one reference to each scheduled gh_TimerHandle */
+    Py_ssize_t timer_cancelled_count; /* cancelled handles still in `timers` */
+    PyThreadState *poll_tstate; /* set while polling with the GIL released */
+
+    PyObject *debug_obj;      /* owned: the value given to set_debug() */
+    PyObject *thread_id_obj;  /* owned: None, or the int ident of the running thread */
+    PyObject *current_handle; /* owned or NULL: the running handle, debug mode only */
+    unsigned long thread_id;  /* mirrors thread_id_obj when has_thread_id */
+    char has_thread_id;       /* 1 while running: is_running() */
+    char debug;               /* truth of debug_obj */
+    char closed;
+    char stopping;
+} gh_Loop;
+
+extern PyType_Spec gh_loop_spec;
+
+/* TimerHandle.cancel() tells its loop (counts lazily-cancelled timers). */
+void gh_loop_timer_cancelled(gh_Loop *loop, PyObject *timer);
+
+static inline gh_Loop *
+gh_as_loop(gh_state *st, PyObject *obj)
+{
+    return PyObject_TypeCheck(obj, st->LoopType) ? (gh_Loop *)obj : NULL;
+}
+
+#endif /* GH_LOOP_H */

@@ -1,0 +1,177 @@
+/*
+ * module.c - greenhub._core: module state, multi-phase init, and the few
+ * module-level functions (counters, hooks from the Python layer).
+ */
+#include <Python.h>
+
+#include "handle.h"
+#include "loop.h"
+#include "reactor.h"
+#include "state.h"
+
+static gh_state *
+module_state(PyObject *mod)
+{
+    return (gh_state *)PyModule_GetState(mod);
+}
+
+static PyObject *
+debug_counters(PyObject *mod, PyObject *Py_UNUSED(ignored))
+{
+    gh_state *st = module_state(mod);
+    return Py_BuildValue("{s:n,s:n,s:n,s:n}", "handles", st->live_handles, "timers",
+                         st->live_timers, "loops", st->live_loops, "queued",
+                         st->queued_items);
+}
+
+/* Called once by greenhub/_loop.py with the Python helpers the C code uses
+ * on slow paths (repr, errors in callbacks, debug mode). */
+static PyObject *
+install_hooks(PyObject *mod, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"handle_repr", "callback_error", "slow_callback",
+                             "extract_stack", NULL};
+    PyObject *repr, *error, *slow, *stack;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOO:_install_hooks", kwlist, &repr,
+                                     &error, &slow, &stack)) {
+        return NULL;
+    }
+    gh_state *st = module_state(mod);
+    Py_XSETREF(st->hook_handle_repr, Py_NewRef(repr));
+    Py_XSETREF(st->hook_callback_error, Py_NewRef(error));
+    Py_XSETREF(st->hook_slow_callback, Py_NewRef(slow));
+    Py_XSETREF(st->hook_extract_stack, Py_NewRef(stack));
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef module_methods[] = {
+    {"debug_counters", debug_counters, METH_NOARGS,
+     "Return live-object counters: handles, timers, loops and queued items.\n\n"
+     "All four are zero once every loop is closed and collected."},
+    {"_install_hooks", (PyCFunction)(void (*)(void))install_hooks,
+     METH_VARARGS | METH_KEYWORDS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static int
+add_type(PyObject *mod, PyType_Spec *spec, PyObject *base, PyTypeObject **slot)
+{
+    PyObject *tp = PyType_FromModuleAndSpec(mod, spec, base);
+    if (tp == NULL) {
+        return -1;
+    }
+    *slot = (PyTypeObject *)tp; /* the state owns this reference */
+    return PyModule_AddObjectRef(mod, strrchr(spec->name, '.') + 1, tp);
+}
+
+static PyObject *
+import_attr(const char *module, const char *name)
+{
+    PyObject *mod = PyImport_ImportModule(module);
+    if (mod == NULL) {
+        return NULL;
+    }
+    PyObject *attr = PyObject_GetAttrString(mod, name);
+    Py_DECREF(mod);
+    return attr;
+}
+
+static int
+module_exec(PyObject *mod)
+{
+    gh_state *st = module_state(mod);
+    if (add_type(mod, &gh_loop_spec, NULL, &st->LoopType) < 0 ||
+        add_type(mod, &gh_handle_spec, NULL, &st->HandleType) < 0 ||
+        add_type(mod, &gh_timerhandle_spec, (PyObject *)st->HandleType,
+                 &st->TimerHandleType) < 0) {
+        return -1;
+    }
+    st->iscoroutine = import_attr("asyncio.coroutines", "iscoroutine");
+    st->iscoroutinefunction = import_attr("asyncio.coroutines", "iscoroutinefunction");
+    st->str_context = PyUnicode_InternFromString("context");
+    st->str_slow_callback_duration = PyUnicode_InternFromString("slow_callback_duration");
+    if (st->iscoroutine == NULL || st->iscoroutinefunction == NULL ||
+        st->str_context == NULL || st->str_slow_callback_duration == NULL) {
+        return -1;
+    }
+#ifdef GH_DEBUG
+    int debug_build = 1;
+#else
+    int debug_build = 0;
+#endif
+    if (PyModule_AddIntConstant(mod, "DEBUG_BUILD", debug_build) < 0) {
+        return -1;
+    }
+    int major, minor;
+    gh_reactor_libev_version(&major, &minor);
+    PyObject *version = Py_BuildValue("(ii)", major, minor);
+    if (version == NULL) {
+        return -1;
+    }
+    int rc = PyModule_AddObjectRef(mod, "LIBEV_VERSION", version);
+    Py_DECREF(version);
+    return rc;
+}
+
+static int
+module_traverse(PyObject *mod, visitproc visit, void *arg)
+{
+    gh_state *st = module_state(mod);
+    Py_VISIT(st->LoopType);
+    Py_VISIT(st->HandleType);
+    Py_VISIT(st->TimerHandleType);
+    Py_VISIT(st->hook_handle_repr);
+    Py_VISIT(st->hook_callback_error);
+    Py_VISIT(st->hook_slow_callback);
+    Py_VISIT(st->hook_extract_stack);
+    Py_VISIT(st->iscoroutine);
+    Py_VISIT(st->iscoroutinefunction);
+    return 0;
+}
+
+static int
+module_clear(PyObject *mod)
+{
+    gh_state *st = module_state(mod);
+    Py_CLEAR(st->LoopType);
+    Py_CLEAR(st->HandleType);
+    Py_CLEAR(st->TimerHandleType);
+    Py_CLEAR(st->hook_handle_repr);
+    Py_CLEAR(st->hook_callback_error);
+    Py_CLEAR(st->hook_slow_callback);
+    Py_CLEAR(st->hook_extract_stack);
+    Py_CLEAR(st->iscoroutine);
+    Py_CLEAR(st->iscoroutinefunction);
+    Py_CLEAR(st->str_context);
+    Py_CLEAR(st->str_slow_callback_duration);
+    return 0;
+}
+
+static void
+module_free(void *mod)
+{
+    module_clear((PyObject *)mod);
+}
+
+static PyModuleDef_Slot module_slots[] = {
+    {Py_mod_exec, module_exec},
+    {0, NULL},
+};
+
+PyModuleDef gh_moduledef = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "greenhub._core",
+    .m_doc = "greenhub's C core: the event loop's scheduling, timers and reactor.",
+    .m_size = sizeof(gh_state),
+    .m_methods = module_methods,
+    .m_slots = module_slots,
+    .m_traverse = module_traverse,
+    .m_clear = module_clear,
+    .m_free = module_free,
+};
+
+PyMODINIT_FUNC
+PyInit__core(void)
+{
+    return PyModuleDef_Init(&gh_moduledef);
+}

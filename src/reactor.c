@@ -1,0 +1,193 @@
+/*
+ * reactor.c - the libev wrapper.  See reactor.h.
+ *
+ * Why libev watchers never run user code: libev callbacks here only record
+ * that something happened (or do nothing at all: waking the poll is their
+ * whole job).  The loop layer runs Python callbacks after the poll returns,
+ * in asyncio's order.  That keeps greenlet switches and Python exceptions out
+ * of libev's stack frames.
+ */
+#include "reactor.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <ev.h>
+
+struct gh_reactor {
+    struct ev_loop *ev;
+    ev_timer timeout;     /* bounds a poll's wait; its callback does nothing */
+    ev_async wakeup;      /* gh_reactor_wakeup(): eventfd/pipe owned by libev */
+    ev_io signal_io;      /* read end of signal_pipe */
+    int signal_pipe[2];   /* [0] read, [1] write; both non-blocking, CLOEXEC */
+    gh_reactor_hook release, acquire;
+    void *hook_arg;
+};
+
+static void
+noop_timer_cb(struct ev_loop *ev, ev_timer *w, int revents)
+{
+    (void)ev, (void)w, (void)revents;
+}
+
+static void
+noop_async_cb(struct ev_loop *ev, ev_async *w, int revents)
+{
+    (void)ev, (void)w, (void)revents;
+}
+
+static void
+drain_signal_pipe_cb(struct ev_loop *ev, ev_io *w, int revents)
+{
+    char buf[256];
+    (void)ev, (void)revents;
+    /* Non-blocking: stops at EAGAIN.  The signal numbers are not needed:
+     * CPython's own handler has already recorded which signals tripped. */
+    while (read(w->fd, buf, sizeof(buf)) > 0) {
+    }
+}
+
+static void
+release_cb(struct ev_loop *ev)
+{
+    gh_reactor *r = ev_userdata(ev);
+    if (r->release) {
+        r->release(r->hook_arg);
+    }
+}
+
+static void
+acquire_cb(struct ev_loop *ev)
+{
+    gh_reactor *r = ev_userdata(ev);
+    if (r->acquire) {
+        r->acquire(r->hook_arg);
+    }
+}
+
+gh_reactor *
+gh_reactor_new(void)
+{
+    gh_reactor *r = calloc(1, sizeof(*r));
+    if (r == NULL) {
+        return NULL;
+    }
+    r->signal_pipe[0] = r->signal_pipe[1] = -1;
+    if (pipe2(r->signal_pipe, O_NONBLOCK | O_CLOEXEC) < 0) {
+        goto error;
+    }
+    /* EVFLAG_NOSIGMASK: libev must not touch the signal mask; CPython owns
+     * signal handling. */
+    r->ev = ev_loop_new(EVFLAG_AUTO | EVFLAG_NOSIGMASK);
+    if (r->ev == NULL) {
+        errno = ENOMEM;
+        goto error;
+    }
+    ev_set_userdata(r->ev, r);
+    ev_set_loop_release_cb(r->ev, release_cb, acquire_cb);
+
+    ev_timer_init(&r->timeout, noop_timer_cb, 0., 0.);
+    ev_async_init(&r->wakeup, noop_async_cb);
+    ev_async_start(r->ev, &r->wakeup);
+    ev_io_init(&r->signal_io, drain_signal_pipe_cb, r->signal_pipe[0], EV_READ);
+    ev_io_start(r->ev, &r->signal_io);
+    return r;
+
+error:;
+    int saved = errno;
+    gh_reactor_free(r);
+    errno = saved;
+    return NULL;
+}
+
+void
+gh_reactor_free(gh_reactor *r)
+{
+    if (r == NULL) {
+        return;
+    }
+    if (r->ev != NULL) {
+        ev_timer_stop(r->ev, &r->timeout);
+        ev_async_stop(r->ev, &r->wakeup);
+        ev_io_stop(r->ev, &r->signal_io);
+        ev_loop_destroy(r->ev);
+    }
+    for (int i = 0; i < 2; i++) {
+        if (r->signal_pipe[i] >= 0) {
+            close(r->signal_pipe[i]);
+        }
+    }
+    free(r);
+}
+
+void
+gh_reactor_set_blocking_hooks(gh_reactor *r, gh_reactor_hook release,
+                              gh_reactor_hook acquire, void *arg)
+{
+    r->release = release;
+    r->acquire = acquire;
+    r->hook_arg = arg;
+}
+
+void
+gh_reactor_poll(gh_reactor *r, double timeout)
+{
+    if (timeout == 0.) {
+        ev_run(r->ev, EVRUN_NOWAIT);
+        return;
+    }
+    if (timeout > 0.) {
+        /* libev measures timers from its cached "now", which may be stale by
+         * the time we get here; refresh it so the wait is not cut short.
+         * (A short wait would only cost a spurious iteration: the loop
+         * layer compares deadlines against a fresh clock, so a timer never
+         * fires early either way.) */
+        ev_now_update(r->ev);
+        ev_timer_set(&r->timeout, timeout, 0.);
+        ev_timer_start(r->ev, &r->timeout);
+        ev_run(r->ev, EVRUN_ONCE);
+        ev_timer_stop(r->ev, &r->timeout);
+        return;
+    }
+    ev_run(r->ev, EVRUN_ONCE);
+}
+
+void
+gh_reactor_wakeup(gh_reactor *r)
+{
+    /* Cheap when the loop is not blocked: libev only writes to its eventfd
+     * when a poll is (about to be) waiting. */
+    ev_async_send(r->ev, &r->wakeup);
+}
+
+int
+gh_reactor_signal_fd(const gh_reactor *r)
+{
+    return r->signal_pipe[1];
+}
+
+const char *
+gh_reactor_backend_name(const gh_reactor *r)
+{
+    switch (ev_backend(r->ev)) {
+    case EVBACKEND_EPOLL:
+        return "epoll";
+    case EVBACKEND_POLL:
+        return "poll";
+    case EVBACKEND_SELECT:
+        return "select";
+    case EVBACKEND_KQUEUE:
+        return "kqueue";
+    default:
+        return "other";
+    }
+}
+
+void
+gh_reactor_libev_version(int *major, int *minor)
+{
+    *major = ev_version_major();
+    *minor = ev_version_minor();
+}

@@ -1,0 +1,44 @@
+/*
+ * reactor.h - libev behind a small C interface.
+ *
+ * This layer knows nothing about Python: it polls, it wakes up, and it gives
+ * the loop layer a pipe that signal handlers can write to.  Only reactor.c
+ * includes <ev.h>.  Every function must be called on the loop's thread,
+ * except gh_reactor_wakeup(), which is thread- and async-signal-safe.
+ */
+#ifndef GH_REACTOR_H
+#define GH_REACTOR_H
+
+typedef struct gh_reactor gh_reactor;
+
+/* Called around the blocking part of a poll (the loop layer releases and
+ * re-acquires the GIL there). */
+typedef void (*gh_reactor_hook)(void *arg);
+
+/* Returns NULL with errno set on failure. */
+gh_reactor *gh_reactor_new(void);
+void gh_reactor_free(gh_reactor *r);
+
+void gh_reactor_set_blocking_hooks(gh_reactor *r, gh_reactor_hook release,
+                                   gh_reactor_hook acquire, void *arg);
+
+/* Waits for events at most `timeout` seconds: < 0 waits without limit
+ * (until a wakeup, a signal or an event), 0 only collects what is ready.
+ * Returns after one round of event processing. */
+void gh_reactor_poll(gh_reactor *r, double timeout);
+
+/* Makes a poll in progress (or the next one) return promptly. */
+void gh_reactor_wakeup(gh_reactor *r);
+
+/* The write end of a non-blocking pipe that the reactor watches: a byte
+ * written there (e.g. by CPython's signal.set_wakeup_fd machinery) ends the
+ * current poll.  The bytes are drained and discarded. */
+int gh_reactor_signal_fd(const gh_reactor *r);
+
+/* Name of the libev backend in use ("epoll", "poll", ...). */
+const char *gh_reactor_backend_name(const gh_reactor *r);
+
+/* The version of the libev library loaded at run time. */
+void gh_reactor_libev_version(int *major, int *minor);
+
+#endif /* GH_REACTOR_H */

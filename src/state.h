@@ -1,0 +1,51 @@
+/*
+ * state.h - the module state: the one struct that holds every Python object
+ * the C code needs (types, interned strings, hooks into the Python layer)
+ * and the live-object counters.  No C globals hold Python objects.
+ */
+#ifndef GH_STATE_H
+#define GH_STATE_H
+
+#include <Python.h>
+
+typedef struct {
+    /* Heap types made by module.c; each field owns a reference. */
+    PyTypeObject *LoopType;
+    PyTypeObject *HandleType;
+    PyTypeObject *TimerHandleType;
+
+    /* Hooks into the Python layer, installed by greenhub/_loop.py through
+     * _core._install_hooks(); each owns a reference, NULL until installed.
+     * They run only on slow paths (repr, errors, debug mode). */
+    PyObject *hook_handle_repr;      /* (handle) -> str */
+    PyObject *hook_callback_error;   /* (handle, exc) -> None: exception handler */
+    PyObject *hook_slow_callback;    /* (handle, seconds) -> None: debug warning */
+    PyObject *hook_extract_stack;    /* (frame) -> StackSummary: debug tracebacks */
+
+    /* From asyncio.coroutines; owned.  Used only off the fast paths. */
+    PyObject *iscoroutine;
+    PyObject *iscoroutinefunction;
+
+    /* Interned strings; owned. */
+    PyObject *str_context;
+    PyObject *str_slow_callback_duration;
+
+    /* Live-object counters, checked by the tests (debug_counters()).  Plain
+     * integers: every change happens with the GIL held. */
+    Py_ssize_t live_handles;   /* Handle and TimerHandle objects */
+    Py_ssize_t live_timers;    /* TimerHandle objects */
+    Py_ssize_t live_loops;     /* Loop objects */
+    Py_ssize_t queued_items;   /* references held by ready and timer queues */
+} gh_state;
+
+extern PyModuleDef gh_moduledef;
+
+static inline gh_state *
+gh_state_from_type(PyTypeObject *tp)
+{
+    /* Works for subclasses too: finds the module of our defining base. */
+    PyObject *mod = PyType_GetModuleByDef(tp, &gh_moduledef);
+    return mod ? (gh_state *)PyModule_GetState(mod) : NULL;
+}
+
+#endif /* GH_STATE_H */
