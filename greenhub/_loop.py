@@ -33,6 +33,8 @@ _REPLACED_ATTRIBUTES = ("_ready", "_scheduled", "_timer_cancelled_count")
 class Loop(_core.Loop, base_events.BaseEventLoop):
     """An asyncio event loop whose scheduling core is C on libev."""
 
+    __module__ = "greenhub"
+
     def __init__(self):
         super().__init__()
         for name in _REPLACED_ATTRIBUTES:
