@@ -48,6 +48,17 @@ def find_libev():
     )
 
 
+def greenlet_include():
+    try:
+        import greenlet
+    except ImportError:
+        sys.exit("greenhub: the build needs greenlet's C header: pip install 'greenlet>=3.0'")
+    here = os.path.dirname(greenlet.__file__)
+    if not os.path.exists(os.path.join(here, "greenlet.h")):
+        sys.exit(f"greenhub: greenlet.h not found in {here}; install greenlet>=3.0")
+    return here
+
+
 def extension():
     include, libdir = find_libev()
     compile_args = ["-std=c11", "-Wall", "-Wextra", "-D_GNU_SOURCE"]
@@ -62,7 +73,7 @@ def extension():
         "greenhub._core",
         sources=sources,
         depends=sorted(glob.glob("src/*.h")),
-        include_dirs=[include] if include not in ("/usr/include",) else [],
+        include_dirs=([include] if include != "/usr/include" else []) + [greenlet_include()],
         library_dirs=[libdir],
         runtime_library_dirs=[libdir] if libdir.startswith(("/opt", "/home")) else [],
         libraries=["ev"],

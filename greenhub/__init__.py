@@ -13,8 +13,10 @@ import asyncio as _asyncio
 
 from . import _core
 from ._loop import Loop
+from ._vthread import await_, spawn
+from . import vthread
 
-__all__ = ["Loop", "Policy", "new_event_loop", "run", "install"]
+__all__ = ["Loop", "Policy", "new_event_loop", "run", "install", "await_", "spawn", "vthread"]
 __version__ = "0.1.0.dev0"
 
 

@@ -17,10 +17,10 @@ import signal
 import sys
 import threading
 import warnings
-from asyncio import base_events, events, format_helpers
+from asyncio import base_events, coroutines, events, format_helpers
 from asyncio.log import logger
 
-from . import _core
+from . import _core, _vthread
 
 __all__ = ["Loop"]
 
@@ -77,6 +77,20 @@ class Loop(_core.Loop, base_events.BaseEventLoop):
         finally:
             self._run_forever_cleanup()
 
+    # -- tasks ------------------------------------------------------------
+
+    def create_task(self, coro, **kwargs):
+        """Schedule a coroutine as a Task whose steps run on a greenlet, so
+        synchronous code under it can call greenhub.await_().
+
+        The Task is CPython's own asyncio.Task (or your task factory's); its
+        get_coro() returns the GreenCoro wrapper, whose ``coroutine``
+        attribute is the original coroutine.  Arguments as
+        asyncio.BaseEventLoop.create_task (name=, context=, ...)."""
+        if coroutines.iscoroutine(coro) and type(coro) is not _core.GreenCoro:
+            coro = _core.GreenCoro(coro, self)
+        return super().create_task(coro, **kwargs)
+
     # -- closing ----------------------------------------------------------
 
     def close(self):
@@ -89,6 +103,7 @@ class Loop(_core.Loop, base_events.BaseEventLoop):
             return
         if self._debug:
             logger.debug("Close %r", self)
+        self._finish_parked_vthreads()
         self._close_core()
         self._executor_shutdown_called = True
         executor, self._default_executor = self._default_executor, None
@@ -106,6 +121,23 @@ class Loop(_core.Loop, base_events.BaseEventLoop):
             else:
                 for sig in list(self._signal_handlers):
                     self.remove_signal_handler(sig)
+
+    def _finish_parked_vthreads(self):
+        """Virtual threads suspended inside await_() hold a greenlet stack.
+        Cancel their tasks and run them until they are done (their
+        CancelledError is raised at the await_ call, so except/finally
+        blocks in the synchronous frames run), as asyncio.run() does for
+        leftover tasks.  _close_core() unwinds whatever still refuses."""
+        parked = set(map(id, self._parked_coros()))
+        if not parked:
+            return
+        tasks = [t for t in asyncio.all_tasks(self) if id(t.get_coro()) in parked]
+        for task in tasks:
+            task.cancel()
+        try:
+            self.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        except Exception as exc:
+            logger.warning("Error while cancelling virtual threads on close: %r", exc)
 
     # -- signals ----------------------------------------------------------
     #
@@ -236,4 +268,5 @@ _core._install_hooks(
     callback_error=_callback_error,
     slow_callback=_slow_callback,
     extract_stack=format_helpers.extract_stack,
+    run_sync=_vthread._run_sync,
 )

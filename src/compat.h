@@ -38,4 +38,24 @@ gh_err_set_raised(PyObject *exc)
 #define gh_err_set_raised(exc) PyErr_SetRaisedException(exc)
 #endif
 
+/* PyObject_GetOptionalAttr() is 3.13+: 1 and *result set if the attribute
+ * exists, 0 and *result NULL if not, -1 on other errors. */
+static inline int
+gh_get_optional_attr(PyObject *obj, PyObject *name, PyObject **result)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    return PyObject_GetOptionalAttr(obj, name, result);
+#else
+    *result = PyObject_GetAttr(obj, name);
+    if (*result != NULL) {
+        return 1;
+    }
+    if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        PyErr_Clear();
+        return 0;
+    }
+    return -1;
+#endif
+}
+
 #endif /* GH_COMPAT_H */

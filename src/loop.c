@@ -658,8 +658,40 @@ loop_close_core(PyObject *op, PyObject *Py_UNUSED(ignored))
         return NULL;
     }
     self->closed = 1;
+    /* Virtual threads still suspended inside await_(): unwind their stacks
+     * (GeneratorExit raised at the await_ call, finally blocks run).
+     * greenhub.Loop.close() cancels them properly first; this is for what
+     * is left. */
+    while (self->parked != NULL) {
+        gh_GreenCoro *w = self->parked;
+        PyObject *res = PyObject_CallMethodNoArgs((PyObject *)w, self->st->str_close);
+        if (res == NULL) {
+            if (self->parked == w) {
+                gh_coro_unpark(w); /* it refused; do not loop forever */
+            }
+            PyObject *exc = gh_err_get_raised();
+            PyErr_WriteUnraisable(exc);
+            Py_DECREF(exc);
+            continue;
+        }
+        Py_DECREF(res);
+    }
     clear_queues(self);
+    gh_pool_clear(&self->pool);
     Py_RETURN_NONE;
+}
+
+static PyObject *
+loop_parked_coros(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    gh_Loop *self = (gh_Loop *)op;
+    PyObject *list = PyList_New(0);
+    for (gh_GreenCoro *w = self->parked; list != NULL && w != NULL; w = w->park_next) {
+        if (PyList_Append(list, (PyObject *)w) < 0) {
+            Py_CLEAR(list);
+        }
+    }
+    return list;
 }
 
 static PyObject *
@@ -855,6 +887,7 @@ loop_dealloc(PyObject *op)
     PyTypeObject *tp = Py_TYPE(op);
     PyObject_GC_UnTrack(op);
     loop_clear(op);
+    gh_pool_clear(&self->pool);
     Py_CLEAR(self->debug_obj);
     Py_CLEAR(self->thread_id_obj);
     gh_readyq_free(&self->ready);
@@ -891,6 +924,7 @@ static PyMethodDef loop_methods[] = {
     {"_check_thread", loop_check_thread, METH_NOARGS, NULL},
     {"_check_callback", (PyCFunction)(void (*)(void))loop_check_callback, METH_FASTCALL, NULL},
     {"_write_to_self", loop_write_to_self, METH_NOARGS, NULL},
+    {"_parked_coros", loop_parked_coros, METH_NOARGS, NULL},
     {"_timer_handle_cancelled", loop_timer_handle_cancelled, METH_O, NULL},
     {NULL, NULL, 0, NULL},
 };

@@ -16,6 +16,7 @@
 #include "reactor.h"
 #include "state.h"
 #include "timerq.h"
+#include "vthread.h"
 
 typedef struct {
     PyObject_HEAD
@@ -29,6 +30,12 @@ typedef struct {
     PyObject *debug_obj;      /* owned: the value given to set_debug() */
     PyObject *thread_id_obj;  /* owned: None, or the int ident of the running thread */
     PyObject *current_handle; /* owned or NULL: the running handle, debug mode only */
+
+    /* Virtual threads (vthread.h). */
+    gh_GreenCoro *current_step; /* borrowed: the task step running now, or NULL */
+    gh_GreenCoro *parked;       /* borrowed: list of coros suspended inside await_() */
+    gh_pool pool;               /* idle worker greenlets */
+    Py_ssize_t bound_workers;   /* workers bound to a task */
     unsigned long thread_id;  /* mirrors thread_id_obj when has_thread_id */
     char has_thread_id;       /* 1 while running: is_running() */
     char debug;               /* truth of debug_obj */

@@ -4,10 +4,12 @@
  */
 #include <Python.h>
 
+#include "green.h"
 #include "handle.h"
 #include "loop.h"
 #include "reactor.h"
 #include "state.h"
+#include "vthread.h"
 
 static gh_state *
 module_state(PyObject *mod)
@@ -19,9 +21,10 @@ static PyObject *
 debug_counters(PyObject *mod, PyObject *Py_UNUSED(ignored))
 {
     gh_state *st = module_state(mod);
-    return Py_BuildValue("{s:n,s:n,s:n,s:n}", "handles", st->live_handles, "timers",
-                         st->live_timers, "loops", st->live_loops, "queued",
-                         st->queued_items);
+    return Py_BuildValue("{s:n,s:n,s:n,s:n,s:n,s:n,s:n}", "handles", st->live_handles,
+                         "timers", st->live_timers, "loops", st->live_loops, "queued",
+                         st->queued_items, "coros", st->live_coros, "workers",
+                         st->live_workers, "parked", st->parked_coros);
 }
 
 /* Called once by greenhub/_loop.py with the Python helpers the C code uses
@@ -30,10 +33,10 @@ static PyObject *
 install_hooks(PyObject *mod, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"handle_repr", "callback_error", "slow_callback",
-                             "extract_stack", NULL};
-    PyObject *repr, *error, *slow, *stack;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOO:_install_hooks", kwlist, &repr,
-                                     &error, &slow, &stack)) {
+                             "extract_stack", "run_sync", NULL};
+    PyObject *repr, *error, *slow, *stack, *run_sync;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOO:_install_hooks", kwlist, &repr,
+                                     &error, &slow, &stack, &run_sync)) {
         return NULL;
     }
     gh_state *st = module_state(mod);
@@ -41,13 +44,26 @@ install_hooks(PyObject *mod, PyObject *args, PyObject *kwargs)
     Py_XSETREF(st->hook_callback_error, Py_NewRef(error));
     Py_XSETREF(st->hook_slow_callback, Py_NewRef(slow));
     Py_XSETREF(st->hook_extract_stack, Py_NewRef(stack));
+    Py_XSETREF(st->hook_run_sync, Py_NewRef(run_sync));
     Py_RETURN_NONE;
+}
+
+static PyObject *
+await_(PyObject *mod, PyObject *awaitable)
+{
+    return gh_await(module_state(mod), awaitable);
 }
 
 static PyMethodDef module_methods[] = {
     {"debug_counters", debug_counters, METH_NOARGS,
      "Return live-object counters: handles, timers, loops and queued items.\n\n"
      "All four are zero once every loop is closed and collected."},
+    {"await_", await_, METH_O,
+     "await_(awaitable) -> result\n\n"
+     "Wait for an awaitable from synchronous code and return its result (or raise\n"
+     "its exception).  Inside a task on a greenhub loop only that task waits, at\n"
+     "any call depth; with no loop running, the awaitable runs to completion on\n"
+     "this thread's greenhub loop."},
     {"_install_hooks", (PyCFunction)(void (*)(void))install_hooks,
      METH_VARARGS | METH_KEYWORDS, NULL},
     {NULL, NULL, 0, NULL},
@@ -83,7 +99,20 @@ module_exec(PyObject *mod)
     if (add_type(mod, &gh_loop_spec, NULL, &st->LoopType) < 0 ||
         add_type(mod, &gh_handle_spec, NULL, &st->HandleType) < 0 ||
         add_type(mod, &gh_timerhandle_spec, (PyObject *)st->HandleType,
-                 &st->TimerHandleType) < 0) {
+                 &st->TimerHandleType) < 0 ||
+        add_type(mod, &gh_greencoro_spec, NULL, &st->GreenCoroType) < 0) {
+        return -1;
+    }
+    if (gh_green_import() < 0) {
+        return -1;
+    }
+    st->worker_main = gh_make_worker_main(mod);
+    st->get_running_loop = import_attr("asyncio.events", "_get_running_loop");
+    st->str_gr_context = PyUnicode_InternFromString("gr_context");
+    st->str_throw = PyUnicode_InternFromString("throw");
+    st->str_close = PyUnicode_InternFromString("close");
+    if (st->worker_main == NULL || st->get_running_loop == NULL || st->str_gr_context == NULL ||
+        st->str_throw == NULL || st->str_close == NULL) {
         return -1;
     }
     st->iscoroutine = import_attr("asyncio.coroutines", "iscoroutine");
@@ -120,6 +149,10 @@ module_traverse(PyObject *mod, visitproc visit, void *arg)
     Py_VISIT(st->LoopType);
     Py_VISIT(st->HandleType);
     Py_VISIT(st->TimerHandleType);
+    Py_VISIT(st->GreenCoroType);
+    Py_VISIT(st->worker_main);
+    Py_VISIT(st->get_running_loop);
+    Py_VISIT(st->hook_run_sync);
     Py_VISIT(st->hook_handle_repr);
     Py_VISIT(st->hook_callback_error);
     Py_VISIT(st->hook_slow_callback);
@@ -136,6 +169,13 @@ module_clear(PyObject *mod)
     Py_CLEAR(st->LoopType);
     Py_CLEAR(st->HandleType);
     Py_CLEAR(st->TimerHandleType);
+    Py_CLEAR(st->GreenCoroType);
+    Py_CLEAR(st->worker_main);
+    Py_CLEAR(st->get_running_loop);
+    Py_CLEAR(st->hook_run_sync);
+    Py_CLEAR(st->str_gr_context);
+    Py_CLEAR(st->str_throw);
+    Py_CLEAR(st->str_close);
     Py_CLEAR(st->hook_handle_repr);
     Py_CLEAR(st->hook_callback_error);
     Py_CLEAR(st->hook_slow_callback);

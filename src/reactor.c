@@ -24,6 +24,7 @@ struct gh_reactor {
     int signal_pipe[2];   /* [0] read, [1] write; both non-blocking, CLOEXEC */
     gh_reactor_hook release, acquire;
     void *hook_arg;
+    int io_watchers;      /* active watchers for user I/O (none yet) */
 };
 
 static void
@@ -135,7 +136,14 @@ void
 gh_reactor_poll(gh_reactor *r, double timeout)
 {
     if (timeout == 0.) {
-        ev_run(r->ev, EVRUN_NOWAIT);
+        /* A non-blocking poll exists to collect I/O events.  With no user
+         * I/O watchers there is nothing to collect: wakeups and signals need
+         * no poll when the loop is not going to sleep (the queued callbacks
+         * and PyErr_CheckSignals() already see them), so save the system
+         * call and the GIL round trip. */
+        if (r->io_watchers > 0) {
+            ev_run(r->ev, EVRUN_NOWAIT);
+        }
         return;
     }
     if (timeout > 0.) {

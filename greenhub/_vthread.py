@@ -1,0 +1,93 @@
+"""Virtual threads: synchronous code that waits on async code.
+
+``await_`` is implemented in C (src/bridge.c); this module holds the parts
+that run once per call site or per thread: running an awaitable when no loop
+is running, and ``spawn``.
+"""
+
+import asyncio
+import atexit
+import threading
+
+from . import _core
+
+__all__ = ["await_", "spawn", "run_sync"]
+
+await_ = _core.await_
+run_sync = _core.await_
+
+
+class _ThreadLoop:
+    """This thread's greenhub loop for await_() calls made with no loop
+    running; closed when the thread's locals go away (or at exit)."""
+
+    def __init__(self):
+        from ._loop import Loop
+
+        self.loop = Loop()
+
+    def close(self):
+        loop = self.loop
+        if not loop.is_closed() and not loop.is_running():
+            try:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.run_until_complete(loop.shutdown_default_executor())
+            finally:
+                loop.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: modules may be gone
+            pass
+
+
+_local = threading.local()
+
+
+def _thread_loop():
+    holder = getattr(_local, "holder", None)
+    if holder is None or holder.loop.is_closed():
+        holder = _local.holder = _ThreadLoop()
+        if threading.current_thread() is threading.main_thread():
+            atexit.register(holder.close)
+    return holder.loop
+
+
+def _run_sync(awaitable):
+    """await_() with no running loop: run `awaitable` to completion on this
+    thread's greenhub loop.  Ctrl-C (or any exception out of the loop)
+    cancels it and waits for it to finish before re-raising, as asyncio.run
+    does for its main task."""
+    loop = _thread_loop()
+    task = asyncio.ensure_future(awaitable, loop=loop)
+    try:
+        return loop.run_until_complete(task)
+    except BaseException:
+        if not task.done():
+            task.cancel()
+            try:
+                loop.run_until_complete(task)
+            except BaseException:
+                pass
+        raise
+
+
+async def _call_sync(fn, args, kwargs):
+    return fn(*args, **kwargs)
+
+
+def spawn(fn, /, *args, **kwargs):
+    """Run the synchronous function ``fn(*args, **kwargs)`` as a virtual
+    thread: an asyncio Task on the running greenhub loop whose result is what
+    ``fn`` returns.  Inside ``fn`` (at any depth), ``greenhub.await_()``
+    suspends only this task."""
+    if not callable(fn):
+        raise TypeError(f"greenhub.spawn() needs a callable, got {fn!r}")
+    loop = asyncio.get_running_loop()
+    if not isinstance(loop, _core.Loop):
+        raise RuntimeError(
+            f"greenhub.spawn() needs a running greenhub loop, but this thread runs "
+            f"{type(loop).__name__}; start the program with greenhub.run()"
+        )
+    return loop.create_task(_call_sync(fn, args, kwargs))

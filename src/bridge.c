@@ -1,0 +1,208 @@
+/*
+ * bridge.c - greenhub.await_(): synchronous code waits on an awaitable.
+ *
+ * Inside a task step (on the task's worker greenlet, or on any greenlet
+ * switched to from it), await_ iterates the awaitable itself.  Each value
+ * the awaitable yields - a future to wait on, or None for a bare yield - is
+ * handed to the Task as the step's own yield: await_ parks the step (records
+ * the current greenlet) and switches to the greenlet that drove the step.
+ * When the Task resumes the step with send(value) or throw(exc), the switch
+ * comes back here and await_ passes the value or exception on into the
+ * awaitable.  So the Task waits on exactly what the awaitable yields, as it
+ * would for `await`, and cancellation arrives as CancelledError raised by
+ * the await_() call.
+ *
+ * The greenlet's stack keeps strong references to the GreenCoro and the
+ * iterator while parked, so neither can be freed under it.  A parked step is
+ * unwound by GreenCoro.close() (GeneratorExit raised at await_) - the loop
+ * does this for every parked step when it closes.
+ */
+#include "compat.h"
+#include "green.h"
+#include "loop.h"
+#include "vthread.h"
+
+/* The iterator `await awaitable` would drive, or NULL + TypeError. */
+static PyObject *
+await_iterator(PyObject *awaitable)
+{
+    if (PyCoro_CheckExact(awaitable)) {
+        return Py_NewRef(awaitable);
+    }
+    PyAsyncMethods *am = Py_TYPE(awaitable)->tp_as_async;
+    if (am != NULL && am->am_await != NULL) {
+        PyObject *it = am->am_await(awaitable);
+        if (it != NULL && (PyCoro_CheckExact(it) || !PyIter_Check(it))) {
+            PyErr_Format(PyExc_TypeError, "__await__() returned %s",
+                         PyCoro_CheckExact(it) ? "a coroutine" : "non-iterator of type '%.100s'",
+                         Py_TYPE(it)->tp_name);
+            Py_DECREF(it);
+            return NULL;
+        }
+        return it;
+    }
+    if (PyGen_CheckExact(awaitable)) {
+        /* a @types.coroutine generator: awaitable by `await` as well */
+        PyObject *code = PyObject_GetAttrString(awaitable, "gi_code");
+        if (code == NULL) {
+            return NULL;
+        }
+        int flags = ((PyCodeObject *)code)->co_flags;
+        Py_DECREF(code);
+        if (flags & CO_ITERABLE_COROUTINE) {
+            return Py_NewRef(awaitable);
+        }
+    }
+    PyErr_Format(PyExc_TypeError, "object %.100s can't be used in 'await' expression",
+                 Py_TYPE(awaitable)->tp_name);
+    return NULL;
+}
+
+/* Closes a coroutine we were given but will not run, so it does not warn
+ * "never awaited" on top of the error we raise. */
+static void
+discard_awaitable(PyObject *awaitable)
+{
+    if (PyCoro_CheckExact(awaitable)) {
+        PyObject *exc = gh_err_get_raised();
+        PyObject *res = PyObject_CallMethod(awaitable, "close", NULL);
+        Py_XDECREF(res);
+        if (res == NULL) {
+            PyErr_Clear(); /* the original error is the one to report */
+        }
+        gh_err_set_raised(exc);
+    }
+}
+
+/* Sends value / throws exc into it; returns the send status. */
+static PySendResult
+advance(gh_state *st, PyObject *it, PyObject *value, PyObject *exc, PyObject **res)
+{
+    if (exc == NULL) {
+        return PyIter_Send(it, value, res);
+    }
+    PyObject *meth;
+    if (gh_get_optional_attr(it, st->str_throw, &meth) < 0) {
+        *res = NULL;
+        return PYGEN_ERROR;
+    }
+    if (meth == NULL) {
+        /* No throw(): the exception surfaces at the await_ call. */
+        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+        *res = NULL;
+        return PYGEN_ERROR;
+    }
+    *res = PyObject_CallOneArg(meth, exc);
+    Py_DECREF(meth);
+    if (*res != NULL) {
+        return PYGEN_NEXT;
+    }
+    if (PyErr_ExceptionMatches(PyExc_StopIteration)) {
+        PyObject *stop = gh_err_get_raised();
+        *res = PyObject_GetAttrString(stop, "value");
+        Py_DECREF(stop);
+        return *res ? PYGEN_RETURN : PYGEN_ERROR;
+    }
+    return PYGEN_ERROR;
+}
+
+PyObject *
+gh_await(gh_state *st, PyObject *awaitable)
+{
+    PyObject *loop_obj = PyObject_CallNoArgs(st->get_running_loop);
+    if (loop_obj == NULL) {
+        return NULL;
+    }
+    if (loop_obj == Py_None) {
+        /* A plain synchronous program: run it to completion on this
+         * thread's greenhub loop (greenhub/_vthread.py). */
+        Py_DECREF(loop_obj);
+        return PyObject_CallOneArg(st->hook_run_sync, awaitable);
+    }
+    gh_Loop *loop = gh_as_loop(st, loop_obj);
+    if (loop == NULL) {
+        PyErr_Format(PyExc_RuntimeError,
+                     "greenhub.await_() needs a greenhub event loop, but this thread runs "
+                     "%.200s; use `await` in async code, or run the program on greenhub "
+                     "(greenhub.run(), greenhub.install() or "
+                     "loop_factory=greenhub.new_event_loop)",
+                     Py_TYPE(loop_obj)->tp_name);
+        Py_DECREF(loop_obj);
+        discard_awaitable(awaitable);
+        return NULL;
+    }
+    gh_GreenCoro *w = loop->current_step;
+    if (w == NULL) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "greenhub.await_() called outside a task: this code runs in an event "
+                        "loop callback, where nothing can wait; run it in a task instead "
+                        "(loop.create_task(), greenhub.spawn()) or use `await`");
+        Py_DECREF(loop_obj);
+        discard_awaitable(awaitable);
+        return NULL;
+    }
+    Py_DECREF(loop_obj); /* the step keeps the loop alive */
+
+    PyObject *it = await_iterator(awaitable);
+    if (it == NULL) {
+        return NULL;
+    }
+    Py_INCREF(w);
+    PyObject *value = Py_NewRef(Py_None), *exc = NULL, *res = NULL;
+    for (;;) {
+        PySendResult status = advance(st, it, value, exc, &res);
+        Py_CLEAR(value);
+        Py_CLEAR(exc);
+        if (status != PYGEN_NEXT) {
+            break; /* RETURN: res is the result; ERROR: exception set */
+        }
+        /* The awaitable yielded `res`: it becomes the step's yield. */
+        PyObject *here = gh_green_current();
+        if (here == NULL) {
+            Py_DECREF(res);
+            res = NULL;
+            break;
+        }
+        w->out = res;
+        w->out_status = PYGEN_NEXT;
+        res = NULL;
+        gh_coro_park(w, here);
+        PyObject *driver = Py_NewRef(w->driver);
+        Py_DECREF(here);
+        PyObject *r = gh_green_switch(driver);
+        Py_DECREF(driver);
+        /* Normally coro_step() resumed us: it unparked the step, set
+         * in_value/in_exc and is now the step's driver (w->running).
+         * Anything else is a foreign greenlet switching or throwing into a
+         * parked virtual thread: there is no driver to yield to any more,
+         * so the await_() call fails and the stack unwinds. */
+        if (!w->running) {
+            gh_coro_unpark(w);
+            if (r != NULL) {
+                Py_DECREF(r);
+                PyErr_SetString(PyExc_RuntimeError,
+                                "a virtual thread suspended in greenhub.await_() was resumed "
+                                "by a foreign greenlet switch");
+            }
+            res = NULL;
+            break;
+        }
+        if (r == NULL) {
+            /* Thrown into while being resumed: deliver it to the awaitable. */
+            exc = gh_err_get_raised();
+            Py_CLEAR(w->in_value);
+            Py_CLEAR(w->in_exc);
+            continue;
+        }
+        Py_DECREF(r);
+        value = w->in_value;
+        exc = w->in_exc;
+        w->in_value = w->in_exc = NULL;
+        if (value == NULL && exc == NULL) {
+            value = Py_NewRef(Py_None);
+        }
+    }
+    Py_DECREF(it);
+    Py_DECREF(w);
+    return res;
+}

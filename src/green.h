@@ -1,0 +1,57 @@
+/*
+ * green.h - the few greenlet operations greenhub needs.
+ *
+ * green.c is the only file that includes <greenlet.h> (whose C API lives in
+ * a file-static table filled by PyGreenlet_Import()).  Everything else goes
+ * through these wrappers.  All of them must be called with the GIL held, on
+ * the thread the greenlets belong to.
+ */
+#ifndef GH_GREEN_H
+#define GH_GREEN_H
+
+#include <Python.h>
+
+/* Imports greenlet's C API; -1 with an ImportError set if it is missing. */
+int gh_green_import(void);
+
+/* greenlet.getcurrent(): a new reference. */
+PyObject *gh_green_current(void);
+
+/* A new, unstarted greenlet that will call run() with no arguments; its
+ * parent is `parent` (a greenlet) or the current greenlet if NULL. */
+PyObject *gh_green_new(PyObject *run, PyObject *parent);
+
+/* g.switch() with no arguments.  Returns a new reference to what the
+ * greenlet that switches back passes (greenhub always passes nothing), or
+ * NULL with an exception set if one was thrown into this greenlet. */
+PyObject *gh_green_switch(PyObject *g);
+
+/* Is `op` a greenlet? */
+int gh_green_check(PyObject *op);
+
+/* Is the greenlet started and not dead? */
+int gh_green_active(PyObject *g);
+
+/* A new, unstarted greenlet whose parent is the thread's main greenlet. */
+PyObject *gh_green_new_under_main(PyObject *run);
+
+/* The contextvars.Context a suspended greenlet resumes with (greenlet's
+ * gr_context; `attr_name` is the interned "gr_context").  For the current
+ * greenlet, get returns the thread's current context object.  */
+int gh_green_set_context(PyObject *g, PyObject *attr_name, PyObject *context);
+PyObject *gh_green_get_context(PyObject *g, PyObject *attr_name);
+
+/* Can code other than greenhub observe this greenlet?  True when something
+ * besides the `own` references greenhub holds refers to it (a child
+ * greenlet's parent link, a stored greenlet.getcurrent()), when it has weak
+ * references, or when attributes were set on it.  Such a greenlet stays
+ * with its task; an unobservable one may serve another task. */
+int gh_green_observable(PyObject *g, Py_ssize_t own);
+
+/* Drops attributes user code set on the greenlet (before pooling it). */
+void gh_green_clear_attributes(PyObject *g);
+
+/* The GreenletExit exception type (borrowed). */
+PyObject *gh_green_exit_type(void);
+
+#endif /* GH_GREEN_H */

@@ -1,0 +1,727 @@
+/*
+ * task_step.c - GreenCoro and the worker greenlets that run task steps.
+ * See vthread.h for the design; bridge.c holds greenhub.await_().
+ *
+ * One step, seen from the driver (the greenlet that calls send/throw -
+ * usually the one running the loop; for an eager task, whoever called
+ * create_task):
+ *
+ *   driver: coro_step()  --switch-->  worker: worker_main() steps the coroutine
+ *                        <--switch--  ... yields / returns / raises
+ *
+ * or, when synchronous code under the coroutine called await_():
+ *
+ *   driver: coro_step()  --switch-->  greenlet parked in gh_await()
+ *                        <--switch--  await_ yields the next future
+ *
+ * Values cross the switch in the GreenCoro's in_value, in_exc and out fields, not
+ * through greenlet's switch arguments, so a step allocates nothing to switch.
+ */
+#include "loop.h"
+
+#include <structmember.h>
+
+#include "compat.h"
+#include "green.h"
+#include "vthread.h"
+
+/* Idle workers a loop keeps for reuse. */
+#define POOL_MAX 256
+/* Up to this many bound workers per loop, tasks keep theirs between steps
+ * (no rebinding cost); beyond it, idle tasks give unobservable workers back
+ * so that many idle tasks cost no greenlet each. */
+#define KEEP_BOUND_MAX 64
+
+static inline gh_Loop *
+coro_loop(gh_GreenCoro *w)
+{
+    return (gh_Loop *)w->loop;
+}
+
+/* --- the pool ------------------------------------------------------------- */
+
+static int
+pool_push(gh_pool *p, PyObject *g)
+{
+    if (p->len == p->cap) {
+        Py_ssize_t ncap = p->cap ? p->cap * 2 : 16;
+        PyObject **gs = PyMem_Realloc(p->greenlets, ncap * sizeof(PyObject *));
+        if (gs == NULL) {
+            return -1;
+        }
+        p->greenlets = gs;
+        p->cap = ncap;
+    }
+    p->greenlets[p->len++] = g;
+    return 0;
+}
+
+void
+gh_pool_clear(gh_pool *p)
+{
+    /* Releasing an idle worker kills it: greenlet throws GreenletExit into
+     * worker_main(), which returns.  Pop first so the pool stays valid. */
+    while (p->len > 0) {
+        PyObject *g = p->greenlets[--p->len];
+        Py_DECREF(g);
+    }
+    PyMem_Free(p->greenlets);
+    p->greenlets = NULL;
+    p->cap = 0;
+}
+
+/* --- binding workers to tasks --------------------------------------------- */
+
+static int
+bind_worker(gh_state *st, gh_Loop *loop, gh_GreenCoro *w)
+{
+    if (w->context == NULL) {
+        /* The first step runs inside the Task's Context (the handle entered
+         * it); the current greenlet's gr_context is that very object.  The
+         * worker adopts it at the start of each step (worker_main). */
+        PyObject *cur = gh_green_current();
+        if (cur == NULL) {
+            return -1;
+        }
+        w->context = gh_green_get_context(cur, st->str_gr_context);
+        Py_DECREF(cur);
+        if (w->context == NULL) {
+            return -1;
+        }
+    }
+    PyObject *g;
+    if (loop->pool.len > 0) {
+        g = loop->pool.greenlets[--loop->pool.len];
+    }
+    else {
+        g = gh_green_new_under_main(st->worker_main);
+        if (g == NULL) {
+            return -1;
+        }
+        st->live_workers++;
+    }
+    w->worker = g;
+    loop->bound_workers++;
+    return 0;
+}
+
+/* The worker is back in worker_main() after a step: keep it with the task
+ * or return it to the pool (see vthread.h, "Ownership of greenlets"). */
+static void
+maybe_unbind_worker(gh_Loop *loop, gh_GreenCoro *w)
+{
+    PyObject *g = w->worker;
+    if (g == NULL || w->parked_in != NULL) {
+        return;
+    }
+    int observable = gh_green_observable(g, 1);
+    if (!w->finished && (observable || loop->bound_workers <= KEEP_BOUND_MAX)) {
+        return;
+    }
+    w->worker = NULL;
+    loop->bound_workers--;
+    if (w->finished) {
+        gh_green_clear_attributes(g);
+    }
+    if (observable || !gh_green_active(g) || loop->pool.len >= POOL_MAX || loop->closed ||
+        pool_push(&loop->pool, g) < 0) {
+        /* Not reusable here: someone else holds it, or no room.  Dropping
+         * our reference kills it if nobody else has one. */
+        Py_DECREF(g);
+    }
+}
+
+/* --- the worker greenlet's main function ---------------------------------- */
+
+/* Runs one step of w's coroutine on the current (worker) greenlet. */
+static void
+step_coroutine(gh_state *st, gh_GreenCoro *w)
+{
+    PyObject *value = w->in_value, *exc = w->in_exc, *res = NULL;
+    w->in_value = w->in_exc = NULL;
+    PySendResult status;
+    if (exc == NULL) {
+        status = PyIter_Send(w->coro, value ? value : Py_None, &res);
+    }
+    else {
+        res = PyObject_CallMethodOneArg(w->coro, st->str_throw, exc);
+        if (res != NULL) {
+            status = PYGEN_NEXT;
+        }
+        else if (PyErr_ExceptionMatches(PyExc_StopIteration)) {
+            PyObject *stop = gh_err_get_raised();
+            res = PyObject_GetAttrString(stop, "value");
+            Py_DECREF(stop);
+            status = res ? PYGEN_RETURN : PYGEN_ERROR;
+        }
+        else {
+            status = PYGEN_ERROR;
+        }
+    }
+    Py_XDECREF(value);
+    Py_XDECREF(exc);
+    if (status == PYGEN_ERROR) {
+        res = gh_err_get_raised();
+    }
+    if (status != PYGEN_NEXT) {
+        w->finished = 1;
+    }
+    w->out = res;
+    w->out_status = status;
+}
+
+/* Makes `ctx` the current greenlet's (and so the thread's) context, the way
+ * a greenlet switch does: without "entering" it, since the step's handle
+ * has already entered it on the driver.  (greenlet refuses to set the
+ * context of a suspended greenlet that has no Python frame, so a worker sets
+ * its own.) */
+static int
+adopt_context(gh_state *st, PyObject *ctx)
+{
+    PyObject *self = gh_green_current();
+    if (self == NULL) {
+        return -1;
+    }
+    int rc = gh_green_set_context(self, st->str_gr_context, ctx);
+    Py_DECREF(self);
+    return rc;
+}
+
+static PyObject *
+worker_main(PyObject *module, PyObject *Py_UNUSED(ignored))
+{
+    gh_state *st = (gh_state *)PyModule_GetState(module);
+    PyObject *ctx = NULL; /* owned: the context this greenlet is in */
+    for (;;) {
+        gh_GreenCoro *w = st->handoff; /* the driver holds a reference */
+        st->handoff = NULL;
+        if (w == NULL) {
+            st->live_workers--;
+            Py_XDECREF(ctx);
+            PyErr_SetString(PyExc_RuntimeError,
+                            "a greenhub worker greenlet was switched to outside a task step");
+            return NULL;
+        }
+        if (w->context != ctx) {
+            if (adopt_context(st, w->context) < 0) {
+                /* Report it as the step's outcome. */
+                Py_CLEAR(w->in_value);
+                Py_CLEAR(w->in_exc);
+                w->out = gh_err_get_raised();
+                w->out_status = PYGEN_ERROR;
+                w->finished = 1;
+                goto step_done;
+            }
+            Py_XSETREF(ctx, Py_NewRef(w->context));
+        }
+        step_coroutine(st, w);
+        if (w->finished) {
+            /* An idle worker must not keep the task's Context (and what
+             * its variables hold) alive. */
+            if (adopt_context(st, Py_None) < 0) {
+                PyErr_Clear(); /* cannot fail for the current greenlet */
+            }
+            Py_CLEAR(ctx);
+        }
+    step_done:
+        if (w->driver == NULL) {
+            /* The step was resumed by a foreign switch into a parked
+             * await_() (see bridge.c); nobody waits for its outcome.  End
+             * this greenlet; control goes to its parent. */
+            PyObject *out = w->out;
+            w->out = NULL;
+            st->live_workers--;
+            Py_XDECREF(ctx);
+            if (w->out_status == PYGEN_ERROR) {
+                gh_err_set_raised(out);
+                return NULL;
+            }
+            return out;
+        }
+        PyObject *r = gh_green_switch(w->driver);
+        if (r == NULL) {
+            /* Killed (GreenletExit from dealloc) or thrown into by a
+             * stranger: this worker's life ends here. */
+            st->live_workers--;
+            Py_XDECREF(ctx);
+            if (PyErr_ExceptionMatches(gh_green_exit_type())) {
+                PyErr_Clear();
+                Py_RETURN_NONE;
+            }
+            return NULL;
+        }
+        Py_DECREF(r);
+    }
+}
+
+static PyMethodDef worker_main_def = {
+    "greenhub_worker", worker_main, METH_NOARGS,
+    "Main function of a greenhub worker greenlet: steps task coroutines.",
+};
+
+PyObject *
+gh_make_worker_main(PyObject *module)
+{
+    return PyCFunction_New(&worker_main_def, module);
+}
+
+/* --- a step, from the driver's side ---------------------------------------- */
+
+static void
+park_unlink(gh_Loop *loop, gh_GreenCoro *w)
+{
+    if (!w->parked) {
+        return;
+    }
+    if (w->park_prev) {
+        w->park_prev->park_next = w->park_next;
+    }
+    else {
+        loop->parked = w->park_next;
+    }
+    if (w->park_next) {
+        w->park_next->park_prev = w->park_prev;
+    }
+    w->park_prev = w->park_next = NULL;
+    w->parked = 0;
+    loop->st->parked_coros--;
+}
+
+static PySendResult
+coro_step(gh_GreenCoro *w, PyObject *value, PyObject *exc, PyObject **presult)
+{
+    gh_Loop *loop = coro_loop(w);
+    gh_state *st = loop->st;
+    *presult = NULL;
+    if (w->running) {
+        PyErr_SetString(PyExc_ValueError, "coroutine already executing");
+        return PYGEN_ERROR;
+    }
+    if (w->finished) {
+        PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited coroutine");
+        return PYGEN_ERROR;
+    }
+    if (loop->has_thread_id && PyThread_get_thread_ident() != loop->thread_id) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "a greenhub task can only be stepped in the thread that runs its "
+                        "event loop; use loop.call_soon_threadsafe() to reach it");
+        return PYGEN_ERROR;
+    }
+
+    PyObject *target;
+    if (w->parked_in != NULL) {
+        target = w->parked_in; /* take the reference */
+        w->parked_in = NULL;
+        park_unlink(loop, w);
+    }
+    else {
+        if (w->worker == NULL && bind_worker(st, loop, w) < 0) {
+            return PYGEN_ERROR;
+        }
+        target = Py_NewRef(w->worker);
+        st->handoff = w;
+    }
+    PyObject *driver = gh_green_current();
+    if (driver == NULL) {
+        Py_DECREF(target);
+        return PYGEN_ERROR;
+    }
+    w->in_value = Py_XNewRef(value);
+    w->in_exc = Py_XNewRef(exc);
+    w->driver = driver;
+    w->running = 1;
+    w->prev_step = loop->current_step;
+    loop->current_step = w;
+    Py_INCREF(w); /* alive across the switch, whatever the step does */
+
+    PyObject *r = gh_green_switch(target);
+
+    Py_DECREF(target);
+    loop->current_step = w->prev_step;
+    w->prev_step = NULL;
+    w->running = 0;
+    Py_CLEAR(w->driver);
+    Py_CLEAR(w->in_value);
+    Py_CLEAR(w->in_exc);
+    PySendResult status;
+    if (r == NULL) {
+        /* Something threw into the driver greenlet while the step was
+         * away; the step's own outcome, if any, is dropped. */
+        Py_CLEAR(w->out);
+        status = PYGEN_ERROR;
+    }
+    else {
+        Py_DECREF(r);
+        status = w->out_status;
+        PyObject *out = w->out;
+        w->out = NULL;
+        /* Before raising: this may call into Python (greenlet attributes). */
+        maybe_unbind_worker(loop, w);
+        if (status == PYGEN_ERROR) {
+            gh_err_set_raised(out);
+        }
+        else {
+            *presult = out;
+        }
+    }
+    Py_DECREF(w);
+    return status;
+}
+
+void
+gh_coro_unpark(gh_GreenCoro *w)
+{
+    park_unlink(coro_loop(w), w);
+    Py_CLEAR(w->parked_in);
+}
+
+/* Called by bridge.c: w's step is suspended inside await_() on the current
+ * greenlet `here`; record it so send()/throw() resume it there. */
+void
+gh_coro_park(gh_GreenCoro *w, PyObject *here)
+{
+    gh_Loop *loop = coro_loop(w);
+    w->parked_in = Py_NewRef(here);
+    w->parked = 1;
+    w->park_prev = NULL;
+    w->park_next = loop->parked;
+    if (loop->parked) {
+        loop->parked->park_prev = w;
+    }
+    loop->parked = w;
+    loop->st->parked_coros++;
+}
+
+/* --- the coroutine protocol ------------------------------------------------ */
+
+static PySendResult
+coro_am_send(PyObject *self, PyObject *arg, PyObject **presult)
+{
+    return coro_step((gh_GreenCoro *)self, arg, NULL, presult);
+}
+
+/* Converts a send-style result into the method-call convention: a yielded
+ * value is returned, a returned value raises StopIteration(value). */
+static PyObject *
+send_result_to_call(PySendResult status, PyObject *res)
+{
+    if (status == PYGEN_NEXT) {
+        return res;
+    }
+    if (status == PYGEN_RETURN) {
+        if (res == Py_None) {
+            PyErr_SetNone(PyExc_StopIteration);
+        }
+        else {
+            PyObject *exc = PyObject_CallOneArg(PyExc_StopIteration, res);
+            if (exc != NULL) {
+                PyErr_SetObject(PyExc_StopIteration, exc);
+                Py_DECREF(exc);
+            }
+        }
+        Py_DECREF(res);
+    }
+    return NULL;
+}
+
+static PyObject *
+coro_send(PyObject *self, PyObject *arg)
+{
+    PyObject *res;
+    PySendResult status = coro_step((gh_GreenCoro *)self, arg, NULL, &res);
+    return send_result_to_call(status, res);
+}
+
+static PyObject *
+coro_iternext(PyObject *self)
+{
+    PyObject *res;
+    PySendResult status = coro_step((gh_GreenCoro *)self, Py_None, NULL, &res);
+    if (status == PYGEN_RETURN) {
+        /* iternext signals the return value through StopIteration too */
+        return send_result_to_call(status, res);
+    }
+    return status == PYGEN_NEXT ? res : NULL;
+}
+
+/* throw(exc) / throw(type[, value[, tb]]), as a coroutine accepts it. */
+static PyObject *
+coro_throw(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    gh_GreenCoro *w = (gh_GreenCoro *)self;
+    if (nargs < 1 || nargs > 3) {
+        PyErr_SetString(PyExc_TypeError, "throw expected 1 to 3 arguments");
+        return NULL;
+    }
+    PyObject *exc;
+    if (nargs == 1 && PyExceptionInstance_Check(args[0])) {
+        exc = Py_NewRef(args[0]);
+    }
+    else if (PyExceptionClass_Check(args[0])) {
+        PyObject *val = nargs > 1 ? args[1] : Py_None;
+        if (PyExceptionInstance_Check(val)) {
+            exc = Py_NewRef(val);
+        }
+        else {
+            exc = val == Py_None ? PyObject_CallNoArgs(args[0])
+                                 : PyObject_CallOneArg(args[0], val);
+            if (exc == NULL) {
+                return NULL;
+            }
+        }
+        if (nargs == 3 && args[2] != Py_None && PyException_SetTraceback(exc, args[2]) < 0) {
+            Py_DECREF(exc);
+            return NULL;
+        }
+    }
+    else {
+        PyErr_SetString(PyExc_TypeError,
+                        "exceptions must be classes or instances deriving from BaseException");
+        return NULL;
+    }
+    PyObject *res;
+    PySendResult status = coro_step(w, NULL, exc, &res);
+    Py_DECREF(exc);
+    return send_result_to_call(status, res);
+}
+
+static PyObject *
+coro_close(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    gh_GreenCoro *w = (gh_GreenCoro *)self;
+    if (w->finished) {
+        Py_RETURN_NONE;
+    }
+    if (w->running) {
+        PyErr_SetString(PyExc_ValueError, "coroutine already executing");
+        return NULL;
+    }
+    if (w->parked_in == NULL) {
+        /* Suspended at an ordinary await (or never started): nothing is on
+         * a greenlet stack, so closing the real coroutine is enough. */
+        w->finished = 1;
+        return PyObject_CallMethodNoArgs(w->coro, coro_loop(w)->st->str_close);
+    }
+    /* Suspended inside await_(): unwind the synchronous frames too, by
+     * raising GeneratorExit at the await_() call. */
+    PyObject *exc = PyObject_CallNoArgs(PyExc_GeneratorExit);
+    if (exc == NULL) {
+        return NULL;
+    }
+    PyObject *res;
+    PySendResult status = coro_step(w, NULL, exc, &res);
+    Py_DECREF(exc);
+    if (status == PYGEN_NEXT) {
+        Py_DECREF(res);
+        PyErr_SetString(PyExc_RuntimeError, "coroutine ignored GeneratorExit");
+        return NULL;
+    }
+    if (status == PYGEN_RETURN) {
+        Py_DECREF(res);
+        Py_RETURN_NONE;
+    }
+    if (PyErr_ExceptionMatches(PyExc_GeneratorExit) ||
+        PyErr_ExceptionMatches(PyExc_StopIteration)) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    return NULL;
+}
+
+static PyObject *
+coro_await(PyObject *self)
+{
+    return Py_NewRef(self);
+}
+
+/* --- object protocol ------------------------------------------------------- */
+
+static PyObject *
+coro_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"coro", "loop", NULL};
+    PyObject *coro, *loop;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO:GreenCoro", kwlist, &coro, &loop)) {
+        return NULL;
+    }
+    gh_state *st = gh_state_from_type(type);
+    if (st == NULL) {
+        return NULL;
+    }
+    if (!PyObject_TypeCheck(loop, st->LoopType)) {
+        PyErr_Format(PyExc_TypeError, "GreenCoro needs a greenhub loop, got %R", loop);
+        return NULL;
+    }
+    gh_GreenCoro *w = (gh_GreenCoro *)type->tp_alloc(type, 0);
+    if (w == NULL) {
+        return NULL;
+    }
+    w->coro = Py_NewRef(coro);
+    w->loop = Py_NewRef(loop);
+    st->live_coros++;
+    return (PyObject *)w;
+}
+
+static int
+coro_traverse(PyObject *self, visitproc visit, void *arg)
+{
+    gh_GreenCoro *w = (gh_GreenCoro *)self;
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(w->coro);
+    Py_VISIT(w->loop);
+    Py_VISIT(w->context);
+    Py_VISIT(w->in_value);
+    Py_VISIT(w->in_exc);
+    Py_VISIT(w->out);
+    return 0;
+}
+
+static int
+coro_clear(PyObject *self)
+{
+    gh_GreenCoro *w = (gh_GreenCoro *)self;
+    if (w->running || w->parked_in != NULL) {
+        return 0; /* a greenlet stack still uses it; see gh_await() */
+    }
+    Py_CLEAR(w->in_value);
+    Py_CLEAR(w->in_exc);
+    Py_CLEAR(w->out);
+    Py_CLEAR(w->coro);
+    return 0;
+}
+
+static void
+coro_dealloc(PyObject *self)
+{
+    gh_GreenCoro *w = (gh_GreenCoro *)self;
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    if (w->weakreflist != NULL) {
+        PyObject_ClearWeakRefs(self);
+    }
+    gh_Loop *loop = coro_loop(w);
+    gh_state *st = loop->st;
+    if (w->worker != NULL) {
+        /* Bound but idle (parked coros cannot reach dealloc: await_ holds
+         * them).  Give the worker back, or drop it. */
+        w->finished = 1;
+        maybe_unbind_worker(loop, w);
+        if (w->worker != NULL) { /* kept: someone else observes it */
+            loop->bound_workers--;
+            Py_CLEAR(w->worker);
+        }
+    }
+    Py_CLEAR(w->parked_in);
+    Py_CLEAR(w->driver);
+    Py_CLEAR(w->in_value);
+    Py_CLEAR(w->in_exc);
+    Py_CLEAR(w->out);
+    Py_CLEAR(w->coro);
+    Py_CLEAR(w->context);
+    st->live_coros--;
+    Py_CLEAR(w->loop);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+coro_repr(PyObject *self)
+{
+    gh_GreenCoro *w = (gh_GreenCoro *)self;
+    return w->coro ? PyObject_Repr(w->coro) : PyUnicode_FromString("<GreenCoro (cleared)>");
+}
+
+/* Attributes of the real coroutine, so that asyncio's task repr, get_stack()
+ * and introspection tools see the user's coroutine. */
+static PyObject *
+coro_getattro(PyObject *self, PyObject *name)
+{
+    PyObject *res = PyObject_GenericGetAttr(self, name);
+    if (res != NULL || !PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        return res;
+    }
+    gh_GreenCoro *w = (gh_GreenCoro *)self;
+    if (w->coro == NULL || !PyUnicode_Check(name)) {
+        return NULL;
+    }
+    /* Only the coroutine introspection attributes are forwarded. */
+    const char *s = PyUnicode_AsUTF8(name);
+    if (s == NULL) {
+        return NULL;
+    }
+    if (strncmp(s, "cr_", 3) == 0 || strcmp(s, "__name__") == 0 ||
+        strcmp(s, "__qualname__") == 0) {
+        PyErr_Clear();
+        return PyObject_GetAttr(w->coro, name);
+    }
+    return NULL;
+}
+
+static PyObject *
+coro_get_inner(PyObject *self, void *Py_UNUSED(closure))
+{
+    gh_GreenCoro *w = (gh_GreenCoro *)self;
+    return Py_NewRef(w->coro ? w->coro : Py_None);
+}
+
+static PyObject *
+coro_get_parked(PyObject *self, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(((gh_GreenCoro *)self)->parked_in != NULL);
+}
+
+static PyObject *
+coro_get_worker(PyObject *self, void *Py_UNUSED(closure))
+{
+    gh_GreenCoro *w = (gh_GreenCoro *)self;
+    PyObject *g = w->parked_in ? w->parked_in : w->worker;
+    return Py_NewRef(g ? g : Py_None);
+}
+
+static PyMethodDef coro_methods[] = {
+    {"send", coro_send, METH_O, "Run the next step of the task (on its greenlet)."},
+    {"throw", (PyCFunction)(void (*)(void))coro_throw, METH_FASTCALL,
+     "Raise an exception where the task is suspended (an await or an await_())."},
+    {"close", coro_close, METH_NOARGS, "Close the coroutine, unwinding any await_()."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef coro_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(gh_GreenCoro, weakreflist), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyGetSetDef coro_getset[] = {
+    {"coroutine", coro_get_inner, NULL, "The wrapped coroutine.", NULL},
+    {"parked", coro_get_parked, NULL, "True while suspended inside greenhub.await_().", NULL},
+    {"greenlet", coro_get_worker, NULL,
+     "The greenlet holding the task's suspended stack, or None.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot coro_slots[] = {
+    {Py_tp_doc, "GreenCoro(coro, loop): a task's coroutine, stepped on a greenlet.\n\n"
+                "greenhub.Loop.create_task() wraps every coroutine in one; Task.get_coro()\n"
+                "returns it, and .coroutine is the original coroutine."},
+    {Py_tp_new, coro_new},
+    {Py_tp_dealloc, coro_dealloc},
+    {Py_tp_traverse, coro_traverse},
+    {Py_tp_clear, coro_clear},
+    {Py_tp_repr, coro_repr},
+    {Py_tp_getattro, coro_getattro},
+    {Py_tp_iter, coro_await}, /* iter(coro) is itself, as for a generator */
+    {Py_tp_iternext, coro_iternext},
+    {Py_am_await, coro_await},
+    {Py_am_send, coro_am_send},
+    {Py_tp_methods, coro_methods},
+    {Py_tp_members, coro_members},
+    {Py_tp_getset, coro_getset},
+    {0, NULL},
+};
+
+PyType_Spec gh_greencoro_spec = {
+    .name = "greenhub._core.GreenCoro",
+    .basicsize = sizeof(gh_GreenCoro),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = coro_slots,
+};

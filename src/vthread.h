@@ -1,0 +1,76 @@
+/*
+ * vthread.h - running task steps on greenlets (virtual threads).
+ *
+ * greenhub keeps CPython's own asyncio.Task.  Loop.create_task() wraps the
+ * task's coroutine in a GreenCoro: a coroutine-like object whose send() and
+ * throw() - what the Task calls for each step - switch to a greenlet
+ * ("worker") that steps the real coroutine there and switches back with
+ * what it yielded.  Because the step runs on its own greenlet, synchronous
+ * code anywhere under it can call greenhub.await_(): await_ steps its
+ * awaitable itself and passes each future it yields up to the Task as if the
+ * coroutine had yielded it, by switching to the greenlet that drove the step.
+ * The Task waits on that future exactly as for `await`, and resumes the
+ * step by calling send()/throw() again, which switches back into await_.
+ *
+ * Ownership of greenlets.  A worker is bound to one GreenCoro at a time and
+ * goes back to the loop's pool when the task ends.  Between steps a task
+ * keeps its worker while anything but greenhub can observe the greenlet (a
+ * child greenlet's parent link, a stored greenlet.getcurrent(), a weak
+ * reference, attributes) and while the loop has few bound workers;
+ * otherwise the idle worker returns to the pool, which is what keeps an
+ * idle task as small as a stock asyncio task.  Nothing can tell the two
+ * apart: code that can reach the greenlet pins it.
+ */
+#ifndef GH_VTHREAD_H
+#define GH_VTHREAD_H
+
+#include <Python.h>
+
+#include "state.h"
+
+typedef struct gh_GreenCoro {
+    PyObject_HEAD
+    PyObject *coro;         /* owned: the task's real coroutine */
+    PyObject *loop;         /* owned: the greenhub loop (a gh_Loop) */
+    PyObject *context;      /* owned or NULL: the Context steps run in, learnt at the first step */
+    PyObject *worker;       /* owned or NULL: the greenlet bound to this task */
+    PyObject *parked_in;    /* owned or NULL: the greenlet suspended inside await_() */
+    PyObject *driver;       /* owned while a step runs: the greenlet that called send/throw */
+    PyObject *in_value;     /* owned or NULL: what the resumed step receives */
+    PyObject *in_exc;       /* owned or NULL: the exception to throw into the step */
+    PyObject *out;          /* owned or NULL: what the step produced */
+    PyObject *weakreflist;  /* managed by CPython */
+    struct gh_GreenCoro *prev_step;  /* borrowed: the loop's current step before this one */
+    struct gh_GreenCoro *park_prev;  /* borrowed: links in the loop's list of parked coros */
+    struct gh_GreenCoro *park_next;
+    PySendResult out_status;
+    char running;   /* a step is in progress (switched away from the driver) */
+    char finished;  /* the coroutine returned or raised */
+    char parked;    /* in the loop's parked list */
+} gh_GreenCoro;
+
+/* Idle worker greenlets of one loop. */
+typedef struct {
+    PyObject **greenlets; /* owned */
+    Py_ssize_t len;
+    Py_ssize_t cap;
+} gh_pool;
+
+extern PyType_Spec gh_greencoro_spec;
+
+/* greenhub.await_(awaitable) - see bridge.c. */
+PyObject *gh_await(gh_state *st, PyObject *awaitable);
+
+/* Records that w's step is suspended inside await_() on greenlet `here`. */
+void gh_coro_park(gh_GreenCoro *w, PyObject *here);
+
+/* Undoes gh_coro_park(). */
+void gh_coro_unpark(gh_GreenCoro *w);
+
+/* Called by the loop: empties the pool (kills its greenlets). */
+void gh_pool_clear(gh_pool *pool);
+
+/* Module-level function objects the workers run; made by module.c. */
+PyObject *gh_make_worker_main(PyObject *module);
+
+#endif /* GH_VTHREAD_H */
