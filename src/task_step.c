@@ -19,6 +19,7 @@
  */
 #include "loop.h"
 
+#include <alloca.h>
 #include <structmember.h>
 
 #include "compat.h"
@@ -31,6 +32,9 @@
  * (no rebinding cost); beyond it, idle tasks give unobservable workers back
  * so that many idle tasks cost no greenlet each. */
 #define KEEP_BOUND_MAX 64
+
+/* How far below the driver's stack a new worker starts (see switch_in). */
+#define WORKER_STACK_GAP (64 * 1024)
 
 static inline gh_Loop *
 coro_loop(gh_GreenCoro *w)
@@ -287,6 +291,30 @@ park_unlink(gh_Loop *loop, gh_GreenCoro *w)
     loop->st->parked_coros--;
 }
 
+/*
+ * Switches to a worker.  greenlet keeps one C stack per thread and copies
+ * out (to the heap) whatever part of the stack the greenlet it switches to
+ * is going to use.  A greenlet's stack begins where it was first switched
+ * to, so a worker started right here would share the region just below the
+ * driver's frame: every step would copy a slice of the driver's stack out
+ * and back in (a malloc, two memcpy).  A new worker therefore starts
+ * WORKER_STACK_GAP bytes further down, below anything the driver uses when
+ * it steps tasks, and a step then copies nothing as long as the same worker
+ * runs again (and one worker's slice when workers alternate).
+ */
+static PyObject *
+switch_in(PyObject *target, int fresh)
+{
+    if (!fresh) {
+        return gh_green_switch(target);
+    }
+    volatile char *gap = alloca(WORKER_STACK_GAP);
+    gap[0] = 0;
+    PyObject *r = gh_green_switch(target);
+    gap[WORKER_STACK_GAP - 1] = 0; /* keep the gap alive across the call */
+    return r;
+}
+
 static PySendResult
 coro_step(gh_GreenCoro *w, PyObject *value, PyObject *exc, PyObject **presult)
 {
@@ -309,6 +337,7 @@ coro_step(gh_GreenCoro *w, PyObject *value, PyObject *exc, PyObject **presult)
     }
 
     PyObject *target;
+    int fresh = 0;
     if (w->parked_in != NULL) {
         target = w->parked_in; /* take the reference */
         w->parked_in = NULL;
@@ -319,6 +348,7 @@ coro_step(gh_GreenCoro *w, PyObject *value, PyObject *exc, PyObject **presult)
             return PYGEN_ERROR;
         }
         target = Py_NewRef(w->worker);
+        fresh = !gh_green_active(target);
         st->handoff = w;
     }
     PyObject *driver = gh_green_current();
@@ -334,7 +364,7 @@ coro_step(gh_GreenCoro *w, PyObject *value, PyObject *exc, PyObject **presult)
     loop->current_step = w;
     Py_INCREF(w); /* alive across the switch, whatever the step does */
 
-    PyObject *r = gh_green_switch(target);
+    PyObject *r = switch_in(target, fresh);
 
     Py_DECREF(target);
     loop->current_step = w->prev_step;
