@@ -1,8 +1,14 @@
-"""greenhub showcase: an ordinary asyncio program, run on greenhub's C loop.
+"""greenhub showcase: synchronous code using an async library, concurrently.
 
-Run it with `make demo`.  It shows that greenhub is a drop-in asyncio loop
-(tasks, timers, threads, timeouts and task groups behave as asyncio's) and
-how its scheduling compares with the stock loop on this machine.
+Run it with `make demo`.
+
+The "async library" below is a tiny async key-value client whose every call
+takes 50 ms (as a network round trip would).  The application code is plain
+synchronous Python - a repository class and a request handler that know
+nothing about asyncio - and it calls the library through greenhub.await_().
+Each request runs as a virtual thread (an asyncio Task on a greenlet), so
+while one request waits for the "network", the others run: 200 requests that
+each make 3 sequential calls finish in about 3 x 50 ms, not 200 x 150 ms.
 """
 
 import asyncio
@@ -12,73 +18,87 @@ import time
 
 import greenhub
 
-
-async def worker(name, delay, results):
-    await asyncio.sleep(delay)
-    results.append(name)
-    return name
+LATENCY = 0.050
 
 
-async def showcase():
-    loop = asyncio.get_running_loop()
-    print(f"running on {type(loop).__module__}.{type(loop).__qualname__} "
-          f"(libev {'.'.join(map(str, greenhub._core.LIBEV_VERSION))}, {loop._backend})")
+# --- an async library (it could be asyncpg, httpx, redis.asyncio ...) -------
 
-    # 1. Many concurrent tasks with timers: 1,000 sleepers overlap.
-    results = []
+class AsyncKV:
+    def __init__(self):
+        self._data = {}
+
+    async def get(self, key):
+        await asyncio.sleep(LATENCY)  # the network round trip
+        return self._data.get(key)
+
+    async def set(self, key, value):
+        await asyncio.sleep(LATENCY)
+        self._data[key] = value
+
+
+# --- plain synchronous application code --------------------------------------
+
+class Repository:
+    """A sync data layer, e.g. deep inside an ORM."""
+
+    def __init__(self, kv):
+        self.kv = kv
+
+    def load(self, key):
+        return greenhub.await_(self.kv.get(key))  # suspends this request only
+
+    def save(self, key, value):
+        greenhub.await_(self.kv.set(key, value))
+
+
+def handle_request(repo, n):
+    """A sync request handler: read, modify, write - three round trips."""
+    visits = repo.load(f"user:{n}") or 0
+    repo.save(f"user:{n}", visits + 1)
+    return repo.load(f"user:{n}")
+
+
+async def serve(requests):
+    repo = Repository(AsyncKV())
     t0 = time.perf_counter()
-    async with asyncio.TaskGroup() as tg:
-        for i in range(1000):
-            tg.create_task(worker(i, 0.05 + (i % 10) / 1000, results))
-    elapsed = time.perf_counter() - t0
-    print(f"1,000 tasks each sleeping ~50 ms finished in {elapsed * 1000:.0f} ms "
-          f"(they overlapped: sequentially it would take {1000 * 0.05:.0f} s)")
-
-    # 2. Timeouts and cancellation behave as asyncio's.
-    try:
-        async with asyncio.timeout(0.01):
-            await asyncio.sleep(10)
-    except TimeoutError:
-        print("asyncio.timeout(0.01) around sleep(10): TimeoutError, as expected")
-
-    # 3. Another OS thread hands work to the loop with call_soon_threadsafe.
-    fut = loop.create_future()
-    threading.Thread(
-        target=lambda: loop.call_soon_threadsafe(fut.set_result, threading.get_ident())
-    ).start()
-    tid = await fut
-    print(f"a result set from thread {tid} woke the loop in thread {threading.get_ident()}")
-
-    # 4. A blocking call runs in the default executor while the loop keeps going.
-    t0 = time.perf_counter()
-    await asyncio.gather(*(loop.run_in_executor(None, time.sleep, 0.05) for _ in range(4)),
-                         asyncio.sleep(0.05))
-    print(f"4 x time.sleep(0.05) in the executor alongside the loop: "
-          f"{(time.perf_counter() - t0) * 1000:.0f} ms")
-
-
-def steps_per_second(new_loop, n=100_000):
-    async def stepper():
-        for _ in range(n):
-            await asyncio.sleep(0)
-
-    loop = new_loop()
-    try:
-        t0 = time.perf_counter()
-        loop.run_until_complete(stepper())
-        return n / (time.perf_counter() - t0)
-    finally:
-        loop.close()
+    results = await asyncio.gather(*(greenhub.spawn(handle_request, repo, n)
+                                     for n in range(requests)))
+    return results, time.perf_counter() - t0
 
 
 def main():
-    greenhub.run(showcase())
-    stock = max(steps_per_second(asyncio.new_event_loop) for _ in range(3))
-    green = max(steps_per_second(greenhub.new_event_loop) for _ in range(3))
-    print(f"task steps (await asyncio.sleep(0)) per second: stock asyncio {stock:,.0f}, "
-          f"greenhub {green:,.0f}  ({green / stock:.1f}x)")
-    print(f"Python {sys.version.split()[0]}; see `make bench` for the full comparison "
-          f"with uvloop")
+    requests = 200
+    print(f"{requests} sync request handlers, each making 3 async calls of "
+          f"{LATENCY * 1000:.0f} ms, run as virtual threads on greenhub:")
+    results, elapsed = greenhub.run(serve(requests))
+    assert results == [1] * requests
+    sequential = requests * 3 * LATENCY
+    print(f"  finished in {elapsed * 1000:.0f} ms; one after another it would take "
+          f"{sequential:.0f} s -> {sequential / elapsed:.0f}x overlap")
+
+    # A plain script (no event loop running) can call the async library too.
+    kv = AsyncKV()
+    t0 = time.perf_counter()
+    greenhub.await_(kv.set("answer", 42))
+    value = greenhub.await_(kv.get("answer"))
+    print(f"  from a plain script: greenhub.await_(kv.get('answer')) -> {value} "
+          f"({(time.perf_counter() - t0) * 1000:.0f} ms for 2 calls)")
+
+    # Several OS threads, each with its own greenhub loop, at the same time.
+    def thread_main(out):
+        out.append(greenhub.await_(serve(50))[1])
+
+    outs = []
+    threads = [threading.Thread(target=thread_main, args=(outs,)) for _ in range(4)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    print(f"  4 OS threads x 50 virtual threads each: {(time.perf_counter() - t0) * 1000:.0f} ms")
+    print(f"greenhub on Python {sys.version.split()[0]}, libev "
+          f"{'.'.join(map(str, greenhub._core.LIBEV_VERSION))}; `make bench` compares "
+          f"it with asyncio and uvloop")
 
 
 if __name__ == "__main__":

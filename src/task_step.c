@@ -94,6 +94,12 @@ bind_worker(gh_state *st, gh_Loop *loop, gh_GreenCoro *w)
         }
     }
     PyObject *g;
+    unsigned long here = PyThread_get_thread_ident();
+    if (loop->pool.len > 0 && loop->pool.thread_id != here) {
+        /* The loop now runs in another thread; greenlets cannot follow.
+         * (greenlet frees them in their own thread.) */
+        gh_pool_clear(&loop->pool);
+    }
     if (loop->pool.len > 0) {
         g = loop->pool.greenlets[--loop->pool.len];
     }
@@ -105,6 +111,7 @@ bind_worker(gh_state *st, gh_Loop *loop, gh_GreenCoro *w)
         st->live_workers++;
     }
     w->worker = g;
+    w->thread_id = here;
     loop->bound_workers++;
     return 0;
 }
@@ -127,8 +134,11 @@ maybe_unbind_worker(gh_Loop *loop, gh_GreenCoro *w)
     if (w->finished) {
         gh_green_clear_attributes(g);
     }
+    if (loop->pool.len == 0) {
+        loop->pool.thread_id = w->thread_id;
+    }
     if (observable || !gh_green_active(g) || loop->pool.len >= POOL_MAX || loop->closed ||
-        pool_push(&loop->pool, g) < 0) {
+        loop->pool.thread_id != w->thread_id || pool_push(&loop->pool, g) < 0) {
         /* Not reusable here: someone else holds it, or no room.  Dropping
          * our reference kills it if nobody else has one. */
         Py_DECREF(g);
@@ -329,7 +339,11 @@ coro_step(gh_GreenCoro *w, PyObject *value, PyObject *exc, PyObject **presult)
         PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited coroutine");
         return PYGEN_ERROR;
     }
-    if (loop->has_thread_id && PyThread_get_thread_ident() != loop->thread_id) {
+    unsigned long here = PyThread_get_thread_ident();
+    if ((loop->has_thread_id && here != loop->thread_id) ||
+        ((w->worker != NULL || w->parked_in != NULL) && here != w->thread_id)) {
+        /* Greenlets belong to one thread; greenlet itself would refuse the
+         * switch, with a less helpful error. */
         PyErr_SetString(PyExc_RuntimeError,
                         "a greenhub task can only be stepped in the thread that runs its "
                         "event loop; use loop.call_soon_threadsafe() to reach it");

@@ -44,6 +44,7 @@ typedef struct gh_GreenCoro {
     struct gh_GreenCoro *park_prev;  /* borrowed: links in the loop's list of parked coros */
     struct gh_GreenCoro *park_next;
     PySendResult out_status;
+    unsigned long thread_id; /* thread of the greenlets, while one is held */
     char running;   /* a step is in progress (switched away from the driver) */
     char finished;  /* the coroutine returned or raised */
     char parked;    /* in the loop's parked list */
@@ -54,6 +55,7 @@ typedef struct {
     PyObject **greenlets; /* owned */
     Py_ssize_t len;
     Py_ssize_t cap;
+    unsigned long thread_id; /* the thread the pooled greenlets belong to */
 } gh_pool;
 
 extern PyType_Spec gh_greencoro_spec;
