@@ -52,5 +52,8 @@ def run(main, *, debug=None):
     finalises async generators, shuts the default executor down and closes
     the loop; Ctrl-C cancels `main` and raises KeyboardInterrupt.
     """
+    if _asyncio.events._get_running_loop() is not None:
+        # Checked before a loop is made, as asyncio.run() does.
+        raise RuntimeError("greenhub.run() cannot be called from a running event loop")
     with _asyncio.Runner(debug=debug, loop_factory=new_event_loop) as runner:
         return runner.run(main)

@@ -43,39 +43,45 @@ class Loop(_core.Loop, base_events.BaseEventLoop):
         self._signal_handlers = {}
 
     # -- running ----------------------------------------------------------
+    #
+    # The C method _run() is the run loop; run_forever() wraps it in the
+    # set-up and tear-down of the Python version at hand.
 
-    if not hasattr(base_events.BaseEventLoop, "_run_forever_setup"):
-        # Python 3.11 and 3.12 inline these two steps in run_forever(); 3.13
-        # names them, and greenhub uses the 3.13 names on every version.
+    if hasattr(base_events.BaseEventLoop, "_run_forever_setup"):
+        # Python 3.13+: the base class names the steps around the run loop.
 
-        def _run_forever_setup(self):
+        def run_forever(self):
+            """Run until stop() is called."""
+            try:
+                self._run_forever_setup()
+                self._run()
+            finally:
+                self._run_forever_cleanup()
+
+    else:
+        # Python 3.11 and 3.12: the same steps, in the order these versions
+        # take them (the checks come before the try block).
+
+        def run_forever(self):
+            """Run until stop() is called."""
             self._check_closed()
             self._check_running()
             self._set_coroutine_origin_tracking(self._debug)
-            self._old_agen_hooks = sys.get_asyncgen_hooks()
-            self._thread_id = threading.get_ident()
-            sys.set_asyncgen_hooks(
-                firstiter=self._asyncgen_firstiter_hook,
-                finalizer=self._asyncgen_finalizer_hook,
-            )
-            events._set_running_loop(self)
-
-        def _run_forever_cleanup(self):
-            self._stopping = False
-            self._thread_id = None
-            events._set_running_loop(None)
-            self._set_coroutine_origin_tracking(False)
-            hooks, self._old_agen_hooks = self._old_agen_hooks, None
-            if hooks is not None:
-                sys.set_asyncgen_hooks(*hooks)
-
-    def run_forever(self):
-        """Run until stop() is called."""
-        try:
-            self._run_forever_setup()
-            self._run()
-        finally:
-            self._run_forever_cleanup()
+            old_agen_hooks = sys.get_asyncgen_hooks()
+            try:
+                self._thread_id = threading.get_ident()
+                sys.set_asyncgen_hooks(
+                    firstiter=self._asyncgen_firstiter_hook,
+                    finalizer=self._asyncgen_finalizer_hook,
+                )
+                events._set_running_loop(self)
+                self._run()
+            finally:
+                self._stopping = False
+                self._thread_id = None
+                events._set_running_loop(None)
+                self._set_coroutine_origin_tracking(False)
+                sys.set_asyncgen_hooks(*old_agen_hooks)
 
     # -- tasks ------------------------------------------------------------
 
