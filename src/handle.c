@@ -3,8 +3,6 @@
  */
 #include "handle.h"
 
-#include <structmember.h>
-
 #include "compat.h"
 #include "loop.h"
 
@@ -14,10 +12,11 @@ handle_state(PyObject *self)
     return (gh_state *)PyType_GetModuleState(Py_TYPE(self));
 }
 
-gh_Handle *
-gh_handle_new(gh_state *st, PyTypeObject *tp, PyObject *loop,
-              PyObject *callback, PyObject *const *args, Py_ssize_t nargs,
-              PyObject *context)
+Py_ssize_t gh_handle_data_offset;
+
+PyObject *
+gh_handle_new(gh_state *st, PyTypeObject *tp, PyObject *loop, PyObject *callback,
+              PyObject *const *args, Py_ssize_t nargs, PyObject *context)
 {
     PyObject *argtuple = NULL;
     if (nargs > 0) {
@@ -40,35 +39,23 @@ gh_handle_new(gh_state *st, PyTypeObject *tp, PyObject *loop,
         Py_INCREF(context);
     }
 
-    gh_Handle *h;
-    if (tp == st->TimerHandleType) {
-        gh_TimerHandle *t = PyObject_GC_New(gh_TimerHandle, tp);
-        if (t != NULL) {
-            t->when = 0.;
-            t->when_obj = NULL;
-            t->scheduled = 0;
-            st->live_timers++;
-        }
-        h = (gh_Handle *)t;
-    }
-    else {
-        h = PyObject_GC_New(gh_Handle, tp);
-    }
+    /* tp_alloc zeroes the object (the base's slots and weak reference
+     * list must start NULL) and starts GC tracking. */
+    PyObject *h = tp->tp_alloc(tp, 0);
     if (h == NULL) {
         Py_XDECREF(argtuple);
         Py_DECREF(context);
         return NULL;
     }
-    h->callback = Py_NewRef(callback);
-    h->args = argtuple;
-    h->context = context;
-    h->loop = Py_NewRef(loop);
-    h->source_traceback = NULL;
-    h->repr = NULL;
-    h->weakreflist = NULL;
-    h->cancelled = 0;
+    gh_handle_data *d = gh_hd(h);
+    d->callback = Py_NewRef(callback);
+    d->args = argtuple;
+    d->context = context;
+    d->loop = Py_NewRef(loop);
     st->live_handles++;
-    PyObject_GC_Track(h);
+    if (tp == st->TimerHandleType) {
+        st->live_timers++;
+    }
     return h;
 }
 
@@ -76,7 +63,7 @@ gh_handle_new(gh_state *st, PyTypeObject *tp, PyObject *loop,
  * (through the Python layer, which builds asyncio's context dict).  Takes
  * the raised exception from the error indicator. */
 static int
-report_callback_error(gh_state *st, gh_Handle *h)
+report_callback_error(gh_state *st, PyObject *h)
 {
     PyObject *exc = gh_err_get_raised();
     if (PyErr_GivenExceptionMatches(exc, PyExc_SystemExit) ||
@@ -85,8 +72,7 @@ report_callback_error(gh_state *st, gh_Handle *h)
         gh_err_set_raised(exc);
         return -1;
     }
-    PyObject *res = PyObject_CallFunctionObjArgs(st->hook_callback_error,
-                                                 (PyObject *)h, exc, NULL);
+    PyObject *res = PyObject_CallFunctionObjArgs(st->hook_callback_error, h, exc, NULL);
     Py_DECREF(exc);
     if (res == NULL) {
         return -1;
@@ -96,20 +82,21 @@ report_callback_error(gh_state *st, gh_Handle *h)
 }
 
 int
-gh_handle_run(gh_state *st, gh_Handle *h)
+gh_handle_run(gh_state *st, PyObject *h)
 {
+    gh_handle_data *d = gh_hd(h);
     PyObject *res;
-    if (PyContext_Enter(h->context) < 0) {
+    if (PyContext_Enter(d->context) < 0) {
         return report_callback_error(st, h);
     }
-    if (h->args == NULL) {
-        res = PyObject_CallNoArgs(h->callback);
+    if (d->args == NULL) {
+        res = PyObject_CallNoArgs(d->callback);
     }
     else {
-        res = PyObject_Vectorcall(h->callback, &PyTuple_GET_ITEM(h->args, 0),
-                                  PyTuple_GET_SIZE(h->args), NULL);
+        res = PyObject_Vectorcall(d->callback, &PyTuple_GET_ITEM(d->args, 0),
+                                  PyTuple_GET_SIZE(d->args), NULL);
     }
-    if (PyContext_Exit(h->context) < 0) {
+    if (PyContext_Exit(d->context) < 0) {
         Py_XDECREF(res);
         res = NULL;
     }
@@ -137,34 +124,35 @@ loop_is_debug(gh_state *st, PyObject *loop)
 }
 
 int
-gh_handle_cancel(gh_Handle *h)
+gh_handle_cancel(PyObject *h)
 {
-    if (h->cancelled) {
+    gh_handle_data *d = gh_hd(h);
+    if (d->cancelled) {
         return 0;
     }
-    gh_state *st = handle_state((PyObject *)h);
-    if (gh_is_timer(st, (PyObject *)h)) {
-        gh_Loop *l = gh_as_loop(st, h->loop);
+    gh_state *st = handle_state(h);
+    if (gh_is_timer(st, h)) {
+        gh_Loop *l = gh_as_loop(st, d->loop);
         if (l != NULL) {
-            gh_loop_timer_cancelled(l, (PyObject *)h);
+            gh_loop_timer_cancelled(l, h);
         }
     }
-    h->cancelled = 1;
-    int debug = loop_is_debug(st, h->loop);
+    d->cancelled = 1;
+    int debug = loop_is_debug(st, d->loop);
     if (debug < 0) {
         return -1;
     }
-    if (debug && h->repr == NULL) {
+    if (debug && d->repr == NULL) {
         /* Keep the callback's description for debug messages that are
          * written after the callback itself has been dropped. */
-        PyObject *r = PyObject_Repr((PyObject *)h);
+        PyObject *r = PyObject_Repr(h);
         if (r == NULL) {
             return -1;
         }
-        h->repr = r;
+        d->repr = r;
     }
-    Py_CLEAR(h->callback);
-    Py_CLEAR(h->args);
+    Py_CLEAR(d->callback);
+    Py_CLEAR(d->args);
     return 0;
 }
 
@@ -173,7 +161,7 @@ gh_handle_cancel(gh_Handle *h)
 static PyObject *
 handle_cancel(PyObject *self, PyObject *Py_UNUSED(ignored))
 {
-    if (gh_handle_cancel((gh_Handle *)self) < 0) {
+    if (gh_handle_cancel(self) < 0) {
         return NULL;
     }
     Py_RETURN_NONE;
@@ -182,28 +170,27 @@ handle_cancel(PyObject *self, PyObject *Py_UNUSED(ignored))
 static PyObject *
 handle_cancelled(PyObject *self, PyObject *Py_UNUSED(ignored))
 {
-    return PyBool_FromLong(((gh_Handle *)self)->cancelled);
+    return PyBool_FromLong(gh_hd(self)->cancelled);
 }
 
 static PyObject *
 handle_get_context(PyObject *self, PyObject *Py_UNUSED(ignored))
 {
-    return Py_NewRef(((gh_Handle *)self)->context);
+    return Py_NewRef(gh_hd(self)->context);
 }
 
 static PyObject *
 handle_run_method(PyObject *self, PyObject *Py_UNUSED(ignored))
 {
-    gh_Handle *h = (gh_Handle *)self;
-    if (h->callback == NULL) {
+    if (gh_hd(self)->callback == NULL) {
         /* asyncio would call None and report the TypeError; do the same. */
         PyErr_SetString(PyExc_TypeError, "'NoneType' object is not callable");
-        if (report_callback_error(handle_state(self), h) < 0) {
+        if (report_callback_error(handle_state(self), self) < 0) {
             return NULL;
         }
         Py_RETURN_NONE;
     }
-    if (gh_handle_run(handle_state(self), h) < 0) {
+    if (gh_handle_run(handle_state(self), self) < 0) {
         return NULL;
     }
     Py_RETURN_NONE;
@@ -212,7 +199,7 @@ handle_run_method(PyObject *self, PyObject *Py_UNUSED(ignored))
 static PyObject *
 handle_repr(PyObject *self)
 {
-    gh_Handle *h = (gh_Handle *)self;
+    gh_handle_data *h = gh_hd(self);
     if (h->repr != NULL) {
         return Py_NewRef(h->repr);
     }
@@ -226,14 +213,14 @@ handle_repr(PyObject *self)
 static PyObject *
 get_callback(PyObject *self, void *Py_UNUSED(closure))
 {
-    gh_Handle *h = (gh_Handle *)self;
+    gh_handle_data *h = gh_hd(self);
     return Py_NewRef(h->callback ? h->callback : Py_None);
 }
 
 static PyObject *
 get_args(PyObject *self, void *Py_UNUSED(closure))
 {
-    gh_Handle *h = (gh_Handle *)self;
+    gh_handle_data *h = gh_hd(self);
     if (h->args != NULL) {
         return Py_NewRef(h->args);
     }
@@ -246,27 +233,27 @@ get_args(PyObject *self, void *Py_UNUSED(closure))
 static PyObject *
 get_cancelled(PyObject *self, void *Py_UNUSED(closure))
 {
-    return PyBool_FromLong(((gh_Handle *)self)->cancelled);
+    return PyBool_FromLong(gh_hd(self)->cancelled);
 }
 
 static PyObject *
 get_source_traceback(PyObject *self, void *Py_UNUSED(closure))
 {
-    gh_Handle *h = (gh_Handle *)self;
+    gh_handle_data *h = gh_hd(self);
     return Py_NewRef(h->source_traceback ? h->source_traceback : Py_None);
 }
 
 static PyObject *
 get_repr(PyObject *self, void *Py_UNUSED(closure))
 {
-    gh_Handle *h = (gh_Handle *)self;
+    gh_handle_data *h = gh_hd(self);
     return Py_NewRef(h->repr ? h->repr : Py_None);
 }
 
 static int
 handle_traverse(PyObject *self, visitproc visit, void *arg)
 {
-    gh_Handle *h = (gh_Handle *)self;
+    gh_handle_data *h = gh_hd(self);
     Py_VISIT(Py_TYPE(self));
     Py_VISIT(h->callback);
     Py_VISIT(h->args);
@@ -274,19 +261,21 @@ handle_traverse(PyObject *self, visitproc visit, void *arg)
     Py_VISIT(h->loop);
     Py_VISIT(h->source_traceback);
     Py_VISIT(h->repr);
+    Py_VISIT(h->when_obj);
     return 0;
 }
 
 static int
 handle_clear(PyObject *self)
 {
-    gh_Handle *h = (gh_Handle *)self;
+    gh_handle_data *h = gh_hd(self);
     Py_CLEAR(h->callback);
     Py_CLEAR(h->args);
     Py_CLEAR(h->context);
     Py_CLEAR(h->loop);
     Py_CLEAR(h->source_traceback);
     Py_CLEAR(h->repr);
+    Py_CLEAR(h->when_obj);
     return 0;
 }
 
@@ -296,13 +285,27 @@ handle_dealloc(PyObject *self)
     PyTypeObject *tp = Py_TYPE(self);
     gh_state *st = handle_state(self);
     PyObject_GC_UnTrack(self);
-    if (((gh_Handle *)self)->weakreflist != NULL) {
-        PyObject_ClearWeakRefs(self);
-    }
+    /* the weak reference list is the base class's __weakref__ slot */
+    PyObject_ClearWeakRefs(self);
     handle_clear(self);
     st->live_handles--;
+    if (tp == st->TimerHandleType) {
+        st->live_timers--;
+    }
     tp->tp_free(self);
     Py_DECREF(tp);
+}
+
+static PyObject *
+get_context_attr(PyObject *self, void *Py_UNUSED(closure))
+{
+    return Py_NewRef(gh_hd(self)->context);
+}
+
+static PyObject *
+get_loop_attr(PyObject *self, void *Py_UNUSED(closure))
+{
+    return Py_NewRef(gh_hd(self)->loop);
 }
 
 static PyMethodDef handle_methods[] = {
@@ -314,46 +317,36 @@ static PyMethodDef handle_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static PyMemberDef handle_members[] = {
-    {"_context", T_OBJECT, offsetof(gh_Handle, context), READONLY, NULL},
-    {"_loop", T_OBJECT, offsetof(gh_Handle, loop), READONLY, NULL},
-    {"__weaklistoffset__", T_PYSSIZET, offsetof(gh_Handle, weakreflist), READONLY, NULL},
-    {NULL, 0, 0, 0, NULL},
-};
+/* Read-only views of the data; they shadow asyncio's (unused) slots. */
+#define HANDLE_GETSETS                                                   \
+    {"_callback", get_callback, NULL, NULL, NULL},                       \
+    {"_args", get_args, NULL, NULL, NULL},                               \
+    {"_cancelled", get_cancelled, NULL, NULL, NULL},                     \
+    {"_source_traceback", get_source_traceback, NULL, NULL, NULL},       \
+    {"_repr", get_repr, NULL, NULL, NULL},                               \
+    {"_context", get_context_attr, NULL, NULL, NULL},                    \
+    {"_loop", get_loop_attr, NULL, NULL, NULL}
 
 static PyGetSetDef handle_getset[] = {
-    {"_callback", get_callback, NULL, NULL, NULL},
-    {"_args", get_args, NULL, NULL, NULL},
-    {"_cancelled", get_cancelled, NULL, NULL, NULL},
-    {"_source_traceback", get_source_traceback, NULL, NULL, NULL},
-    {"_repr", get_repr, NULL, NULL, NULL},
+    HANDLE_GETSETS,
     {NULL, NULL, NULL, NULL, NULL},
 };
 
 static PyType_Slot handle_slots[] = {
-    {Py_tp_doc, "Object returned by callback registration methods."},
+    {Py_tp_doc, "Object returned by callback registration methods (an asyncio.Handle)."},
     {Py_tp_dealloc, handle_dealloc},
     {Py_tp_traverse, handle_traverse},
     {Py_tp_clear, handle_clear},
     {Py_tp_repr, handle_repr},
     {Py_tp_methods, handle_methods},
-    {Py_tp_members, handle_members},
     {Py_tp_getset, handle_getset},
     {0, NULL},
-};
-
-PyType_Spec gh_handle_spec = {
-    .name = "greenhub._core.Handle",
-    .basicsize = sizeof(gh_Handle),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE |
-             Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
-    .slots = handle_slots,
 };
 
 /* --- TimerHandle ------------------------------------------------------- */
 
 static PyObject *
-timer_when_object(gh_TimerHandle *t)
+timer_when_object(gh_handle_data *t)
 {
     return t->when_obj ? Py_NewRef(t->when_obj) : PyFloat_FromDouble(t->when);
 }
@@ -361,25 +354,25 @@ timer_when_object(gh_TimerHandle *t)
 static PyObject *
 timer_when(PyObject *self, PyObject *Py_UNUSED(ignored))
 {
-    return timer_when_object((gh_TimerHandle *)self);
+    return timer_when_object(gh_hd(self));
 }
 
 static PyObject *
 get_when(PyObject *self, void *Py_UNUSED(closure))
 {
-    return timer_when_object((gh_TimerHandle *)self);
+    return timer_when_object(gh_hd(self));
 }
 
 static PyObject *
 get_scheduled(PyObject *self, void *Py_UNUSED(closure))
 {
-    return PyBool_FromLong(((gh_TimerHandle *)self)->scheduled);
+    return PyBool_FromLong(gh_hd(self)->scheduled);
 }
 
 static Py_hash_t
 timer_hash(PyObject *self)
 {
-    PyObject *when = timer_when_object((gh_TimerHandle *)self);
+    PyObject *when = timer_when_object(gh_hd(self));
     if (when == NULL) {
         return -1;
     }
@@ -390,22 +383,23 @@ timer_hash(PyObject *self)
 
 /* Equality as asyncio defines it: same deadline, callback, args, state. */
 static int
-timer_equal(gh_TimerHandle *a, gh_TimerHandle *b)
+timer_equal(PyObject *a, PyObject *b)
 {
     if (a == b) {
         return 1;
     }
-    if (a->when != b->when || a->base.cancelled != b->base.cancelled) {
+    gh_handle_data *da = gh_hd(a), *db = gh_hd(b);
+    if (da->when != db->when || da->cancelled != db->cancelled) {
         return 0;
     }
-    PyObject *ca = a->base.callback ? a->base.callback : Py_None;
-    PyObject *cb = b->base.callback ? b->base.callback : Py_None;
+    PyObject *ca = da->callback ? da->callback : Py_None;
+    PyObject *cb = db->callback ? db->callback : Py_None;
     int eq = PyObject_RichCompareBool(ca, cb, Py_EQ);
     if (eq <= 0) {
         return eq;
     }
-    PyObject *aa = get_args((PyObject *)a, NULL);
-    PyObject *ab = aa ? get_args((PyObject *)b, NULL) : NULL;
+    PyObject *aa = get_args(a, NULL);
+    PyObject *ab = aa ? get_args(b, NULL) : NULL;
     if (ab == NULL) {
         Py_XDECREF(aa);
         return -1;
@@ -416,6 +410,8 @@ timer_equal(gh_TimerHandle *a, gh_TimerHandle *b)
     return eq;
 }
 
+/* Between two greenhub timers; anything else (asyncio.TimerHandle
+ * included) is left to the reflected operation, which reads _when. */
 static PyObject *
 timer_richcompare(PyObject *self, PyObject *other, int op)
 {
@@ -423,71 +419,55 @@ timer_richcompare(PyObject *self, PyObject *other, int op)
     if (!gh_is_timer(st, other)) {
         Py_RETURN_NOTIMPLEMENTED;
     }
-    gh_TimerHandle *a = (gh_TimerHandle *)self, *b = (gh_TimerHandle *)other;
+    double a = gh_hd(self)->when, b = gh_hd(other)->when;
     int res;
     switch (op) {
     case Py_LT:
-        return PyBool_FromLong(a->when < b->when);
+        return PyBool_FromLong(a < b);
     case Py_GT:
-        return PyBool_FromLong(a->when > b->when);
+        return PyBool_FromLong(a > b);
     case Py_LE:
     case Py_GE:
-        if (op == Py_LE ? a->when < b->when : a->when > b->when) {
+        if (op == Py_LE ? a < b : a > b) {
             Py_RETURN_TRUE;
         }
-        res = timer_equal(a, b); /* "or equal" */
+        res = timer_equal(self, other); /* "or equal" */
         return res < 0 ? NULL : PyBool_FromLong(res);
     case Py_EQ:
-        res = timer_equal(a, b);
+        res = timer_equal(self, other);
         return res < 0 ? NULL : PyBool_FromLong(res);
     case Py_NE:
-        res = timer_equal(a, b);
+        res = timer_equal(self, other);
         return res < 0 ? NULL : PyBool_FromLong(!res);
     }
     Py_RETURN_NOTIMPLEMENTED;
 }
 
-static int
-timer_traverse(PyObject *self, visitproc visit, void *arg)
-{
-    Py_VISIT(((gh_TimerHandle *)self)->when_obj);
-    return handle_traverse(self, visit, arg);
-}
-
-static int
-timer_clear(PyObject *self)
-{
-    Py_CLEAR(((gh_TimerHandle *)self)->when_obj);
-    return handle_clear(self);
-}
-
-static void
-timer_dealloc(PyObject *self)
-{
-    gh_state *st = handle_state(self);
-    st->live_timers--;
-    PyObject_GC_UnTrack(self);
-    Py_CLEAR(((gh_TimerHandle *)self)->when_obj);
-    handle_dealloc(self);
-}
-
 static PyMethodDef timer_methods[] = {
+    {"cancel", handle_cancel, METH_NOARGS, "Cancel the call."},
+    {"cancelled", handle_cancelled, METH_NOARGS, "Return True if the call was cancelled."},
+    {"get_context", handle_get_context, METH_NOARGS,
+     "Return the contextvars.Context the callback runs in."},
+    {"_run", handle_run_method, METH_NOARGS, NULL},
     {"when", timer_when, METH_NOARGS,
      "Return the scheduled time, on the loop.time() clock."},
     {NULL, NULL, 0, NULL},
 };
 
 static PyGetSetDef timer_getset[] = {
+    HANDLE_GETSETS,
     {"_when", get_when, NULL, NULL, NULL},
     {"_scheduled", get_scheduled, NULL, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
 static PyType_Slot timer_slots[] = {
-    {Py_tp_doc, "Object returned by timed callback registration methods."},
-    {Py_tp_dealloc, timer_dealloc},
-    {Py_tp_traverse, timer_traverse},
-    {Py_tp_clear, timer_clear},
+    {Py_tp_doc, "Object returned by timed callback registration methods "
+                "(an asyncio.TimerHandle)."},
+    {Py_tp_dealloc, handle_dealloc},
+    {Py_tp_traverse, handle_traverse},
+    {Py_tp_clear, handle_clear},
+    {Py_tp_repr, handle_repr},
     {Py_tp_hash, timer_hash},
     {Py_tp_richcompare, timer_richcompare},
     {Py_tp_methods, timer_methods},
@@ -495,10 +475,64 @@ static PyType_Slot timer_slots[] = {
     {0, NULL},
 };
 
-PyType_Spec gh_timerhandle_spec = {
-    .name = "greenhub._core.TimerHandle",
-    .basicsize = sizeof(gh_TimerHandle),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE |
-             Py_TPFLAGS_DISALLOW_INSTANTIATION,
-    .slots = timer_slots,
-};
+/* --- the types --------------------------------------------------------- */
+
+static int
+add_handle_type(PyObject *mod, const char *name, PyType_Slot *slots, PyObject *base,
+                PyTypeObject **out)
+{
+    PyType_Spec spec = {
+        .name = name,
+        .basicsize = (int)(gh_handle_data_offset + (Py_ssize_t)sizeof(gh_handle_data)),
+        .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE |
+                 Py_TPFLAGS_DISALLOW_INSTANTIATION,
+        .slots = slots,
+    };
+    PyObject *tp = PyType_FromModuleAndSpec(mod, &spec, base);
+    if (tp == NULL) {
+        return -1;
+    }
+    *out = (PyTypeObject *)tp; /* the state owns this reference */
+    return PyModule_AddObjectRef(mod, strrchr(name, '.') + 1, tp);
+}
+
+int
+gh_handle_types_init(PyObject *mod, gh_state *st)
+{
+    PyObject *events = PyImport_ImportModule("asyncio.events");
+    if (events == NULL) {
+        return -1;
+    }
+    PyObject *base = PyObject_GetAttrString(events, "Handle");
+    PyObject *tbase = base ? PyObject_GetAttrString(events, "TimerHandle") : NULL;
+    Py_DECREF(events);
+    int rc = -1;
+    if (tbase == NULL) {
+        goto done;
+    }
+    if (!PyType_Check(base) || !PyType_Check(tbase)) {
+        PyErr_SetString(PyExc_TypeError, "asyncio.Handle and TimerHandle must be classes");
+        goto done;
+    }
+    /* Our data goes after the larger of the two base layouts, aligned. */
+    Py_ssize_t off = ((PyTypeObject *)base)->tp_basicsize;
+    if (((PyTypeObject *)tbase)->tp_basicsize > off) {
+        off = ((PyTypeObject *)tbase)->tp_basicsize;
+    }
+    off = (off + 15) & ~(Py_ssize_t)15;
+    if (gh_handle_data_offset != 0 && gh_handle_data_offset != off) {
+        PyErr_SetString(PyExc_ImportError, "asyncio's handle layout changed");
+        goto done;
+    }
+    gh_handle_data_offset = off;
+    if (add_handle_type(mod, "greenhub._core.Handle", handle_slots, base, &st->HandleType) < 0 ||
+        add_handle_type(mod, "greenhub._core.TimerHandle", timer_slots, tbase,
+                        &st->TimerHandleType) < 0) {
+        goto done;
+    }
+    rc = 0;
+done:
+    Py_XDECREF(base);
+    Py_XDECREF(tbase);
+    return rc;
+}

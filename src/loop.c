@@ -170,7 +170,7 @@ parse_callback_args(gh_state *st, const char *method, Py_ssize_t nargs,
 /* Debug mode: remember where the handle was made (asyncio's
  * _source_traceback), from the Python frame that called us. */
 static int
-attach_source_traceback(gh_state *st, gh_Handle *h)
+attach_source_traceback(gh_state *st, PyObject *h)
 {
     PyFrameObject *frame = PyEval_GetFrame(); /* borrowed */
     if (frame == NULL || st->hook_extract_stack == NULL) {
@@ -180,7 +180,7 @@ attach_source_traceback(gh_state *st, gh_Handle *h)
     if (tb == NULL) {
         return -1;
     }
-    Py_XSETREF(h->source_traceback, tb);
+    Py_XSETREF(gh_hd(h)->source_traceback, tb);
     return 0;
 }
 
@@ -188,7 +188,7 @@ attach_source_traceback(gh_state *st, gh_Handle *h)
 
 /* Queues a handle; steals the reference to `h` on success and on failure. */
 static int
-push_ready(gh_Loop *self, gh_Handle *h)
+push_ready(gh_Loop *self, PyObject *h)
 {
     if (gh_readyq_push(&self->ready, h) < 0) {
         Py_DECREF(h);
@@ -199,11 +199,11 @@ push_ready(gh_Loop *self, gh_Handle *h)
     return 0;
 }
 
-static gh_Handle *
+static PyObject *
 new_soon_handle(gh_Loop *self, PyObject *const *args, Py_ssize_t nargs, PyObject *context)
 {
-    gh_Handle *h = gh_handle_new(self->st, self->st->HandleType, (PyObject *)self,
-                                 args[0], args + 1, nargs - 1, context);
+    PyObject *h = gh_handle_new(self->st, self->st->HandleType, (PyObject *)self, args[0],
+                                args + 1, nargs - 1, context);
     if (h == NULL) {
         return NULL;
     }
@@ -211,7 +211,7 @@ new_soon_handle(gh_Loop *self, PyObject *const *args, Py_ssize_t nargs, PyObject
         Py_DECREF(h);
         return NULL;
     }
-    if (push_ready(self, (gh_Handle *)Py_NewRef(h)) < 0) {
+    if (push_ready(self, Py_NewRef(h)) < 0) {
         Py_DECREF(h);
         return NULL;
     }
@@ -221,18 +221,18 @@ new_soon_handle(gh_Loop *self, PyObject *const *args, Py_ssize_t nargs, PyObject
 void
 gh_loop_timer_cancelled(gh_Loop *self, PyObject *timer)
 {
-    if (((gh_TimerHandle *)timer)->scheduled) {
+    if (gh_hd(timer)->scheduled) {
         self->timer_cancelled_count++;
     }
 }
 
 /* A timer leaves the timer queue: returns the queue's reference. */
-static gh_TimerHandle *
+static PyObject *
 pop_timer(gh_Loop *self)
 {
-    gh_TimerHandle *t = gh_timerq_pop(&self->timers);
-    t->scheduled = 0;
-    if (t->base.cancelled) {
+    PyObject *t = gh_timerq_pop(&self->timers);
+    gh_hd(t)->scheduled = 0;
+    if (gh_hd(t)->cancelled) {
         self->timer_cancelled_count--;
     }
     self->st->queued_items--;
@@ -248,14 +248,14 @@ static int
 timer_not_cancelled(void *data, void *arg)
 {
     (void)arg;
-    return !((gh_Handle *)data)->cancelled;
+    return !gh_hd(data)->cancelled;
 }
 
 static void
 timer_collect(void *data, void *arg)
 {
     drop_list *dl = arg;
-    ((gh_TimerHandle *)data)->scheduled = 0;
+    gh_hd(data)->scheduled = 0;
     dl->items[dl->len++] = data;
 }
 
@@ -282,7 +282,7 @@ drop_cancelled_timers(gh_Loop *self)
         return 0;
     }
     const gh_timer_entry *top;
-    while ((top = gh_timerq_top(q)) != NULL && ((gh_Handle *)top->data)->cancelled) {
+    while ((top = gh_timerq_top(q)) != NULL && gh_hd(top->data)->cancelled) {
         Py_DECREF(pop_timer(self));
     }
     return 0;
@@ -294,7 +294,7 @@ static void
 clear_queues(gh_Loop *self)
 {
     while (self->ready.len) {
-        gh_Handle *h = gh_readyq_pop(&self->ready);
+        PyObject *h = gh_readyq_pop(&self->ready);
         self->st->queued_items--;
         Py_DECREF(h);
     }
@@ -324,7 +324,7 @@ acquire_gil(void *arg)
 /* Debug mode runs each handle as asyncio does: it is _current_handle while
  * it runs, and a slow one is reported. */
 static int
-run_handle_debug(gh_Loop *self, gh_Handle *h)
+run_handle_debug(gh_Loop *self, PyObject *h)
 {
     gh_state *st = self->st;
     Py_XSETREF(self->current_handle, Py_NewRef(h));
@@ -349,8 +349,7 @@ run_handle_debug(gh_Loop *self, gh_Handle *h)
         if (secs == NULL) {
             return -1;
         }
-        PyObject *res = PyObject_CallFunctionObjArgs(st->hook_slow_callback,
-                                                     (PyObject *)h, secs, NULL);
+        PyObject *res = PyObject_CallFunctionObjArgs(st->hook_slow_callback, h, secs, NULL);
         Py_DECREF(secs);
         if (res == NULL) {
             return -1;
@@ -393,7 +392,7 @@ run_once(gh_Loop *self)
         double now = gh_monotonic();
         const gh_timer_entry *top;
         while ((top = gh_timerq_top(&self->timers)) != NULL && top->when <= now) {
-            if (push_ready(self, (gh_Handle *)pop_timer(self)) < 0) {
+            if (push_ready(self, pop_timer(self)) < 0) {
                 return -1;
             }
         }
@@ -401,9 +400,9 @@ run_once(gh_Loop *self)
 
     /* Only what is ready now; see the file comment. */
     for (size_t ntodo = self->ready.len; ntodo > 0 && self->ready.len > 0; ntodo--) {
-        gh_Handle *h = gh_readyq_pop(&self->ready);
+        PyObject *h = gh_readyq_pop(&self->ready);
         self->st->queued_items--;
-        if (h->cancelled) {
+        if (gh_hd(h)->cancelled) {
             Py_DECREF(h);
             continue;
         }
@@ -429,7 +428,7 @@ loop_call_soon(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwn
         check_callback(self->st, args[0], "call_soon") < 0) {
         return NULL;
     }
-    return (PyObject *)new_soon_handle(self, args, nargs, context);
+    return new_soon_handle(self, args, nargs, context);
 }
 
 static PyObject *
@@ -445,7 +444,7 @@ loop_call_soon_threadsafe(PyObject *op, PyObject *const *args, size_t nargsf,
         (self->debug && check_callback(self->st, args[0], "call_soon_threadsafe") < 0)) {
         return NULL;
     }
-    PyObject *h = (PyObject *)new_soon_handle(self, args, nargs, context);
+    PyObject *h = new_soon_handle(self, args, nargs, context);
     if (h != NULL) {
         gh_reactor_wakeup(self->reactor);
     }
@@ -463,14 +462,14 @@ schedule_timer(gh_Loop *self, double when, PyObject *when_obj, PyObject *const *
         (self->debug && (check_thread(self) < 0 || check_callback(st, args[0], "call_at") < 0))) {
         return NULL;
     }
-    gh_TimerHandle *t = (gh_TimerHandle *)gh_handle_new(
-        st, st->TimerHandleType, (PyObject *)self, args[0], args + 1, nargs - 1, context);
+    PyObject *t = gh_handle_new(st, st->TimerHandleType, (PyObject *)self, args[0], args + 1,
+                                nargs - 1, context);
     if (t == NULL) {
         return NULL;
     }
-    t->when = when;
-    t->when_obj = Py_XNewRef(when_obj);
-    if (self->debug && attach_source_traceback(st, &t->base) < 0) {
+    gh_hd(t)->when = when;
+    gh_hd(t)->when_obj = Py_XNewRef(when_obj);
+    if (self->debug && attach_source_traceback(st, t) < 0) {
         Py_DECREF(t);
         return NULL;
     }
@@ -480,8 +479,8 @@ schedule_timer(gh_Loop *self, double when, PyObject *when_obj, PyObject *const *
         return PyErr_NoMemory();
     }
     st->queued_items++;
-    t->scheduled = 1;
-    return (PyObject *)t;
+    gh_hd(t)->scheduled = 1;
+    return t;
 }
 
 static PyObject *

@@ -22,8 +22,8 @@ typedef struct {
     PyObject_HEAD
     gh_state *st;            /* borrowed: module state; our type keeps the module alive */
     gh_reactor *reactor;     /* owned (malloc); NULL only if creation failed */
-    gh_readyq ready;         /* owns one reference to each queued gh_Handle */
-    gh_timerq timers;        /* owns one reference to each scheduled gh_TimerHandle */
+    gh_readyq ready;         /* owns one reference to each queued handle */
+    gh_timerq timers;        /* owns one reference to each scheduled TimerHandle */
     Py_ssize_t timer_cancelled_count; /* cancelled handles still in `timers` */
     PyThreadState *poll_tstate; /* set while polling with the GIL released */
 

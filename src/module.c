@@ -97,9 +97,7 @@ module_exec(PyObject *mod)
 {
     gh_state *st = module_state(mod);
     if (add_type(mod, &gh_loop_spec, NULL, &st->LoopType) < 0 ||
-        add_type(mod, &gh_handle_spec, NULL, &st->HandleType) < 0 ||
-        add_type(mod, &gh_timerhandle_spec, (PyObject *)st->HandleType,
-                 &st->TimerHandleType) < 0 ||
+        gh_handle_types_init(mod, st) < 0 ||
         add_type(mod, &gh_greencoro_spec, NULL, &st->GreenCoroType) < 0) {
         return -1;
     }
