@@ -735,7 +735,19 @@ static PyMemberDef coro_members[] = {
     {NULL, 0, 0, 0, NULL},
 };
 
+/* __class__ reports the wrapped coroutine's class, so isinstance(task
+ * .get_coro(), types.CoroutineType) and inspect.iscoroutine() hold as for a
+ * stock task (isinstance() consults __class__ when type() does not match);
+ * type() still tells the truth. */
+static PyObject *
+coro_get_class(PyObject *self, void *Py_UNUSED(closure))
+{
+    gh_GreenCoro *w = (gh_GreenCoro *)self;
+    return Py_NewRef(w->coro ? (PyObject *)Py_TYPE(w->coro) : (PyObject *)Py_TYPE(self));
+}
+
 static PyGetSetDef coro_getset[] = {
+    {"__class__", coro_get_class, NULL, NULL, NULL},
     {"coroutine", coro_get_inner, NULL, "The wrapped coroutine.", NULL},
     {"parked", coro_get_parked, NULL, "True while suspended inside greenhub.await_().", NULL},
     {"greenlet", coro_get_worker, NULL,
