@@ -32,9 +32,13 @@ await_iterator(PyObject *awaitable)
     PyAsyncMethods *am = Py_TYPE(awaitable)->tp_as_async;
     if (am != NULL && am->am_await != NULL) {
         PyObject *it = am->am_await(awaitable);
-        if (it != NULL && (PyCoro_CheckExact(it) || !PyIter_Check(it))) {
-            PyErr_Format(PyExc_TypeError, "__await__() returned %s",
-                         PyCoro_CheckExact(it) ? "a coroutine" : "non-iterator of type '%.100s'",
+        if (it != NULL && PyCoro_CheckExact(it)) {
+            PyErr_SetString(PyExc_TypeError, "__await__() returned a coroutine");
+            Py_DECREF(it);
+            return NULL;
+        }
+        if (it != NULL && !PyIter_Check(it)) {
+            PyErr_Format(PyExc_TypeError, "__await__() returned non-iterator of type '%.100s'",
                          Py_TYPE(it)->tp_name);
             Py_DECREF(it);
             return NULL;

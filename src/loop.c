@@ -26,6 +26,7 @@
  */
 #include "loop.h"
 
+#include <assert.h>
 #include <structmember.h>
 
 #include "clock.h"
@@ -362,6 +363,9 @@ run_handle_debug(gh_Loop *self, PyObject *h)
 static int
 run_once(gh_Loop *self)
 {
+    assert(!PyErr_Occurred());
+    assert(self->timer_cancelled_count >= 0 &&
+           (size_t)self->timer_cancelled_count <= self->timers.len);
     if (drop_cancelled_timers(self) < 0) {
         return -1;
     }

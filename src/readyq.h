@@ -9,6 +9,7 @@
 #ifndef GH_READYQ_H
 #define GH_READYQ_H
 
+#include <assert.h>
 #include <stddef.h>
 
 typedef struct {
@@ -37,6 +38,7 @@ gh_readyq_push(gh_readyq *q, void *item)
 static inline void *
 gh_readyq_pop(gh_readyq *q)
 {
+    assert(q->len > 0);
     void *item = q->items[q->head];
     q->head = (q->head + 1) & (q->cap - 1);
     q->len--;
@@ -47,6 +49,7 @@ gh_readyq_pop(gh_readyq *q)
 static inline void *
 gh_readyq_at(const gh_readyq *q, size_t i)
 {
+    assert(i < q->len);
     return q->items[(q->head + i) & (q->cap - 1)];
 }
 

@@ -20,6 +20,7 @@
 #include "loop.h"
 
 #include <alloca.h>
+#include <assert.h>
 #include <structmember.h>
 
 #include "compat.h"
@@ -228,6 +229,7 @@ worker_main(PyObject *module, PyObject *Py_UNUSED(ignored))
             }
             Py_XSETREF(ctx, Py_NewRef(w->context));
         }
+        assert(w->running && w->out == NULL);
         step_coroutine(st, w);
         if (w->finished) {
             /* An idle worker must not keep the task's Context (and what
@@ -370,6 +372,7 @@ coro_step(gh_GreenCoro *w, PyObject *value, PyObject *exc, PyObject **presult)
         Py_DECREF(target);
         return PYGEN_ERROR;
     }
+    assert(w->driver == NULL && w->in_value == NULL && w->in_exc == NULL && w->out == NULL);
     w->in_value = Py_XNewRef(value);
     w->in_exc = Py_XNewRef(exc);
     w->driver = driver;
@@ -425,6 +428,7 @@ void
 gh_coro_park(gh_GreenCoro *w, PyObject *here)
 {
     gh_Loop *loop = coro_loop(w);
+    assert(!w->parked && w->parked_in == NULL && w->running);
     w->parked_in = Py_NewRef(here);
     w->parked = 1;
     w->park_prev = NULL;

@@ -1,6 +1,7 @@
 /* timerq.c - the timer min-heap.  See timerq.h. */
 #include "timerq.h"
 
+#include <assert.h>
 #include <stdlib.h>
 
 static inline int
@@ -71,6 +72,7 @@ gh_timerq_push(gh_timerq *q, double when, void *data)
 void *
 gh_timerq_pop(gh_timerq *q)
 {
+    assert(q->len > 0);
     void *data = q->items[0].data;
     q->len--;
     if (q->len) {
