@@ -29,6 +29,10 @@ __all__ = ["Loop"]
 # them fails loudly instead of silently using a queue nobody runs.
 _REPLACED_ATTRIBUTES = ("_ready", "_scheduled", "_timer_cancelled_count")
 
+# How long close() lets cancelled virtual threads run their except/finally
+# blocks before it unwinds the ones still suspended with GeneratorExit.
+_CLOSE_GRACE_SECONDS = 1.0
+
 
 class Loop(_core.Loop, base_events.BaseEventLoop):
     """An asyncio event loop whose scheduling core is C on libev."""
@@ -134,14 +138,27 @@ class Loop(_core.Loop, base_events.BaseEventLoop):
         CancelledError is raised at the await_ call, so except/finally
         blocks in the synchronous frames run), as asyncio.run() does for
         leftover tasks.  _close_core() unwinds whatever still refuses."""
-        parked = set(map(id, self._parked_coros()))
-        if not parked:
+        coros = self._parked_coros()
+        if not coros:
             return
+        here = threading.get_ident()
+        elsewhere = {c._thread_id for c in coros} - {here}
+        if elsewhere:
+            # Their stacks live on greenlets of another OS thread, which
+            # cannot be resumed from this one.  Refuse before changing state.
+            raise RuntimeError(
+                f"cannot close {self!r} from thread {here}: {len(coros)} virtual "
+                f"thread(s) are suspended in greenhub.await_() on thread "
+                f"{elsewhere.pop()}; close the loop in that thread"
+            )
+        parked = set(map(id, coros))
         tasks = [t for t in asyncio.all_tasks(self) if id(t.get_coro()) in parked]
         for task in tasks:
             task.cancel()
         try:
-            self.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            # A virtual thread may ignore the cancellation; it then gets
+            # GeneratorExit from _close_core() after this grace period.
+            self.run_until_complete(asyncio.wait(tasks, timeout=_CLOSE_GRACE_SECONDS))
         except Exception as exc:
             logger.warning("Error while cancelling virtual threads on close: %r", exc)
 

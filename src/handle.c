@@ -484,8 +484,9 @@ add_handle_type(PyObject *mod, const char *name, PyType_Slot *slots, PyObject *b
     PyType_Spec spec = {
         .name = name,
         .basicsize = (int)(gh_handle_data_offset + (Py_ssize_t)sizeof(gh_handle_data)),
-        .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE |
-                 Py_TPFLAGS_DISALLOW_INSTANTIATION,
+        /* Not IMMUTABLETYPE: asyncio's base classes are mutable, and an
+         * immutable subclass of a mutable class is refused from 3.14. */
+        .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION,
         .slots = slots,
     };
     PyObject *tp = PyType_FromModuleAndSpec(mod, &spec, base);

@@ -750,7 +750,19 @@ coro_get_class(PyObject *self, void *Py_UNUSED(closure))
     return Py_NewRef(w->coro ? (PyObject *)Py_TYPE(w->coro) : (PyObject *)Py_TYPE(self));
 }
 
+static PyObject *
+coro_get_thread_id(PyObject *self, void *Py_UNUSED(closure))
+{
+    gh_GreenCoro *w = (gh_GreenCoro *)self;
+    if (w->worker == NULL && w->parked_in == NULL) {
+        Py_RETURN_NONE;
+    }
+    return PyLong_FromUnsignedLong(w->thread_id);
+}
+
 static PyGetSetDef coro_getset[] = {
+    {"_thread_id", coro_get_thread_id, NULL,
+     "Ident of the thread whose greenlet holds the task's stack, or None.", NULL},
     {"__class__", coro_get_class, NULL, NULL, NULL},
     {"coroutine", coro_get_inner, NULL, "The wrapped coroutine.", NULL},
     {"parked", coro_get_parked, NULL, "True while suspended inside greenhub.await_().", NULL},

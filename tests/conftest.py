@@ -1,0 +1,155 @@
+"""Fixtures that run every behaviour test on the stock asyncio loop and on greenhub.
+
+``loop_factory`` is parametrised with the ids "asyncio" and "greenhub"; ``loop`` is one
+loop made by it.  A test written against ``loop`` therefore checks that greenhub behaves
+like the stock loop instead of assuming it (the uvloop test-suite idea).
+
+Leak check.  For greenhub, the live-object counters of greenhub._core must be back to zero
+once the test's loops are closed and collected.  The check cannot run inside the fixture's
+own teardown: until the teardown phase is over pytest still holds the test's fixture values
+(``item.funcargs``) and the log records it captured during the call phase, and a record
+logged with ``exc_info`` (the default exception handler does that) keeps a traceback whose
+frames reach the test function and so the loop.  So the fixture only marks the test, and a
+``pytest_runtest_teardown`` wrapper checks the counters after the whole teardown phase; an
+AssertionError raised there is reported as an error in that test's teardown.
+
+One more holder is out of reach: pytest keeps every warning a test lets through, with its
+``source`` (an unawaited coroutine, an unclosed loop), until the session ends.  Tests that
+expect such a warning about a greenhub object catch it themselves with
+``warnings.catch_warnings(record=True)``; otherwise the object counts as leaked.  The check
+compares against the counters at the start of the test, so one leak is reported once, by
+the test that caused it, not again by every test after it.
+"""
+
+import asyncio
+import sys
+import threading
+
+import pytest
+import support
+
+_LEAK_CHECK = pytest.StashKey[bool]()
+_THREADS_BEFORE = pytest.StashKey[set]()
+_COUNTERS_BEFORE = pytest.StashKey[dict]()
+
+
+def pytest_configure(config):
+    # An exception that escapes a helper thread, or is raised where Python can only print
+    # it (a __del__, a dealloc, a weakref callback), fails the test instead of passing by.
+    config.addinivalue_line("filterwarnings", "error::pytest.PytestUnhandledThreadExceptionWarning")
+    config.addinivalue_line("filterwarnings", "error::pytest.PytestUnraisableExceptionWarning")
+
+
+@pytest.fixture(autouse=True)
+def _stock_policy_and_no_current_loop():
+    """Every test starts and ends with the default policy and no current loop."""
+    asyncio.set_event_loop_policy(None)
+    yield
+    asyncio.set_event_loop_policy(None)
+
+
+@pytest.fixture(params=support.LOOP_KINDS)
+def loop_factory(request):
+    """Callable making fresh loops of the parametrised kind; closes them all at teardown."""
+    kind = request.param
+    created = []
+
+    def factory():
+        lp = support.new_loop(kind)
+        created.append(lp)
+        return lp
+
+    factory.kind = kind
+    if kind == "greenhub":
+        _want_leak_check(request.node)
+    yield factory
+    try:
+        _close_all(created)
+    finally:
+        created.clear()
+
+
+@pytest.fixture
+def loop(loop_factory):
+    """A new loop of the parametrised kind; not set as current (tests that need it do so)."""
+    return loop_factory()
+
+
+@pytest.fixture
+def kind(loop_factory):
+    return loop_factory.kind
+
+
+@pytest.fixture
+def both_loops(request):
+    """{'asyncio': stock loop, 'greenhub': greenhub loop} for tests that compare the two."""
+    _want_leak_check(request.node)
+    loops = {}
+    try:
+        for k in support.LOOP_KINDS:
+            loops[k] = support.new_loop(k)
+        yield loops
+    finally:
+        _close_all(list(loops.values()))
+        loops.clear()
+
+
+@pytest.fixture
+def greenhub_leak_check(request):
+    """For tests that make greenhub loops by other means (runners, policies)."""
+    _want_leak_check(request.node)
+
+
+def _want_leak_check(item):
+    if item.stash.get(_LEAK_CHECK, False):
+        return
+    item.stash[_LEAK_CHECK] = True
+    item.stash[_THREADS_BEFORE] = set(threading.enumerate())
+    # Normally all zero.  Not zero only if an earlier test leaked objects that are still
+    # alive; they are reported there, and are not blamed on every later test again.
+    item.stash[_COUNTERS_BEFORE] = support.greenhub_counters()
+
+
+def _close_all(loops):
+    errors = []
+    for lp in loops:
+        if lp.is_running():  # only a broken test leaves one running; say so
+            errors.append(f"{lp!r} still running at teardown")
+            continue
+        try:
+            lp.close()
+        except Exception as exc:  # noqa: BLE001 - report after closing the others
+            errors.append(f"{lp!r}.close() raised {exc!r}")
+    asyncio.set_event_loop(None)
+    assert not errors, "; ".join(errors)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_teardown(item, nextitem):
+    result = yield
+    if item.stash.get(_LEAK_CHECK, False):
+        _drop_pytest_references(item)
+        _join_new_threads(item.stash.get(_THREADS_BEFORE, set()))
+        support.assert_greenhub_counters_zero(
+            f"after {item.nodeid}", baseline=item.stash.get(_COUNTERS_BEFORE, {})
+        )
+    return result
+
+
+def _drop_pytest_references(item):
+    # pytest clears item.funcargs right after this hook; do it now so the loops can die.
+    funcargs = getattr(item, "funcargs", None)
+    if funcargs:
+        funcargs.clear()
+    # A failing test leaves its traceback (frames holding the loop) in sys.last_*; pytest
+    # deletes them when the next test starts, too late for this check.
+    for name in ("last_type", "last_value", "last_traceback", "last_exc"):
+        if hasattr(sys, name):
+            delattr(sys, name)
+
+
+def _join_new_threads(before, timeout=5.0):
+    # Executor workers exit shortly after close(); until then they may hold the loop.
+    for t in threading.enumerate():
+        if t not in before and t is not threading.current_thread() and not t.daemon:
+            t.join(timeout)

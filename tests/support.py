@@ -1,0 +1,162 @@
+"""Helpers shared by the behaviour tests (imported as ``support``).
+
+Every behaviour test runs twice, on the stock asyncio loop and on greenhub, through the
+``loop`` / ``loop_factory`` fixtures in conftest.py; the helpers here are what those tests
+need beyond the fixtures: building a loop of either kind, reading greenhub's live-object
+counters, and turning reprs into a form that can be compared between the two loops.
+"""
+
+import asyncio
+import gc
+import re
+import sys
+
+LOOP_KINDS = ("asyncio", "greenhub")
+
+PY312 = sys.version_info >= (3, 12)
+PY313 = sys.version_info >= (3, 13)
+
+CLOSED_MSG = "Event loop is closed"
+
+
+def new_loop(kind, debug=False):
+    """A fresh, not-current loop of the given kind.
+
+    Debug mode is off unless asked for (debug=None keeps the loop's own default, which
+    `python -X dev` or PYTHONASYNCIODEBUG turn on), so the suite means the same under
+    `-X dev`; tests of debug mode turn it on themselves.
+    """
+    loop = _make_loop(kind)
+    if debug is not None:
+        loop.set_debug(debug)
+    return loop
+
+
+def _make_loop(kind):
+    if kind == "asyncio":
+        # The default policy's loop: on Linux a _UnixSelectorEventLoop.  conftest resets the
+        # policy around every test, so this is the stock loop even if a test installed
+        # greenhub's policy and failed before restoring it.
+        loop = asyncio.new_event_loop()
+        assert isinstance(loop, asyncio.SelectorEventLoop), type(loop)
+        return loop
+    if kind == "greenhub":
+        import greenhub
+
+        loop = greenhub.new_event_loop()
+        assert isinstance(loop, greenhub.Loop), type(loop)
+        return loop
+    raise ValueError(kind)
+
+
+def greenhub_counters():
+    """greenhub._core.debug_counters(), after a full collection unless already all zero."""
+    from greenhub import _core
+
+    counters = dict(_core.debug_counters())
+    if any(counters.values()):
+        # Loops and handles often sit in reference cycles (a loop's bound methods in its
+        # own queue); only a collection frees them.
+        for _ in range(3):
+            if not gc.collect():
+                break
+        counters = dict(_core.debug_counters())
+    return counters
+
+
+def live_greenhub_loops():
+    import greenhub
+
+    return [o for o in gc.get_objects() if isinstance(o, greenhub.Loop)]
+
+
+def describe_referrers(obj, ignore=(), limit=5):
+    """Short text naming what keeps obj alive: for leak reports."""
+    refs = [
+        r
+        for r in gc.get_referrers(obj)
+        if not any(r is i for i in ignore) and type(r).__name__ not in ("frame", "generator")
+    ]
+    parts = []
+    for r in refs[:limit]:
+        if isinstance(r, dict):
+            keys = [k for k, v in r.items() if v is obj][:3]
+            text = f"dict with keys {keys}"
+        elif isinstance(r, (list, tuple, set)):
+            text = f"{type(r).__name__} of {len(r)}"
+        else:
+            text = repr(r)[:120]
+        parts.append(f"{type(r).__name__}: {text}")
+    return "; ".join(parts) or "no referrers found (held from C?)"
+
+
+def assert_greenhub_counters_zero(where, baseline=None):
+    """All counters zero.  With a baseline (counters before the test), objects that an
+    earlier test leaked and that are still alive are not blamed on this test again."""
+    counters = greenhub_counters()
+    baseline = baseline or {}
+    leaked = {
+        name: n
+        for name, n in counters.items()
+        if n and (n > baseline.get(name, 0) or not baseline.get(name, 0))
+    }
+    if not leaked:
+        return
+    detail = ""
+    if leaked.get("loops"):
+        loops = live_greenhub_loops()
+        held = []
+        for i in range(min(3, len(loops))):
+            held.append(f"{loops[i]!r} held by [{describe_referrers(loops[i], (loops,))}]")
+        detail = "; live loops: " + " | ".join(held)
+        del loops
+    earlier = {k: v for k, v in baseline.items() if v}
+    note = f" ({earlier} were already alive before this test)" if earlier else ""
+    raise AssertionError(
+        f"greenhub live-object counters not back to zero {where}: leaked {leaked} "
+        f"(all counters: {counters}){note}{detail}"
+    )
+
+
+def run_once(loop):
+    """Run exactly the callbacks that are ready now (one pass of the loop)."""
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+
+
+def run(loop, coro_or_future):
+    return loop.run_until_complete(coro_or_future)
+
+
+_ADDR = re.compile(r" at 0x[0-9a-fA-F]+")
+_WHEN = re.compile(r"when=[0-9.e+-]+")
+_LOOP_CLASS = re.compile(r"^<\w+ ")
+
+
+def normalise_repr(text):
+    """Drop what legitimately differs between two runs: addresses and absolute times."""
+    text = _ADDR.sub(" at 0xADDR", text)
+    return _WHEN.sub("when=T", text)
+
+
+def normalise_loop_repr(text):
+    """A loop's repr starts with its class name, which differs between loops by design."""
+    return _LOOP_CLASS.sub("<LOOP ", normalise_repr(text))
+
+
+def error_of(fn, *args, **kwargs):
+    """(type, message) of the exception fn raises, or None if it returns."""
+    try:
+        fn(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - the point is to catch anything
+        return type(exc), str(exc)
+    return None
+
+
+def error_of_stock(kind_fn):
+    """error_of() run on a fresh stock loop: the reference for message comparisons."""
+    loop = new_loop("asyncio")
+    try:
+        return kind_fn(loop)
+    finally:
+        loop.close()
