@@ -3,7 +3,7 @@ PY ?= python3
 PIP = $(PY) -m pip
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: help deps build debug demo test test-unit test-compat bench clean
+.PHONY: help deps build debug demo test test-unit test-compat bench lint format clean
 
 help:
 	@echo "make demo        install what is missing, build, run the showcase"
@@ -11,7 +11,8 @@ help:
 	@echo "make build       build the C extension in place (PY=python3.x to pick)"
 	@echo "make debug       debug build: -O0 -g, assertions on"
 	@echo "make test-unit   pytest suite only;  make test-compat  CPython's suites only"
-	@echo "make bench       scheduling benchmarks: greenhub vs asyncio vs uvloop"
+	@echo "make bench       benchmarks: greenhub vs asyncio vs uvloop (and vthread peers)"
+	@echo "make lint        ruff + clang-format checks;  make format  applies them"
 
 # System and Python packages a fresh Debian machine lacks.
 deps:
@@ -43,6 +44,16 @@ test: test-unit test-compat
 bench: build
 	@$(PY) -c "import uvloop" 2>/dev/null || $(PIP) install -q uvloop
 	$(PY) benchmarks/bench_scheduling.py
+
+lint:
+	ruff check greenhub tests compat benchmarks examples
+	ruff format --check greenhub examples
+	clang-format --dry-run --Werror src/*.c src/*.h
+
+format:
+	ruff check --fix greenhub tests compat benchmarks examples
+	ruff format greenhub examples
+	clang-format -i src/*.c src/*.h
 
 clean:
 	rm -rf build greenhub/*.so greenhub/__pycache__ tests/__pycache__

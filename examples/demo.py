@@ -23,6 +23,7 @@ LATENCY = 0.050
 
 # --- an async library (it could be asyncpg, httpx, redis.asyncio ...) -------
 
+
 class AsyncKV:
     def __init__(self):
         self._data = {}
@@ -37,6 +38,7 @@ class AsyncKV:
 
 
 # --- plain synchronous application code --------------------------------------
+
 
 class Repository:
     """A sync data layer, e.g. deep inside an ORM."""
@@ -61,28 +63,35 @@ def handle_request(repo, n):
 async def serve(requests):
     repo = Repository(AsyncKV())
     t0 = time.perf_counter()
-    results = await asyncio.gather(*(greenhub.spawn(handle_request, repo, n)
-                                     for n in range(requests)))
+    results = await asyncio.gather(
+        *(greenhub.spawn(handle_request, repo, n) for n in range(requests))
+    )
     return results, time.perf_counter() - t0
 
 
 def main():
     requests = 200
-    print(f"{requests} sync request handlers, each making 3 async calls of "
-          f"{LATENCY * 1000:.0f} ms, run as virtual threads on greenhub:")
+    print(
+        f"{requests} sync request handlers, each making 3 async calls of "
+        f"{LATENCY * 1000:.0f} ms, run as virtual threads on greenhub:"
+    )
     results, elapsed = greenhub.run(serve(requests))
     assert results == [1] * requests
     sequential = requests * 3 * LATENCY
-    print(f"  finished in {elapsed * 1000:.0f} ms; one after another it would take "
-          f"{sequential:.0f} s -> {sequential / elapsed:.0f}x overlap")
+    print(
+        f"  finished in {elapsed * 1000:.0f} ms; one after another it would take "
+        f"{sequential:.0f} s -> {sequential / elapsed:.0f}x overlap"
+    )
 
     # A plain script (no event loop running) can call the async library too.
     kv = AsyncKV()
     t0 = time.perf_counter()
     greenhub.await_(kv.set("answer", 42))
     value = greenhub.await_(kv.get("answer"))
-    print(f"  from a plain script: greenhub.await_(kv.get('answer')) -> {value} "
-          f"({(time.perf_counter() - t0) * 1000:.0f} ms for 2 calls)")
+    print(
+        f"  from a plain script: greenhub.await_(kv.get('answer')) -> {value} "
+        f"({(time.perf_counter() - t0) * 1000:.0f} ms for 2 calls)"
+    )
 
     # Several OS threads, each with its own greenhub loop, at the same time.
     def thread_main(out):
@@ -96,9 +105,11 @@ def main():
     for t in threads:
         t.join()
     print(f"  4 OS threads x 50 virtual threads each: {(time.perf_counter() - t0) * 1000:.0f} ms")
-    print(f"greenhub on Python {sys.version.split()[0]}, libev "
-          f"{'.'.join(map(str, greenhub._core.LIBEV_VERSION))}; `make bench` compares "
-          f"it with asyncio and uvloop")
+    print(
+        f"greenhub on Python {sys.version.split()[0]}, libev "
+        f"{'.'.join(map(str, greenhub._core.LIBEV_VERSION))}; `make bench` compares "
+        f"it with asyncio and uvloop"
+    )
 
 
 if __name__ == "__main__":

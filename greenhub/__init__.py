@@ -11,12 +11,11 @@ An asyncio event loop written in C on libev.  Use it as any asyncio loop::
 
 import asyncio as _asyncio
 
-from . import _core
+from . import _core, vthread  # noqa: F401 - _core: diagnostics (debug_counters)
 from ._loop import Loop
 from ._vthread import await_, spawn
-from . import vthread
 
-__all__ = ["Loop", "Policy", "new_event_loop", "run", "install", "await_", "spawn", "vthread"]
+__all__ = ["Loop", "Policy", "await_", "install", "new_event_loop", "run", "spawn", "vthread"]
 __version__ = "0.1.0.dev0"
 
 

@@ -13,6 +13,7 @@ subclasses (signals) and the glue around the C run loop.
 """
 
 import asyncio
+import errno
 import signal
 import sys
 import threading
@@ -125,6 +126,7 @@ class Loop(_core.Loop, base_events.BaseEventLoop):
                     f"Closing the loop {self!r} on interpreter shutdown "
                     f"stage, skipping signal handlers removal",
                     ResourceWarning,
+                    stacklevel=1,
                     source=self,
                 )
                 self._signal_handlers.clear()
@@ -181,7 +183,7 @@ class Loop(_core.Loop, base_events.BaseEventLoop):
             # Only the main thread may do this; it raises ValueError elsewhere.
             signal.set_wakeup_fd(self._signal_wakeup_fd)
         except (ValueError, OSError) as exc:
-            raise RuntimeError(str(exc))
+            raise RuntimeError(str(exc)) from exc
 
         handle = events.Handle(callback, args, self, None)
         self._signal_handlers[sig] = handle
@@ -193,8 +195,8 @@ class Loop(_core.Loop, base_events.BaseEventLoop):
             del self._signal_handlers[sig]
             if not self._signal_handlers:
                 self._reset_wakeup_fd()
-            if exc.errno == errno_EINVAL:
-                raise RuntimeError(f"sig {sig:d} cannot be caught")
+            if exc.errno == errno.EINVAL:
+                raise RuntimeError(f"sig {sig:d} cannot be caught") from exc
             raise
 
     def remove_signal_handler(self, sig):
@@ -208,8 +210,8 @@ class Loop(_core.Loop, base_events.BaseEventLoop):
         try:
             signal.signal(sig, handler)
         except OSError as exc:
-            if exc.errno == errno_EINVAL:
-                raise RuntimeError(f"sig {sig:d} cannot be caught")
+            if exc.errno == errno.EINVAL:
+                raise RuntimeError(f"sig {sig:d} cannot be caught") from exc
             raise
         if not self._signal_handlers:
             self._reset_wakeup_fd()
@@ -238,10 +240,8 @@ class Loop(_core.Loop, base_events.BaseEventLoop):
             raise ValueError(f"invalid signal number {sig}")
 
 
-from errno import EINVAL as errno_EINVAL  # noqa: E402
-
-
 # -- hooks the C core calls on slow paths -----------------------------------
+
 
 def _format_callback_source(callback, args, debug):
     try:

@@ -11,7 +11,7 @@ import threading
 
 from . import _core
 
-__all__ = ["await_", "spawn", "run_sync"]
+__all__ = ["await_", "run_sync", "spawn"]
 
 await_ = _core.await_
 run_sync = _core.await_

@@ -318,14 +318,16 @@ static PyMethodDef handle_methods[] = {
 };
 
 /* Read-only views of the data; they shadow asyncio's (unused) slots. */
-#define HANDLE_GETSETS                                                   \
-    {"_callback", get_callback, NULL, NULL, NULL},                       \
-    {"_args", get_args, NULL, NULL, NULL},                               \
-    {"_cancelled", get_cancelled, NULL, NULL, NULL},                     \
-    {"_source_traceback", get_source_traceback, NULL, NULL, NULL},       \
-    {"_repr", get_repr, NULL, NULL, NULL},                               \
-    {"_context", get_context_attr, NULL, NULL, NULL},                    \
+// clang-format off
+#define HANDLE_GETSETS                                                  \
+    {"_callback", get_callback, NULL, NULL, NULL},                      \
+    {"_args", get_args, NULL, NULL, NULL},                              \
+    {"_cancelled", get_cancelled, NULL, NULL, NULL},                    \
+    {"_source_traceback", get_source_traceback, NULL, NULL, NULL},      \
+    {"_repr", get_repr, NULL, NULL, NULL},                              \
+    {"_context", get_context_attr, NULL, NULL, NULL},                   \
     {"_loop", get_loop_attr, NULL, NULL, NULL}
+// clang-format on
 
 static PyGetSetDef handle_getset[] = {
     HANDLE_GETSETS,
@@ -449,8 +451,7 @@ static PyMethodDef timer_methods[] = {
     {"get_context", handle_get_context, METH_NOARGS,
      "Return the contextvars.Context the callback runs in."},
     {"_run", handle_run_method, METH_NOARGS, NULL},
-    {"when", timer_when, METH_NOARGS,
-     "Return the scheduled time, on the loop.time() clock."},
+    {"when", timer_when, METH_NOARGS, "Return the scheduled time, on the loop.time() clock."},
     {NULL, NULL, 0, NULL},
 };
 

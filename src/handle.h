@@ -28,7 +28,7 @@ typedef struct {
     PyObject *when_obj;         /* owned or NULL: a timer's `when` as given, if not a float */
     double when;                /* a timer's deadline on the loop.time() clock */
     char cancelled;
-    char scheduled;             /* a timer the loop's timer queue holds */
+    char scheduled; /* a timer the loop's timer queue holds */
 } gh_handle_data;
 
 /* Where gh_handle_data starts inside a handle object; set once by

@@ -55,9 +55,8 @@ static int
 check_thread(gh_Loop *self)
 {
     if (self->has_thread_id && PyThread_get_thread_ident() != self->thread_id) {
-        PyErr_SetString(PyExc_RuntimeError,
-                        "Non-thread-safe operation invoked on an event loop "
-                        "other than the current one");
+        PyErr_SetString(PyExc_RuntimeError, "Non-thread-safe operation invoked on an event loop "
+                                            "other than the current one");
         return -1;
     }
     return 0;
@@ -94,8 +93,7 @@ is_coroutine_function(gh_state *st, PyObject *cb)
         }
     }
     else if (tp->tp_dictoffset == 0 &&
-             (!(tp->tp_flags & Py_TPFLAGS_HEAPTYPE) ||
-              (tp->tp_flags & Py_TPFLAGS_IMMUTABLETYPE))) {
+             (!(tp->tp_flags & Py_TPFLAGS_HEAPTYPE) || (tp->tp_flags & Py_TPFLAGS_IMMUTABLETYPE))) {
         /* No instance dict and a type nobody can add attributes to. */
         return 0;
     }
@@ -124,8 +122,8 @@ check_callback(gh_state *st, PyObject *cb, const char *method)
         coro = PyObject_IsTrue(res);
         Py_DECREF(res);
         if (coro == 0) {
-            PyErr_Format(PyExc_TypeError,
-                         "a callable object was expected by %s(), got %R", method, cb);
+            PyErr_Format(PyExc_TypeError, "a callable object was expected by %s(), got %R", method,
+                         cb);
             return -1;
         }
     }
@@ -141,13 +139,13 @@ check_callback(gh_state *st, PyObject *cb, const char *method)
 
 /* Parses (callback, *args, context=None) from a vectorcall. */
 static int
-parse_callback_args(gh_state *st, const char *method, Py_ssize_t nargs,
-                    PyObject *kwnames, PyObject *const *kwvalues, PyObject **context)
+parse_callback_args(gh_state *st, const char *method, Py_ssize_t nargs, PyObject *kwnames,
+                    PyObject *const *kwvalues, PyObject **context)
 {
     *context = NULL;
     if (nargs < 1) {
-        PyErr_Format(PyExc_TypeError,
-                     "%s() missing 1 required positional argument: 'callback'", method);
+        PyErr_Format(PyExc_TypeError, "%s() missing 1 required positional argument: 'callback'",
+                     method);
         return -1;
     }
     if (kwnames != NULL) {
@@ -158,8 +156,8 @@ parse_callback_args(gh_state *st, const char *method, Py_ssize_t nargs,
                 if (PyErr_Occurred()) {
                     return -1;
                 }
-                PyErr_Format(PyExc_TypeError,
-                             "%s() got an unexpected keyword argument '%U'", method, name);
+                PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'",
+                             method, name);
                 return -1;
             }
             *context = kwvalues[i];
@@ -203,8 +201,8 @@ push_ready(gh_Loop *self, PyObject *h)
 static PyObject *
 new_soon_handle(gh_Loop *self, PyObject *const *args, Py_ssize_t nargs, PyObject *context)
 {
-    PyObject *h = gh_handle_new(self->st, self->st->HandleType, (PyObject *)self, args[0],
-                                args + 1, nargs - 1, context);
+    PyObject *h = gh_handle_new(self->st, self->st->HandleType, (PyObject *)self, args[0], args + 1,
+                                nargs - 1, context);
     if (h == NULL) {
         return NULL;
     }
@@ -266,8 +264,7 @@ static int
 drop_cancelled_timers(gh_Loop *self)
 {
     gh_timerq *q = &self->timers;
-    if (q->len > MIN_TIMERS_FOR_SWEEP &&
-        (size_t)self->timer_cancelled_count * 2 > q->len) {
+    if (q->len > MIN_TIMERS_FOR_SWEEP && (size_t)self->timer_cancelled_count * 2 > q->len) {
         drop_list dl = {PyMem_Malloc(q->len * sizeof(PyObject *)), 0};
         if (dl.items == NULL) {
             PyErr_NoMemory();
@@ -436,8 +433,7 @@ loop_call_soon(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwn
 }
 
 static PyObject *
-loop_call_soon_threadsafe(PyObject *op, PyObject *const *args, size_t nargsf,
-                          PyObject *kwnames)
+loop_call_soon_threadsafe(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
     gh_Loop *self = (gh_Loop *)op;
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
@@ -510,8 +506,8 @@ loop_call_at(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnam
     if (when == -1. && PyErr_Occurred()) {
         return NULL;
     }
-    return schedule_timer(self, when, PyFloat_CheckExact(when_obj) ? NULL : when_obj,
-                          args + 1, nargs - 1, context);
+    return schedule_timer(self, when, PyFloat_CheckExact(when_obj) ? NULL : when_obj, args + 1,
+                          nargs - 1, context);
 }
 
 static PyObject *
@@ -525,8 +521,8 @@ loop_call_later(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kw
                                          "arguments: 'delay' and 'callback'");
         return NULL;
     }
-    if (parse_callback_args(self->st, "call_later", nargs - 1, kwnames, args + nargs,
-                            &context) < 0) {
+    if (parse_callback_args(self->st, "call_later", nargs - 1, kwnames, args + nargs, &context) <
+        0) {
         return NULL;
     }
     PyObject *delay = args[0];
@@ -555,8 +551,8 @@ loop_call_later(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kw
     PyObject *res = NULL;
     double when = PyFloat_AsDouble(when_obj);
     if (!(when == -1. && PyErr_Occurred())) {
-        res = schedule_timer(self, when, PyFloat_CheckExact(when_obj) ? NULL : when_obj,
-                             args + 1, nargs - 1, context);
+        res = schedule_timer(self, when, PyFloat_CheckExact(when_obj) ? NULL : when_obj, args + 1,
+                             nargs - 1, context);
     }
     Py_DECREF(when_obj);
     return res;
@@ -957,7 +953,7 @@ static PyType_Slot loop_slots[] = {
 PyType_Spec gh_loop_spec = {
     .name = "greenhub._core.Loop",
     .basicsize = sizeof(gh_Loop),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE |
-             Py_TPFLAGS_IMMUTABLETYPE,
+    .flags =
+        Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_IMMUTABLETYPE,
     .slots = loop_slots,
 };

@@ -19,13 +19,12 @@
 #include "vthread.h"
 
 typedef struct {
-    PyObject_HEAD
-    gh_state *st;            /* borrowed: module state; our type keeps the module alive */
-    gh_reactor *reactor;     /* owned (malloc); NULL only if creation failed */
-    gh_readyq ready;         /* owns one reference to each queued handle */
-    gh_timerq timers;        /* owns one reference to each scheduled TimerHandle */
+    PyObject_HEAD gh_state *st;       /* borrowed: module state; our type keeps the module alive */
+    gh_reactor *reactor;              /* owned (malloc); NULL only if creation failed */
+    gh_readyq ready;                  /* owns one reference to each queued handle */
+    gh_timerq timers;                 /* owns one reference to each scheduled TimerHandle */
     Py_ssize_t timer_cancelled_count; /* cancelled handles still in `timers` */
-    PyThreadState *poll_tstate; /* set while polling with the GIL released */
+    PyThreadState *poll_tstate;       /* set while polling with the GIL released */
 
     PyObject *debug_obj;      /* owned: the value given to set_debug() */
     PyObject *thread_id_obj;  /* owned: None, or the int ident of the running thread */
@@ -36,9 +35,9 @@ typedef struct {
     gh_GreenCoro *parked;       /* borrowed: list of coros suspended inside await_() */
     gh_pool pool;               /* idle worker greenlets */
     Py_ssize_t bound_workers;   /* workers bound to a task */
-    unsigned long thread_id;  /* mirrors thread_id_obj when has_thread_id */
-    char has_thread_id;       /* 1 while running: is_running() */
-    char debug;               /* truth of debug_obj */
+    unsigned long thread_id;    /* mirrors thread_id_obj when has_thread_id */
+    char has_thread_id;         /* 1 while running: is_running() */
+    char debug;                 /* truth of debug_obj */
     char closed;
     char stopping;
 } gh_Loop;

@@ -21,10 +21,10 @@ static PyObject *
 debug_counters(PyObject *mod, PyObject *Py_UNUSED(ignored))
 {
     gh_state *st = module_state(mod);
-    return Py_BuildValue("{s:n,s:n,s:n,s:n,s:n,s:n,s:n}", "handles", st->live_handles,
-                         "timers", st->live_timers, "loops", st->live_loops, "queued",
-                         st->queued_items, "coros", st->live_coros, "workers",
-                         st->live_workers, "parked", st->parked_coros);
+    return Py_BuildValue("{s:n,s:n,s:n,s:n,s:n,s:n,s:n}", "handles", st->live_handles, "timers",
+                         st->live_timers, "loops", st->live_loops, "queued", st->queued_items,
+                         "coros", st->live_coros, "workers", st->live_workers, "parked",
+                         st->parked_coros);
 }
 
 /* Called once by greenhub/_loop.py with the Python helpers the C code uses
@@ -32,11 +32,11 @@ debug_counters(PyObject *mod, PyObject *Py_UNUSED(ignored))
 static PyObject *
 install_hooks(PyObject *mod, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"handle_repr", "callback_error", "slow_callback",
-                             "extract_stack", "run_sync", NULL};
+    static char *kwlist[] = {"handle_repr",   "callback_error", "slow_callback",
+                             "extract_stack", "run_sync",       NULL};
     PyObject *repr, *error, *slow, *stack, *run_sync;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOO:_install_hooks", kwlist, &repr,
-                                     &error, &slow, &stack, &run_sync)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOO:_install_hooks", kwlist, &repr, &error,
+                                     &slow, &stack, &run_sync)) {
         return NULL;
     }
     gh_state *st = module_state(mod);
@@ -64,8 +64,8 @@ static PyMethodDef module_methods[] = {
      "its exception).  Inside a task on a greenhub loop only that task waits, at\n"
      "any call depth; with no loop running, the awaitable runs to completion on\n"
      "this thread's greenhub loop."},
-    {"_install_hooks", (PyCFunction)(void (*)(void))install_hooks,
-     METH_VARARGS | METH_KEYWORDS, NULL},
+    {"_install_hooks", (PyCFunction)(void (*)(void))install_hooks, METH_VARARGS | METH_KEYWORDS,
+     NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -117,8 +117,8 @@ module_exec(PyObject *mod)
     st->iscoroutinefunction = import_attr("asyncio.coroutines", "iscoroutinefunction");
     st->str_context = PyUnicode_InternFromString("context");
     st->str_slow_callback_duration = PyUnicode_InternFromString("slow_callback_duration");
-    if (st->iscoroutine == NULL || st->iscoroutinefunction == NULL ||
-        st->str_context == NULL || st->str_slow_callback_duration == NULL) {
+    if (st->iscoroutine == NULL || st->iscoroutinefunction == NULL || st->str_context == NULL ||
+        st->str_slow_callback_duration == NULL) {
         return -1;
     }
 #ifdef GH_DEBUG

@@ -18,13 +18,13 @@
 
 struct gh_reactor {
     struct ev_loop *ev;
-    ev_timer timeout;     /* bounds a poll's wait; its callback does nothing */
-    ev_async wakeup;      /* gh_reactor_wakeup(): eventfd/pipe owned by libev */
-    ev_io signal_io;      /* read end of signal_pipe */
-    int signal_pipe[2];   /* [0] read, [1] write; both non-blocking, CLOEXEC */
+    ev_timer timeout;   /* bounds a poll's wait; its callback does nothing */
+    ev_async wakeup;    /* gh_reactor_wakeup(): eventfd/pipe owned by libev */
+    ev_io signal_io;    /* read end of signal_pipe */
+    int signal_pipe[2]; /* [0] read, [1] write; both non-blocking, CLOEXEC */
     gh_reactor_hook release, acquire;
     void *hook_arg;
-    int io_watchers;      /* active watchers for user I/O (none yet) */
+    int io_watchers; /* active watchers for user I/O (none yet) */
 };
 
 static void
@@ -124,8 +124,8 @@ gh_reactor_free(gh_reactor *r)
 }
 
 void
-gh_reactor_set_blocking_hooks(gh_reactor *r, gh_reactor_hook release,
-                              gh_reactor_hook acquire, void *arg)
+gh_reactor_set_blocking_hooks(gh_reactor *r, gh_reactor_hook release, gh_reactor_hook acquire,
+                              void *arg)
 {
     r->release = release;
     r->acquire = acquire;

@@ -19,8 +19,8 @@ typedef void (*gh_reactor_hook)(void *arg);
 gh_reactor *gh_reactor_new(void);
 void gh_reactor_free(gh_reactor *r);
 
-void gh_reactor_set_blocking_hooks(gh_reactor *r, gh_reactor_hook release,
-                                   gh_reactor_hook acquire, void *arg);
+void gh_reactor_set_blocking_hooks(gh_reactor *r, gh_reactor_hook release, gh_reactor_hook acquire,
+                                   void *arg);
 
 /* Waits for events at most `timeout` seconds: < 0 waits without limit
  * (until a wakeup, a signal or an event), 0 only collects what is ready.

@@ -16,7 +16,7 @@ typedef struct {
     void **items; /* ring storage, `cap` slots; NULL while empty and unused */
     size_t head;  /* index of the oldest item */
     size_t len;
-    size_t cap;   /* 0 or a power of two */
+    size_t cap; /* 0 or a power of two */
 } gh_readyq;
 
 /* Grows the ring; returns -1 on out-of-memory (the queue is unchanged). */

@@ -14,22 +14,22 @@ typedef struct {
     PyTypeObject *HandleType;
     PyTypeObject *TimerHandleType;
     PyTypeObject *GreenCoroType;
-    PyObject *worker_main;           /* owned: what every worker greenlet runs */
-    struct gh_GreenCoro *handoff;    /* borrowed: the coro a worker must step next */
+    PyObject *worker_main;        /* owned: what every worker greenlet runs */
+    struct gh_GreenCoro *handoff; /* borrowed: the coro a worker must step next */
 
     /* Hooks into the Python layer, installed by greenhub/_loop.py through
      * _core._install_hooks(); each owns a reference, NULL until installed.
      * They run only on slow paths (repr, errors, debug mode). */
-    PyObject *hook_handle_repr;      /* (handle) -> str */
-    PyObject *hook_callback_error;   /* (handle, exc) -> None: exception handler */
-    PyObject *hook_slow_callback;    /* (handle, seconds) -> None: debug warning */
-    PyObject *hook_extract_stack;    /* (frame) -> StackSummary: debug tracebacks */
-    PyObject *hook_run_sync;         /* (awaitable) -> result: await_() with no loop */
+    PyObject *hook_handle_repr;    /* (handle) -> str */
+    PyObject *hook_callback_error; /* (handle, exc) -> None: exception handler */
+    PyObject *hook_slow_callback;  /* (handle, seconds) -> None: debug warning */
+    PyObject *hook_extract_stack;  /* (frame) -> StackSummary: debug tracebacks */
+    PyObject *hook_run_sync;       /* (awaitable) -> result: await_() with no loop */
 
     /* From asyncio.coroutines; owned.  Used only off the fast paths. */
     PyObject *iscoroutine;
     PyObject *iscoroutinefunction;
-    PyObject *get_running_loop;      /* asyncio.events._get_running_loop */
+    PyObject *get_running_loop; /* asyncio.events._get_running_loop */
 
     /* Interned strings; owned. */
     PyObject *str_context;
@@ -40,13 +40,13 @@ typedef struct {
 
     /* Live-object counters, checked by the tests (debug_counters()).  Plain
      * integers: every change happens with the GIL held. */
-    Py_ssize_t live_handles;   /* Handle and TimerHandle objects */
-    Py_ssize_t live_timers;    /* TimerHandle objects */
-    Py_ssize_t live_loops;     /* Loop objects */
-    Py_ssize_t queued_items;   /* references held by ready and timer queues */
-    Py_ssize_t live_coros;     /* GreenCoro objects */
-    Py_ssize_t live_workers;   /* worker greenlets that have not died */
-    Py_ssize_t parked_coros;   /* coros suspended inside await_() */
+    Py_ssize_t live_handles; /* Handle and TimerHandle objects */
+    Py_ssize_t live_timers;  /* TimerHandle objects */
+    Py_ssize_t live_loops;   /* Loop objects */
+    Py_ssize_t queued_items; /* references held by ready and timer queues */
+    Py_ssize_t live_coros;   /* GreenCoro objects */
+    Py_ssize_t live_workers; /* worker greenlets that have not died */
+    Py_ssize_t parked_coros; /* coros suspended inside await_() */
 } gh_state;
 
 extern PyModuleDef gh_moduledef;

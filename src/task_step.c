@@ -271,7 +271,9 @@ worker_main(PyObject *module, PyObject *Py_UNUSED(ignored))
 }
 
 static PyMethodDef worker_main_def = {
-    "greenhub_worker", worker_main, METH_NOARGS,
+    "greenhub_worker",
+    worker_main,
+    METH_NOARGS,
     "Main function of a greenhub worker greenlet: steps task coroutines.",
 };
 
@@ -511,8 +513,7 @@ coro_throw(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             exc = Py_NewRef(val);
         }
         else {
-            exc = val == Py_None ? PyObject_CallNoArgs(args[0])
-                                 : PyObject_CallOneArg(args[0], val);
+            exc = val == Py_None ? PyObject_CallNoArgs(args[0]) : PyObject_CallOneArg(args[0], val);
             if (exc == NULL) {
                 return NULL;
             }
@@ -697,8 +698,7 @@ coro_getattro(PyObject *self, PyObject *name)
     if (s == NULL) {
         return NULL;
     }
-    if (strncmp(s, "cr_", 3) == 0 || strcmp(s, "__name__") == 0 ||
-        strcmp(s, "__qualname__") == 0) {
+    if (strncmp(s, "cr_", 3) == 0 || strcmp(s, "__name__") == 0 || strcmp(s, "__qualname__") == 0) {
         PyErr_Clear();
         return PyObject_GetAttr(w->coro, name);
     }
@@ -766,8 +766,8 @@ static PyGetSetDef coro_getset[] = {
     {"__class__", coro_get_class, NULL, NULL, NULL},
     {"coroutine", coro_get_inner, NULL, "The wrapped coroutine.", NULL},
     {"parked", coro_get_parked, NULL, "True while suspended inside greenhub.await_().", NULL},
-    {"greenlet", coro_get_worker, NULL,
-     "The greenlet holding the task's suspended stack, or None.", NULL},
+    {"greenlet", coro_get_worker, NULL, "The greenlet holding the task's suspended stack, or None.",
+     NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

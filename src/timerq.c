@@ -83,8 +83,7 @@ gh_timerq_pop(gh_timerq *q)
 }
 
 void
-gh_timerq_filter(gh_timerq *q, int (*keep)(void *, void *),
-                 void (*drop)(void *, void *), void *arg)
+gh_timerq_filter(gh_timerq *q, int (*keep)(void *, void *), void (*drop)(void *, void *), void *arg)
 {
     size_t n = 0;
     for (size_t i = 0; i < q->len; i++) {

@@ -29,25 +29,24 @@
 #include "state.h"
 
 typedef struct gh_GreenCoro {
-    PyObject_HEAD
-    PyObject *coro;         /* owned: the task's real coroutine */
-    PyObject *loop;         /* owned: the greenhub loop (a gh_Loop) */
-    PyObject *context;      /* owned or NULL: the Context steps run in, learnt at the first step */
-    PyObject *worker;       /* owned or NULL: the greenlet bound to this task */
-    PyObject *parked_in;    /* owned or NULL: the greenlet suspended inside await_() */
-    PyObject *driver;       /* owned while a step runs: the greenlet that called send/throw */
-    PyObject *in_value;     /* owned or NULL: what the resumed step receives */
-    PyObject *in_exc;       /* owned or NULL: the exception to throw into the step */
-    PyObject *out;          /* owned or NULL: what the step produced */
-    PyObject *weakreflist;  /* managed by CPython */
-    struct gh_GreenCoro *prev_step;  /* borrowed: the loop's current step before this one */
-    struct gh_GreenCoro *park_prev;  /* borrowed: links in the loop's list of parked coros */
+    PyObject_HEAD PyObject *coro; /* owned: the task's real coroutine */
+    PyObject *loop;               /* owned: the greenhub loop (a gh_Loop) */
+    PyObject *context;     /* owned or NULL: the Context steps run in, learnt at the first step */
+    PyObject *worker;      /* owned or NULL: the greenlet bound to this task */
+    PyObject *parked_in;   /* owned or NULL: the greenlet suspended inside await_() */
+    PyObject *driver;      /* owned while a step runs: the greenlet that called send/throw */
+    PyObject *in_value;    /* owned or NULL: what the resumed step receives */
+    PyObject *in_exc;      /* owned or NULL: the exception to throw into the step */
+    PyObject *out;         /* owned or NULL: what the step produced */
+    PyObject *weakreflist; /* managed by CPython */
+    struct gh_GreenCoro *prev_step; /* borrowed: the loop's current step before this one */
+    struct gh_GreenCoro *park_prev; /* borrowed: links in the loop's list of parked coros */
     struct gh_GreenCoro *park_next;
     PySendResult out_status;
     unsigned long thread_id; /* thread of the greenlets, while one is held */
-    char running;   /* a step is in progress (switched away from the driver) */
-    char finished;  /* the coroutine returned or raised */
-    char parked;    /* in the loop's parked list */
+    char running;            /* a step is in progress (switched away from the driver) */
+    char finished;           /* the coroutine returned or raised */
+    char parked;             /* in the loop's parked list */
 } gh_GreenCoro;
 
 /* Idle worker greenlets of one loop. */
