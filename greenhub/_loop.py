@@ -18,7 +18,7 @@ import signal
 import sys
 import threading
 import warnings
-from asyncio import base_events, coroutines, events, format_helpers
+from asyncio import base_events, events, format_helpers
 from asyncio.log import logger
 
 from . import _core, _vthread
@@ -90,17 +90,9 @@ class Loop(_core.Loop, base_events.BaseEventLoop):
 
     # -- tasks ------------------------------------------------------------
 
-    def create_task(self, coro, **kwargs):
-        """Schedule a coroutine as a Task whose steps run on a greenlet, so
-        synchronous code under it can call greenhub.await_().
-
-        The Task is CPython's own asyncio.Task (or your task factory's); its
-        get_coro() returns the GreenCoro wrapper, whose ``coroutine``
-        attribute is the original coroutine.  Arguments as
-        asyncio.BaseEventLoop.create_task (name=, context=, ...)."""
-        if coroutines.iscoroutine(coro) and type(coro) is not _core.GreenCoro:
-            coro = _core.GreenCoro(coro, self)
-        return super().create_task(coro, **kwargs)
+    # create_task() is the C type's: it wraps the coroutine in a GreenCoro
+    # (src/task_step.c) and makes the Task, or defers to
+    # BaseEventLoop.create_task() for task factories and debug mode.
 
     # -- closing ----------------------------------------------------------
 

@@ -308,6 +308,7 @@ static void
 release_gil(void *arg)
 {
     gh_Loop *self = arg;
+    self->sleeping = 1;
     self->poll_tstate = PyEval_SaveThread();
 }
 
@@ -317,6 +318,21 @@ acquire_gil(void *arg)
     gh_Loop *self = arg;
     PyEval_RestoreThread(self->poll_tstate);
     self->poll_tstate = NULL;
+    self->sleeping = 0;
+    self->wakeup_sent = 0;
+}
+
+/* Wakes the poll if it may be sleeping.  A loop that is not polling checks
+ * the ready queue before it next blocks (with the GIL held, so after this
+ * thread's push), so it needs no wakeup; that saves libev's memory fence
+ * and system call on every call_soon_threadsafe() to a busy loop. */
+static void
+wake_if_sleeping(gh_Loop *self)
+{
+    if (self->sleeping && !self->wakeup_sent) {
+        self->wakeup_sent = 1;
+        gh_reactor_wakeup(self->reactor);
+    }
 }
 
 /* Debug mode runs each handle as asyncio does: it is _current_handle while
@@ -446,7 +462,7 @@ loop_call_soon_threadsafe(PyObject *op, PyObject *const *args, size_t nargsf, Py
     }
     PyObject *h = new_soon_handle(self, args, nargs, context);
     if (h != NULL) {
-        gh_reactor_wakeup(self->reactor);
+        wake_if_sleeping(self);
     }
     return h;
 }
@@ -555,6 +571,73 @@ loop_call_later(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kw
                              nargs - 1, context);
     }
     Py_DECREF(when_obj);
+    return res;
+}
+
+/*
+ * create_task(coro, *, name=None, context=None).  Every coroutine is wrapped
+ * in a GreenCoro so that its steps run on a greenlet (vthread.h).  Without
+ * a task factory and outside debug mode the Task is made here; otherwise
+ * asyncio's BaseEventLoop.create_task() does the rest with the wrapped
+ * coroutine, so factories, names and debug tracebacks behave exactly as on
+ * the stock loop.
+ */
+static PyObject *
+loop_create_task(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    gh_Loop *self = (gh_Loop *)op;
+    gh_state *st = self->st;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *name = Py_None, *context = Py_None;
+    int fast = nargs == 1 && self->task_factory == NULL && !self->debug;
+    for (Py_ssize_t i = 0; fast && kwnames != NULL && i < PyTuple_GET_SIZE(kwnames); i++) {
+        PyObject *key = PyTuple_GET_ITEM(kwnames, i);
+        if (PyUnicode_CompareWithASCIIString(key, "name") == 0) {
+            name = args[nargs + i];
+        }
+        else if (PyUnicode_CompareWithASCIIString(key, "context") == 0) {
+            context = args[nargs + i];
+        }
+        else {
+            fast = 0; /* let asyncio report the unexpected argument */
+        }
+    }
+    if (nargs >= 1 && check_closed(self) < 0) {
+        return NULL;
+    }
+    PyObject *coro = nargs >= 1 ? gh_wrap_coroutine(st, args[0], op) : NULL;
+    if (nargs >= 1 && coro == NULL) {
+        return NULL;
+    }
+    PyObject *res;
+    if (fast) {
+        PyObject *task_type = PyObject_GetAttr(st->tasks_module, st->str_Task);
+        if (task_type == NULL) {
+            Py_DECREF(coro);
+            return NULL;
+        }
+        PyObject *targs[5] = {NULL, coro, op, name, context};
+        res = PyObject_Vectorcall(task_type, targs + 1, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                  st->kw_task_init);
+        Py_DECREF(task_type);
+    }
+    else {
+        /* BaseEventLoop.create_task(self, coro, ...) with the same arguments */
+        Py_ssize_t total = nargs + (kwnames ? PyTuple_GET_SIZE(kwnames) : 0);
+        PyObject **cargs = PyMem_Malloc((total + 2) * sizeof(PyObject *));
+        if (cargs == NULL) {
+            Py_XDECREF(coro);
+            return PyErr_NoMemory();
+        }
+        cargs[1] = op;
+        for (Py_ssize_t i = 0; i < total; i++) {
+            cargs[i + 2] = (i == 0 && coro != NULL) ? coro : args[i];
+        }
+        res = PyObject_Vectorcall(st->base_create_task, cargs + 1,
+                                  (nargs + 1) | PY_VECTORCALL_ARGUMENTS_OFFSET, kwnames);
+        PyMem_Free(cargs);
+    }
+    Py_XDECREF(coro);
     return res;
 }
 
@@ -696,8 +779,7 @@ loop_parked_coros(PyObject *op, PyObject *Py_UNUSED(ignored))
 static PyObject *
 loop_write_to_self(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
-    gh_Loop *self = (gh_Loop *)op;
-    gh_reactor_wakeup(self->reactor);
+    wake_if_sleeping((gh_Loop *)op);
     Py_RETURN_NONE;
 }
 
@@ -814,6 +896,21 @@ set_current_handle(PyObject *op, PyObject *value, void *Py_UNUSED(closure))
 }
 
 static PyObject *
+get_task_factory(PyObject *op, void *Py_UNUSED(closure))
+{
+    gh_Loop *self = (gh_Loop *)op;
+    return Py_NewRef(self->task_factory ? self->task_factory : Py_None);
+}
+
+static int
+set_task_factory(PyObject *op, PyObject *value, void *Py_UNUSED(closure))
+{
+    gh_Loop *self = (gh_Loop *)op;
+    Py_XSETREF(self->task_factory, (value && value != Py_None) ? Py_NewRef(value) : NULL);
+    return 0;
+}
+
+static PyObject *
 get_signal_wakeup_fd(PyObject *op, void *Py_UNUSED(closure))
 {
     return PyLong_FromLong(gh_reactor_signal_fd(((gh_Loop *)op)->reactor));
@@ -861,6 +958,7 @@ loop_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(self->debug_obj);
     Py_VISIT(self->thread_id_obj);
     Py_VISIT(self->current_handle);
+    Py_VISIT(self->task_factory);
     for (size_t i = 0; i < self->ready.len; i++) {
         Py_VISIT((PyObject *)gh_readyq_at(&self->ready, i));
     }
@@ -876,6 +974,7 @@ loop_clear(PyObject *op)
     gh_Loop *self = (gh_Loop *)op;
     clear_queues(self);
     Py_CLEAR(self->current_handle);
+    Py_CLEAR(self->task_factory);
     return 0;
 }
 
@@ -910,6 +1009,11 @@ static PyMethodDef loop_methods[] = {
      "call_later(delay, callback, *args, context=None) -> TimerHandle"},
     {"call_at", (PyCFunction)(void (*)(void))loop_call_at, FASTKW,
      "call_at(when, callback, *args, context=None) -> TimerHandle"},
+    {"create_task", (PyCFunction)(void (*)(void))loop_create_task, FASTKW,
+     "create_task(coro, *, name=None, context=None) -> Task\n\n"
+     "Schedule a coroutine as an asyncio Task whose steps run on a greenlet, so\n"
+     "synchronous code under it can call greenhub.await_().  task.get_coro() is a\n"
+     "GreenCoro wrapping `coro`."},
     {"time", loop_time, METH_NOARGS,
      "Return the loop's time: time.monotonic()'s clock, in seconds."},
     {"stop", loop_stop, METH_NOARGS, "Stop running once the current iteration ends."},
@@ -934,6 +1038,7 @@ static PyGetSetDef loop_getset[] = {
     {"_debug", get_debug_attr, set_debug_attr, NULL, NULL},
     {"_thread_id", get_thread_id, set_thread_id, NULL, NULL},
     {"_current_handle", get_current_handle, set_current_handle, NULL, NULL},
+    {"_task_factory", get_task_factory, set_task_factory, NULL, NULL},
     {"_signal_wakeup_fd", get_signal_wakeup_fd, NULL, NULL, NULL},
     {"_backend", get_backend, NULL, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},

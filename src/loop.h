@@ -29,6 +29,7 @@ typedef struct {
     PyObject *debug_obj;      /* owned: the value given to set_debug() */
     PyObject *thread_id_obj;  /* owned: None, or the int ident of the running thread */
     PyObject *current_handle; /* owned or NULL: the running handle, debug mode only */
+    PyObject *task_factory;   /* owned or NULL: set_task_factory()'s callable */
 
     /* Virtual threads (vthread.h). */
     gh_GreenCoro *current_step; /* borrowed: the task step running now, or NULL */
@@ -40,6 +41,12 @@ typedef struct {
     char debug;                 /* truth of debug_obj */
     char closed;
     char stopping;
+    /* Wakeups from other threads (call_soon_threadsafe): `sleeping` is set
+     * while the poll may block with the GIL released, `wakeup_sent` once a
+     * wakeup is on its way; both change only with the GIL held, which
+     * orders them for the other threads. */
+    char sleeping;
+    char wakeup_sent;
 } gh_Loop;
 
 extern PyType_Spec gh_loop_spec;

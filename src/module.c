@@ -109,6 +109,18 @@ module_exec(PyObject *mod)
     st->str_gr_context = PyUnicode_InternFromString("gr_context");
     st->str_throw = PyUnicode_InternFromString("throw");
     st->str_close = PyUnicode_InternFromString("close");
+    st->str_Task = PyUnicode_InternFromString("Task");
+    st->tasks_module = PyImport_ImportModule("asyncio.tasks");
+    st->kw_task_init = Py_BuildValue("(sss)", "loop", "name", "context");
+    PyObject *base_loop = import_attr("asyncio.base_events", "BaseEventLoop");
+    if (base_loop != NULL) {
+        st->base_create_task = PyObject_GetAttrString(base_loop, "create_task");
+        Py_DECREF(base_loop);
+    }
+    if (st->str_Task == NULL || st->tasks_module == NULL || st->kw_task_init == NULL ||
+        st->base_create_task == NULL) {
+        return -1;
+    }
     if (st->worker_main == NULL || st->get_running_loop == NULL || st->str_gr_context == NULL ||
         st->str_throw == NULL || st->str_close == NULL) {
         return -1;
@@ -150,6 +162,8 @@ module_traverse(PyObject *mod, visitproc visit, void *arg)
     Py_VISIT(st->GreenCoroType);
     Py_VISIT(st->worker_main);
     Py_VISIT(st->get_running_loop);
+    Py_VISIT(st->tasks_module);
+    Py_VISIT(st->base_create_task);
     Py_VISIT(st->hook_run_sync);
     Py_VISIT(st->hook_handle_repr);
     Py_VISIT(st->hook_callback_error);
@@ -170,6 +184,10 @@ module_clear(PyObject *mod)
     Py_CLEAR(st->GreenCoroType);
     Py_CLEAR(st->worker_main);
     Py_CLEAR(st->get_running_loop);
+    Py_CLEAR(st->tasks_module);
+    Py_CLEAR(st->base_create_task);
+    Py_CLEAR(st->kw_task_init);
+    Py_CLEAR(st->str_Task);
     Py_CLEAR(st->hook_run_sync);
     Py_CLEAR(st->str_gr_context);
     Py_CLEAR(st->str_throw);

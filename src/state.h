@@ -30,6 +30,9 @@ typedef struct {
     PyObject *iscoroutine;
     PyObject *iscoroutinefunction;
     PyObject *get_running_loop; /* asyncio.events._get_running_loop */
+    PyObject *tasks_module;     /* asyncio.tasks: Task is looked up per call, as asyncio does */
+    PyObject *base_create_task; /* asyncio.BaseEventLoop.create_task */
+    PyObject *kw_task_init;     /* ("loop", "name", "context") */
 
     /* Interned strings; owned. */
     PyObject *str_context;
@@ -37,6 +40,7 @@ typedef struct {
     PyObject *str_gr_context;
     PyObject *str_throw;
     PyObject *str_close;
+    PyObject *str_Task;
 
     /* Live-object counters, checked by the tests (debug_counters()).  Plain
      * integers: every change happens with the GIL held. */

@@ -611,6 +611,37 @@ coro_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     return (PyObject *)w;
 }
 
+PyObject *
+gh_wrap_coroutine(gh_state *st, PyObject *coro, PyObject *loop)
+{
+    if (!PyCoro_CheckExact(coro)) {
+        /* Other objects asyncio accepts as coroutines (Cython's, the
+         * Coroutine ABC) are wrapped too; GreenCoros are not re-wrapped. */
+        if (Py_IS_TYPE(coro, st->GreenCoroType)) {
+            return Py_NewRef(coro);
+        }
+        PyObject *yes = PyObject_CallOneArg(st->iscoroutine, coro);
+        if (yes == NULL) {
+            return NULL;
+        }
+        int is = PyObject_IsTrue(yes);
+        Py_DECREF(yes);
+        if (is <= 0) {
+            return is < 0 ? NULL : Py_NewRef(coro);
+        }
+    }
+    gh_GreenCoro *w = PyObject_GC_New(gh_GreenCoro, st->GreenCoroType);
+    if (w == NULL) {
+        return NULL;
+    }
+    memset((char *)w + sizeof(PyObject), 0, sizeof(*w) - sizeof(PyObject));
+    w->coro = Py_NewRef(coro);
+    w->loop = Py_NewRef(loop);
+    st->live_coros++;
+    PyObject_GC_Track(w);
+    return (PyObject *)w;
+}
+
 static int
 coro_traverse(PyObject *self, visitproc visit, void *arg)
 {

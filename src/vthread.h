@@ -62,6 +62,10 @@ extern PyType_Spec gh_greencoro_spec;
 /* greenhub.await_(awaitable) - see bridge.c. */
 PyObject *gh_await(gh_state *st, PyObject *awaitable);
 
+/* Wraps a coroutine for a task of `loop`: a new GreenCoro for a coroutine,
+ * a new reference to anything else (asyncio.Task rejects what it must). */
+PyObject *gh_wrap_coroutine(gh_state *st, PyObject *coro, PyObject *loop);
+
 /* Records that w's step is suspended inside await_() on greenlet `here`. */
 void gh_coro_park(gh_GreenCoro *w, PyObject *here);
 
