@@ -313,8 +313,9 @@ park_unlink(gh_Loop *loop, gh_GreenCoro *w)
  * driver's frame: every step would copy a slice of the driver's stack out
  * and back in (a malloc, two memcpy).  A new worker therefore starts
  * WORKER_STACK_GAP bytes further down, below anything the driver uses when
- * it steps tasks, and a step then copies nothing as long as the same worker
- * runs again (and one worker's slice when workers alternate).
+ * it steps tasks.  (The worker's own small slice is still saved when it
+ * switches back to the thread's main greenlet, which greenlet must assume
+ * may grow to any depth.)
  */
 static PyObject *
 switch_in(PyObject *target, int fresh)
