@@ -132,16 +132,20 @@ maybe_unbind_worker(gh_Loop *loop, gh_GreenCoro *w)
     }
     w->worker = NULL;
     loop->bound_workers--;
-    if (w->finished) {
-        gh_green_clear_attributes(g);
-    }
     if (loop->pool.len == 0) {
         loop->pool.thread_id = w->thread_id;
     }
     if (observable || !gh_green_active(g) || loop->pool.len >= POOL_MAX || loop->closed ||
-        loop->pool.thread_id != w->thread_id || pool_push(&loop->pool, g) < 0) {
+        loop->pool.thread_id != w->thread_id) {
         /* Not reusable here: someone else holds it, or no room.  Dropping
          * our reference kills it if nobody else has one. */
+        Py_DECREF(g);
+        return;
+    }
+    /* Attributes set on a finished task's greenlet must not reach the next
+     * task.  (An idle task's unobservable greenlet has none.) */
+    gh_green_clear_attributes(g);
+    if (pool_push(&loop->pool, g) < 0) {
         Py_DECREF(g);
     }
 }
