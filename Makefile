@@ -41,9 +41,15 @@ test-compat: build
 
 test: test-unit test-compat
 
+# The peers the benchmarks compare with; each benchmark skips a missing one.
+BENCH_PEERS = uvloop sqlalchemy greenback asgiref gevent
+
 bench: build
-	@$(PY) -c "import uvloop" 2>/dev/null || $(PIP) install -q uvloop
+	@$(PY) -c "import uvloop, sqlalchemy, greenback, asgiref, gevent" 2>/dev/null || \
+	    $(PIP) install -q --disable-pip-version-check --root-user-action=ignore $(BENCH_PEERS)
 	$(PY) benchmarks/bench_scheduling.py
+	$(PY) benchmarks/bench_vthread.py
+	$(PY) benchmarks/bench_memory.py
 
 lint:
 	ruff check greenhub tests compat benchmarks examples
