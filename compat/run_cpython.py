@@ -424,8 +424,8 @@ def child_main(args):
                                    % _qualname(loop_cls))
             return CHILD_SETUP_EXIT
 
-    import unittest
     import importlib
+    import unittest
     modname = "%s.%s" % (PKG, args.module)
     try:
         mod = importlib.import_module(modname)

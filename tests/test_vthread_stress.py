@@ -168,7 +168,7 @@ async def stress(plans):
 def check_outcomes(plans, tasks, journal, cancel_returned):
     expect = STEPS * (STEPS - 1) // 2
     tally = collections.Counter()
-    for i, (t, p) in enumerate(zip(tasks, plans)):
+    for i, (t, p) in enumerate(zip(tasks, plans, strict=True)):
         kind = p["kind"]
         if t.cancelled():
             outcome = "cancelled"
