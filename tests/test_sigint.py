@@ -264,36 +264,20 @@ def test_busy_python_callbacks_are_interrupted():
     )
 
 
-def test_busy_c_level_callbacks_are_interrupted():
+@pytest.mark.parametrize(
+    "reschedule",
+    ["loop.call_soon, (spin,)", "loop.call_later, (0, spin)"],
+    ids=["call_soon", "call_later_0"],
+)
+def test_busy_c_level_callbacks_are_interrupted(reschedule):
     # A callback that re-schedules itself without running any Python bytecode in between
-    # (a functools.partial of loop.call_soon whose argument is itself): only the loop's own
-    # signal checks can notice Ctrl-C here.
+    # (a functools.partial of loop.call_soon / call_later(0, ...) whose argument is
+    # itself): only the loop's own signal checks can notice Ctrl-C here.
     _compare(
-        """
+        f"""
         loop = new_loop()
         spin = functools.partial(print)
-        spin.__setstate__((loop.call_soon, (spin,), None, None))
-        loop.call_soon(ready)
-        loop.call_soon(spin)
-        try:
-            loop.run_forever()
-        except KeyboardInterrupt:
-            print("KeyboardInterrupt", loop.is_running(), flush=True)
-        loop.close()
-        """,
-        "KeyboardInterrupt False\n",
-        "",
-        0,
-    )
-
-
-def test_busy_c_level_timers_are_interrupted():
-    # Same as above through call_later(0, ...): expired timers in a tight loop.
-    _compare(
-        """
-        loop = new_loop()
-        spin = functools.partial(print)
-        spin.__setstate__((loop.call_later, (0, spin), None, None))
+        spin.__setstate__(({reschedule}, None, None))
         loop.call_soon(ready)
         loop.call_soon(spin)
         try:

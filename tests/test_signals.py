@@ -23,6 +23,14 @@ def _restore_sigusr1():
     signal.signal(signal.SIGINT, old_int)
 
 
+async def _raise_signal_and_spin():
+    """Send SIG to this process, then give the loop a few passes to run handlers."""
+    os.kill(os.getpid(), SIG)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    await asyncio.sleep(0.001)
+
+
 def test_signal_handler_runs_on_the_loop_after_the_signal(loop):
     out = []
 
@@ -98,13 +106,7 @@ def test_add_signal_handler_replaces_previous(loop):
     loop.add_signal_handler(SIG, out.append, "first")
     loop.add_signal_handler(SIG, out.append, "second")
 
-    async def main():
-        os.kill(os.getpid(), SIG)
-        for _ in range(5):
-            await asyncio.sleep(0)
-        await asyncio.sleep(0.001)
-
-    loop.run_until_complete(main())
+    loop.run_until_complete(_raise_signal_and_spin())
     assert out == ["second"]
     loop.remove_signal_handler(SIG)
 
@@ -195,13 +197,7 @@ def test_signal_handler_exception_goes_to_exception_handler(loop):
 
     loop.add_signal_handler(SIG, handler)
 
-    async def main():
-        os.kill(os.getpid(), SIG)
-        for _ in range(5):
-            await asyncio.sleep(0)
-        await asyncio.sleep(0.001)
-
-    loop.run_until_complete(main())
+    loop.run_until_complete(_raise_signal_and_spin())
     assert len(contexts) == 1
     assert isinstance(contexts[0]["exception"], ValueError)
     assert contexts[0]["message"].startswith("Exception in callback ")
@@ -219,13 +215,7 @@ def test_signal_handler_run_in_context(loop):
     finally:
         var.reset(token)
 
-    async def main():
-        os.kill(os.getpid(), SIG)
-        for _ in range(5):
-            await asyncio.sleep(0)
-        await asyncio.sleep(0.001)
-
-    loop.run_until_complete(main())
+    loop.run_until_complete(_raise_signal_and_spin())
     assert seen == ["at-add"]
     loop.remove_signal_handler(SIG)
 
