@@ -1,11 +1,12 @@
 """greenhub.Loop: asyncio's event loop API over greenhub's C core.
 
 The C type ``greenhub._core.Loop`` owns the hot paths - ``call_soon`` and its
-siblings, timers, ``time()`` and the run loop - and the state they share with
-Python code (``_closed``, ``_stopping``, ``_debug``, ``_thread_id``).
-Everything that runs once per loop or on error paths is inherited from
-``asyncio.BaseEventLoop``: ``run_until_complete``, ``create_task`` and task
-factories, the exception handler, ``shutdown_asyncgens``, the executor API.
+siblings, timers, ``time()``, the run loop and ``create_task`` - and the state
+they share with Python code (``_closed``, ``_stopping``, ``_debug``,
+``_thread_id``, ``_task_factory``).  Everything that runs once per loop or on
+error paths is inherited from ``asyncio.BaseEventLoop``:
+``run_until_complete``, task factories, the exception handler,
+``shutdown_asyncgens``, the executor API.
 Inheriting rather than re-implementing is deliberate: those methods then
 behave exactly as the stock loop's on every Python version, which is what a
 drop-in loop must do.  This module adds what ``BaseEventLoop`` leaves to its
@@ -147,6 +148,8 @@ class Loop(_core.Loop, base_events.BaseEventLoop):
             )
         parked = set(map(id, coros))
         tasks = [t for t in asyncio.all_tasks(self) if id(t.get_coro()) in parked]
+        if not tasks:
+            return
         for task in tasks:
             task.cancel()
         try:
