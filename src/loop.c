@@ -186,8 +186,8 @@ attach_source_traceback(gh_state *st, PyObject *h)
 /* --- the queues --------------------------------------------------------- */
 
 /* Queues a handle; steals the reference to `h` on success and on failure. */
-static int
-push_ready(gh_Loop *self, PyObject *h)
+int
+gh_loop_push_ready(gh_Loop *self, PyObject *h)
 {
     if (gh_readyq_push(&self->ready, h) < 0) {
         Py_DECREF(h);
@@ -210,7 +210,7 @@ new_soon_handle(gh_Loop *self, PyObject *const *args, Py_ssize_t nargs, PyObject
         Py_DECREF(h);
         return NULL;
     }
-    if (push_ready(self, Py_NewRef(h)) < 0) {
+    if (gh_loop_push_ready(self, Py_NewRef(h)) < 0) {
         Py_DECREF(h);
         return NULL;
     }
@@ -397,6 +397,9 @@ run_once(gh_Loop *self)
         }
     }
     gh_reactor_poll(self->reactor, timeout);
+    if (PyErr_Occurred()) {
+        return -1; /* MemoryError while queueing ready I/O handles */
+    }
     /* Run Python-level signal handlers now: a signal (Ctrl-C) that ended
      * the poll raises here, as it would out of asyncio's selector.select(). */
     if (PyErr_CheckSignals() < 0) {
@@ -409,7 +412,7 @@ run_once(gh_Loop *self)
         double now = gh_monotonic();
         const gh_timer_entry *top;
         while ((top = gh_timerq_top(&self->timers)) != NULL && top->when <= now) {
-            if (push_ready(self, pop_timer(self)) < 0) {
+            if (gh_loop_push_ready(self, pop_timer(self)) < 0) {
                 return -1;
             }
         }
@@ -758,6 +761,7 @@ loop_close_core(PyObject *op, PyObject *Py_UNUSED(ignored))
         }
         Py_DECREF(res);
     }
+    gh_loop_io_clear(self);
     clear_queues(self);
     gh_pool_clear(&self->pool);
     Py_RETURN_NONE;
@@ -947,6 +951,7 @@ loop_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwds
         return NULL;
     }
     gh_reactor_set_blocking_hooks(self->reactor, release_gil, acquire_gil, self);
+    gh_reactor_set_io_callback(self->reactor, gh_loop_io_ready, self);
     return (PyObject *)self;
 }
 
@@ -959,6 +964,10 @@ loop_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(self->thread_id_obj);
     Py_VISIT(self->current_handle);
     Py_VISIT(self->task_factory);
+    for (int fd = 0; fd < self->n_io_slots; fd++) {
+        Py_VISIT(self->io_slots[fd].reader);
+        Py_VISIT(self->io_slots[fd].writer);
+    }
     for (size_t i = 0; i < self->ready.len; i++) {
         Py_VISIT((PyObject *)gh_readyq_at(&self->ready, i));
     }
@@ -972,6 +981,7 @@ static int
 loop_clear(PyObject *op)
 {
     gh_Loop *self = (gh_Loop *)op;
+    gh_loop_io_clear(self);
     clear_queues(self);
     Py_CLEAR(self->current_handle);
     Py_CLEAR(self->task_factory);
@@ -1028,6 +1038,14 @@ static PyMethodDef loop_methods[] = {
     {"_check_callback", (PyCFunction)(void (*)(void))loop_check_callback, METH_FASTCALL, NULL},
     {"_write_to_self", loop_write_to_self, METH_NOARGS, NULL},
     {"_parked_coros", loop_parked_coros, METH_NOARGS, NULL},
+    {"add_reader", (PyCFunction)(void (*)(void))gh_loop_add_reader, METH_FASTCALL,
+     "add_reader(fd, callback, *args): call callback(*args) when fd is readable."},
+    {"add_writer", (PyCFunction)(void (*)(void))gh_loop_add_writer, METH_FASTCALL,
+     "add_writer(fd, callback, *args): call callback(*args) when fd is writable."},
+    {"remove_reader", gh_loop_remove_reader, METH_O,
+     "Stop watching fd for reading; return True if a reader was registered."},
+    {"remove_writer", gh_loop_remove_writer, METH_O,
+     "Stop watching fd for writing; return True if a writer was registered."},
     {"_timer_handle_cancelled", loop_timer_handle_cancelled, METH_O, NULL},
     {NULL, NULL, 0, NULL},
 };

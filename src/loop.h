@@ -31,6 +31,11 @@ typedef struct {
     PyObject *current_handle; /* owned or NULL: the running handle, debug mode only */
     PyObject *task_factory;   /* owned or NULL: set_task_factory()'s callable */
 
+    /* add_reader()/add_writer() (io.c): per fd, the handles to run when it
+     * is ready.  Each slot owns its two references (or NULL). */
+    struct gh_io_slot *io_slots; /* PyMem array indexed by fd */
+    int n_io_slots;
+
     /* Virtual threads (vthread.h). */
     gh_GreenCoro *current_step; /* borrowed: the task step running now, or NULL */
     gh_GreenCoro *parked;       /* borrowed: list of coros suspended inside await_() */
@@ -50,6 +55,24 @@ typedef struct {
 } gh_Loop;
 
 extern PyType_Spec gh_loop_spec;
+
+typedef struct gh_io_slot {
+    PyObject *reader; /* owned Handle or NULL */
+    PyObject *writer; /* owned Handle or NULL */
+} gh_io_slot;
+
+/* Queues a handle to run in the next pass; steals the reference (also on
+ * failure: -1 with MemoryError set). */
+int gh_loop_push_ready(gh_Loop *loop, PyObject *h);
+
+/* io.c: the four reader/writer methods, and the reactor callback. */
+PyObject *gh_loop_add_reader(PyObject *op, PyObject *const *args, Py_ssize_t nargs);
+PyObject *gh_loop_add_writer(PyObject *op, PyObject *const *args, Py_ssize_t nargs);
+PyObject *gh_loop_remove_reader(PyObject *op, PyObject *fd);
+PyObject *gh_loop_remove_writer(PyObject *op, PyObject *fd);
+void gh_loop_io_ready(void *arg, int fd, int readable, int writable);
+/* Stops every watcher and drops the handles (close, GC). */
+void gh_loop_io_clear(gh_Loop *loop);
 
 /* TimerHandle.cancel() tells its loop (counts lazily-cancelled timers). */
 void gh_loop_timer_cancelled(gh_Loop *loop, PyObject *timer);

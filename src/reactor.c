@@ -24,7 +24,12 @@ struct gh_reactor {
     int signal_pipe[2]; /* [0] read, [1] write; both non-blocking, CLOEXEC */
     gh_reactor_hook release, acquire;
     void *hook_arg;
-    int io_watchers; /* active watchers for user I/O (none yet) */
+    int io_watchers; /* active watchers for user I/O */
+    int may_block;   /* the poll in progress may wait (timeout != 0) */
+    ev_io **ios;     /* owned (malloc): watcher per fd, NULL where none */
+    int nios;        /* length of ios */
+    gh_reactor_io_cb io_cb;
+    void *io_cb_arg;
 };
 
 static void
@@ -51,10 +56,23 @@ drain_signal_pipe_cb(struct ev_loop *ev, ev_io *w, int revents)
 }
 
 static void
+io_ready_cb(struct ev_loop *ev, ev_io *w, int revents)
+{
+    gh_reactor *r = ev_userdata(ev);
+    int failed = (revents & EV_ERROR) != 0;
+    if (r->io_cb) {
+        r->io_cb(r->io_cb_arg, w->fd, failed || (revents & EV_READ),
+                 failed || (revents & EV_WRITE));
+    }
+}
+
+/* The hooks run only around polls that may wait: a non-blocking poll
+ * returns at once, so giving up the GIL for it would only cost time. */
+static void
 release_cb(struct ev_loop *ev)
 {
     gh_reactor *r = ev_userdata(ev);
-    if (r->release) {
+    if (r->release && r->may_block) {
         r->release(r->hook_arg);
     }
 }
@@ -63,7 +81,7 @@ static void
 acquire_cb(struct ev_loop *ev)
 {
     gh_reactor *r = ev_userdata(ev);
-    if (r->acquire) {
+    if (r->acquire && r->may_block) {
         r->acquire(r->hook_arg);
     }
 }
@@ -115,6 +133,15 @@ gh_reactor_free(gh_reactor *r)
         ev_io_stop(r->ev, &r->signal_io);
         ev_loop_destroy(r->ev);
     }
+    for (int fd = 0; fd < r->nios; fd++) {
+        if (r->ios[fd] != NULL) {
+            if (r->ev != NULL) {
+                ev_io_stop(r->ev, r->ios[fd]);
+            }
+            free(r->ios[fd]);
+        }
+    }
+    free(r->ios);
     for (int i = 0; i < 2; i++) {
         if (r->signal_pipe[i] >= 0) {
             close(r->signal_pipe[i]);
@@ -142,10 +169,12 @@ gh_reactor_poll(gh_reactor *r, double timeout)
          * and PyErr_CheckSignals() already see them), so save the system
          * call and the GIL round trip. */
         if (r->io_watchers > 0) {
+            r->may_block = 0;
             ev_run(r->ev, EVRUN_NOWAIT);
         }
         return;
     }
+    r->may_block = 1;
     if (timeout > 0.) {
         /* libev measures timers from its cached "now", which may be stale by
          * the time we get here; refresh it so the wait is not cut short.
@@ -168,6 +197,69 @@ gh_reactor_wakeup(gh_reactor *r)
     /* Cheap when the loop is not blocked: libev only writes to its eventfd
      * when a poll is (about to be) waiting. */
     ev_async_send(r->ev, &r->wakeup);
+}
+
+void
+gh_reactor_set_io_callback(gh_reactor *r, gh_reactor_io_cb cb, void *arg)
+{
+    r->io_cb = cb;
+    r->io_cb_arg = arg;
+}
+
+int
+gh_reactor_io_watch(gh_reactor *r, int fd, int events)
+{
+    if (fd < 0) {
+        errno = EBADF;
+        return -1;
+    }
+    ev_io *w = fd < r->nios ? r->ios[fd] : NULL;
+    if (events == 0) {
+        if (w != NULL) {
+            ev_io_stop(r->ev, w);
+            free(w);
+            r->ios[fd] = NULL;
+            r->io_watchers--;
+        }
+        return 0;
+    }
+    if (w == NULL) {
+        /* epoll would accept a closed descriptor only to fail later;
+         * refuse it now, as asyncio's selector does (EBADF). */
+        if (fcntl(fd, F_GETFD) < 0) {
+            return -1;
+        }
+        if (fd >= r->nios) {
+            int n = r->nios ? r->nios : 64;
+            while (n <= fd) {
+                n *= 2;
+            }
+            ev_io **ios = realloc(r->ios, (size_t)n * sizeof(*ios));
+            if (ios == NULL) {
+                errno = ENOMEM;
+                return -1;
+            }
+            for (int i = r->nios; i < n; i++) {
+                ios[i] = NULL;
+            }
+            r->ios = ios;
+            r->nios = n;
+        }
+        w = malloc(sizeof(*w));
+        if (w == NULL) {
+            errno = ENOMEM;
+            return -1;
+        }
+        ev_io_init(w, io_ready_cb, fd, 0);
+        r->ios[fd] = w;
+        r->io_watchers++;
+    }
+    else {
+        ev_io_stop(r->ev, w);
+    }
+    ev_io_set(w, fd, (events & GH_IO_READ ? EV_READ : 0) | (events & GH_IO_WRITE ? EV_WRITE : 0));
+    ev_io_start(r->ev, w);
+    return 0;
 }
 
 int

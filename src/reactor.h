@@ -35,6 +35,18 @@ void gh_reactor_wakeup(gh_reactor *r);
  * current poll.  The bytes are drained and discarded. */
 int gh_reactor_signal_fd(const gh_reactor *r);
 
+/* File descriptor readiness.  The reactor calls `cb` from inside
+ * gh_reactor_poll() for each watched fd that became ready (or failed: then
+ * both flags are set, so that the owner's callbacks find the error). */
+typedef void (*gh_reactor_io_cb)(void *arg, int fd, int readable, int writable);
+void gh_reactor_set_io_callback(gh_reactor *r, gh_reactor_io_cb cb, void *arg);
+
+/* Watches `fd` for GH_IO_READ and/or GH_IO_WRITE, replacing the previous
+ * interest; 0 stops watching.  Returns -1 with errno set on failure. */
+#define GH_IO_READ 1
+#define GH_IO_WRITE 2
+int gh_reactor_io_watch(gh_reactor *r, int fd, int events);
+
 /* Name of the libev backend in use ("epoll", "poll", ...). */
 const char *gh_reactor_backend_name(const gh_reactor *r);
 

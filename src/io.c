@@ -1,0 +1,255 @@
+/*
+ * io.c - add_reader(), add_writer(), remove_reader(), remove_writer().
+ *
+ * As in asyncio's selector loop: each fd has at most one reader and one
+ * writer Handle, made when the callback is added (with a copy of the
+ * current context); while the fd is ready, its Handle is queued once per
+ * loop iteration (level-triggered).  A cancelled Handle found ready is
+ * removed instead.  The reactor (libev) only reports readiness; the handles
+ * run with the other ready callbacks, in order.
+ */
+#include "loop.h"
+
+#include <errno.h>
+
+#include "handle.h"
+
+/* asyncio's fd normalisation (selectors._fileobj_to_fd and
+ * _ensure_fd_no_transport): an int, or an object whose fileno() gives one. */
+static int
+fileobj_to_fd(PyObject *fileobj, long *fd)
+{
+    PyObject *num;
+    if (PyLong_Check(fileobj)) {
+        num = Py_NewRef(fileobj);
+    }
+    else {
+        num = PyObject_CallMethod(fileobj, "fileno", NULL);
+        if (num != NULL && !PyLong_Check(num)) {
+            Py_SETREF(num, PyNumber_Index(num));
+        }
+        if (num == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_AttributeError) &&
+                !PyErr_ExceptionMatches(PyExc_TypeError) &&
+                !PyErr_ExceptionMatches(PyExc_ValueError)) {
+                return -1;
+            }
+            PyErr_Clear();
+            PyErr_Format(PyExc_ValueError, "Invalid file object: %R", fileobj);
+            return -1;
+        }
+    }
+    int overflow;
+    *fd = PyLong_AsLongAndOverflow(num, &overflow);
+    Py_DECREF(num);
+    if (*fd == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (overflow || *fd > INT_MAX) {
+        PyErr_Format(PyExc_ValueError, "Invalid file descriptor: %R", fileobj);
+        return -1;
+    }
+    return 0;
+}
+
+static int
+check_fd(long fd)
+{
+    if (fd < 0) {
+        PyErr_Format(PyExc_ValueError, "Invalid file descriptor: %ld", fd);
+        return -1;
+    }
+    return 0;
+}
+
+static gh_io_slot *
+slot_for(gh_Loop *self, int fd, int create)
+{
+    if (fd < self->n_io_slots) {
+        return &self->io_slots[fd];
+    }
+    if (!create) {
+        return NULL;
+    }
+    int n = self->n_io_slots ? self->n_io_slots : 64;
+    while (n <= fd) {
+        n *= 2;
+    }
+    gh_io_slot *slots = PyMem_Realloc(self->io_slots, (size_t)n * sizeof(*slots));
+    if (slots == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    for (int i = self->n_io_slots; i < n; i++) {
+        slots[i].reader = slots[i].writer = NULL;
+    }
+    self->io_slots = slots;
+    self->n_io_slots = n;
+    return &slots[fd];
+}
+
+static int
+interest(const gh_io_slot *slot)
+{
+    return (slot->reader ? GH_IO_READ : 0) | (slot->writer ? GH_IO_WRITE : 0);
+}
+
+/* add_reader / add_writer; `which` is GH_IO_READ or GH_IO_WRITE. */
+static PyObject *
+add_io(PyObject *op, PyObject *const *args, Py_ssize_t nargs, int which, const char *name)
+{
+    gh_Loop *self = (gh_Loop *)op;
+    if (nargs < 2) {
+        PyErr_Format(PyExc_TypeError, "%s() missing required arguments: 'fd' and 'callback'", name);
+        return NULL;
+    }
+    long fd;
+    if (fileobj_to_fd(args[0], &fd) < 0) {
+        return NULL;
+    }
+    if (self->closed) {
+        PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
+        return NULL;
+    }
+    if (check_fd(fd) < 0) {
+        return NULL;
+    }
+    gh_io_slot *slot = slot_for(self, (int)fd, 1);
+    if (slot == NULL) {
+        return NULL;
+    }
+    PyObject *h =
+        gh_handle_new(self->st, self->st->HandleType, op, args[1], args + 2, nargs - 2, NULL);
+    if (h == NULL) {
+        return NULL;
+    }
+    PyObject **place = which == GH_IO_READ ? &slot->reader : &slot->writer;
+    PyObject *old = *place;
+    *place = h;
+    if (gh_reactor_io_watch(self->reactor, (int)fd, interest(slot)) < 0) {
+        *place = old;
+        Py_DECREF(h);
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    if (old != NULL) {
+        int rc = gh_handle_cancel(old);
+        Py_DECREF(old);
+        if (rc < 0) {
+            return NULL;
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+/* Stops watching `which` on fd; returns 1 if a live handle was removed. */
+static int
+remove_io(gh_Loop *self, int fd, int which)
+{
+    gh_io_slot *slot = slot_for(self, fd, 0);
+    if (slot == NULL) {
+        return 0;
+    }
+    PyObject **place = which == GH_IO_READ ? &slot->reader : &slot->writer;
+    PyObject *old = *place;
+    if (old == NULL) {
+        return 0;
+    }
+    *place = NULL;
+    /* Stopping a watcher does not fail (errno only matters when starting). */
+    (void)gh_reactor_io_watch(self->reactor, fd, interest(slot));
+    int rc = gh_handle_cancel(old);
+    Py_DECREF(old);
+    return rc < 0 ? -1 : 1;
+}
+
+static PyObject *
+remove_io_method(PyObject *op, PyObject *fileobj, int which)
+{
+    gh_Loop *self = (gh_Loop *)op;
+    long fd;
+    if (fileobj_to_fd(fileobj, &fd) < 0) {
+        return NULL;
+    }
+    if (self->closed) {
+        Py_RETURN_FALSE;
+    }
+    if (check_fd(fd) < 0) {
+        return NULL;
+    }
+    int rc = remove_io(self, (int)fd, which);
+    return rc < 0 ? NULL : PyBool_FromLong(rc);
+}
+
+PyObject *
+gh_loop_add_reader(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    return add_io(op, args, nargs, GH_IO_READ, "add_reader");
+}
+
+PyObject *
+gh_loop_add_writer(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    return add_io(op, args, nargs, GH_IO_WRITE, "add_writer");
+}
+
+PyObject *
+gh_loop_remove_reader(PyObject *op, PyObject *fileobj)
+{
+    return remove_io_method(op, fileobj, GH_IO_READ);
+}
+
+PyObject *
+gh_loop_remove_writer(PyObject *op, PyObject *fileobj)
+{
+    return remove_io_method(op, fileobj, GH_IO_WRITE);
+}
+
+/* Called by the reactor inside the poll, with the GIL held: queue the
+ * handles; run nothing.  A failure leaves MemoryError set for run_once(). */
+void
+gh_loop_io_ready(void *arg, int fd, int readable, int writable)
+{
+    gh_Loop *self = arg;
+    if (PyErr_Occurred()) {
+        return;
+    }
+    for (int which = GH_IO_READ; which <= GH_IO_WRITE; which <<= 1) {
+        /* Looked up each time: cancelling can run Python code (a debug
+         * repr) that adds watchers and moves the slot array. */
+        gh_io_slot *slot = slot_for(self, fd, 0);
+        if (slot == NULL) {
+            return;
+        }
+        PyObject *h = which == GH_IO_READ ? slot->reader : slot->writer;
+        if (h == NULL || !(which == GH_IO_READ ? readable : writable)) {
+            continue;
+        }
+        if (gh_hd(h)->cancelled) {
+            if (remove_io(self, fd, which) < 0) {
+                return;
+            }
+        }
+        else if (gh_loop_push_ready(self, Py_NewRef(h)) < 0) {
+            return;
+        }
+    }
+}
+
+void
+gh_loop_io_clear(gh_Loop *self)
+{
+    for (int fd = 0; fd < self->n_io_slots; fd++) {
+        gh_io_slot *slot = &self->io_slots[fd];
+        if (slot->reader == NULL && slot->writer == NULL) {
+            continue;
+        }
+        PyObject *reader = slot->reader, *writer = slot->writer;
+        slot->reader = slot->writer = NULL;
+        (void)gh_reactor_io_watch(self->reactor, fd, 0);
+        Py_XDECREF(reader);
+        Py_XDECREF(writer);
+    }
+    PyMem_Free(self->io_slots);
+    self->io_slots = NULL;
+    self->n_io_slots = 0;
+}

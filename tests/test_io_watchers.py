@@ -1,0 +1,161 @@
+"""add_reader / add_writer / remove_reader / remove_writer, on both loops."""
+
+import asyncio
+import socket
+
+import pytest
+
+
+@pytest.fixture
+def pair():
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    yield a, b
+    a.close()
+    b.close()
+
+
+def run_until(loop, predicate, timeout=2.0):
+    async def wait():
+        deadline = loop.time() + timeout
+        while not predicate():
+            if loop.time() > deadline:
+                raise AssertionError("condition not reached")
+            await asyncio.sleep(0.001)
+
+    loop.run_until_complete(wait())
+
+
+def test_reader_runs_while_data_is_pending(loop, pair):
+    a, b = pair
+    got = []
+
+    def on_readable(tag):
+        got.append((tag, a.recv(100)))
+
+    assert loop.add_reader(a.fileno(), on_readable, "r") is None
+    b.send(b"hello")
+    run_until(loop, lambda: got)
+    assert got == [("r", b"hello")]
+    assert loop.remove_reader(a.fileno()) is True
+    assert loop.remove_reader(a.fileno()) is False
+
+
+def test_level_triggered_until_drained(loop, pair):
+    a, b = pair
+    calls = []
+
+    def on_readable():
+        calls.append(1)
+        if len(calls) == 3:
+            a.recv(100)  # drained on the third call
+            loop.remove_reader(a)
+
+    loop.add_reader(a, on_readable)  # a file object works as well as an fd
+    b.send(b"x")
+    run_until(loop, lambda: len(calls) >= 3)
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert len(calls) == 3
+
+
+def test_writer_and_replacement(loop, pair):
+    a, _ = pair
+    got = []
+    loop.add_writer(a.fileno(), got.append, "first")
+    loop.add_writer(a.fileno(), got.append, "second")  # replaces the first
+    run_until(loop, lambda: got)
+    assert set(got) == {"second"}
+    assert loop.remove_writer(a.fileno()) is True
+    assert loop.remove_writer(a.fileno()) is False
+
+
+def test_reader_and_writer_on_one_fd_are_independent(loop, pair):
+    a, b = pair
+    events = []
+    loop.add_reader(a.fileno(), lambda: events.append("r") or a.recv(10))
+    loop.add_writer(a.fileno(), lambda: events.append("w") or loop.remove_writer(a.fileno()))
+    b.send(b"z")
+    run_until(loop, lambda: "r" in events and "w" in events)
+    assert loop.remove_reader(a.fileno()) is True
+    assert loop.remove_writer(a.fileno()) is False
+
+
+def test_cancelled_reader_handle_is_not_run(loop, pair):
+    a, b = pair
+    got = []
+    loop.add_reader(a.fileno(), got.append, 1)
+    loop.remove_reader(a.fileno())
+    b.send(b"data")
+    loop.run_until_complete(asyncio.sleep(0.02))
+    assert got == []
+
+
+def test_reader_exception_goes_to_the_exception_handler(loop, pair):
+    a, b = pair
+    contexts = []
+    loop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))
+
+    def boom():
+        a.recv(10)
+        raise ZeroDivisionError("in reader")
+
+    loop.add_reader(a.fileno(), boom)
+    b.send(b"!")
+    run_until(loop, lambda: contexts)
+    loop.remove_reader(a.fileno())
+    assert isinstance(contexts[0]["exception"], ZeroDivisionError)
+    assert contexts[0]["message"].startswith("Exception in callback")
+
+
+def _error(fn):
+    try:
+        fn()
+    except Exception as exc:  # noqa: BLE001 - the exception itself is compared
+        return type(exc), str(exc)
+    return None
+
+
+@pytest.mark.parametrize("bad", [-1, "nope", object(), 1.5])
+def test_bad_fds_raise_as_on_the_stock_loop(both_loops, bad):
+    results = []
+    for loop in both_loops.values():
+        results.append(
+            (
+                _error(lambda: loop.add_reader(bad, print)),
+                _error(lambda: loop.add_writer(bad, print)),
+                _error(lambda: loop.remove_reader(bad)),
+                _error(lambda: loop.remove_writer(bad)),
+            )
+        )
+    assert results[0] == results[1]
+
+
+def test_closed_fd_raises_oserror(both_loops):
+    kinds = []
+    for loop in both_loops.values():
+        a, b = socket.socketpair()
+        fd = a.fileno()
+        a.close()
+        b.close()
+        with pytest.raises(OSError) as info:
+            loop.add_reader(fd, print)
+        kinds.append(info.value.errno)
+    assert kinds[0] == kinds[1]
+
+
+def test_closed_loop(both_loops, pair):
+    a, _ = pair
+    results = []
+    for loop in both_loops.values():
+        loop.add_reader(a.fileno(), print)
+        loop.close()
+        results.append(
+            (
+                _error(lambda: loop.add_reader(a.fileno(), print)),
+                loop.remove_reader(a.fileno()),
+                loop.remove_writer(a.fileno()),
+            )
+        )
+    assert results[0] == results[1]
+    assert results[0][0] == (RuntimeError, "Event loop is closed")
