@@ -1,6 +1,7 @@
 """add_reader / add_writer / remove_reader / remove_writer, on both loops."""
 
 import asyncio
+import functools
 import socket
 
 import pytest
@@ -122,10 +123,10 @@ def test_bad_fds_raise_as_on_the_stock_loop(both_loops, bad):
     for loop in both_loops.values():
         results.append(
             (
-                _error(lambda: loop.add_reader(bad, print)),
-                _error(lambda: loop.add_writer(bad, print)),
-                _error(lambda: loop.remove_reader(bad)),
-                _error(lambda: loop.remove_writer(bad)),
+                _error(functools.partial(loop.add_reader, bad, print)),
+                _error(functools.partial(loop.add_writer, bad, print)),
+                _error(functools.partial(loop.remove_reader, bad)),
+                _error(functools.partial(loop.remove_writer, bad)),
             )
         )
     assert results[0] == results[1]
@@ -152,10 +153,43 @@ def test_closed_loop(both_loops, pair):
         loop.close()
         results.append(
             (
-                _error(lambda: loop.add_reader(a.fileno(), print)),
+                _error(functools.partial(loop.add_reader, a.fileno(), print)),
                 loop.remove_reader(a.fileno()),
                 loop.remove_writer(a.fileno()),
             )
         )
     assert results[0] == results[1]
     assert results[0][0] == (RuntimeError, "Event loop is closed")
+
+
+def test_sync_code_in_virtual_threads_waits_on_sockets():
+    # Sync code waits for readability through await_ on a future that a reader callback
+    # resolves: 20 virtual threads each wait on their own socket at the same time.
+    import greenhub
+
+    def wait_readable(sock):
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        loop.add_reader(sock.fileno(), fut.set_result, None)
+        try:
+            greenhub.await_(fut)
+        finally:
+            loop.remove_reader(sock.fileno())
+        return sock.recv(100)
+
+    async def main():
+        pairs = [socket.socketpair() for _ in range(20)]
+        for a, _ in pairs:
+            a.setblocking(False)
+        tasks = [greenhub.spawn(wait_readable, a) for a, _ in pairs]
+        await asyncio.sleep(0.01)
+        assert not any(t.done() for t in tasks)  # all suspended, none blocking the loop
+        for i, (_, b) in enumerate(reversed(pairs)):
+            b.send(b"%d" % i)
+        results = await asyncio.gather(*tasks)
+        for a, b in pairs:
+            a.close()
+            b.close()
+        return results
+
+    assert greenhub.run(main()) == [b"%d" % i for i in reversed(range(20))]
