@@ -605,11 +605,18 @@ loop_create_task(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *k
             fast = 0; /* let asyncio report the unexpected argument */
         }
     }
-    if (nargs >= 1 && check_closed(self) < 0) {
+    /* Where the coroutine is: first positional, or create_task(coro=...). */
+    Py_ssize_t at = nargs >= 1 ? 0 : -1;
+    for (Py_ssize_t i = 0; at < 0 && kwnames != NULL && i < PyTuple_GET_SIZE(kwnames); i++) {
+        if (PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, i), "coro") == 0) {
+            at = nargs + i;
+        }
+    }
+    if (at >= 0 && check_closed(self) < 0) {
         return NULL;
     }
-    PyObject *coro = nargs >= 1 ? gh_wrap_coroutine(st, args[0], op) : NULL;
-    if (nargs >= 1 && coro == NULL) {
+    PyObject *coro = at >= 0 ? gh_wrap_coroutine(st, args[at], op) : NULL;
+    if (at >= 0 && coro == NULL) {
         return NULL;
     }
     PyObject *res;
@@ -634,7 +641,7 @@ loop_create_task(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *k
         }
         cargs[1] = op;
         for (Py_ssize_t i = 0; i < total; i++) {
-            cargs[i + 2] = (i == 0 && coro != NULL) ? coro : args[i];
+            cargs[i + 2] = i == at ? coro : args[i];
         }
         res = PyObject_Vectorcall(st->base_create_task, cargs + 1,
                                   (nargs + 1) | PY_VECTORCALL_ARGUMENTS_OFFSET, kwnames);

@@ -389,3 +389,18 @@ def test_eager_task_sees_its_own_context_in_sync_frames(gloop):
     res, parent = run(gloop, main())
     assert res == [f"child-{i}" for i in range(5)]
     assert parent == "parent"
+
+
+def test_create_task_with_coro_keyword_runs_on_a_greenlet():
+    # create_task(coro=...) is accepted by asyncio's signature; the coroutine must be
+    # wrapped as for a positional argument, so await_ works inside it.
+    async def body():
+        return greenhub.await_(asyncio.sleep(0, "kw"))
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(coro=body(), name="by-keyword")
+        assert task.get_name() == "by-keyword"
+        return await task
+
+    assert greenhub.run(main()) == "kw"
