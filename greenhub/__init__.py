@@ -24,7 +24,7 @@ def new_event_loop():
     return Loop()
 
 
-class Policy(_asyncio.events.BaseDefaultEventLoopPolicy):
+class Policy(_asyncio.DefaultEventLoopPolicy):
     """An asyncio event loop policy whose loops are greenhub loops.
 
     ``asyncio.set_event_loop_policy(greenhub.Policy())`` makes

@@ -1,52 +1,71 @@
 """greenhub.Loop: asyncio's event loop API over greenhub's C core.
 
 The C type ``greenhub._core.Loop`` owns the hot paths - ``call_soon`` and its
-siblings, timers, ``time()``, the run loop and ``create_task`` - and the state
-they share with Python code (``_closed``, ``_stopping``, ``_debug``,
-``_thread_id``, ``_task_factory``).  Everything that runs once per loop or on
-error paths is inherited from ``asyncio.BaseEventLoop``:
-``run_until_complete``, task factories, the exception handler,
-``shutdown_asyncgens``, the executor API.
-Inheriting rather than re-implementing is deliberate: those methods then
-behave exactly as the stock loop's on every Python version, which is what a
-drop-in loop must do.  This module adds what ``BaseEventLoop`` leaves to its
-subclasses (signals) and the glue around the C run loop.
+siblings, timers, ``time()``, the run loop, ``create_task`` and the fd
+watchers (``_add_reader`` and friends, on libev) - and the state they share
+with Python code (``_closed``, ``_stopping``, ``_debug``, ``_thread_id``,
+``_task_factory``).  Everything else is inherited from asyncio's own Unix
+selector loop: ``run_until_complete``, task factories, the exception handler,
+``shutdown_asyncgens``, the executor API, and the I/O layer - ``sock_*``,
+transports, servers, pipes, subprocesses and signal handling - which asyncio
+builds on ``_add_reader``/``_add_writer`` and so runs on greenhub's libev
+watchers.  Inheriting rather than re-implementing is deliberate: those
+methods then behave exactly as the stock loop's on every Python version,
+which is what a drop-in loop must do.  The selector itself is never used.
 """
 
 import asyncio
-import errno
-import signal
 import sys
 import threading
-import warnings
-from asyncio import base_events, events, format_helpers
+from asyncio import base_events, events, format_helpers, unix_events
 from asyncio.log import logger
 
 from . import _core, _vthread
 
 __all__ = ["Loop"]
 
-# The inherited BaseEventLoop state that the C core replaces.  They are
-# removed after BaseEventLoop.__init__ so that any code still reaching for
-# them fails loudly instead of silently using a queue nobody runs.
-_REPLACED_ATTRIBUTES = ("_ready", "_scheduled", "_timer_cancelled_count")
+
+class _Unused:
+    """Stands in for the stock loop's ready queue, timer heap and selector,
+    which the C core replaces: the inherited code may clear or close them,
+    and anything else fails loudly instead of using a queue nobody runs."""
+
+    def __init__(self, name):
+        self._name = name
+
+    def clear(self):
+        pass
+
+    def close(self):
+        pass
+
+    def __len__(self):
+        return 0
+
+    def __getattr__(self, attr):
+        raise RuntimeError(f"greenhub.Loop does not use {self._name} (tried .{attr})")
+
 
 # How long close() lets cancelled virtual threads run their except/finally
 # blocks before it unwinds the ones still suspended with GeneratorExit.
 _CLOSE_GRACE_SECONDS = 1.0
 
 
-class Loop(_core.Loop, base_events.BaseEventLoop):
+class Loop(_core.Loop, unix_events._UnixSelectorEventLoop):
     """An asyncio event loop whose scheduling core is C on libev."""
 
     __module__ = "greenhub"
 
     def __init__(self):
-        super().__init__()
-        for name in _REPLACED_ATTRIBUTES:
-            self.__dict__.pop(name, None)
-        # signal number -> Handle; see add_signal_handler().
-        self._signal_handlers = {}
+        super().__init__(selector=_Unused("a selector"))
+        self._ready = _Unused("BaseEventLoop._ready")
+        self._scheduled = _Unused("BaseEventLoop._scheduled")
+        self.__dict__.pop("_timer_cancelled_count", None)
+
+    def _add_callback(self, handle):
+        # asyncio's signal handling queues its Handle objects through here.
+        if not handle._cancelled:
+            self.call_soon(_run_unless_cancelled, handle)
 
     # -- running ----------------------------------------------------------
     #
@@ -98,34 +117,17 @@ class Loop(_core.Loop, base_events.BaseEventLoop):
     # -- closing ----------------------------------------------------------
 
     def close(self):
-        """Close the loop: drop pending callbacks, shut the default executor
-        down without waiting, remove signal handlers.  Idempotent; refuses to
-        close a running loop."""
+        """Close the loop: finish virtual threads suspended in await_(), then
+        close as the stock loop does (self-pipe, default executor, signal
+        handlers), then drop pending callbacks, timers and fd watchers.
+        Idempotent; refuses to close a running loop."""
         if self.is_running():
             raise RuntimeError("Cannot close a running event loop")
         if self.is_closed():
             return
-        if self._debug:
-            logger.debug("Close %r", self)
         self._finish_parked_vthreads()
+        super().close()
         self._close_core()
-        self._executor_shutdown_called = True
-        executor, self._default_executor = self._default_executor, None
-        if executor is not None:
-            executor.shutdown(wait=False)
-        if self._signal_handlers:
-            if sys.is_finalizing():
-                warnings.warn(
-                    f"Closing the loop {self!r} on interpreter shutdown "
-                    f"stage, skipping signal handlers removal",
-                    ResourceWarning,
-                    stacklevel=1,
-                    source=self,
-                )
-                self._signal_handlers.clear()
-            else:
-                for sig in list(self._signal_handlers):
-                    self.remove_signal_handler(sig)
 
     def _finish_parked_vthreads(self):
         """Virtual threads suspended inside await_() hold a greenlet stack.
@@ -159,80 +161,10 @@ class Loop(_core.Loop, base_events.BaseEventLoop):
         except Exception as exc:
             logger.warning("Error while cancelling virtual threads on close: %r", exc)
 
-    # -- signals ----------------------------------------------------------
-    #
-    # CPython runs Python-level signal handlers in the main thread, between
-    # bytecodes.  The loop installs a handler that queues the user's callback
-    # (like call_soon_threadsafe), and points signal.set_wakeup_fd() at a
-    # pipe the reactor watches, so a signal that arrives while the loop
-    # sleeps in the poll ends the poll at once; the C run loop then calls
-    # PyErr_CheckSignals(), which runs our handler.
 
-    def add_signal_handler(self, sig, callback, *args):
-        """Run callback(*args) on the loop when signal `sig` arrives."""
-        if asyncio.iscoroutine(callback) or asyncio.iscoroutinefunction(callback):
-            raise TypeError("coroutines cannot be used with add_signal_handler()")
-        self._check_signal(sig)
-        self._check_closed()
-        try:
-            # Only the main thread may do this; it raises ValueError elsewhere.
-            signal.set_wakeup_fd(self._signal_wakeup_fd)
-        except (ValueError, OSError) as exc:
-            raise RuntimeError(str(exc)) from exc
-
-        handle = events.Handle(callback, args, self, None)
-        self._signal_handlers[sig] = handle
-        try:
-            signal.signal(sig, self._on_signal)
-            # Let system calls restart instead of failing with EINTR.
-            signal.siginterrupt(sig, False)
-        except OSError as exc:
-            del self._signal_handlers[sig]
-            if not self._signal_handlers:
-                self._reset_wakeup_fd()
-            if exc.errno == errno.EINVAL:
-                raise RuntimeError(f"sig {sig:d} cannot be caught") from exc
-            raise
-
-    def remove_signal_handler(self, sig):
-        """Remove the handler for `sig`; return True if one was set."""
-        self._check_signal(sig)
-        try:
-            del self._signal_handlers[sig]
-        except KeyError:
-            return False
-        handler = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
-        try:
-            signal.signal(sig, handler)
-        except OSError as exc:
-            if exc.errno == errno.EINVAL:
-                raise RuntimeError(f"sig {sig:d} cannot be caught") from exc
-            raise
-        if not self._signal_handlers:
-            self._reset_wakeup_fd()
-        return True
-
-    def _on_signal(self, sig, frame):
-        handle = self._signal_handlers.get(sig)
-        if handle is None:
-            return
-        if handle._cancelled:
-            self.remove_signal_handler(sig)
-        elif not self.is_closed():
-            self.call_soon_threadsafe(handle._run)
-
-    def _reset_wakeup_fd(self):
-        try:
-            signal.set_wakeup_fd(-1)
-        except (ValueError, OSError) as exc:
-            logger.info("set_wakeup_fd(-1) failed: %s", exc)
-
-    @staticmethod
-    def _check_signal(sig):
-        if not isinstance(sig, int):
-            raise TypeError(f"sig must be an int, not {sig!r}")
-        if sig not in signal.valid_signals():
-            raise ValueError(f"invalid signal number {sig}")
+def _run_unless_cancelled(handle):
+    if not handle._cancelled:
+        handle._run()
 
 
 # -- hooks the C core calls on slow paths -----------------------------------

@@ -1,5 +1,7 @@
 /*
- * io.c - add_reader(), add_writer(), remove_reader(), remove_writer().
+ * io.c - _add_reader(), _add_writer(), _remove_reader(), _remove_writer():
+ * the fd-watching primitives under asyncio's selector-loop API (its public
+ * add_reader() etc. check for transports and call these).
  *
  * As in asyncio's selector loop: each fd has at most one reader and one
  * writer Handle, made when the callback is added (with a copy of the
@@ -138,7 +140,7 @@ add_io(PyObject *op, PyObject *const *args, Py_ssize_t nargs, int which, const c
             return NULL;
         }
     }
-    Py_RETURN_NONE;
+    return Py_NewRef(h); /* asyncio's _add_reader() returns the handle */
 }
 
 /* Stops watching `which` on fd; returns 1 if a live handle was removed. */

@@ -922,12 +922,6 @@ set_task_factory(PyObject *op, PyObject *value, void *Py_UNUSED(closure))
 }
 
 static PyObject *
-get_signal_wakeup_fd(PyObject *op, void *Py_UNUSED(closure))
-{
-    return PyLong_FromLong(gh_reactor_signal_fd(((gh_Loop *)op)->reactor));
-}
-
-static PyObject *
 get_backend(PyObject *op, void *Py_UNUSED(closure))
 {
     return PyUnicode_FromString(gh_reactor_backend_name(((gh_Loop *)op)->reactor));
@@ -1045,13 +1039,13 @@ static PyMethodDef loop_methods[] = {
     {"_check_callback", (PyCFunction)(void (*)(void))loop_check_callback, METH_FASTCALL, NULL},
     {"_write_to_self", loop_write_to_self, METH_NOARGS, NULL},
     {"_parked_coros", loop_parked_coros, METH_NOARGS, NULL},
-    {"add_reader", (PyCFunction)(void (*)(void))gh_loop_add_reader, METH_FASTCALL,
-     "add_reader(fd, callback, *args): call callback(*args) when fd is readable."},
-    {"add_writer", (PyCFunction)(void (*)(void))gh_loop_add_writer, METH_FASTCALL,
-     "add_writer(fd, callback, *args): call callback(*args) when fd is writable."},
-    {"remove_reader", gh_loop_remove_reader, METH_O,
+    {"_add_reader", (PyCFunction)(void (*)(void))gh_loop_add_reader, METH_FASTCALL,
+     "_add_reader(fd, callback, *args) -> Handle: run callback(*args) while fd is readable."},
+    {"_add_writer", (PyCFunction)(void (*)(void))gh_loop_add_writer, METH_FASTCALL,
+     "_add_writer(fd, callback, *args) -> Handle: run callback(*args) while fd is writable."},
+    {"_remove_reader", gh_loop_remove_reader, METH_O,
      "Stop watching fd for reading; return True if a reader was registered."},
-    {"remove_writer", gh_loop_remove_writer, METH_O,
+    {"_remove_writer", gh_loop_remove_writer, METH_O,
      "Stop watching fd for writing; return True if a writer was registered."},
     {"_timer_handle_cancelled", loop_timer_handle_cancelled, METH_O, NULL},
     {NULL, NULL, 0, NULL},
@@ -1064,7 +1058,6 @@ static PyGetSetDef loop_getset[] = {
     {"_thread_id", get_thread_id, set_thread_id, NULL, NULL},
     {"_current_handle", get_current_handle, set_current_handle, NULL, NULL},
     {"_task_factory", get_task_factory, set_task_factory, NULL, NULL},
-    {"_signal_wakeup_fd", get_signal_wakeup_fd, NULL, NULL, NULL},
     {"_backend", get_backend, NULL, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };

@@ -18,10 +18,8 @@
 
 struct gh_reactor {
     struct ev_loop *ev;
-    ev_timer timeout;   /* bounds a poll's wait; its callback does nothing */
-    ev_async wakeup;    /* gh_reactor_wakeup(): eventfd/pipe owned by libev */
-    ev_io signal_io;    /* read end of signal_pipe */
-    int signal_pipe[2]; /* [0] read, [1] write; both non-blocking, CLOEXEC */
+    ev_timer timeout; /* bounds a poll's wait; its callback does nothing */
+    ev_async wakeup;  /* gh_reactor_wakeup(): eventfd/pipe owned by libev */
     gh_reactor_hook release, acquire;
     void *hook_arg;
     int io_watchers; /* active watchers for user I/O */
@@ -42,17 +40,6 @@ static void
 noop_async_cb(struct ev_loop *ev, ev_async *w, int revents)
 {
     (void)ev, (void)w, (void)revents;
-}
-
-static void
-drain_signal_pipe_cb(struct ev_loop *ev, ev_io *w, int revents)
-{
-    char buf[256];
-    (void)ev, (void)revents;
-    /* Non-blocking: stops at EAGAIN.  The signal numbers are not needed:
-     * CPython's own handler has already recorded which signals tripped. */
-    while (read(w->fd, buf, sizeof(buf)) > 0) {
-    }
 }
 
 static void
@@ -93,10 +80,6 @@ gh_reactor_new(void)
     if (r == NULL) {
         return NULL;
     }
-    r->signal_pipe[0] = r->signal_pipe[1] = -1;
-    if (pipe2(r->signal_pipe, O_NONBLOCK | O_CLOEXEC) < 0) {
-        goto error;
-    }
     /* EVFLAG_NOSIGMASK: libev must not touch the signal mask; CPython owns
      * signal handling. */
     r->ev = ev_loop_new(EVFLAG_AUTO | EVFLAG_NOSIGMASK);
@@ -110,8 +93,6 @@ gh_reactor_new(void)
     ev_timer_init(&r->timeout, noop_timer_cb, 0., 0.);
     ev_async_init(&r->wakeup, noop_async_cb);
     ev_async_start(r->ev, &r->wakeup);
-    ev_io_init(&r->signal_io, drain_signal_pipe_cb, r->signal_pipe[0], EV_READ);
-    ev_io_start(r->ev, &r->signal_io);
     return r;
 
 error:;
@@ -130,7 +111,6 @@ gh_reactor_free(gh_reactor *r)
     if (r->ev != NULL) {
         ev_timer_stop(r->ev, &r->timeout);
         ev_async_stop(r->ev, &r->wakeup);
-        ev_io_stop(r->ev, &r->signal_io);
         ev_loop_destroy(r->ev);
     }
     for (int fd = 0; fd < r->nios; fd++) {
@@ -142,11 +122,6 @@ gh_reactor_free(gh_reactor *r)
         }
     }
     free(r->ios);
-    for (int i = 0; i < 2; i++) {
-        if (r->signal_pipe[i] >= 0) {
-            close(r->signal_pipe[i]);
-        }
-    }
     free(r);
 }
 
@@ -260,12 +235,6 @@ gh_reactor_io_watch(gh_reactor *r, int fd, int events)
     ev_io_set(w, fd, (events & GH_IO_READ ? EV_READ : 0) | (events & GH_IO_WRITE ? EV_WRITE : 0));
     ev_io_start(r->ev, w);
     return 0;
-}
-
-int
-gh_reactor_signal_fd(const gh_reactor *r)
-{
-    return r->signal_pipe[1];
 }
 
 const char *

@@ -1,8 +1,8 @@
 /*
  * reactor.h - libev behind a small C interface.
  *
- * This layer knows nothing about Python: it polls, it wakes up, and it gives
- * the loop layer a pipe that signal handlers can write to.  Only reactor.c
+ * This layer knows nothing about Python: it polls, it wakes up, and it
+ * reports which watched file descriptors are ready.  Only reactor.c
  * includes <ev.h>.  Every function must be called on the loop's thread,
  * except gh_reactor_wakeup(), which is thread- and async-signal-safe.
  */
@@ -29,11 +29,6 @@ void gh_reactor_poll(gh_reactor *r, double timeout);
 
 /* Makes a poll in progress (or the next one) return promptly. */
 void gh_reactor_wakeup(gh_reactor *r);
-
-/* The write end of a non-blocking pipe that the reactor watches: a byte
- * written there (e.g. by CPython's signal.set_wakeup_fd machinery) ends the
- * current poll.  The bytes are drained and discarded. */
-int gh_reactor_signal_fd(const gh_reactor *r);
 
 /* File descriptor readiness.  The reactor calls `cb` from inside
  * gh_reactor_poll() for each watched fd that became ready (or failed: then

@@ -193,3 +193,39 @@ def test_sync_code_in_virtual_threads_waits_on_sockets():
         return results
 
     assert greenhub.run(main()) == [b"%d" % i for i in reversed(range(20))]
+
+
+def test_streams_and_subprocesses_work(loop):
+    # asyncio's own transports, servers and subprocess support run on the loop's fd
+    # watchers; the same program must give the same result on both loops.
+    async def echo(reader, writer):
+        while data := await reader.read(1024):
+            writer.write(data.upper())
+            await writer.drain()
+        writer.close()
+
+    async def main():
+        server = await asyncio.start_server(echo, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+
+        async def client(i):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"hello %d" % i)
+            await writer.drain()
+            data = await reader.read(100)
+            writer.close()
+            await writer.wait_closed()
+            return data
+
+        replies = await asyncio.gather(*(client(i) for i in range(10)))
+        server.close()
+        await server.wait_closed()
+        proc = await asyncio.create_subprocess_exec(
+            "echo", "from a child", stdout=asyncio.subprocess.PIPE
+        )
+        out, _ = await proc.communicate()
+        return replies, out, proc.returncode
+
+    replies, out, rc = loop.run_until_complete(main())
+    assert replies == [b"HELLO %d" % i for i in range(10)]
+    assert (out, rc) == (b"from a child\n", 0)
