@@ -15,8 +15,10 @@ which is what a drop-in loop must do.  The selector itself is never used.
 """
 
 import asyncio
+import selectors
 import sys
 import threading
+import weakref
 from asyncio import base_events, events, format_helpers, unix_events
 from asyncio.log import logger
 
@@ -26,9 +28,9 @@ __all__ = ["Loop"]
 
 
 class _Unused:
-    """Stands in for the stock loop's ready queue, timer heap and selector,
-    which the C core replaces: the inherited code may clear or close them,
-    and anything else fails loudly instead of using a queue nobody runs."""
+    """Stands in for the stock loop's ready queue and timer heap, which the C
+    core replaces: the inherited code may clear them, and anything else fails
+    loudly instead of using a queue nobody runs."""
 
     def __init__(self, name):
         self._name = name
@@ -51,13 +53,39 @@ class _Unused:
 _CLOSE_GRACE_SECONDS = 1.0
 
 
+class _SelectorView:
+    """Takes the selector's place for the inherited code that inspects it
+    (transport reprs ask whether a fd is polled): a read-only view of the
+    loop's libev watchers.  Registering through it is refused."""
+
+    def __init__(self, loop):
+        self._loop = weakref.ref(loop)
+
+    def get_map(self):
+        loop = self._loop()
+        watched = loop._io_watchers() if loop is not None else {}
+        return {fd: selectors.SelectorKey(fd, fd, ev, None) for fd, ev in watched.items()}
+
+    def get_key(self, fileobj):
+        key = self.get_map().get(fileobj)
+        if key is None:
+            raise KeyError(f"{fileobj!r} is not registered")
+        return key
+
+    def close(self):
+        pass
+
+    def __getattr__(self, attr):
+        raise RuntimeError(f"greenhub.Loop watches fds with libev, not a selector (tried .{attr})")
+
+
 class Loop(_core.Loop, unix_events._UnixSelectorEventLoop):
     """An asyncio event loop whose scheduling core is C on libev."""
 
     __module__ = "greenhub"
 
     def __init__(self):
-        super().__init__(selector=_Unused("a selector"))
+        super().__init__(selector=_SelectorView(self))
         self._ready = _Unused("BaseEventLoop._ready")
         self._scheduled = _Unused("BaseEventLoop._scheduled")
         self.__dict__.pop("_timer_cancelled_count", None)

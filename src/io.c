@@ -237,6 +237,26 @@ gh_loop_io_ready(void *arg, int fd, int readable, int writable)
     }
 }
 
+PyObject *
+gh_loop_io_watchers(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    gh_Loop *self = (gh_Loop *)op;
+    PyObject *d = PyDict_New();
+    for (int fd = 0; d != NULL && fd < self->n_io_slots; fd++) {
+        int events = interest(&self->io_slots[fd]);
+        if (events == 0) {
+            continue;
+        }
+        PyObject *k = PyLong_FromLong(fd), *v = PyLong_FromLong(events);
+        if (k == NULL || v == NULL || PyDict_SetItem(d, k, v) < 0) {
+            Py_CLEAR(d);
+        }
+        Py_XDECREF(k);
+        Py_XDECREF(v);
+    }
+    return d;
+}
+
 void
 gh_loop_io_clear(gh_Loop *self)
 {

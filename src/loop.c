@@ -1043,6 +1043,8 @@ static PyMethodDef loop_methods[] = {
      "_add_reader(fd, callback, *args) -> Handle: run callback(*args) while fd is readable."},
     {"_add_writer", (PyCFunction)(void (*)(void))gh_loop_add_writer, METH_FASTCALL,
      "_add_writer(fd, callback, *args) -> Handle: run callback(*args) while fd is writable."},
+    {"_io_watchers", gh_loop_io_watchers, METH_NOARGS,
+     "_io_watchers() -> {fd: events}: what the loop watches (selectors' EVENT_* masks)."},
     {"_remove_reader", gh_loop_remove_reader, METH_O,
      "Stop watching fd for reading; return True if a reader was registered."},
     {"_remove_writer", gh_loop_remove_writer, METH_O,

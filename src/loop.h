@@ -71,6 +71,8 @@ PyObject *gh_loop_add_writer(PyObject *op, PyObject *const *args, Py_ssize_t nar
 PyObject *gh_loop_remove_reader(PyObject *op, PyObject *fd);
 PyObject *gh_loop_remove_writer(PyObject *op, PyObject *fd);
 void gh_loop_io_ready(void *arg, int fd, int readable, int writable);
+/* {fd: events} of the watched fds (1 read, 2 write, as selectors' masks). */
+PyObject *gh_loop_io_watchers(PyObject *op, PyObject *ignored);
 /* Stops every watcher and drops the handles (close, GC). */
 void gh_loop_io_clear(gh_Loop *loop);
 

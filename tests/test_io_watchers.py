@@ -229,3 +229,21 @@ def test_streams_and_subprocesses_work(loop):
     replies, out, rc = loop.run_until_complete(main())
     assert replies == [b"HELLO %d" % i for i in range(10)]
     assert (out, rc) == (b"from a child\n", 0)
+
+
+def test_transport_repr_reports_polling_state(loop):
+    # asyncio's transports describe themselves by asking the loop's selector what it
+    # polls; greenhub answers from its libev watchers, so the text is the stock one.
+    async def main():
+        server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname()[:2])
+        text = repr(writer.transport)
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+        return text
+
+    text = loop.run_until_complete(main())
+    assert text.startswith("<_SelectorSocketTransport fd=")
+    assert text.endswith(" read=polling write=<idle, bufsize=0>>")
