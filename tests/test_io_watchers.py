@@ -235,11 +235,14 @@ def test_transport_repr_reports_polling_state(loop):
     # asyncio's transports describe themselves by asking the loop's selector what it
     # polls; greenhub answers from its libev watchers, so the text is the stock one.
     async def main():
-        server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        accepted = []
+        server = await asyncio.start_server(lambda r, w: accepted.append(w), "127.0.0.1", 0)
         reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname()[:2])
         text = repr(writer.transport)
         writer.close()
         await writer.wait_closed()
+        for w in accepted:  # 3.12+ wait_closed() waits for the server's connections too
+            w.close()
         server.close()
         await server.wait_closed()
         return text
