@@ -160,13 +160,20 @@ def test_run_forever_idle_is_interrupted():
     )
 
 
-def test_runner_cancels_main_task_then_raises_keyboard_interrupt():
+@pytest.mark.parametrize(
+    "wait",
+    ["await asyncio.sleep(30)", "while True:\n                    await asyncio.sleep(0)"],
+    ids=["sleeping", "busy"],
+)
+def test_runner_cancels_main_task_then_raises_keyboard_interrupt(wait):
+    # The Runner's SIGINT handler cancels the main task first, whether it sleeps or is
+    # busy stepping, then raises KeyboardInterrupt.
     _compare(
-        """
+        f"""
         async def main():
             asyncio.get_running_loop().call_soon(ready)
             try:
-                await asyncio.sleep(30)
+                {wait}
             except asyncio.CancelledError:
                 print("main cancelled", flush=True)
                 raise
@@ -313,28 +320,6 @@ def test_busy_tasks_are_interrupted():
         """,
         "KeyboardInterrupt False\n",
         None,
-        0,
-    )
-
-
-def test_runner_busy_main_is_interrupted():
-    _compare(
-        """
-        async def main():
-            asyncio.get_running_loop().call_soon(ready)
-            try:
-                while True:
-                    await asyncio.sleep(0)
-            except asyncio.CancelledError:
-                print("main cancelled", flush=True)
-                raise
-        try:
-            runner_run(main())
-        except KeyboardInterrupt:
-            print("KeyboardInterrupt", flush=True)
-        """,
-        "main cancelled\nKeyboardInterrupt\n",
-        "",
         0,
     )
 
