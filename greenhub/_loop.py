@@ -19,10 +19,10 @@ import selectors
 import sys
 import threading
 import weakref
-from asyncio import base_events, events, format_helpers, unix_events
+from asyncio import base_events, events, format_helpers, sslproto, unix_events
 from asyncio.log import logger
 
-from . import _core, _vthread
+from . import _core, _transport, _vthread
 
 __all__ = ["Loop"]
 
@@ -94,6 +94,33 @@ class Loop(_core.Loop, unix_events._UnixSelectorEventLoop):
         # asyncio's signal handling queues its Handle objects through here.
         if not handle._cancelled:
             self.call_soon(_run_unless_cancelled, handle)
+
+    # -- transports --------------------------------------------------------
+    #
+    # TCP and Unix socket connections (plain and TLS) get greenhub's socket
+    # transport: asyncio's, with reads and writes in C (_transport.py).
+
+    def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
+        return _transport.SocketTransport(self, sock, protocol, waiter, extra, server)
+
+    def _make_ssl_transport(
+        self,
+        rawsock,
+        protocol,
+        sslcontext,
+        waiter=None,
+        *,
+        server_side=False,
+        server_hostname=None,
+        extra=None,
+        server=None,
+        **timeouts,
+    ):
+        ssl_protocol = sslproto.SSLProtocol(
+            self, protocol, sslcontext, waiter, server_side, server_hostname, **timeouts
+        )
+        _transport.SocketTransport(self, rawsock, ssl_protocol, extra=extra, server=server)
+        return ssl_protocol._app_transport
 
     # -- running ----------------------------------------------------------
     #

@@ -32,6 +32,7 @@
 #include "clock.h"
 #include "compat.h"
 #include "handle.h"
+#include "transport.h"
 
 /* asyncio's cap on one poll's wait (base_events.MAXIMUM_SELECT_TIMEOUT). */
 #define MAX_POLL_TIMEOUT (24 * 3600.)
@@ -429,10 +430,18 @@ run_once(gh_Loop *self)
         int rc = self->debug ? run_handle_debug(self, h) : gh_handle_run(self->st, h);
         Py_DECREF(h);
         if (rc < 0) {
+            /* What the callbacks wrote is sent even so, as asyncio's
+             * transports would have sent it in write(). */
+            PyObject *exc = gh_err_get_raised();
+            if (gh_loop_flush_writes(self) < 0) {
+                PyErr_WriteUnraisable((PyObject *)self);
+            }
+            gh_err_set_raised(exc);
             return -1;
         }
     }
-    return 0;
+    /* The writes of this iteration, one writev() per transport (transport.c). */
+    return gh_loop_flush_writes(self);
 }
 
 /* --- Python-visible methods --------------------------------------------- */
@@ -769,6 +778,7 @@ loop_close_core(PyObject *op, PyObject *Py_UNUSED(ignored))
         Py_DECREF(res);
     }
     gh_loop_io_clear(self);
+    gh_loop_clear_writes(self);
     clear_queues(self);
     gh_pool_clear(&self->pool);
     Py_RETURN_NONE;
@@ -975,6 +985,9 @@ loop_traverse(PyObject *op, visitproc visit, void *arg)
     for (size_t i = 0; i < self->timers.len; i++) {
         Py_VISIT((PyObject *)self->timers.items[i].data);
     }
+    for (struct gh_WriteQueue *wq = self->wq_head; wq != NULL; wq = wq->next) {
+        Py_VISIT((PyObject *)wq);
+    }
     return 0;
 }
 
@@ -983,6 +996,7 @@ loop_clear(PyObject *op)
 {
     gh_Loop *self = (gh_Loop *)op;
     gh_loop_io_clear(self);
+    gh_loop_clear_writes(self);
     clear_queues(self);
     Py_CLEAR(self->current_handle);
     Py_CLEAR(self->task_factory);

@@ -18,7 +18,7 @@
 #include "timerq.h"
 #include "vthread.h"
 
-typedef struct {
+typedef struct gh_Loop_s {
     PyObject_HEAD gh_state *st;       /* borrowed: module state; our type keeps the module alive */
     gh_reactor *reactor;              /* owned (malloc); NULL only if creation failed */
     gh_readyq ready;                  /* owns one reference to each queued handle */
@@ -35,6 +35,10 @@ typedef struct {
      * is ready.  Each slot owns its two references (or NULL). */
     struct gh_io_slot *io_slots; /* PyMem array indexed by fd */
     int n_io_slots;
+
+    /* Socket transports (transport.c): the write queues to send at the end
+     * of this iteration; the list owns a reference to each. */
+    struct gh_WriteQueue *wq_head, *wq_tail;
 
     /* Virtual threads (vthread.h). */
     gh_GreenCoro *current_step; /* borrowed: the task step running now, or NULL */

@@ -9,6 +9,7 @@
 #include "loop.h"
 #include "reactor.h"
 #include "state.h"
+#include "transport.h"
 #include "vthread.h"
 
 static gh_state *
@@ -98,7 +99,10 @@ module_exec(PyObject *mod)
     gh_state *st = module_state(mod);
     if (add_type(mod, &gh_loop_spec, NULL, &st->LoopType) < 0 ||
         gh_handle_types_init(mod, st) < 0 ||
-        add_type(mod, &gh_greencoro_spec, NULL, &st->GreenCoroType) < 0) {
+        add_type(mod, &gh_greencoro_spec, NULL, &st->GreenCoroType) < 0 ||
+        add_type(mod, &gh_write_queue_spec, NULL, &st->WriteQueueType) < 0 ||
+        add_type(mod, &gh_transport_base_spec, NULL, &st->TransportBaseType) < 0 ||
+        gh_transport_state_init(st) < 0) {
         return -1;
     }
     if (gh_green_import() < 0) {
@@ -160,6 +164,8 @@ module_traverse(PyObject *mod, visitproc visit, void *arg)
     Py_VISIT(st->HandleType);
     Py_VISIT(st->TimerHandleType);
     Py_VISIT(st->GreenCoroType);
+    Py_VISIT(st->WriteQueueType);
+    Py_VISIT(st->TransportBaseType);
     Py_VISIT(st->worker_main);
     Py_VISIT(st->get_running_loop);
     Py_VISIT(st->tasks_module);
@@ -182,6 +188,9 @@ module_clear(PyObject *mod)
     Py_CLEAR(st->HandleType);
     Py_CLEAR(st->TimerHandleType);
     Py_CLEAR(st->GreenCoroType);
+    Py_CLEAR(st->WriteQueueType);
+    Py_CLEAR(st->TransportBaseType);
+    gh_transport_state_clear(st);
     Py_CLEAR(st->worker_main);
     Py_CLEAR(st->get_running_loop);
     Py_CLEAR(st->tasks_module);

@@ -8,14 +8,19 @@
 
 #include <Python.h>
 
+/* asyncio's max_size for one read of a socket transport. */
+#define GH_RBUF_SIZE (256 * 1024)
+
 typedef struct {
     /* Heap types made by module.c; each field owns a reference. */
     PyTypeObject *LoopType;
     PyTypeObject *HandleType;
     PyTypeObject *TimerHandleType;
     PyTypeObject *GreenCoroType;
-    PyObject *worker_main;        /* owned: what every worker greenlet runs */
-    struct gh_GreenCoro *handoff; /* borrowed: the coro a worker must step next */
+    PyTypeObject *WriteQueueType;    /* transport.c */
+    PyTypeObject *TransportBaseType; /* transport.c */
+    PyObject *worker_main;           /* owned: what every worker greenlet runs */
+    struct gh_GreenCoro *handoff;    /* borrowed: the coro a worker must step next */
 
     /* Hooks into the Python layer, installed by greenhub/_loop.py through
      * _core._install_hooks(); each owns a reference, NULL until installed.
@@ -41,6 +46,19 @@ typedef struct {
     PyObject *str_throw;
     PyObject *str_close;
     PyObject *str_Task;
+
+    /* The socket transport's hot paths (transport.c); each owns a
+     * reference.  Names of the attributes asyncio's transport keeps in its
+     * __dict__, and what the fallbacks call. */
+    struct {
+        PyObject *socket_type; /* socket.socket: only it gets the C paths */
+        PyObject *stock_write; /* asyncio's _SelectorSocketTransport.write */
+        PyObject *stock_data_received, *stock_get_buffer; /* ... and its read paths */
+        PyObject *conn_lost, *eof, *empty_waiter, *buffer, *sock, *protocol, *wq;
+        PyObject *fileno, *max_size, *data_received, *get_buffer, *buffer_updated;
+        PyObject *fatal_error, *on_eof, *read_ready_cb, *recv_into;
+    } tr;
+    char *rbuf; /* PyMem, GH_RBUF_SIZE: what reads go through (GIL-protected) */
 
     /* Live-object counters, checked by the tests (debug_counters()).  Plain
      * integers: every change happens with the GIL held. */

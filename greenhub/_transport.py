@@ -1,0 +1,63 @@
+"""greenhub's socket transport: asyncio's, with the hot paths in C.
+
+``SocketTransport`` is asyncio's own ``_SelectorSocketTransport`` with the C
+mixin ``_core._SocketTransportBase`` in front, which replaces the read
+callbacks and ``write()`` (see ``src/transport.c``).  Everything else is
+asyncio's code, so the transport behaves as the stock loop's on every Python
+version, and it is an instance of the same asyncio classes.
+
+``write()`` does not send at once: it queues the data, and the loop sends
+each transport's queue with one ``writev()`` at the end of the iteration.
+The methods below send the queue wherever asyncio's code would see the
+difference - the buffer size, EOF, closing, ``writelines()``, sendfile, and
+the writer callback's resuming of the protocol - so no caller can tell the
+data waited.
+"""
+
+from asyncio import selector_events
+
+from . import _core
+
+__all__ = ["SocketTransport"]
+
+
+class SocketTransport(_core._SocketTransportBase, selector_events._SelectorSocketTransport):
+    def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
+        self._gh_wq = _core.WriteQueue(loop)
+        super().__init__(loop, sock, protocol, waiter, extra, server)
+
+    def get_write_buffer_size(self):
+        self._gh_flush()
+        return super().get_write_buffer_size()
+
+    def writelines(self, list_of_data):
+        self._gh_flush()
+        super().writelines(list_of_data)
+
+    def write_eof(self):
+        self._gh_flush()
+        super().write_eof()
+
+    def close(self):
+        self._gh_flush()
+        super().close()
+
+    def abort(self):
+        self._gh_flush()
+        super().abort()
+
+    def _maybe_resume_protocol(self):
+        # asyncio's writer callback resumes the protocol, which may write,
+        # and then closes or shuts down the socket if its buffer is empty:
+        # what the protocol wrote must be on the wire (or in that buffer)
+        # by then.
+        super()._maybe_resume_protocol()
+        self._gh_flush()
+
+    def _make_empty_waiter(self):
+        self._gh_flush()
+        return super()._make_empty_waiter()
+
+
+# Named as asyncio's class, so reprs and logs read as on the stock loop.
+SocketTransport.__name__ = SocketTransport.__qualname__ = "_SelectorSocketTransport"

@@ -1,0 +1,996 @@
+/*
+ * transport.c - the hot paths of greenhub's socket transport.
+ *
+ * greenhub/_transport.py's SocketTransport is asyncio's own
+ * _SelectorSocketTransport with this file's _SocketTransportBase mixed in
+ * first, so these C methods take the place of asyncio's on the hot paths:
+ *
+ *   _read_ready, _read_ready__data_received, _read_ready__get_buffer:
+ *     one recv() and one call of the protocol, no Python frames between;
+ *   write(): the data goes on the transport's WriteQueue, and at the end of
+ *     the loop iteration the loop sends each queue with one writev()
+ *     (gh_loop_flush_writes), so the writes of one iteration cost one
+ *     system call per connection.
+ *
+ * Everything else - close, abort, EOF, flow control, sendfile, set_protocol,
+ * error handling - stays asyncio's code, and so does every unusual case: the
+ * C methods call asyncio's versions when data is already buffered, the
+ * connection is lost, write_eof() or sendfile is under way, the loop is not
+ * running in this thread or the socket is not a plain socket.socket.  The
+ * transport's state stays where asyncio keeps it, in the instance __dict__;
+ * the C code reads it there and never keeps a copy.
+ *
+ * Queued data is sent before anything can tell it was queued: at the end of
+ * every loop iteration (also when a callback raises out of the loop), and,
+ * from the Python layer, before close(), abort(), write_eof(), writelines(),
+ * get_write_buffer_size() and sendfile.  A queue past GH_WQ_FLUSH_AT bytes is
+ * sent at once, so flow control sees what the kernel did not take, as with
+ * asyncio, which sends in write() itself.
+ */
+#include "transport.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#include "compat.h"
+#include "loop.h"
+
+#ifndef IOV_MAX
+#define IOV_MAX 1024
+#endif
+
+/* asyncio's default high-water mark: a queue this big is sent at once. */
+#define GH_WQ_FLUSH_AT (64 * 1024)
+
+/* sock_fd() results besides a valid fd. */
+#define FD_ERROR (-3) /* exception set */
+#define FD_OTHER (-2) /* not a plain socket.socket: use asyncio's code */
+/* -1: the socket is closed; its system calls fail with EBADF as
+ * socket.socket's own do. */
+
+/* --- helpers ---------------------------------------------------------------- */
+
+/* self.<name> for the attributes asyncio's transport keeps in its __dict__:
+ * a new reference.  Names missing from the dict fall back to getattr(),
+ * which also raises the right AttributeError. */
+static PyObject *
+attr(PyObject *dict, PyObject *self, PyObject *name)
+{
+    PyObject *v = PyDict_GetItemWithError(dict, name);
+    if (v != NULL) {
+        return Py_NewRef(v);
+    }
+    return PyErr_Occurred() ? NULL : PyObject_GetAttr(self, name);
+}
+
+/* The truth of self.<name>: 1, 0, or -1 with an exception. */
+static int
+attr_true(PyObject *dict, PyObject *self, PyObject *name)
+{
+    PyObject *v = attr(dict, self, name);
+    if (v == NULL) {
+        return -1;
+    }
+    int t = PyObject_IsTrue(v);
+    Py_DECREF(v);
+    return t;
+}
+
+/* asyncio's "except (SystemExit, KeyboardInterrupt): raise; except
+ * BaseException as exc: self._fatal_error(exc, message)" for the exception
+ * being raised.  Returns what _fatal_error() returned, or NULL to propagate. */
+static PyObject *
+fatal(gh_state *st, PyObject *self, const char *message)
+{
+    if (PyErr_ExceptionMatches(PyExc_SystemExit) ||
+        PyErr_ExceptionMatches(PyExc_KeyboardInterrupt)) {
+        return NULL;
+    }
+    PyObject *exc = gh_err_get_raised();
+    PyObject *msg = PyUnicode_FromString(message);
+    PyObject *res = NULL;
+    if (msg != NULL) {
+        res = PyObject_CallMethodObjArgs(self, st->tr.fatal_error, exc, msg, NULL);
+        Py_DECREF(msg);
+    }
+    Py_DECREF(exc);
+    return res;
+}
+
+/* The fd behind asyncio's socket object: >= 0, -1 if it is closed, FD_OTHER
+ * if it is not a plain socket.socket (a subclass may override recv/send), or
+ * FD_ERROR. */
+static int
+sock_fd(gh_state *st, PyObject *sock)
+{
+    if (!Py_IS_TYPE(sock, (PyTypeObject *)st->tr.socket_type)) {
+        return FD_OTHER;
+    }
+    PyObject *r = PyObject_CallMethodNoArgs(sock, st->tr.fileno);
+    if (r == NULL) {
+        return FD_ERROR;
+    }
+    long fd = PyLong_AsLong(r);
+    Py_DECREF(r);
+    if (fd == -1 && PyErr_Occurred()) {
+        return FD_ERROR;
+    }
+    return fd < 0 || fd > INT_MAX ? -1 : (int)fd;
+}
+
+/* recv() as socket.socket.recv() does it on a non-blocking socket: retried
+ * after EINTR once signal handlers ran.  Returns the byte count, -1 with an
+ * exception set (BlockingIOError is reported as -2, without one). */
+static Py_ssize_t
+do_recv(int fd, char *buf, Py_ssize_t size)
+{
+    for (;;) {
+        Py_ssize_t n = recv(fd, buf, (size_t)size, 0);
+        if (n >= 0) {
+            return n;
+        }
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            return -2;
+        }
+        if (errno != EINTR) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+        if (PyErr_CheckSignals() < 0) {
+            return -1;
+        }
+    }
+}
+
+static int
+no_args(const char *name, size_t nargsf, PyObject *kwnames)
+{
+    if (PyVectorcall_NARGS(nargsf) != 0 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames))) {
+        PyErr_Format(PyExc_TypeError, "%s() takes no arguments", name);
+        return -1;
+    }
+    return 0;
+}
+
+/* asyncio's version of a method: func(self, *args). */
+static PyObject *
+call_stock(PyObject *func, PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    Py_ssize_t total = nargs + (kwnames ? PyTuple_GET_SIZE(kwnames) : 0);
+    PyObject *small[4];
+    PyObject **stack = small;
+    if (total + 1 > 4) {
+        stack = PyMem_Malloc((size_t)(total + 1) * sizeof(PyObject *));
+        if (stack == NULL) {
+            return PyErr_NoMemory();
+        }
+    }
+    stack[0] = self;
+    for (Py_ssize_t i = 0; i < total; i++) {
+        stack[i + 1] = args[i];
+    }
+    PyObject *res = PyObject_Vectorcall(func, stack, (size_t)(nargs + 1), kwnames);
+    if (stack != small) {
+        PyMem_Free(stack);
+    }
+    return res;
+}
+
+/* --- reading ---------------------------------------------------------------- */
+
+/* The end of both read paths: EOF, an error, or the data for the protocol. */
+static PyObject *
+after_recv(gh_state *st, PyObject *self, Py_ssize_t n)
+{
+    if (n == -2) {
+        Py_RETURN_NONE; /* BlockingIOError: nothing to read after all */
+    }
+    if (n == -1) {
+        return fatal(st, self, "Fatal read error on socket transport");
+    }
+    assert(n == 0);
+    return PyObject_CallMethodNoArgs(self, st->tr.on_eof);
+}
+
+/* _read_ready__data_received(): asyncio's, with recv() into a buffer of the
+ * module's (copied into the bytes the protocol gets) instead of a fresh
+ * max_size bytes object. */
+static PyObject *
+tr_data_received(PyObject *self, PyTypeObject *cls, PyObject *const *args, size_t nargsf,
+                 PyObject *kwnames)
+{
+    (void)args;
+    if (no_args("_read_ready__data_received", nargsf, kwnames) < 0) {
+        return NULL;
+    }
+    gh_state *st = PyType_GetModuleState(cls);
+    PyObject *dict = PyObject_GenericGetDict(self, NULL);
+    if (dict == NULL) {
+        return NULL;
+    }
+    PyObject *res = NULL, *sock = NULL, *data = NULL, *proto = NULL;
+    char *heap = NULL;
+    int lost = attr_true(dict, self, st->tr.conn_lost);
+    if (lost != 0) {
+        res = lost > 0 ? Py_NewRef(Py_None) : NULL;
+        goto done;
+    }
+    sock = attr(dict, self, st->tr.sock);
+    if (sock == NULL) {
+        goto done;
+    }
+    int fd = sock_fd(st, sock);
+    if (fd == FD_ERROR) {
+        goto done;
+    }
+    if (fd == FD_OTHER) {
+        res = PyObject_CallOneArg(st->tr.stock_data_received, self);
+        goto done;
+    }
+    PyObject *max_obj = PyObject_GetAttr(self, st->tr.max_size);
+    if (max_obj == NULL) {
+        goto done;
+    }
+    Py_ssize_t max_size = PyNumber_AsSsize_t(max_obj, PyExc_OverflowError);
+    Py_DECREF(max_obj);
+    if (max_size == -1 && PyErr_Occurred()) {
+        res = fatal(st, self, "Fatal read error on socket transport");
+        goto done;
+    }
+    if (max_size < 0) {
+        PyErr_SetString(PyExc_ValueError, "negative buffersize in recv");
+        res = fatal(st, self, "Fatal read error on socket transport");
+        goto done;
+    }
+    char *buf = st->rbuf;
+    if (max_size > GH_RBUF_SIZE) {
+        buf = heap = PyMem_Malloc((size_t)max_size);
+    }
+    else if (buf == NULL) {
+        buf = st->rbuf = PyMem_Malloc(GH_RBUF_SIZE);
+    }
+    if (buf == NULL) {
+        PyErr_NoMemory();
+        res = fatal(st, self, "Fatal read error on socket transport");
+        goto done;
+    }
+    Py_ssize_t n = do_recv(fd, buf, max_size);
+    if (n <= 0) {
+        res = after_recv(st, self, n);
+        goto done;
+    }
+    /* The buffer is reused only once this copy is made: nothing in between
+     * can run Python code. */
+    data = PyBytes_FromStringAndSize(buf, n);
+    if (data == NULL) {
+        res = fatal(st, self, "Fatal read error on socket transport");
+        goto done;
+    }
+    proto = attr(dict, self, st->tr.protocol);
+    if (proto != NULL) {
+        res = PyObject_CallMethodOneArg(proto, st->tr.data_received, data);
+    }
+    if (res == NULL) {
+        res = fatal(st, self, "Fatal error: protocol.data_received() call failed.");
+    }
+    else {
+        Py_SETREF(res, Py_NewRef(Py_None));
+    }
+done:
+    PyMem_Free(heap);
+    Py_XDECREF(proto);
+    Py_XDECREF(data);
+    Py_XDECREF(sock);
+    Py_DECREF(dict);
+    return res;
+}
+
+/* sock.recv_into(buf) the Python way, for buffers C cannot take directly
+ * (so the error is exactly socket's). */
+static Py_ssize_t
+recv_into_py(gh_state *st, PyObject *sock, PyObject *buf)
+{
+    PyObject *r = PyObject_CallMethodOneArg(sock, st->tr.recv_into, buf);
+    if (r == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_BlockingIOError) ||
+            PyErr_ExceptionMatches(PyExc_InterruptedError)) {
+            PyErr_Clear();
+            return -2;
+        }
+        return -1;
+    }
+    Py_ssize_t n = PyNumber_AsSsize_t(r, PyExc_OverflowError);
+    Py_DECREF(r);
+    return n;
+}
+
+/* _read_ready__get_buffer(): asyncio's BufferedProtocol path, recv() straight
+ * into the protocol's buffer. */
+static PyObject *
+tr_get_buffer(PyObject *self, PyTypeObject *cls, PyObject *const *args, size_t nargsf,
+              PyObject *kwnames)
+{
+    (void)args;
+    if (no_args("_read_ready__get_buffer", nargsf, kwnames) < 0) {
+        return NULL;
+    }
+    gh_state *st = PyType_GetModuleState(cls);
+    PyObject *dict = PyObject_GenericGetDict(self, NULL);
+    if (dict == NULL) {
+        return NULL;
+    }
+    PyObject *res = NULL, *sock = NULL, *proto = NULL, *buf = NULL;
+    int lost = attr_true(dict, self, st->tr.conn_lost);
+    if (lost != 0) {
+        res = lost > 0 ? Py_NewRef(Py_None) : NULL;
+        goto done;
+    }
+    sock = attr(dict, self, st->tr.sock);
+    if (sock == NULL) {
+        goto done;
+    }
+    int fd = sock_fd(st, sock);
+    if (fd == FD_ERROR) {
+        goto done;
+    }
+    if (fd == FD_OTHER) {
+        res = PyObject_CallOneArg(st->tr.stock_get_buffer, self);
+        goto done;
+    }
+    proto = attr(dict, self, st->tr.protocol);
+    if (proto != NULL) {
+        PyObject *minus_one = PyLong_FromLong(-1);
+        if (minus_one != NULL) {
+            buf = PyObject_CallMethodOneArg(proto, st->tr.get_buffer, minus_one);
+            Py_DECREF(minus_one);
+        }
+    }
+    Py_ssize_t len = buf != NULL ? PyObject_Length(buf) : -1;
+    if (len == 0) {
+        PyErr_SetString(PyExc_RuntimeError, "get_buffer() returned an empty buffer");
+    }
+    if (len <= 0) {
+        res = fatal(st, self, "Fatal error: protocol.get_buffer() call failed.");
+        goto done;
+    }
+    Py_ssize_t n;
+    Py_buffer view;
+    if (PyObject_GetBuffer(buf, &view, PyBUF_WRITABLE) == 0) {
+        n = do_recv(fd, view.buf, view.len);
+        PyBuffer_Release(&view);
+    }
+    else {
+        PyErr_Clear();
+        n = recv_into_py(st, sock, buf);
+    }
+    if (n <= 0) {
+        res = after_recv(st, self, n);
+        goto done;
+    }
+    Py_SETREF(proto, attr(dict, self, st->tr.protocol));
+    PyObject *nbytes = proto != NULL ? PyLong_FromSsize_t(n) : NULL;
+    if (nbytes != NULL) {
+        res = PyObject_CallMethodOneArg(proto, st->tr.buffer_updated, nbytes);
+        Py_DECREF(nbytes);
+    }
+    if (res == NULL) {
+        res = fatal(st, self, "Fatal error: protocol.buffer_updated() call failed.");
+    }
+    else {
+        Py_SETREF(res, Py_NewRef(Py_None));
+    }
+done:
+    Py_XDECREF(buf);
+    Py_XDECREF(proto);
+    Py_XDECREF(sock);
+    Py_DECREF(dict);
+    return res;
+}
+
+/* _read_ready(): the reader callback; runs self._read_ready_cb() as asyncio
+ * does (set_protocol() picks one of the two methods above). */
+static PyObject *
+tr_read_ready(PyObject *self, PyTypeObject *cls, PyObject *const *args, size_t nargsf,
+              PyObject *kwnames)
+{
+    (void)args;
+    if (no_args("_read_ready", nargsf, kwnames) < 0) {
+        return NULL;
+    }
+    gh_state *st = PyType_GetModuleState(cls);
+    PyObject *cb = PyObject_GetAttr(self, st->tr.read_ready_cb);
+    if (cb == NULL) {
+        return NULL;
+    }
+    PyObject *res = PyObject_CallNoArgs(cb);
+    Py_DECREF(cb);
+    return res;
+}
+
+/* --- writing ---------------------------------------------------------------- */
+
+static void
+wq_link(gh_Loop *loop, gh_WriteQueue *wq, PyObject *transport)
+{
+    assert(!wq->queued);
+    wq->queued = 1;
+    wq->transport = Py_NewRef(transport);
+    Py_INCREF(wq); /* the loop's reference */
+    wq->prev = loop->wq_tail;
+    wq->next = NULL;
+    if (loop->wq_tail != NULL) {
+        loop->wq_tail->next = wq;
+    }
+    else {
+        loop->wq_head = wq;
+    }
+    loop->wq_tail = wq;
+}
+
+/* Takes wq off its loop's flush list.  Returns the references the list held:
+ * the transport's (returned) and wq's own (the caller drops it). */
+static PyObject *
+wq_unlink(gh_WriteQueue *wq)
+{
+    assert(wq->queued);
+    gh_Loop *loop = wq->loop;
+    if (wq->prev != NULL) {
+        wq->prev->next = wq->next;
+    }
+    else {
+        loop->wq_head = wq->next;
+    }
+    if (wq->next != NULL) {
+        wq->next->prev = wq->prev;
+    }
+    else {
+        loop->wq_tail = wq->prev;
+    }
+    wq->prev = wq->next = NULL;
+    wq->queued = 0;
+    PyObject *transport = wq->transport;
+    wq->transport = NULL;
+    return transport;
+}
+
+static void
+wq_drop_items(gh_WriteQueue *wq, Py_ssize_t from)
+{
+    for (Py_ssize_t i = from; i < wq->n; i++) {
+        Py_CLEAR(wq->items[i]);
+    }
+    wq->n = from;
+}
+
+/* The unsent data from item `first`, byte `offset` on, as one bytes object. */
+static PyObject *
+wq_remainder(gh_WriteQueue *wq, Py_ssize_t first, Py_ssize_t offset)
+{
+    if (first == wq->n - 1 && offset == 0) {
+        return Py_NewRef(wq->items[first]);
+    }
+    Py_ssize_t size = -offset;
+    for (Py_ssize_t i = first; i < wq->n; i++) {
+        size += PyBytes_GET_SIZE(wq->items[i]);
+    }
+    PyObject *rem = PyBytes_FromStringAndSize(NULL, size);
+    if (rem == NULL) {
+        return NULL;
+    }
+    char *p = PyBytes_AS_STRING(rem);
+    for (Py_ssize_t i = first; i < wq->n; i++) {
+        Py_ssize_t len = PyBytes_GET_SIZE(wq->items[i]) - offset;
+        memcpy(p, PyBytes_AS_STRING(wq->items[i]) + offset, (size_t)len);
+        p += len;
+        offset = 0;
+    }
+    return rem;
+}
+
+/* Sends what the (unlinked) queue holds with writev().  What the kernel
+ * does not take goes through asyncio's write(), which buffers it, starts
+ * the writer callback and applies flow control.  An error is reported as
+ * asyncio's write() reports it (_fatal_error), unless the connection was
+ * already lost, when the data is dropped as asyncio would drop it.
+ * Returns -1 only for exceptions that must propagate. */
+static int
+wq_send(gh_state *st, gh_WriteQueue *wq, PyObject *self)
+{
+    if (wq->n == 0) {
+        return 0;
+    }
+    PyObject *dict = NULL, *sock = NULL, *rem = NULL, *res = NULL;
+    int rc = -1;
+    Py_ssize_t first = 0, offset = 0;
+    int err = 0;
+    dict = PyObject_GenericGetDict(self, NULL);
+    if (dict == NULL) {
+        goto done;
+    }
+    int lost = attr_true(dict, self, st->tr.conn_lost);
+    sock = lost >= 0 ? attr(dict, self, st->tr.sock) : NULL;
+    int fd = sock != NULL ? sock_fd(st, sock) : FD_ERROR;
+    if (fd == FD_ERROR) {
+        goto done;
+    }
+    if (fd != FD_OTHER) {
+        struct iovec iov[64];
+        while (first < wq->n) {
+            int cnt = 0;
+            for (Py_ssize_t i = first; i < wq->n && cnt < 64 && cnt < IOV_MAX; i++, cnt++) {
+                Py_ssize_t skip = i == first ? offset : 0;
+                iov[cnt].iov_base = PyBytes_AS_STRING(wq->items[i]) + skip;
+                iov[cnt].iov_len = (size_t)(PyBytes_GET_SIZE(wq->items[i]) - skip);
+            }
+            Py_ssize_t r = writev(fd, iov, cnt);
+            if (r < 0) {
+                if (errno == EINTR) {
+                    if (PyErr_CheckSignals() < 0) {
+                        err = -1;
+                        break;
+                    }
+                    continue;
+                }
+                if (errno != EAGAIN && errno != EWOULDBLOCK) {
+                    err = errno;
+                }
+                break;
+            }
+            Py_ssize_t batch_end = first + cnt;
+            while (r > 0) {
+                Py_ssize_t left = PyBytes_GET_SIZE(wq->items[first]) - offset;
+                if (r >= left) {
+                    r -= left;
+                    first++;
+                    offset = 0;
+                }
+                else {
+                    offset += r;
+                    r = 0;
+                }
+            }
+            if (first < batch_end) {
+                break; /* the kernel took less than offered */
+            }
+        }
+    }
+    if (err != 0 || (first < wq->n && lost)) {
+        /* Failed, or connection already lost: the rest is dropped. */
+        wq_drop_items(wq, 0);
+        if (err == -1 || (err > 0 && !lost)) {
+            if (err > 0) {
+                errno = err;
+                PyErr_SetFromErrno(PyExc_OSError);
+            }
+            res = fatal(st, self, "Fatal write error on socket transport");
+            if (res == NULL) {
+                goto done;
+            }
+        }
+    }
+    else if (first < wq->n) {
+        rem = wq_remainder(wq, first, offset);
+        wq_drop_items(wq, 0);
+        if (rem == NULL) {
+            goto done;
+        }
+        res = PyObject_CallFunctionObjArgs(st->tr.stock_write, self, rem, NULL);
+        if (res == NULL) {
+            goto done;
+        }
+    }
+    rc = 0;
+done:
+    wq_drop_items(wq, 0);
+    wq->size = 0;
+    Py_XDECREF(res);
+    Py_XDECREF(rem);
+    Py_XDECREF(sock);
+    Py_XDECREF(dict);
+    return rc;
+}
+
+static int
+wq_append(gh_WriteQueue *wq, PyObject *bytes)
+{
+    if (wq->n == wq->cap) {
+        Py_ssize_t cap = wq->cap ? wq->cap * 2 : 4;
+        PyObject **items = PyMem_Realloc(wq->items, (size_t)cap * sizeof(PyObject *));
+        if (items == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        wq->items = items;
+        wq->cap = cap;
+    }
+    wq->items[wq->n++] = bytes; /* steals */
+    wq->size += PyBytes_GET_SIZE(bytes);
+    return 0;
+}
+
+/* The data to queue, as bytes nobody can change (bytes are kept, anything
+ * else copied), or NULL without an exception if asyncio's write() must
+ * handle it (empty data is NOT handled here: the caller checks first). */
+static PyObject *
+immutable_copy(PyObject *data)
+{
+    if (PyBytes_Check(data)) {
+        return Py_NewRef(data);
+    }
+    if (PyByteArray_Check(data)) {
+        return PyBytes_FromStringAndSize(PyByteArray_AS_STRING(data), PyByteArray_GET_SIZE(data));
+    }
+    Py_buffer *view = PyMemoryView_GET_BUFFER(data);
+    if (view->ndim != 1 || !PyBuffer_IsContiguous(view, 'C')) {
+        return NULL;
+    }
+    return PyBytes_FromStringAndSize(view->buf, view->len);
+}
+
+/* The length of bytes-like data, or -1 for kinds the fast path leaves to
+ * asyncio (and anything that is not bytes, bytearray or memoryview). */
+static Py_ssize_t
+data_len(PyObject *data)
+{
+    if (PyBytes_Check(data)) {
+        return PyBytes_GET_SIZE(data);
+    }
+    if (PyByteArray_Check(data)) {
+        return PyByteArray_GET_SIZE(data);
+    }
+    if (PyMemoryView_Check(data)) {
+        Py_buffer *view = PyMemoryView_GET_BUFFER(data);
+        if (view->ndim == 1 && PyBuffer_IsContiguous(view, 'C')) {
+            return view->len;
+        }
+    }
+    return -1;
+}
+
+/* write(data): queued for the end of the iteration when asyncio would send
+ * it at once; everything else is asyncio's write(). */
+static PyObject *
+tr_write(PyObject *self, PyTypeObject *cls, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    gh_state *st = PyType_GetModuleState(cls);
+    Py_ssize_t len;
+    if (PyVectorcall_NARGS(nargsf) != 1 || kwnames != NULL || (len = data_len(args[0])) < 0) {
+        return call_stock(st->tr.stock_write, self, args, nargsf, kwnames);
+    }
+    PyObject *dict = PyObject_GenericGetDict(self, NULL);
+    if (dict == NULL) {
+        return NULL;
+    }
+    PyObject *res = NULL, *waiter = NULL, *buffer = NULL, *wq_obj = NULL;
+    int slow = 1;
+    int t = attr_true(dict, self, st->tr.eof);
+    if (t != 0) {
+        goto decided; /* asyncio raises; or an error from the lookup */
+    }
+    waiter = attr(dict, self, st->tr.empty_waiter);
+    if (waiter == NULL || waiter != Py_None) {
+        goto decided;
+    }
+    if (len == 0) {
+        slow = 0;
+        res = Py_NewRef(Py_None);
+        goto decided;
+    }
+    t = attr_true(dict, self, st->tr.conn_lost);
+    if (t != 0) {
+        goto decided;
+    }
+    buffer = attr(dict, self, st->tr.buffer);
+    Py_ssize_t buffered = buffer != NULL ? PyObject_Length(buffer) : -1;
+    if (buffered != 0) {
+        goto decided;
+    }
+    wq_obj = attr(dict, self, st->tr.wq);
+    if (wq_obj == NULL || !PyObject_TypeCheck(wq_obj, st->WriteQueueType)) {
+        goto decided;
+    }
+    gh_WriteQueue *wq = (gh_WriteQueue *)wq_obj;
+    gh_Loop *loop = wq->loop;
+    if (!loop->has_thread_id || loop->thread_id != PyThread_get_thread_ident()) {
+        goto decided; /* not running here: send now, as asyncio does */
+    }
+    PyObject *bytes = immutable_copy(args[0]);
+    if (bytes == NULL) {
+        goto decided;
+    }
+    slow = 0;
+    if (wq_append(wq, bytes) < 0) {
+        Py_DECREF(bytes);
+        goto decided;
+    }
+    if (!wq->queued) {
+        wq_link(loop, wq, self);
+    }
+    if (wq->size >= GH_WQ_FLUSH_AT) {
+        PyObject *tr = wq_unlink(wq);
+        int rc = wq_send(st, wq, tr);
+        Py_DECREF(tr);
+        Py_DECREF(wq); /* the flush list's reference */
+        if (rc < 0) {
+            goto decided;
+        }
+    }
+    res = Py_NewRef(Py_None);
+decided:
+    Py_XDECREF(wq_obj);
+    Py_XDECREF(buffer);
+    Py_XDECREF(waiter);
+    Py_DECREF(dict);
+    if (slow && !PyErr_Occurred()) {
+        return call_stock(st->tr.stock_write, self, args, nargsf, kwnames);
+    }
+    return res;
+}
+
+/* _gh_flush(): sends what write() queued, now (greenhub/_transport.py calls
+ * it before every operation that could tell the data was queued). */
+static PyObject *
+tr_flush(PyObject *self, PyTypeObject *cls, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    (void)args;
+    if (no_args("_gh_flush", nargsf, kwnames) < 0) {
+        return NULL;
+    }
+    gh_state *st = PyType_GetModuleState(cls);
+    PyObject *wq_obj;
+    int has = gh_get_optional_attr(self, st->tr.wq, &wq_obj);
+    if (has <= 0) {
+        return has < 0 ? NULL : Py_NewRef(Py_None);
+    }
+    gh_WriteQueue *wq = (gh_WriteQueue *)wq_obj;
+    int rc = 0;
+    if (PyObject_TypeCheck(wq_obj, st->WriteQueueType) && wq->queued) {
+        PyObject *tr = wq_unlink(wq);
+        rc = wq_send(st, wq, tr);
+        Py_DECREF(tr);
+        Py_DECREF(wq); /* the flush list's reference */
+    }
+    Py_DECREF(wq_obj);
+    return rc < 0 ? NULL : Py_NewRef(Py_None);
+}
+
+/* --- the loop's side ---------------------------------------------------------- */
+
+int
+gh_loop_flush_writes(gh_Loop *loop)
+{
+    gh_state *st = loop->st;
+    while (loop->wq_head != NULL) {
+        gh_WriteQueue *wq = loop->wq_head;
+        PyObject *tr = wq_unlink(wq);
+        int rc = wq_send(st, wq, tr);
+        Py_DECREF(tr);
+        Py_DECREF(wq); /* the flush list's reference */
+        if (rc < 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+void
+gh_loop_clear_writes(gh_Loop *loop)
+{
+    while (loop->wq_head != NULL) {
+        gh_WriteQueue *wq = loop->wq_head;
+        PyObject *tr = wq_unlink(wq);
+        wq_drop_items(wq, 0);
+        wq->size = 0;
+        Py_DECREF(tr);
+        Py_DECREF(wq);
+    }
+}
+
+/* --- the WriteQueue type -------------------------------------------------------- */
+
+static PyObject *
+wq_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    gh_state *st = PyType_GetModuleState(type);
+    PyObject *loop;
+    if (kwds != NULL && PyDict_GET_SIZE(kwds)) {
+        PyErr_SetString(PyExc_TypeError, "WriteQueue() takes no keyword arguments");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "O:WriteQueue", &loop)) {
+        return NULL;
+    }
+    if (gh_as_loop(st, loop) == NULL) {
+        PyErr_Format(PyExc_TypeError, "WriteQueue() needs a greenhub loop, not %.200s",
+                     Py_TYPE(loop)->tp_name);
+        return NULL;
+    }
+    gh_WriteQueue *wq = (gh_WriteQueue *)type->tp_alloc(type, 0);
+    if (wq != NULL) {
+        wq->loop = (gh_Loop *)Py_NewRef(loop);
+    }
+    return (PyObject *)wq;
+}
+
+static int
+wq_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    gh_WriteQueue *wq = (gh_WriteQueue *)op;
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT((PyObject *)wq->loop);
+    Py_VISIT(wq->transport);
+    return 0;
+}
+
+static int
+wq_clear(PyObject *op)
+{
+    gh_WriteQueue *wq = (gh_WriteQueue *)op;
+    if (wq->queued) {
+        Py_DECREF(wq_unlink(wq));
+        Py_DECREF(wq); /* the flush list's; the collector holds one of its own */
+    }
+    wq_drop_items(wq, 0);
+    wq->size = 0;
+    Py_CLEAR(wq->loop);
+    return 0;
+}
+
+static void
+wq_dealloc(PyObject *op)
+{
+    gh_WriteQueue *wq = (gh_WriteQueue *)op;
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    assert(!wq->queued); /* the loop's reference kept it alive otherwise */
+    wq_drop_items(wq, 0);
+    PyMem_Free(wq->items);
+    Py_CLEAR(wq->loop);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+wq_get_size(PyObject *op, void *Py_UNUSED(closure))
+{
+    return PyLong_FromSsize_t(((gh_WriteQueue *)op)->size);
+}
+
+static PyGetSetDef wq_getset[] = {
+    {"size", wq_get_size, NULL, "Bytes written in this loop iteration and not yet sent.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot wq_slots[] = {
+    {Py_tp_doc, "WriteQueue(loop): a socket transport's writes not sent yet (internal)."},
+    {Py_tp_new, wq_new},
+    {Py_tp_dealloc, wq_dealloc},
+    {Py_tp_traverse, wq_traverse},
+    {Py_tp_clear, wq_clear},
+    {Py_tp_getset, wq_getset},
+    {0, NULL},
+};
+
+PyType_Spec gh_write_queue_spec = {
+    .name = "greenhub._core.WriteQueue",
+    .basicsize = sizeof(gh_WriteQueue),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = wq_slots,
+};
+
+/* --- the mixin ------------------------------------------------------------------ */
+
+#define METHOD_FLAGS (METH_METHOD | METH_FASTCALL | METH_KEYWORDS)
+#define AS_METH(f) (PyCFunction)(void (*)(void))(f)
+
+static PyMethodDef transport_methods[] = {
+    {"write", AS_METH(tr_write), METHOD_FLAGS,
+     "write(data): send data; queued and sent with the iteration's other writes."},
+    {"_read_ready", AS_METH(tr_read_ready), METHOD_FLAGS, NULL},
+    {"_read_ready__data_received", AS_METH(tr_data_received), METHOD_FLAGS, NULL},
+    {"_read_ready__get_buffer", AS_METH(tr_get_buffer), METHOD_FLAGS, NULL},
+    {"_gh_flush", AS_METH(tr_flush), METHOD_FLAGS,
+     "Send the data write() queued in this loop iteration now."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot transport_base_slots[] = {
+    {Py_tp_doc, "C hot paths mixed into greenhub's socket transport (internal)."},
+    {Py_tp_methods, transport_methods},
+    {0, NULL},
+};
+
+PyType_Spec gh_transport_base_spec = {
+    .name = "greenhub._core._SocketTransportBase",
+    .basicsize = 0, /* no fields: it mixes into asyncio's transport class */
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = transport_base_slots,
+};
+
+/* --- module state ------------------------------------------------------------- */
+
+static int
+intern(PyObject **slot, const char *s)
+{
+    *slot = PyUnicode_InternFromString(s);
+    return *slot == NULL ? -1 : 0;
+}
+
+int
+gh_transport_state_init(gh_state *st)
+{
+    if (intern(&st->tr.conn_lost, "_conn_lost") < 0 || intern(&st->tr.eof, "_eof") < 0 ||
+        intern(&st->tr.empty_waiter, "_empty_waiter") < 0 ||
+        intern(&st->tr.buffer, "_buffer") < 0 || intern(&st->tr.sock, "_sock") < 0 ||
+        intern(&st->tr.protocol, "_protocol") < 0 || intern(&st->tr.wq, "_gh_wq") < 0 ||
+        intern(&st->tr.fileno, "fileno") < 0 || intern(&st->tr.max_size, "max_size") < 0 ||
+        intern(&st->tr.data_received, "data_received") < 0 ||
+        intern(&st->tr.get_buffer, "get_buffer") < 0 ||
+        intern(&st->tr.buffer_updated, "buffer_updated") < 0 ||
+        intern(&st->tr.fatal_error, "_fatal_error") < 0 ||
+        intern(&st->tr.on_eof, "_read_ready__on_eof") < 0 ||
+        intern(&st->tr.read_ready_cb, "_read_ready_cb") < 0 ||
+        intern(&st->tr.recv_into, "recv_into") < 0) {
+        return -1;
+    }
+    PyObject *socket_mod = PyImport_ImportModule("socket");
+    if (socket_mod == NULL) {
+        return -1;
+    }
+    st->tr.socket_type = PyObject_GetAttrString(socket_mod, "socket");
+    Py_DECREF(socket_mod);
+    PyObject *sel = PyImport_ImportModule("asyncio.selector_events");
+    if (sel == NULL) {
+        return -1;
+    }
+    PyObject *cls = PyObject_GetAttrString(sel, "_SelectorSocketTransport");
+    Py_DECREF(sel);
+    if (cls == NULL || st->tr.socket_type == NULL) {
+        Py_XDECREF(cls);
+        return -1;
+    }
+    st->tr.stock_write = PyObject_GetAttrString(cls, "write");
+    st->tr.stock_data_received = PyObject_GetAttrString(cls, "_read_ready__data_received");
+    st->tr.stock_get_buffer = PyObject_GetAttrString(cls, "_read_ready__get_buffer");
+    Py_DECREF(cls);
+    if (st->tr.stock_write == NULL || st->tr.stock_data_received == NULL ||
+        st->tr.stock_get_buffer == NULL) {
+        return -1;
+    }
+    return 0;
+}
+
+void
+gh_transport_state_clear(gh_state *st)
+{
+    PyObject **fields[] = {
+        &st->tr.socket_type,
+        &st->tr.stock_write,
+        &st->tr.stock_data_received,
+        &st->tr.stock_get_buffer,
+        &st->tr.conn_lost,
+        &st->tr.eof,
+        &st->tr.empty_waiter,
+        &st->tr.buffer,
+        &st->tr.sock,
+        &st->tr.protocol,
+        &st->tr.wq,
+        &st->tr.fileno,
+        &st->tr.max_size,
+        &st->tr.data_received,
+        &st->tr.get_buffer,
+        &st->tr.buffer_updated,
+        &st->tr.fatal_error,
+        &st->tr.on_eof,
+        &st->tr.read_ready_cb,
+        &st->tr.recv_into,
+    };
+    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
+        Py_CLEAR(*fields[i]);
+    }
+    PyMem_Free(st->rbuf);
+    st->rbuf = NULL;
+}
