@@ -22,10 +22,10 @@ static PyObject *
 debug_counters(PyObject *mod, PyObject *Py_UNUSED(ignored))
 {
     gh_state *st = module_state(mod);
-    return Py_BuildValue("{s:n,s:n,s:n,s:n,s:n,s:n,s:n}", "handles", st->live_handles, "timers",
+    return Py_BuildValue("{s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n}", "handles", st->live_handles, "timers",
                          st->live_timers, "loops", st->live_loops, "queued", st->queued_items,
                          "coros", st->live_coros, "workers", st->live_workers, "parked",
-                         st->parked_coros);
+                         st->parked_coros, "write_queues", st->live_write_queues);
 }
 
 /* Called once by greenhub/_loop.py with the Python helpers the C code uses

@@ -62,13 +62,14 @@ typedef struct {
 
     /* Live-object counters, checked by the tests (debug_counters()).  Plain
      * integers: every change happens with the GIL held. */
-    Py_ssize_t live_handles; /* Handle and TimerHandle objects */
-    Py_ssize_t live_timers;  /* TimerHandle objects */
-    Py_ssize_t live_loops;   /* Loop objects */
-    Py_ssize_t queued_items; /* references held by ready and timer queues */
-    Py_ssize_t live_coros;   /* GreenCoro objects */
-    Py_ssize_t live_workers; /* worker greenlets that have not died */
-    Py_ssize_t parked_coros; /* coros suspended inside await_() */
+    Py_ssize_t live_handles;      /* Handle and TimerHandle objects */
+    Py_ssize_t live_timers;       /* TimerHandle objects */
+    Py_ssize_t live_loops;        /* Loop objects */
+    Py_ssize_t queued_items;      /* references held by ready and timer queues */
+    Py_ssize_t live_coros;        /* GreenCoro objects */
+    Py_ssize_t live_workers;      /* worker greenlets that have not died */
+    Py_ssize_t parked_coros;      /* coros suspended inside await_() */
+    Py_ssize_t live_write_queues; /* WriteQueue objects (socket transports) */
 } gh_state;
 
 extern PyModuleDef gh_moduledef;

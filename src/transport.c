@@ -811,6 +811,7 @@ wq_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     gh_WriteQueue *wq = (gh_WriteQueue *)type->tp_alloc(type, 0);
     if (wq != NULL) {
         wq->loop = (gh_Loop *)Py_NewRef(loop);
+        st->live_write_queues++;
     }
     return (PyObject *)wq;
 }
@@ -848,6 +849,7 @@ wq_dealloc(PyObject *op)
     assert(!wq->queued); /* the loop's reference kept it alive otherwise */
     wq_drop_items(wq, 0);
     PyMem_Free(wq->items);
+    ((gh_state *)PyType_GetModuleState(tp))->live_write_queues--;
     Py_CLEAR(wq->loop);
     tp->tp_free(op);
     Py_DECREF(tp);

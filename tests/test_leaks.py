@@ -219,3 +219,62 @@ def test_cancelled_far_timers_do_not_accumulate_in_a_long_running_loop(loop, kin
         # 10,000 cancelled ones must not all still be there.
         counters = support.greenhub_counters()
         assert counters["timers"] <= 5000, counters
+
+
+def test_tcp_echo_rounds_leave_nothing_behind(loop):
+    # Connections opened, used (small and large writes, a BufferedProtocol, writes queued
+    # when the peer closes) and closed, round after round, on one loop: the transports'
+    # read buffers, write queues and data must all be released.
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def data_received(self, data):
+            self.transport.write(data)
+            self.transport.write(bytearray(data[:10]))
+
+    class Buffered(asyncio.BufferedProtocol):
+        def __init__(self):
+            self.buf = bytearray(4096)
+            self.got = 0
+            self.done = asyncio.get_running_loop().create_future()
+
+        def get_buffer(self, hint):
+            return self.buf
+
+        def buffer_updated(self, nbytes):
+            self.got += nbytes
+
+        def eof_received(self):
+            self.done.set_result(self.got)
+
+    payload = b"p" * 3000
+
+    async def one_round():
+        server = await loop.create_server(Echo, "127.0.0.1", 0)
+        addr = server.sockets[0].getsockname()[:2]
+        for _ in range(20):
+            reader, writer = await asyncio.open_connection(*addr)
+            writer.write(payload)
+            await reader.readexactly(len(payload) + 10)
+            writer.write(b"x" * 200_000)
+            await reader.readexactly(200_010)
+            writer.close()
+            await writer.wait_closed()
+        transport, proto = await loop.create_connection(Buffered, *addr)
+        transport.write(b"b" * 5000)
+        transport.write_eof()
+        await asyncio.sleep(0.01)
+        transport.close()
+        server.close()
+        await server.wait_closed()
+
+    payload_refs = sys.getrefcount(payload)
+    blocks = []
+    for rnd in range(ROUNDS):
+        loop.run_until_complete(one_round())
+        _collect()
+        assert sys.getrefcount(payload) == payload_refs, f"round {rnd}"
+        blocks.append(sys.getallocatedblocks())
+    growth = blocks[-1] - blocks[WARMUP]
+    assert growth <= BLOCKS_TOLERANCE, f"allocated memory blocks per round: {blocks}"
