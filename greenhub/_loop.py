@@ -15,6 +15,7 @@ which is what a drop-in loop must do.  The selector itself is never used.
 """
 
 import asyncio
+import functools
 import selectors
 import sys
 import threading
@@ -102,6 +103,42 @@ class Loop(_core.Loop, unix_events._UnixSelectorEventLoop):
 
     def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
         return _transport.SocketTransport(self, sock, protocol, waiter, extra, server)
+
+    # -- sock_* ------------------------------------------------------------
+    #
+    # asyncio's algorithm with the calls in C (src/sock.c), which keeps the
+    # fd's watcher armed between receives instead of re-registering it; the
+    # C helpers answer None when asyncio's own method must handle the call.
+
+    async def sock_recv(self, sock, n):
+        result = None if self._debug else self._gh_sock_recv(sock, n)
+        if result is None:
+            return await super().sock_recv(sock, n)
+        if result.__class__ is bytes:
+            return result
+        return await result
+
+    async def sock_recv_into(self, sock, buf):
+        result = None if self._debug else self._gh_sock_recv_into(sock, buf)
+        if result is None:
+            return await super().sock_recv_into(sock, buf)
+        if result.__class__ is int:
+            return result
+        return await result
+
+    async def sock_sendall(self, sock, data):
+        sent = None if self._debug else self._gh_sock_send(sock, data)
+        if sent is None:
+            return await super().sock_sendall(sock, data)
+        if sent == len(data):
+            return
+        # The rest goes as asyncio sends it: a writer that retries on writability.
+        fut = self.create_future()
+        fd = sock.fileno()
+        self._ensure_fd_no_transport(fd)
+        handle = self._add_writer(fd, self._sock_sendall, fut, sock, memoryview(data), [sent])
+        fut.add_done_callback(functools.partial(self._sock_write_done, fd, handle=handle))
+        return await fut
 
     def _make_ssl_transport(
         self,

@@ -58,4 +58,22 @@ gh_get_optional_attr(PyObject *obj, PyObject *name, PyObject **result)
 #endif
 }
 
+/* The object a weak reference points to, as a new reference, or NULL
+ * (without an exception) if it is gone.  PyWeakref_GetRef() is 3.13+. */
+static inline PyObject *
+gh_weakref_get(PyObject *ref)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    PyObject *obj = NULL;
+    if (PyWeakref_GetRef(ref, &obj) < 0) {
+        PyErr_Clear();
+        return NULL;
+    }
+    return obj;
+#else
+    PyObject *obj = PyWeakref_GetObject(ref);
+    return obj == NULL || obj == Py_None ? NULL : Py_NewRef(obj);
+#endif
+}
+
 #endif /* GH_COMPAT_H */

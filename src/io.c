@@ -14,6 +14,7 @@
 
 #include <errno.h>
 
+#include "compat.h"
 #include "handle.h"
 
 /* asyncio's fd normalisation (selectors._fileobj_to_fd and
@@ -83,7 +84,7 @@ slot_for(gh_Loop *self, int fd, int create)
         return NULL;
     }
     for (int i = self->n_io_slots; i < n; i++) {
-        slots[i].reader = slots[i].writer = NULL;
+        slots[i].reader = slots[i].writer = slots[i].armed_for = NULL;
     }
     self->io_slots = slots;
     self->n_io_slots = n;
@@ -94,6 +95,17 @@ static int
 interest(const gh_io_slot *slot)
 {
     return (slot->reader ? GH_IO_READ : 0) | (slot->writer ? GH_IO_WRITE : 0);
+}
+
+/* Ends an armed-for-a-socket state (sock.c): the watcher gets the slot's
+ * real interest again (none: stopped). */
+static void
+disarm(gh_Loop *self, int fd, gh_io_slot *slot)
+{
+    if (slot->armed_for != NULL) {
+        Py_CLEAR(slot->armed_for);
+        (void)gh_reactor_io_watch(self->reactor, fd, interest(slot));
+    }
 }
 
 /* add_reader / add_writer; `which` is GH_IO_READ or GH_IO_WRITE. */
@@ -125,6 +137,7 @@ add_io(PyObject *op, PyObject *const *args, Py_ssize_t nargs, int which, const c
     if (h == NULL) {
         return NULL;
     }
+    Py_CLEAR(slot->armed_for); /* the watcher is set from scratch below */
     PyObject **place = which == GH_IO_READ ? &slot->reader : &slot->writer;
     PyObject *old = *place;
     *place = h;
@@ -151,6 +164,7 @@ remove_io(gh_Loop *self, int fd, int which)
     if (slot == NULL) {
         return 0;
     }
+    disarm(self, fd, slot);
     PyObject **place = which == GH_IO_READ ? &slot->reader : &slot->writer;
     PyObject *old = *place;
     if (old == NULL) {
@@ -223,6 +237,13 @@ gh_loop_io_ready(void *arg, int fd, int readable, int writable)
             return;
         }
         PyObject *h = which == GH_IO_READ ? slot->reader : slot->writer;
+        if (h == NULL && slot->armed_for != NULL && readable) {
+            /* Data came while no sock_recv() waits: stop watching (level-
+             * triggered, it would fire every iteration); the next
+             * sock_recv() reads at once. */
+            disarm(self, fd, slot);
+            continue;
+        }
         if (h == NULL || !(which == GH_IO_READ ? readable : writable)) {
             continue;
         }
@@ -262,16 +283,86 @@ gh_loop_io_clear(gh_Loop *self)
 {
     for (int fd = 0; fd < self->n_io_slots; fd++) {
         gh_io_slot *slot = &self->io_slots[fd];
-        if (slot->reader == NULL && slot->writer == NULL) {
+        if (slot->reader == NULL && slot->writer == NULL && slot->armed_for == NULL) {
             continue;
         }
-        PyObject *reader = slot->reader, *writer = slot->writer;
-        slot->reader = slot->writer = NULL;
+        PyObject *reader = slot->reader, *writer = slot->writer, *armed = slot->armed_for;
+        slot->reader = slot->writer = slot->armed_for = NULL;
         (void)gh_reactor_io_watch(self->reactor, fd, 0);
         Py_XDECREF(reader);
         Py_XDECREF(writer);
+        Py_XDECREF(armed);
     }
     PyMem_Free(self->io_slots);
     self->io_slots = NULL;
     self->n_io_slots = 0;
+}
+
+/* --- waits of sock.c ------------------------------------------------------- */
+
+int
+gh_io_armed_for(gh_Loop *self, int fd, PyObject *sock)
+{
+    gh_io_slot *slot = slot_for(self, fd, 0);
+    if (slot == NULL || slot->armed_for == NULL) {
+        return 0;
+    }
+    PyObject *obj = gh_weakref_get(slot->armed_for);
+    Py_XDECREF(obj);
+    return obj == sock;
+}
+
+int
+gh_io_wait_read(gh_Loop *self, int fd, PyObject *sock, PyObject *handle)
+{
+    gh_io_slot *slot = slot_for(self, fd, 1);
+    if (slot == NULL) {
+        return -1;
+    }
+    PyObject *old = slot->reader;
+    slot->reader = Py_NewRef(handle);
+    if (gh_io_armed_for(self, fd, sock)) {
+        /* Armed for reading, for this very socket: nothing to change. */
+        Py_CLEAR(slot->armed_for);
+    }
+    else {
+        Py_CLEAR(slot->armed_for);
+        if (gh_reactor_io_watch(self->reactor, fd, interest(slot)) < 0) {
+            slot->reader = old;
+            Py_DECREF(handle);
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+    }
+    if (old != NULL) {
+        int rc = gh_handle_cancel(old);
+        Py_DECREF(old);
+        return rc;
+    }
+    return 0;
+}
+
+int
+gh_io_wait_done(gh_Loop *self, int fd, PyObject *sock, PyObject *handle)
+{
+    if (self->closed) {
+        return 0;
+    }
+    gh_io_slot *slot = slot_for(self, fd, 0);
+    if (slot == NULL) {
+        return 0;
+    }
+    if (slot->reader != handle || slot->writer != NULL) {
+        return remove_io(self, fd, GH_IO_READ) < 0 ? -1 : 0;
+    }
+    PyObject *ref = PyWeakref_NewRef(sock, NULL);
+    if (ref == NULL) {
+        PyErr_Clear(); /* no weak references: just stop watching */
+        return remove_io(self, fd, GH_IO_READ) < 0 ? -1 : 0;
+    }
+    slot->reader = NULL;
+    slot->armed_for = ref; /* the watcher stays as it is: armed for reading */
+    int rc = gh_handle_cancel(handle);
+    Py_DECREF(handle);
+    return rc;
 }

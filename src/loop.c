@@ -32,6 +32,7 @@
 #include "clock.h"
 #include "compat.h"
 #include "handle.h"
+#include "sock.h"
 #include "transport.h"
 
 /* asyncio's cap on one poll's wait (base_events.MAXIMUM_SELECT_TIMEOUT). */
@@ -988,6 +989,8 @@ loop_traverse(PyObject *op, visitproc visit, void *arg)
     for (struct gh_WriteQueue *wq = self->wq_head; wq != NULL; wq = wq->next) {
         Py_VISIT((PyObject *)wq);
     }
+    Py_VISIT(self->sock_recv_ready);
+    Py_VISIT(self->sock_recv_into_ready);
     return 0;
 }
 
@@ -998,6 +1001,8 @@ loop_clear(PyObject *op)
     gh_loop_io_clear(self);
     gh_loop_clear_writes(self);
     clear_queues(self);
+    Py_CLEAR(self->sock_recv_ready);
+    Py_CLEAR(self->sock_recv_into_ready);
     Py_CLEAR(self->current_handle);
     Py_CLEAR(self->task_factory);
     return 0;
@@ -1064,6 +1069,12 @@ static PyMethodDef loop_methods[] = {
     {"_remove_writer", gh_loop_remove_writer, METH_O,
      "Stop watching fd for writing; return True if a writer was registered."},
     {"_timer_handle_cancelled", loop_timer_handle_cancelled, METH_O, NULL},
+    {"_gh_sock_recv", (PyCFunction)(void (*)(void))gh_loop_sock_recv, METH_FASTCALL,
+     "_gh_sock_recv(sock, n) -> bytes, a Future, or None: use asyncio's sock_recv()."},
+    {"_gh_sock_recv_into", (PyCFunction)(void (*)(void))gh_loop_sock_recv_into, METH_FASTCALL,
+     "_gh_sock_recv_into(sock, buf) -> int, a Future, or None: use asyncio's."},
+    {"_gh_sock_send", (PyCFunction)(void (*)(void))gh_loop_sock_send, METH_FASTCALL,
+     "_gh_sock_send(sock, data) -> bytes sent by one send(), or None: use asyncio's."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -39,6 +39,8 @@ typedef struct gh_Loop_s {
     /* Socket transports (transport.c): the write queues to send at the end
      * of this iteration; the list owns a reference to each. */
     struct gh_WriteQueue *wq_head, *wq_tail;
+    /* sock.c's reader callbacks, bound to this loop; owned, made on first use. */
+    PyObject *sock_recv_ready, *sock_recv_into_ready;
 
     /* Virtual threads (vthread.h). */
     gh_GreenCoro *current_step; /* borrowed: the task step running now, or NULL */
@@ -63,6 +65,11 @@ extern PyType_Spec gh_loop_spec;
 typedef struct gh_io_slot {
     PyObject *reader; /* owned Handle or NULL */
     PyObject *writer; /* owned Handle or NULL */
+    /* Owned weak reference to a socket, or NULL: a sock_recv() wait on this
+     * fd finished, and the libev watcher was left armed for reading (with
+     * no reader) so the next wait on the same socket costs no system call.
+     * Only while reader and writer are NULL.  See sock.c. */
+    PyObject *armed_for;
 } gh_io_slot;
 
 /* Queues a handle to run in the next pass; steals the reference (also on
@@ -79,6 +86,18 @@ void gh_loop_io_ready(void *arg, int fd, int readable, int writable);
 PyObject *gh_loop_io_watchers(PyObject *op, PyObject *ignored);
 /* Stops every watcher and drops the handles (close, GC). */
 void gh_loop_io_clear(gh_Loop *loop);
+
+/* io.c, for sock.c's waits: */
+/* 1 if fd's watcher is armed for reading on behalf of `sock` and has not
+ * reported it readable since: a read now would only fail with EAGAIN. */
+int gh_io_armed_for(gh_Loop *loop, int fd, PyObject *sock);
+/* Makes `handle` fd's reader, as add_reader() would; an armed watcher for
+ * the same socket is reused as it is.  -1 with an exception on error. */
+int gh_io_wait_read(gh_Loop *loop, int fd, PyObject *sock, PyObject *handle);
+/* The wait with `handle` is over: removes the reader, as remove_reader()
+ * would, but leaves the watcher armed for `sock` when nothing else uses
+ * the fd.  -1 with an exception on error. */
+int gh_io_wait_done(gh_Loop *loop, int fd, PyObject *sock, PyObject *handle);
 
 /* TimerHandle.cancel() tells its loop (counts lazily-cancelled timers). */
 void gh_loop_timer_cancelled(gh_Loop *loop, PyObject *timer);

@@ -8,6 +8,7 @@
 #include "handle.h"
 #include "loop.h"
 #include "reactor.h"
+#include "sock.h"
 #include "state.h"
 #include "transport.h"
 #include "vthread.h"
@@ -102,7 +103,8 @@ module_exec(PyObject *mod)
         add_type(mod, &gh_greencoro_spec, NULL, &st->GreenCoroType) < 0 ||
         add_type(mod, &gh_write_queue_spec, NULL, &st->WriteQueueType) < 0 ||
         add_type(mod, &gh_transport_base_spec, NULL, &st->TransportBaseType) < 0 ||
-        gh_transport_state_init(st) < 0) {
+        add_type(mod, &gh_sockdone_spec, NULL, &st->SockDoneType) < 0 ||
+        gh_transport_state_init(st) < 0 || gh_sock_state_init(st) < 0) {
         return -1;
     }
     if (gh_green_import() < 0) {
@@ -166,6 +168,7 @@ module_traverse(PyObject *mod, visitproc visit, void *arg)
     Py_VISIT(st->GreenCoroType);
     Py_VISIT(st->WriteQueueType);
     Py_VISIT(st->TransportBaseType);
+    Py_VISIT(st->SockDoneType);
     Py_VISIT(st->worker_main);
     Py_VISIT(st->get_running_loop);
     Py_VISIT(st->tasks_module);
@@ -190,7 +193,9 @@ module_clear(PyObject *mod)
     Py_CLEAR(st->GreenCoroType);
     Py_CLEAR(st->WriteQueueType);
     Py_CLEAR(st->TransportBaseType);
+    Py_CLEAR(st->SockDoneType);
     gh_transport_state_clear(st);
+    gh_sock_state_clear(st);
     Py_CLEAR(st->worker_main);
     Py_CLEAR(st->get_running_loop);
     Py_CLEAR(st->tasks_module);

@@ -19,6 +19,7 @@ typedef struct {
     PyTypeObject *GreenCoroType;
     PyTypeObject *WriteQueueType;    /* transport.c */
     PyTypeObject *TransportBaseType; /* transport.c */
+    PyTypeObject *SockDoneType;      /* sock.c */
     PyObject *worker_main;           /* owned: what every worker greenlet runs */
     struct gh_GreenCoro *handoff;    /* borrowed: the coro a worker must step next */
 
@@ -59,6 +60,14 @@ typedef struct {
         PyObject *fatal_error, *on_eof, *read_ready_cb, *recv_into;
     } tr;
     char *rbuf; /* PyMem, GH_RBUF_SIZE: what reads go through (GIL-protected) */
+
+    /* sock.c's names; each owns a reference. */
+    struct {
+        PyObject *future_type; /* asyncio.Future */
+        PyObject *kw_loop;     /* ("loop",) */
+        PyObject *gettimeout, *transports, *data, *recv, *recv_into;
+        PyObject *done, *set_result, *set_exception, *add_done_callback;
+    } sk;
 
     /* Live-object counters, checked by the tests (debug_counters()).  Plain
      * integers: every change happens with the GIL held. */

@@ -349,14 +349,16 @@ def test_cancel_parked_vthread_that_was_cancel_requested_twice(gloop):
 
 @pytest.mark.skipif(sys.version_info < (3, 11), reason="3.11+")
 def test_timeout_reschedule_from_sync_code(gloop):
+    # Margins wide enough for a loaded machine: the deadline is moved long before it
+    # passes, and the second wait outlasts the original deadline.
     def sync(cm):
-        greenhub.await_(asyncio.sleep(0.005))
+        greenhub.await_(asyncio.sleep(0))
         cm.reschedule(asyncio.get_running_loop().time() + 3600)  # extend from sync code
-        greenhub.await_(asyncio.sleep(0.02))
+        greenhub.await_(asyncio.sleep(0.4))
         return "not timed out"
 
     async def main():
-        async with asyncio.timeout(0.01) as cm:  # noqa: ASYNC100 - sync code waits
+        async with asyncio.timeout(0.2) as cm:  # noqa: ASYNC100 - sync code waits
             return sync(cm)
 
     assert run(gloop, main()) == "not timed out"

@@ -1,0 +1,25 @@
+/*
+ * sock.h - C paths under greenhub.Loop's sock_recv(), sock_recv_into() and
+ * sock_sendall(); see sock.c.
+ */
+#ifndef GH_SOCK_H
+#define GH_SOCK_H
+
+#include <Python.h>
+
+#include "state.h"
+
+extern PyType_Spec gh_sockdone_spec;
+
+/* Loop methods: _gh_sock_recv(sock, n), _gh_sock_recv_into(sock, buf) and
+ * _gh_sock_send(sock, data); each returns None when asyncio's own method
+ * must handle the call. */
+PyObject *gh_loop_sock_recv(PyObject *op, PyObject *const *args, Py_ssize_t nargs);
+PyObject *gh_loop_sock_recv_into(PyObject *op, PyObject *const *args, Py_ssize_t nargs);
+PyObject *gh_loop_sock_send(PyObject *op, PyObject *const *args, Py_ssize_t nargs);
+
+/* module.c: the interned names and imports sock.c uses. */
+int gh_sock_state_init(gh_state *st);
+void gh_sock_state_clear(gh_state *st);
+
+#endif /* GH_SOCK_H */
