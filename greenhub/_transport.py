@@ -23,7 +23,7 @@ __all__ = ["SocketTransport"]
 
 class SocketTransport(_core._SocketTransportBase, selector_events._SelectorSocketTransport):
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
-        self._gh_wq = _core.WriteQueue(loop)
+        self._gh_state = _core.TransportState(loop)
         super().__init__(loop, sock, protocol, waiter, extra, server)
 
     def get_write_buffer_size(self):

@@ -986,7 +986,7 @@ loop_traverse(PyObject *op, visitproc visit, void *arg)
     for (size_t i = 0; i < self->timers.len; i++) {
         Py_VISIT((PyObject *)self->timers.items[i].data);
     }
-    for (struct gh_WriteQueue *wq = self->wq_head; wq != NULL; wq = wq->next) {
+    for (struct gh_TransportState *wq = self->wq_head; wq != NULL; wq = wq->next) {
         Py_VISIT((PyObject *)wq);
     }
     Py_VISIT(self->sock_recv_ready);

@@ -38,7 +38,7 @@ typedef struct gh_Loop_s {
 
     /* Socket transports (transport.c): the write queues to send at the end
      * of this iteration; the list owns a reference to each. */
-    struct gh_WriteQueue *wq_head, *wq_tail;
+    struct gh_TransportState *wq_head, *wq_tail;
     /* sock.c's reader callbacks, bound to this loop; owned, made on first use. */
     PyObject *sock_recv_ready, *sock_recv_into_ready;
 

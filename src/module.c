@@ -26,7 +26,7 @@ debug_counters(PyObject *mod, PyObject *Py_UNUSED(ignored))
     return Py_BuildValue("{s:n,s:n,s:n,s:n,s:n,s:n,s:n,s:n}", "handles", st->live_handles, "timers",
                          st->live_timers, "loops", st->live_loops, "queued", st->queued_items,
                          "coros", st->live_coros, "workers", st->live_workers, "parked",
-                         st->parked_coros, "write_queues", st->live_write_queues);
+                         st->parked_coros, "transport_states", st->live_transport_states);
 }
 
 /* Called once by greenhub/_loop.py with the Python helpers the C code uses
@@ -101,7 +101,7 @@ module_exec(PyObject *mod)
     if (add_type(mod, &gh_loop_spec, NULL, &st->LoopType) < 0 ||
         gh_handle_types_init(mod, st) < 0 ||
         add_type(mod, &gh_greencoro_spec, NULL, &st->GreenCoroType) < 0 ||
-        add_type(mod, &gh_write_queue_spec, NULL, &st->WriteQueueType) < 0 ||
+        add_type(mod, &gh_transport_state_spec, NULL, &st->TransportStateType) < 0 ||
         add_type(mod, &gh_transport_base_spec, NULL, &st->TransportBaseType) < 0 ||
         add_type(mod, &gh_sockdone_spec, NULL, &st->SockDoneType) < 0 ||
         gh_transport_state_init(st) < 0 || gh_sock_state_init(st) < 0) {
@@ -166,7 +166,7 @@ module_traverse(PyObject *mod, visitproc visit, void *arg)
     Py_VISIT(st->HandleType);
     Py_VISIT(st->TimerHandleType);
     Py_VISIT(st->GreenCoroType);
-    Py_VISIT(st->WriteQueueType);
+    Py_VISIT(st->TransportStateType);
     Py_VISIT(st->TransportBaseType);
     Py_VISIT(st->SockDoneType);
     Py_VISIT(st->worker_main);
@@ -191,7 +191,7 @@ module_clear(PyObject *mod)
     Py_CLEAR(st->HandleType);
     Py_CLEAR(st->TimerHandleType);
     Py_CLEAR(st->GreenCoroType);
-    Py_CLEAR(st->WriteQueueType);
+    Py_CLEAR(st->TransportStateType);
     Py_CLEAR(st->TransportBaseType);
     Py_CLEAR(st->SockDoneType);
     gh_transport_state_clear(st);

@@ -17,11 +17,11 @@ typedef struct {
     PyTypeObject *HandleType;
     PyTypeObject *TimerHandleType;
     PyTypeObject *GreenCoroType;
-    PyTypeObject *WriteQueueType;    /* transport.c */
-    PyTypeObject *TransportBaseType; /* transport.c */
-    PyTypeObject *SockDoneType;      /* sock.c */
-    PyObject *worker_main;           /* owned: what every worker greenlet runs */
-    struct gh_GreenCoro *handoff;    /* borrowed: the coro a worker must step next */
+    PyTypeObject *TransportStateType; /* transport.c */
+    PyTypeObject *TransportBaseType;  /* transport.c */
+    PyTypeObject *SockDoneType;       /* sock.c */
+    PyObject *worker_main;            /* owned: what every worker greenlet runs */
+    struct gh_GreenCoro *handoff;     /* borrowed: the coro a worker must step next */
 
     /* Hooks into the Python layer, installed by greenhub/_loop.py through
      * _core._install_hooks(); each owns a reference, NULL until installed.
@@ -49,15 +49,14 @@ typedef struct {
     PyObject *str_Task;
 
     /* The socket transport's hot paths (transport.c); each owns a
-     * reference.  Names of the attributes asyncio's transport keeps in its
-     * __dict__, and what the fallbacks call. */
+     * reference: names they look up, and what the fallbacks call. */
     struct {
         PyObject *socket_type; /* socket.socket: only it gets the C paths */
         PyObject *stock_write; /* asyncio's _SelectorSocketTransport.write */
         PyObject *stock_data_received, *stock_get_buffer; /* ... and its read paths */
-        PyObject *conn_lost, *eof, *empty_waiter, *buffer, *sock, *protocol, *wq;
+        PyObject *state;                                  /* "_gh_state" */
         PyObject *fileno, *max_size, *data_received, *get_buffer, *buffer_updated;
-        PyObject *fatal_error, *on_eof, *read_ready_cb, *recv_into;
+        PyObject *fatal_error, *on_eof, *recv_into;
     } tr;
     char *rbuf; /* PyMem, GH_RBUF_SIZE: what reads go through (GIL-protected) */
 
@@ -71,14 +70,14 @@ typedef struct {
 
     /* Live-object counters, checked by the tests (debug_counters()).  Plain
      * integers: every change happens with the GIL held. */
-    Py_ssize_t live_handles;      /* Handle and TimerHandle objects */
-    Py_ssize_t live_timers;       /* TimerHandle objects */
-    Py_ssize_t live_loops;        /* Loop objects */
-    Py_ssize_t queued_items;      /* references held by ready and timer queues */
-    Py_ssize_t live_coros;        /* GreenCoro objects */
-    Py_ssize_t live_workers;      /* worker greenlets that have not died */
-    Py_ssize_t parked_coros;      /* coros suspended inside await_() */
-    Py_ssize_t live_write_queues; /* WriteQueue objects (socket transports) */
+    Py_ssize_t live_handles;          /* Handle and TimerHandle objects */
+    Py_ssize_t live_timers;           /* TimerHandle objects */
+    Py_ssize_t live_loops;            /* Loop objects */
+    Py_ssize_t queued_items;          /* references held by ready and timer queues */
+    Py_ssize_t live_coros;            /* GreenCoro objects */
+    Py_ssize_t live_workers;          /* worker greenlets that have not died */
+    Py_ssize_t parked_coros;          /* coros suspended inside await_() */
+    Py_ssize_t live_transport_states; /* TransportState objects (socket transports) */
 } gh_state;
 
 extern PyModuleDef gh_moduledef;

@@ -7,7 +7,7 @@
  *
  *   _read_ready, _read_ready__data_received, _read_ready__get_buffer:
  *     one recv() and one call of the protocol, no Python frames between;
- *   write(): the data goes on the transport's WriteQueue, and at the end of
+ *   write(): the data goes on the transport's write queue, and at the end of
  *     the loop iteration the loop sends each queue with one writev()
  *     (gh_loop_flush_writes), so the writes of one iteration cost one
  *     system call per connection.
@@ -16,9 +16,15 @@
  * error handling - stays asyncio's code, and so does every unusual case: the
  * C methods call asyncio's versions when data is already buffered, the
  * connection is lost, write_eof() or sendfile is under way, the loop is not
- * running in this thread or the socket is not a plain socket.socket.  The
- * transport's state stays where asyncio keeps it, in the instance __dict__;
- * the C code reads it there and never keeps a copy.
+ * running in this thread or the socket is not a plain socket.socket.
+ *
+ * The attributes of asyncio's transport that these paths read (_conn_lost,
+ * _eof, _empty_waiter, _buffer, _sock, _protocol, _read_ready_cb) live in
+ * the transport's TransportState, not its __dict__: the mixin defines them
+ * as data descriptors, so asyncio's Python code reads and writes the same
+ * storage as the C code - one copy, no synchronisation - and the hot paths
+ * need a single dict lookup (for _gh_state) per call instead of one per
+ * attribute.
  *
  * Queued data is sent before anything can tell it was queued: at the end of
  * every loop iteration (also when a callback raises out of the loop), and,
@@ -30,6 +36,7 @@
 #include "transport.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <limits.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -52,30 +59,34 @@
 
 /* --- helpers ---------------------------------------------------------------- */
 
-/* self.<name> for the attributes asyncio's transport keeps in its __dict__:
- * a new reference.  Names missing from the dict fall back to getattr(),
- * which also raises the right AttributeError. */
-static PyObject *
-attr(PyObject *dict, PyObject *self, PyObject *name)
+/* The transport's TransportState (a new reference), or NULL: with an
+ * exception if the lookup failed, without one if the transport has none
+ * (its __init__ did not run) and asyncio's code must handle the call. */
+static gh_TransportState *
+state_of(gh_state *st, PyObject *self)
 {
-    PyObject *v = PyDict_GetItemWithError(dict, name);
-    if (v != NULL) {
-        return Py_NewRef(v);
+    PyObject *dict = PyObject_GenericGetDict(self, NULL);
+    if (dict == NULL) {
+        return NULL;
     }
-    return PyErr_Occurred() ? NULL : PyObject_GetAttr(self, name);
+    PyObject *v = PyDict_GetItemWithError(dict, st->tr.state);
+    Py_DECREF(dict);
+    if (v == NULL || !Py_IS_TYPE(v, st->TransportStateType)) {
+        return NULL;
+    }
+    return (gh_TransportState *)Py_NewRef(v);
 }
 
-/* The truth of self.<name>: 1, 0, or -1 with an exception. */
+/* The truth of a state field: 1, 0, or -1 with an exception (an unset
+ * field raises AttributeError, as the attribute would). */
 static int
-attr_true(PyObject *dict, PyObject *self, PyObject *name)
+field_true(PyObject *value, const char *name)
 {
-    PyObject *v = attr(dict, self, name);
-    if (v == NULL) {
+    if (value == NULL) {
+        PyErr_Format(PyExc_AttributeError, "transport has no attribute '%s'", name);
         return -1;
     }
-    int t = PyObject_IsTrue(v);
-    Py_DECREF(v);
-    return t;
+    return PyObject_IsTrue(value);
 }
 
 /* asyncio's "except (SystemExit, KeyboardInterrupt): raise; except
@@ -207,22 +218,18 @@ tr_data_received(PyObject *self, PyTypeObject *cls, PyObject *const *args, size_
         return NULL;
     }
     gh_state *st = PyType_GetModuleState(cls);
-    PyObject *dict = PyObject_GenericGetDict(self, NULL);
-    if (dict == NULL) {
-        return NULL;
+    gh_TransportState *ts = state_of(st, self);
+    if (ts == NULL) {
+        return PyErr_Occurred() ? NULL : PyObject_CallOneArg(st->tr.stock_data_received, self);
     }
-    PyObject *res = NULL, *sock = NULL, *data = NULL, *proto = NULL;
+    PyObject *res = NULL, *data = NULL, *proto = NULL;
     char *heap = NULL;
-    int lost = attr_true(dict, self, st->tr.conn_lost);
+    int lost = field_true(ts->conn_lost, "_conn_lost");
     if (lost != 0) {
         res = lost > 0 ? Py_NewRef(Py_None) : NULL;
         goto done;
     }
-    sock = attr(dict, self, st->tr.sock);
-    if (sock == NULL) {
-        goto done;
-    }
-    int fd = sock_fd(st, sock);
+    int fd = ts->sock != NULL ? sock_fd(st, ts->sock) : FD_OTHER;
     if (fd == FD_ERROR) {
         goto done;
     }
@@ -269,9 +276,12 @@ tr_data_received(PyObject *self, PyTypeObject *cls, PyObject *const *args, size_
         res = fatal(st, self, "Fatal read error on socket transport");
         goto done;
     }
-    proto = attr(dict, self, st->tr.protocol);
+    proto = Py_XNewRef(ts->protocol);
     if (proto != NULL) {
         res = PyObject_CallMethodOneArg(proto, st->tr.data_received, data);
+    }
+    else {
+        PyErr_SetString(PyExc_AttributeError, "transport has no attribute '_protocol'");
     }
     if (res == NULL) {
         res = fatal(st, self, "Fatal error: protocol.data_received() call failed.");
@@ -283,8 +293,7 @@ done:
     PyMem_Free(heap);
     Py_XDECREF(proto);
     Py_XDECREF(data);
-    Py_XDECREF(sock);
-    Py_DECREF(dict);
+    Py_DECREF(ts);
     return res;
 }
 
@@ -318,21 +327,18 @@ tr_get_buffer(PyObject *self, PyTypeObject *cls, PyObject *const *args, size_t n
         return NULL;
     }
     gh_state *st = PyType_GetModuleState(cls);
-    PyObject *dict = PyObject_GenericGetDict(self, NULL);
-    if (dict == NULL) {
-        return NULL;
+    gh_TransportState *ts = state_of(st, self);
+    if (ts == NULL) {
+        return PyErr_Occurred() ? NULL : PyObject_CallOneArg(st->tr.stock_get_buffer, self);
     }
     PyObject *res = NULL, *sock = NULL, *proto = NULL, *buf = NULL;
-    int lost = attr_true(dict, self, st->tr.conn_lost);
+    int lost = field_true(ts->conn_lost, "_conn_lost");
     if (lost != 0) {
         res = lost > 0 ? Py_NewRef(Py_None) : NULL;
         goto done;
     }
-    sock = attr(dict, self, st->tr.sock);
-    if (sock == NULL) {
-        goto done;
-    }
-    int fd = sock_fd(st, sock);
+    sock = Py_XNewRef(ts->sock);
+    int fd = sock != NULL ? sock_fd(st, sock) : FD_OTHER;
     if (fd == FD_ERROR) {
         goto done;
     }
@@ -340,8 +346,11 @@ tr_get_buffer(PyObject *self, PyTypeObject *cls, PyObject *const *args, size_t n
         res = PyObject_CallOneArg(st->tr.stock_get_buffer, self);
         goto done;
     }
-    proto = attr(dict, self, st->tr.protocol);
-    if (proto != NULL) {
+    proto = Py_XNewRef(ts->protocol);
+    if (proto == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "transport has no attribute '_protocol'");
+    }
+    else {
         PyObject *minus_one = PyLong_FromLong(-1);
         if (minus_one != NULL) {
             buf = PyObject_CallMethodOneArg(proto, st->tr.get_buffer, minus_one);
@@ -370,7 +379,10 @@ tr_get_buffer(PyObject *self, PyTypeObject *cls, PyObject *const *args, size_t n
         res = after_recv(st, self, n);
         goto done;
     }
-    Py_SETREF(proto, attr(dict, self, st->tr.protocol));
+    Py_SETREF(proto, Py_XNewRef(ts->protocol));
+    if (proto == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "transport has no attribute '_protocol'");
+    }
     PyObject *nbytes = proto != NULL ? PyLong_FromSsize_t(n) : NULL;
     if (nbytes != NULL) {
         res = PyObject_CallMethodOneArg(proto, st->tr.buffer_updated, nbytes);
@@ -386,7 +398,7 @@ done:
     Py_XDECREF(buf);
     Py_XDECREF(proto);
     Py_XDECREF(sock);
-    Py_DECREF(dict);
+    Py_DECREF(ts);
     return res;
 }
 
@@ -401,8 +413,13 @@ tr_read_ready(PyObject *self, PyTypeObject *cls, PyObject *const *args, size_t n
         return NULL;
     }
     gh_state *st = PyType_GetModuleState(cls);
-    PyObject *cb = PyObject_GetAttr(self, st->tr.read_ready_cb);
+    gh_TransportState *ts = state_of(st, self);
+    PyObject *cb = ts != NULL ? Py_XNewRef(ts->read_ready_cb) : NULL;
+    Py_XDECREF(ts);
     if (cb == NULL) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_AttributeError, "transport has no attribute '_read_ready_cb'");
+        }
         return NULL;
     }
     PyObject *res = PyObject_CallNoArgs(cb);
@@ -413,7 +430,7 @@ tr_read_ready(PyObject *self, PyTypeObject *cls, PyObject *const *args, size_t n
 /* --- writing ---------------------------------------------------------------- */
 
 static void
-wq_link(gh_Loop *loop, gh_WriteQueue *wq, PyObject *transport)
+wq_link(gh_Loop *loop, gh_TransportState *wq, PyObject *transport)
 {
     assert(!wq->queued);
     wq->queued = 1;
@@ -433,7 +450,7 @@ wq_link(gh_Loop *loop, gh_WriteQueue *wq, PyObject *transport)
 /* Takes wq off its loop's flush list.  Returns the references the list held:
  * the transport's (returned) and wq's own (the caller drops it). */
 static PyObject *
-wq_unlink(gh_WriteQueue *wq)
+wq_unlink(gh_TransportState *wq)
 {
     assert(wq->queued);
     gh_Loop *loop = wq->loop;
@@ -457,7 +474,7 @@ wq_unlink(gh_WriteQueue *wq)
 }
 
 static void
-wq_drop_items(gh_WriteQueue *wq, Py_ssize_t from)
+wq_drop_items(gh_TransportState *wq, Py_ssize_t from)
 {
     for (Py_ssize_t i = from; i < wq->n; i++) {
         Py_CLEAR(wq->items[i]);
@@ -467,7 +484,7 @@ wq_drop_items(gh_WriteQueue *wq, Py_ssize_t from)
 
 /* The unsent data from item `first`, byte `offset` on, as one bytes object. */
 static PyObject *
-wq_remainder(gh_WriteQueue *wq, Py_ssize_t first, Py_ssize_t offset)
+wq_remainder(gh_TransportState *wq, Py_ssize_t first, Py_ssize_t offset)
 {
     if (first == wq->n - 1 && offset == 0) {
         return Py_NewRef(wq->items[first]);
@@ -497,22 +514,21 @@ wq_remainder(gh_WriteQueue *wq, Py_ssize_t first, Py_ssize_t offset)
  * already lost, when the data is dropped as asyncio would drop it.
  * Returns -1 only for exceptions that must propagate. */
 static int
-wq_send(gh_state *st, gh_WriteQueue *wq, PyObject *self)
+wq_send(gh_state *st, gh_TransportState *wq, PyObject *self)
 {
     if (wq->n == 0) {
         return 0;
     }
-    PyObject *dict = NULL, *sock = NULL, *rem = NULL, *res = NULL;
+    PyObject *sock = NULL, *rem = NULL, *res = NULL;
     int rc = -1;
     Py_ssize_t first = 0, offset = 0;
     int err = 0;
-    dict = PyObject_GenericGetDict(self, NULL);
-    if (dict == NULL) {
+    int lost = field_true(wq->conn_lost, "_conn_lost");
+    if (lost < 0) {
         goto done;
     }
-    int lost = attr_true(dict, self, st->tr.conn_lost);
-    sock = lost >= 0 ? attr(dict, self, st->tr.sock) : NULL;
-    int fd = sock != NULL ? sock_fd(st, sock) : FD_ERROR;
+    sock = Py_XNewRef(wq->sock);
+    int fd = sock != NULL ? sock_fd(st, sock) : FD_OTHER;
     if (fd == FD_ERROR) {
         goto done;
     }
@@ -589,12 +605,11 @@ done:
     Py_XDECREF(res);
     Py_XDECREF(rem);
     Py_XDECREF(sock);
-    Py_XDECREF(dict);
     return rc;
 }
 
 static int
-wq_append(gh_WriteQueue *wq, PyObject *bytes)
+wq_append(gh_TransportState *wq, PyObject *bytes)
 {
     if (wq->n == wq->cap) {
         Py_ssize_t cap = wq->cap ? wq->cap * 2 : 4;
@@ -660,41 +675,35 @@ tr_write(PyObject *self, PyTypeObject *cls, PyObject *const *args, size_t nargsf
     if (PyVectorcall_NARGS(nargsf) != 1 || kwnames != NULL || (len = data_len(args[0])) < 0) {
         return call_stock(st->tr.stock_write, self, args, nargsf, kwnames);
     }
-    PyObject *dict = PyObject_GenericGetDict(self, NULL);
-    if (dict == NULL) {
-        return NULL;
+    gh_TransportState *wq = state_of(st, self);
+    if (wq == NULL) {
+        return PyErr_Occurred() ? NULL
+                                : call_stock(st->tr.stock_write, self, args, nargsf, kwnames);
     }
-    PyObject *res = NULL, *waiter = NULL, *buffer = NULL, *wq_obj = NULL;
+    PyObject *res = NULL;
     int slow = 1;
-    int t = attr_true(dict, self, st->tr.eof);
-    if (t != 0) {
-        goto decided; /* asyncio raises; or an error from the lookup */
-    }
-    waiter = attr(dict, self, st->tr.empty_waiter);
-    if (waiter == NULL || waiter != Py_None) {
-        goto decided;
+    int t = field_true(wq->eof, "_eof");
+    if (t != 0 || wq->empty_waiter != Py_None) {
+        goto decided; /* asyncio raises; or the lookup failed */
     }
     if (len == 0) {
         slow = 0;
         res = Py_NewRef(Py_None);
         goto decided;
     }
-    t = attr_true(dict, self, st->tr.conn_lost);
+    t = field_true(wq->conn_lost, "_conn_lost");
     if (t != 0) {
         goto decided;
     }
-    buffer = attr(dict, self, st->tr.buffer);
-    Py_ssize_t buffered = buffer != NULL ? PyObject_Length(buffer) : -1;
+    Py_ssize_t buffered = wq->buffer != NULL ? PyObject_Length(wq->buffer) : -1;
     if (buffered != 0) {
+        if (buffered < 0) {
+            PyErr_Clear(); /* asyncio's write() raises it again */
+        }
         goto decided;
     }
-    wq_obj = attr(dict, self, st->tr.wq);
-    if (wq_obj == NULL || !PyObject_TypeCheck(wq_obj, st->WriteQueueType)) {
-        goto decided;
-    }
-    gh_WriteQueue *wq = (gh_WriteQueue *)wq_obj;
     gh_Loop *loop = wq->loop;
-    if (!loop->has_thread_id || loop->thread_id != PyThread_get_thread_ident()) {
+    if (loop == NULL || !loop->has_thread_id || loop->thread_id != PyThread_get_thread_ident()) {
         goto decided; /* not running here: send now, as asyncio does */
     }
     PyObject *bytes = immutable_copy(args[0]);
@@ -720,10 +729,7 @@ tr_write(PyObject *self, PyTypeObject *cls, PyObject *const *args, size_t nargsf
     }
     res = Py_NewRef(Py_None);
 decided:
-    Py_XDECREF(wq_obj);
-    Py_XDECREF(buffer);
-    Py_XDECREF(waiter);
-    Py_DECREF(dict);
+    Py_DECREF(wq);
     if (slow && !PyErr_Occurred()) {
         return call_stock(st->tr.stock_write, self, args, nargsf, kwnames);
     }
@@ -740,20 +746,18 @@ tr_flush(PyObject *self, PyTypeObject *cls, PyObject *const *args, size_t nargsf
         return NULL;
     }
     gh_state *st = PyType_GetModuleState(cls);
-    PyObject *wq_obj;
-    int has = gh_get_optional_attr(self, st->tr.wq, &wq_obj);
-    if (has <= 0) {
-        return has < 0 ? NULL : Py_NewRef(Py_None);
+    gh_TransportState *wq = state_of(st, self);
+    if (wq == NULL) {
+        return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
     }
-    gh_WriteQueue *wq = (gh_WriteQueue *)wq_obj;
     int rc = 0;
-    if (PyObject_TypeCheck(wq_obj, st->WriteQueueType) && wq->queued) {
+    if (wq->queued) {
         PyObject *tr = wq_unlink(wq);
         rc = wq_send(st, wq, tr);
         Py_DECREF(tr);
         Py_DECREF(wq); /* the flush list's reference */
     }
-    Py_DECREF(wq_obj);
+    Py_DECREF(wq);
     return rc < 0 ? NULL : Py_NewRef(Py_None);
 }
 
@@ -764,7 +768,7 @@ gh_loop_flush_writes(gh_Loop *loop)
 {
     gh_state *st = loop->st;
     while (loop->wq_head != NULL) {
-        gh_WriteQueue *wq = loop->wq_head;
+        gh_TransportState *wq = loop->wq_head;
         PyObject *tr = wq_unlink(wq);
         int rc = wq_send(st, wq, tr);
         Py_DECREF(tr);
@@ -780,7 +784,7 @@ void
 gh_loop_clear_writes(gh_Loop *loop)
 {
     while (loop->wq_head != NULL) {
-        gh_WriteQueue *wq = loop->wq_head;
+        gh_TransportState *wq = loop->wq_head;
         PyObject *tr = wq_unlink(wq);
         wq_drop_items(wq, 0);
         wq->size = 0;
@@ -789,7 +793,7 @@ gh_loop_clear_writes(gh_Loop *loop)
     }
 }
 
-/* --- the WriteQueue type -------------------------------------------------------- */
+/* --- the TransportState type ---------------------------------------------------- */
 
 static PyObject *
 wq_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
@@ -797,21 +801,21 @@ wq_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     gh_state *st = PyType_GetModuleState(type);
     PyObject *loop;
     if (kwds != NULL && PyDict_GET_SIZE(kwds)) {
-        PyErr_SetString(PyExc_TypeError, "WriteQueue() takes no keyword arguments");
+        PyErr_SetString(PyExc_TypeError, "TransportState() takes no keyword arguments");
         return NULL;
     }
-    if (!PyArg_ParseTuple(args, "O:WriteQueue", &loop)) {
+    if (!PyArg_ParseTuple(args, "O:TransportState", &loop)) {
         return NULL;
     }
     if (gh_as_loop(st, loop) == NULL) {
-        PyErr_Format(PyExc_TypeError, "WriteQueue() needs a greenhub loop, not %.200s",
+        PyErr_Format(PyExc_TypeError, "TransportState() needs a greenhub loop, not %.200s",
                      Py_TYPE(loop)->tp_name);
         return NULL;
     }
-    gh_WriteQueue *wq = (gh_WriteQueue *)type->tp_alloc(type, 0);
+    gh_TransportState *wq = (gh_TransportState *)type->tp_alloc(type, 0);
     if (wq != NULL) {
         wq->loop = (gh_Loop *)Py_NewRef(loop);
-        st->live_write_queues++;
+        st->live_transport_states++;
     }
     return (PyObject *)wq;
 }
@@ -819,17 +823,24 @@ wq_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 static int
 wq_traverse(PyObject *op, visitproc visit, void *arg)
 {
-    gh_WriteQueue *wq = (gh_WriteQueue *)op;
+    gh_TransportState *wq = (gh_TransportState *)op;
     Py_VISIT(Py_TYPE(op));
     Py_VISIT((PyObject *)wq->loop);
     Py_VISIT(wq->transport);
+    Py_VISIT(wq->conn_lost);
+    Py_VISIT(wq->eof);
+    Py_VISIT(wq->empty_waiter);
+    Py_VISIT(wq->buffer);
+    Py_VISIT(wq->sock);
+    Py_VISIT(wq->protocol);
+    Py_VISIT(wq->read_ready_cb);
     return 0;
 }
 
 static int
 wq_clear(PyObject *op)
 {
-    gh_WriteQueue *wq = (gh_WriteQueue *)op;
+    gh_TransportState *wq = (gh_TransportState *)op;
     if (wq->queued) {
         Py_DECREF(wq_unlink(wq));
         Py_DECREF(wq); /* the flush list's; the collector holds one of its own */
@@ -837,19 +848,26 @@ wq_clear(PyObject *op)
     wq_drop_items(wq, 0);
     wq->size = 0;
     Py_CLEAR(wq->loop);
+    Py_CLEAR(wq->conn_lost);
+    Py_CLEAR(wq->eof);
+    Py_CLEAR(wq->empty_waiter);
+    Py_CLEAR(wq->buffer);
+    Py_CLEAR(wq->sock);
+    Py_CLEAR(wq->protocol);
+    Py_CLEAR(wq->read_ready_cb);
     return 0;
 }
 
 static void
 wq_dealloc(PyObject *op)
 {
-    gh_WriteQueue *wq = (gh_WriteQueue *)op;
+    gh_TransportState *wq = (gh_TransportState *)op;
     PyTypeObject *tp = Py_TYPE(op);
     PyObject_GC_UnTrack(op);
     assert(!wq->queued); /* the loop's reference kept it alive otherwise */
-    wq_drop_items(wq, 0);
+    wq_clear(op);
     PyMem_Free(wq->items);
-    ((gh_state *)PyType_GetModuleState(tp))->live_write_queues--;
+    ((gh_state *)PyType_GetModuleState(tp))->live_transport_states--;
     Py_CLEAR(wq->loop);
     tp->tp_free(op);
     Py_DECREF(tp);
@@ -858,7 +876,7 @@ wq_dealloc(PyObject *op)
 static PyObject *
 wq_get_size(PyObject *op, void *Py_UNUSED(closure))
 {
-    return PyLong_FromSsize_t(((gh_WriteQueue *)op)->size);
+    return PyLong_FromSsize_t(((gh_TransportState *)op)->size);
 }
 
 static PyGetSetDef wq_getset[] = {
@@ -867,7 +885,7 @@ static PyGetSetDef wq_getset[] = {
 };
 
 static PyType_Slot wq_slots[] = {
-    {Py_tp_doc, "WriteQueue(loop): a socket transport's writes not sent yet (internal)."},
+    {Py_tp_doc, "TransportState(loop): a socket transport's C state and write queue."},
     {Py_tp_new, wq_new},
     {Py_tp_dealloc, wq_dealloc},
     {Py_tp_traverse, wq_traverse},
@@ -876,9 +894,9 @@ static PyType_Slot wq_slots[] = {
     {0, NULL},
 };
 
-PyType_Spec gh_write_queue_spec = {
-    .name = "greenhub._core.WriteQueue",
-    .basicsize = sizeof(gh_WriteQueue),
+PyType_Spec gh_transport_state_spec = {
+    .name = "greenhub._core.TransportState",
+    .basicsize = sizeof(gh_TransportState),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
     .slots = wq_slots,
 };
@@ -899,9 +917,78 @@ static PyMethodDef transport_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+/* asyncio's attributes stored in the TransportState: `closure` is the
+ * offset of the field. */
+static PyObject *
+field_get(PyObject *self, void *closure)
+{
+    gh_state *st = gh_state_from_type(Py_TYPE(self));
+    gh_TransportState *ts = st != NULL ? state_of(st, self) : NULL;
+    if (ts == NULL) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_AttributeError, "transport state is not set up");
+        }
+        return NULL;
+    }
+    PyObject *v = *(PyObject **)((char *)ts + (size_t)closure);
+    Py_DECREF(ts);
+    if (v == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "transport attribute is not set");
+        return NULL;
+    }
+    return Py_NewRef(v);
+}
+
+static int
+field_set(PyObject *self, PyObject *value, void *closure)
+{
+    gh_state *st = gh_state_from_type(Py_TYPE(self));
+    gh_TransportState *ts = st != NULL ? state_of(st, self) : NULL;
+    if (ts == NULL) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_AttributeError, "transport state is not set up");
+        }
+        return -1;
+    }
+    PyObject **slot = (PyObject **)((char *)ts + (size_t)closure);
+    Py_XSETREF(*slot, Py_XNewRef(value));
+    Py_DECREF(ts);
+    return 0;
+}
+
+/* _sock: asyncio's class attribute makes it None until set (__del__ reads
+ * it even when __init__ failed early). */
+static PyObject *
+sock_get(PyObject *self, void *closure)
+{
+    PyObject *v = field_get(self, closure);
+    if (v == NULL && PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        PyErr_Clear();
+        return Py_NewRef(Py_None);
+    }
+    return v;
+}
+
+#define FIELD(name, field)                                                                         \
+    {                                                                                              \
+        name, field_get, field_set, NULL, (void *)offsetof(gh_TransportState, field)               \
+    }
+
+static PyGetSetDef transport_getset[] = {
+    FIELD("_conn_lost", conn_lost),
+    FIELD("_eof", eof),
+    FIELD("_empty_waiter", empty_waiter),
+    FIELD("_buffer", buffer),
+    {"_sock", sock_get, field_set, NULL, (void *)offsetof(gh_TransportState, sock)},
+    FIELD("_protocol", protocol),
+    FIELD("_read_ready_cb", read_ready_cb),
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
 static PyType_Slot transport_base_slots[] = {
     {Py_tp_doc, "C hot paths mixed into greenhub's socket transport (internal)."},
     {Py_tp_methods, transport_methods},
+    {Py_tp_getset, transport_getset},
     {0, NULL},
 };
 
@@ -924,17 +1011,13 @@ intern(PyObject **slot, const char *s)
 int
 gh_transport_state_init(gh_state *st)
 {
-    if (intern(&st->tr.conn_lost, "_conn_lost") < 0 || intern(&st->tr.eof, "_eof") < 0 ||
-        intern(&st->tr.empty_waiter, "_empty_waiter") < 0 ||
-        intern(&st->tr.buffer, "_buffer") < 0 || intern(&st->tr.sock, "_sock") < 0 ||
-        intern(&st->tr.protocol, "_protocol") < 0 || intern(&st->tr.wq, "_gh_wq") < 0 ||
-        intern(&st->tr.fileno, "fileno") < 0 || intern(&st->tr.max_size, "max_size") < 0 ||
+    if (intern(&st->tr.state, "_gh_state") < 0 || intern(&st->tr.fileno, "fileno") < 0 ||
+        intern(&st->tr.max_size, "max_size") < 0 ||
         intern(&st->tr.data_received, "data_received") < 0 ||
         intern(&st->tr.get_buffer, "get_buffer") < 0 ||
         intern(&st->tr.buffer_updated, "buffer_updated") < 0 ||
         intern(&st->tr.fatal_error, "_fatal_error") < 0 ||
         intern(&st->tr.on_eof, "_read_ready__on_eof") < 0 ||
-        intern(&st->tr.read_ready_cb, "_read_ready_cb") < 0 ||
         intern(&st->tr.recv_into, "recv_into") < 0) {
         return -1;
     }
@@ -969,25 +1052,10 @@ void
 gh_transport_state_clear(gh_state *st)
 {
     PyObject **fields[] = {
-        &st->tr.socket_type,
-        &st->tr.stock_write,
-        &st->tr.stock_data_received,
-        &st->tr.stock_get_buffer,
-        &st->tr.conn_lost,
-        &st->tr.eof,
-        &st->tr.empty_waiter,
-        &st->tr.buffer,
-        &st->tr.sock,
-        &st->tr.protocol,
-        &st->tr.wq,
-        &st->tr.fileno,
-        &st->tr.max_size,
-        &st->tr.data_received,
-        &st->tr.get_buffer,
-        &st->tr.buffer_updated,
-        &st->tr.fatal_error,
-        &st->tr.on_eof,
-        &st->tr.read_ready_cb,
+        &st->tr.socket_type,      &st->tr.stock_write,   &st->tr.stock_data_received,
+        &st->tr.stock_get_buffer, &st->tr.state,         &st->tr.fileno,
+        &st->tr.max_size,         &st->tr.data_received, &st->tr.get_buffer,
+        &st->tr.buffer_updated,   &st->tr.fatal_error,   &st->tr.on_eof,
         &st->tr.recv_into,
     };
     for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {

@@ -11,21 +11,26 @@
 
 struct gh_Loop_s;
 
-/* A transport's queue of data written in this loop iteration and not yet
- * sent.  The transport owns its queue (the `_gh_wq` attribute); while the
- * queue is non-empty the loop's flush list owns a reference to it, and it
- * owns one to its transport, so neither goes away before the data is sent. */
-typedef struct gh_WriteQueue {
+/* A socket transport's C state (its `_gh_state` attribute, owned by the
+ * transport): the attributes of asyncio's transport that the hot paths read,
+ * kept here instead of the instance __dict__ (the mixin's descriptors
+ * redirect the Python code's reads and writes), and the queue of data
+ * written in this loop iteration and not yet sent.  While the queue is
+ * non-empty the loop's flush list owns a reference to the state, and the
+ * state one to its transport, so neither goes away before the data is sent. */
+typedef struct gh_TransportState {
     PyObject_HEAD struct gh_Loop_s *loop; /* owned */
-    PyObject *transport;                  /* owned while queued, else NULL */
-    struct gh_WriteQueue *prev, *next;    /* the loop's flush list */
-    PyObject **items;                     /* owned bytes objects; PyMem array */
+    /* asyncio's attributes of the same names; each owned, NULL while unset. */
+    PyObject *conn_lost, *eof, *empty_waiter, *buffer, *sock, *protocol, *read_ready_cb;
+    PyObject *transport;                   /* owned while queued, else NULL */
+    struct gh_TransportState *prev, *next; /* the loop's flush list */
+    PyObject **items;                      /* owned bytes objects; PyMem array */
     Py_ssize_t n, cap;
     Py_ssize_t size; /* bytes in items */
     char queued;     /* on the loop's flush list */
-} gh_WriteQueue;
+} gh_TransportState;
 
-extern PyType_Spec gh_write_queue_spec;
+extern PyType_Spec gh_transport_state_spec;
 extern PyType_Spec gh_transport_base_spec;
 
 /* module.c: the interned names and imports transport.c uses. */

@@ -352,11 +352,11 @@ def test_greenhub_coalesces_the_writes_of_one_iteration(loop_factory):
     def write_some():
         for i in range(10):
             transport.write(b"%d" % i)
-        return transport._gh_wq.size
+        return transport._gh_state.size
 
     # Queued until the end of the iteration, then sent together.
     assert run_soon(loop, write_some) == 10
-    assert transport._gh_wq.size == 0
+    assert transport._gh_state.size == 0
     assert recv_exactly(peer, 10) == b"0123456789"
     close_and_drain(loop, transport)
     peer.close()
