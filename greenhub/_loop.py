@@ -258,7 +258,11 @@ def _callback_error(handle, exc):
 
 
 def _slow_callback(handle, seconds):
-    logger.warning("Executing %s took %.3f seconds", base_events._format_handle(handle), seconds)
+    # Through base_events' own name for the logger, as the stock loop logs it,
+    # so that code patching asyncio.base_events.logger sees this warning too.
+    base_events.logger.warning(
+        "Executing %s took %.3f seconds", base_events._format_handle(handle), seconds
+    )
 
 
 _core._install_hooks(
