@@ -11,6 +11,7 @@ help:
 	@echo "make build       build the C extension in place (PY=python3.x to pick)"
 	@echo "make debug       debug build: -O0 -g, assertions on"
 	@echo "make test-unit   pytest suite only;  make test-compat  CPython's suites only"
+	@echo "                 (COMPAT_GROUPS=default|io|all, default all)"
 	@echo "make bench       benchmarks: greenhub vs asyncio vs uvloop (and vthread peers)"
 	@echo "make lint        ruff + clang-format checks;  make format  applies them"
 
@@ -36,8 +37,10 @@ demo: build
 test-unit: build
 	$(PY) -m pytest -q tests
 
+# CPython's suites: the scheduling ones (default) and the I/O ones (io).
+COMPAT_GROUPS ?= all
 test-compat: build
-	$(PY) compat/run_cpython.py
+	$(PY) compat/run_cpython.py $(addprefix --group ,$(COMPAT_GROUPS))
 
 test: test-unit test-compat
 

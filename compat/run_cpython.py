@@ -15,6 +15,11 @@ the candidate.  The exit status is non-zero if there is any regression, or if
 a module crashed / timed out / failed to set up on the candidate but not on
 the stock loop.
 
+The candidate is installed as the event loop policy and, for the I/O suites
+that build their loops from ``asyncio.SelectorEventLoop`` themselves, also
+built in place of that class inside the tests' loop factories (``--group io``;
+see _SelectorRedirect).  The stock child runs the unmodified tests.
+
 The tests are imported from the interpreter's own ``test`` package; nothing of
 CPython's test code lives in this repository.  Only the standard library (and
 greenhub, in the candidate child) is used.
@@ -56,6 +61,34 @@ DEFAULT_MODULES = [
     "test_eager_task_factory",  # 3.12+ (absent on 3.11: reported and skipped)
     "test_staggered",
 ]
+
+# The I/O suites: sockets, transports, servers, streams, TLS, pipes,
+# subprocesses, signals.  Most of them build their loops from
+# asyncio.SelectorEventLoop directly; the greenhub child builds greenhub
+# loops there instead (see _SelectorRedirect).  Left out, because they test
+# asyncio's classes with mocked selectors or loops, never greenhub:
+# test_selector_events (BaseSelectorEventLoop and the selector transports
+# with a mocked selector and loop), test_protocols and test_transports
+# (abstract base classes; no loop at all).
+IO_MODULES = [
+    "test_events",
+    "test_sock_lowlevel",
+    "test_sendfile",
+    "test_server",
+    "test_streams",
+    "test_ssl",
+    "test_sslproto",
+    "test_subprocess",
+    "test_buffered_proto",
+    "test_unix_events",
+    "test_base_events",
+]
+
+GROUPS = {
+    "default": DEFAULT_MODULES,
+    "io": IO_MODULES,
+    "all": DEFAULT_MODULES + IO_MODULES,
+}
 
 PKG = "test.test_asyncio"
 
@@ -108,7 +141,10 @@ def _qualname(obj_or_type):
 
 
 class _LoopStats:
-    """Counts event loops handed out by the candidate policy."""
+    """Counts candidate event loops: those handed out by the policy, every
+    construction of the loop class (whatever the route), those built in place
+    of a stock selector loop (see _SelectorRedirect), and run_forever() calls
+    on candidate loops."""
 
     def __init__(self, loop_cls):
         self.loop_cls = loop_cls
@@ -117,7 +153,14 @@ class _LoopStats:
         self.foreign = 0        # ... that were NOT instances of loop_cls
         self.by_type = {}
         self.constructed = None  # loop_cls.__init__ calls, if hookable
+        self.redirected = 0     # candidate loops built for asyncio.SelectorEventLoop(...)
+        self.ran = 0            # run_forever() calls on candidate loops
         self.enabled = True
+
+    def bump(self, name):
+        if self.enabled:
+            with self.lock:
+                setattr(self, name, getattr(self, name) + 1)
 
     def record(self, loop):
         if not self.enabled:
@@ -133,7 +176,8 @@ class _LoopStats:
         with self.lock:
             return {"total": self.total, "foreign": self.foreign,
                     "by_type": dict(self.by_type),
-                    "constructed": self.constructed}
+                    "constructed": self.constructed,
+                    "redirected": self.redirected, "ran": self.ran}
 
 
 def _install_candidate(loop_kind, events_log):
@@ -171,15 +215,25 @@ def _install_candidate(loop_kind, events_log):
             # above a C type that only has __new__ would change behaviour.
             raise TypeError("no own __init__")
         def counting_init(self, *args, **kwargs):
-            if stats.enabled:
-                with stats.lock:
-                    stats.constructed += 1
+            stats.bump("constructed")
             return orig_init(self, *args, **kwargs)
         counting_init.__wrapped__ = orig_init
         stats.constructed = 0
         loop_cls.__init__ = counting_init
     except (TypeError, AttributeError):
         stats.constructed = None
+
+    # Loops that actually ran: run_until_complete() goes through run_forever().
+    orig_run_forever = loop_cls.run_forever
+
+    def counting_run_forever(self):
+        stats.bump("ran")
+        return orig_run_forever(self)
+    counting_run_forever.__wrapped__ = orig_run_forever
+    try:
+        loop_cls.run_forever = counting_run_forever
+    except (TypeError, AttributeError):
+        pass
 
     try:
         class CompatCountingPolicy(base_policy):
@@ -224,6 +278,98 @@ def _install_candidate(loop_kind, events_log):
             mod.DefaultEventLoopPolicy = policy_cls
     asyncio.set_event_loop_policy(policy_cls())
     return stats, policy_cls, loop_cls
+
+
+# TestCase methods inside which CPython's I/O suites build their loops
+# directly from the selector loop class instead of asking the policy:
+# ``create_event_loop`` (test_events, test_sock_lowlevel, test_sendfile),
+# ``new_loop`` (functional.FunctionalTestCaseMixin: test_server,
+# test_buffered_proto, test_sslproto) and ``setUp`` (test_unix_events,
+# test_base_events).
+LOOP_FACTORY_METHODS = ("create_event_loop", "new_loop", "setUp")
+
+
+class _SelectorRedirect:
+    """While one of LOOP_FACTORY_METHODS of a test class runs,
+    ``asyncio.SelectorEventLoop(selector=None)`` builds a candidate loop (the
+    selector, if one is passed, is closed: greenhub watches fds with libev).
+
+    The patch is scoped to those calls, so ``asyncio.SelectorEventLoop`` is
+    the real class everywhere else (``isinstance`` checks in tests keep
+    working), and loops that tests build from other classes
+    (``test_utils.TestLoop``, ``BaseEventLoop()`` or ``BaseSelectorEventLoop``
+    subclasses with mocked selectors) are left alone: those tests check
+    asyncio's own Python code, whatever the loop.
+    """
+
+    def __init__(self, make_loop, stats):
+        import asyncio
+        import asyncio.unix_events
+
+        self._asyncio = asyncio
+        self._unix_events = asyncio.unix_events
+        self.real = asyncio.SelectorEventLoop
+        self._make_loop = make_loop
+        self._stats = stats
+        self._depth = 0
+        self.wrapped = []  # "Class.method" names
+
+    def factory(self, selector=None):
+        if selector is not None:
+            selector.close()
+        self._stats.bump("redirected")
+        return self._make_loop()
+
+    def __enter__(self):
+        if self._depth == 0:
+            self._asyncio.SelectorEventLoop = self.factory
+            self._unix_events.SelectorEventLoop = self.factory
+        self._depth += 1
+
+    def __exit__(self, *exc):
+        self._depth -= 1
+        if self._depth == 0:
+            self._asyncio.SelectorEventLoop = self.real
+            self._unix_events.SelectorEventLoop = self.real
+
+    def wrap(self, method):
+        redirect = self
+
+        def wrapper(*args, **kwargs):
+            with redirect:
+                return method(*args, **kwargs)
+
+        wrapper.__name__ = method.__name__
+        wrapper.__qualname__ = method.__qualname__
+        wrapper.__wrapped__ = method
+        wrapper._compat_redirect = True
+        return wrapper
+
+    def install(self, test_classes):
+        """Wrap the loop-building methods of the given TestCase classes."""
+        import inspect
+
+        for cls in sorted(test_classes, key=_qualname):
+            for name in LOOP_FACTORY_METHODS:
+                method = getattr(cls, name, None)
+                if not inspect.isfunction(method) or getattr(method, "_compat_redirect", False):
+                    continue
+                setattr(cls, name, self.wrap(method))
+                self.wrapped.append("%s.%s" % (cls.__qualname__, name))
+
+
+def _test_classes(suite):
+    import unittest
+
+    classes = set()
+    stack = [suite]
+    while stack:
+        t = stack.pop()
+        if isinstance(t, unittest.TestSuite):
+            stack.extend(t)
+        elif isinstance(t, unittest.TestCase):
+            classes.add(type(t))
+    return classes
 
 
 def _check_candidate(stats, policy_cls, loop_cls, phase, events_log, out):
@@ -281,6 +427,18 @@ def _make_result_class(events_log, stats, policy_cls):
             self._cur = None
 
         # -- bookkeeping -------------------------------------------------
+        @staticmethod
+        def _snap():
+            """loops: candidate loops from the policy; built: candidate loops
+            built by any route; redirected: built for asyncio.SelectorEventLoop
+            (see _SelectorRedirect); ran: run_forever() calls on them."""
+            if stats is None:
+                return {"loops": 0, "built": 0, "redirected": 0, "ran": 0}
+            with stats.lock:
+                return {"loops": stats.total,
+                        "built": stats.total if stats.constructed is None else stats.constructed,
+                        "redirected": stats.redirected, "ran": stats.ran}
+
         def _policy_state(self):
             try:
                 import asyncio.events as aev
@@ -302,8 +460,8 @@ def _make_result_class(events_log, stats, policy_cls):
         def _finish_standalone(self, test, outcome, detail):
             # Module/class fixture errors (_ErrorHolder) have no start/stop.
             events_log.emit(ev="result", id=test.id(), outcome=outcome,
-                            detail=detail, duration=0.0, loops=0,
-                            policy_at_start=None, fixture=True)
+                            detail=detail, duration=0.0, loops=0, built=0,
+                            redirected=0, ran=0, policy_at_start=None, fixture=True)
 
         def _set(self, test, outcome, detail=None):
             cur = self._cur
@@ -327,7 +485,7 @@ def _make_result_class(events_log, stats, policy_cls):
                 "detail": None,
                 "subtests": [],
                 "t0": time.perf_counter(),
-                "loops0": stats.snapshot()["total"] if stats else 0,
+                "snap0": self._snap(),
                 "policy_at_start": self._policy_state() if stats else None,
             }
             events_log.emit(ev="start", id=test.id())
@@ -348,11 +506,11 @@ def _make_result_class(events_log, stats, policy_cls):
             if outcome is None:
                 outcome = ERROR
                 cur["detail"] = "compat runner: test reported no outcome"
-            loops = (stats.snapshot()["total"] - cur["loops0"]) if stats else 0
+            used = {k: v - cur["snap0"][k] for k, v in self._snap().items()}
             events_log.emit(ev="result", id=cur["id"], outcome=outcome,
                             detail=cur["detail"],
                             duration=round(time.perf_counter() - cur["t0"], 4),
-                            loops=loops, policy_at_start=cur["policy_at_start"],
+                            policy_at_start=cur["policy_at_start"], **used,
                             subtests_failed=sum(1 for s in cur["subtests"]
                                                 if s["outcome"] in (FAIL, ERROR)))
 
@@ -454,6 +612,10 @@ def child_main(args):
         else:
             yield t.id()
     events_log.emit(ev="loaded", count=suite.countTestCases(), ids=list(_flatten(suite)))
+    if stats is not None and args.redirect:
+        redirect = _SelectorRedirect(loop_cls, stats)
+        redirect.install(_test_classes(suite))
+        events_log.emit(ev="redirect", wrapped=redirect.wrapped)
     resultclass = _make_result_class(events_log, stats, policy_cls)
     runner = unittest.TextTestRunner(stream=sys.stderr, verbosity=2 if args.verbose else 1,
                                      resultclass=resultclass)
@@ -467,10 +629,13 @@ def child_main(args):
         done["after_check_ok"] = _check_candidate(stats, policy_cls, loop_cls, "after",
                                                   events_log, out)
         s = done["loops"]
-        out.write("[compat] %s loops created during the module: %d (non-%s: %d)%s\n"
+        out.write("[compat] %s loops created by the policy during the module: %d "
+                  "(non-%s: %d)%s; built for asyncio.SelectorEventLoop(): %d; "
+                  "run_forever() calls: %d\n"
                   % (args.loop, s["total"], loop_cls.__name__, s["foreign"],
                      "" if s["constructed"] is None
-                     else "; %s.__init__ calls: %d" % (loop_cls.__name__, s["constructed"])))
+                     else "; %s.__init__ calls: %d" % (loop_cls.__name__, s["constructed"]),
+                     s["redirected"], s["ran"]))
     events_log.emit(ev="done", **done)
     out.flush()
     # Exit status 0 = the run completed, whatever the outcomes.  A normal
@@ -600,6 +765,8 @@ def _run_segment(opts, python, module, side, events_path, log, tests_file=None, 
         cmd += ["--tests", tests_file]
     if opts.verbose:
         cmd.append("--verbose")
+    if not opts.redirect:
+        cmd.append("--no-redirect")
 
     seg = _Segment()
     cwd = tempfile.mkdtemp(prefix="greenhub-compat-%s-" % module)
@@ -752,9 +919,9 @@ def run_child(opts, python, module, side, outdir, tests_file=None, tag=""):
                     if loops_total is None:
                         loops_total = {"total": 0, "foreign": 0, "by_type": {},
                                        "constructed": 0 if lp.get("constructed") is not None
-                                       else None}
-                    loops_total["total"] += lp["total"]
-                    loops_total["foreign"] += lp["foreign"]
+                                       else None, "redirected": 0, "ran": 0}
+                    for k in ("total", "foreign", "redirected", "ran"):
+                        loops_total[k] += lp.get(k, 0)
                     for k, v in lp["by_type"].items():
                         loops_total["by_type"][k] = loops_total["by_type"].get(k, 0) + v
                     if loops_total["constructed"] is not None and lp.get("constructed") is not None:
@@ -765,7 +932,7 @@ def run_child(opts, python, module, side, outdir, tests_file=None, tag=""):
                     res.setdefault("after_check_ok", True)
             else:
                 # Best effort, for a segment that died: per-test counts.
-                part = sum(t.get("loops", 0) for t in res["tests"].values()
+                part = sum(t.get("built", t.get("loops", 0)) for t in res["tests"].values()
                            if t.get("segment", 1) == nseg)
                 res["loops_partial"] = res.get("loops_partial", 0) + part
 
@@ -970,6 +1137,8 @@ def parent_main(opts):
     named = list(opts.modules or ())
     for group in opts.only or ():
         named += [m for m in group.split(",") if m.strip()]
+    for g in opts.group or ():
+        named += GROUPS[g]
     requested = [normalise_module(m) for m in (named or DEFAULT_MODULES)]
     skip = {normalise_module(m) for g in (opts.skip or ()) for m in g.split(",") if m.strip()}
     available = set(probe["modules"])
@@ -1033,8 +1202,13 @@ def parent_main(opts):
             regs, flaky = _rerun(opts, python, m, outdir, regs)
         crash_only_cand = cand["status"] in BAD_STATUSES and stock["status"] not in BAD_STATUSES
         loops = cand.get("loops") or {}
-        nloops = loops.get("total") if loops else cand.get("loops_partial")
-        tests_using = sum(1 for t in cand["tests"].values() if t.get("loops"))
+        if loops:
+            nloops = loops["total"] if loops.get("constructed") is None else loops["constructed"]
+        else:
+            nloops = cand.get("loops_partial")
+        on_cand = [t for t in cand["tests"].values() if _ran_on_candidate(t)]
+        tests_using = len(on_cand)
+        on_cand_pass = sum(1 for t in on_cand if t["outcome"] == PASS)
         notes = []
         if stock["status"] != ST_OK:
             notes.append("stock %s" % _status_word(stock))
@@ -1055,7 +1229,10 @@ def parent_main(opts):
             notes.append("%d flaky" % len(flaky))
         if imps:
             notes.append("%d improved" % len(imps))
-        rows.append((m, stock, cand, nloops, tests_using, len(regs), notes, len(imps)))
+        rows.append({"module": m, "stock": stock, "cand": cand, "loops": nloops or 0,
+                     "redirected": loops.get("redirected", 0), "on_cand": tests_using,
+                     "on_cand_pass": on_cand_pass, "regressions": len(regs),
+                     "notes": notes})
         if regs or crash_only_cand:
             any_bad = True
         for r in regs:
@@ -1069,6 +1246,7 @@ def parent_main(opts):
                          "elapsed": cand["elapsed"], "loops": loops or None,
                          "loops_partial": cand.get("loops_partial"),
                          "tests_using_loop": tests_using,
+                         "tests_using_loop_passed": on_cand_pass,
                          "checks": cand["checks"], "incidents": cand.get("incidents"),
                          "setup_error": cand.get("setup_error")},
             "regressions": regs, "flaky": flaky, "improvements": imps,
@@ -1092,8 +1270,8 @@ def parent_main(opts):
         print("compat: FAILED (%d regression(s)%s)" % (
             len(all_regressions),
             "; %s-only crash/timeout" % cand_label
-            if any(r[1]["status"] not in BAD_STATUSES and r[2]["status"] in BAD_STATUSES
-                   for r in rows) else ""))
+            if any(r["stock"]["status"] not in BAD_STATUSES
+                   and r["cand"]["status"] in BAD_STATUSES for r in rows) else ""))
         return 1
     print("compat: OK (no regressions against the stock loop)")
     return 0
@@ -1114,29 +1292,46 @@ def _progress(m, stock, cand):
         ck = cand["checks"][0]
         extra = "; new_event_loop() -> %s%s" % (ck.get("new_event_loop"),
                                                 "" if ck.get("ok") else " CHECK FAILED")
-    if cand.get("loops"):
-        extra += "; %d loops" % cand["loops"]["total"]
+    lp = cand.get("loops")
+    if lp:
+        built = lp["total"] if lp.get("constructed") is None else lp["constructed"]
+        extra += "; %d loops (%d from the policy, %d redirected)" % (
+            built, lp["total"], lp.get("redirected", 0))
     print("%-16s %s | %s%s" % (m, one(stock), one(cand), extra), flush=True)
 
 
+def _ran_on_candidate(t):
+    """A test ran on the candidate loop if it built one (through the policy,
+    the selector-loop redirect or directly) or ran one."""
+    return bool(t.get("built", t.get("loops")) or t.get("ran"))
+
+
 def _print_table(pyver, cand_label, rows, absent):
+    short = "gh" if cand_label == "greenhub" else "self"
     hdr = ["module", "stock pass", "fail", "skip", "%s pass" % cand_label, "fail", "skip",
-           "loops", "tests using", "regr", "notes"]
+           "loops", "redir", "on %s" % short, "pass", "regr", "stock s", "%s s" % short,
+           "notes"]
+    ncols = len(hdr)
     table = []
-    tot = [0] * 9
-    for (m, stock, cand, nloops, using, nreg, notes, _nimp) in rows:
-        vals = list(_fmt_side(stock)) + list(_fmt_side(cand)) + [
-            str(nloops or 0), str(using), str(nreg)]
+    tot = [0] * (ncols - 4)
+    tsec = [0.0, 0.0]
+    for r in rows:
+        vals = list(_fmt_side(r["stock"])) + list(_fmt_side(r["cand"])) + [
+            str(r[k]) for k in ("loops", "redirected", "on_cand", "on_cand_pass",
+                                "regressions")]
         for i, v in enumerate(vals):
             tot[i] += int(v) if v.isdigit() else 0
-        table.append([m] + vals + [", ".join(notes)])
-    table.append(["TOTAL"] + [str(x) for x in tot] + [""])
+        secs = (r["stock"]["elapsed"], r["cand"]["elapsed"])
+        tsec = [tsec[0] + secs[0], tsec[1] + secs[1]]
+        table.append([r["module"]] + vals + ["%.1f" % x for x in secs]
+                     + [", ".join(r["notes"])])
+    table.append(["TOTAL"] + [str(x) for x in tot] + ["%.1f" % x for x in tsec] + [""])
     for m in absent:
-        table.append([m] + ["-"] * 9 + ["absent in Python %s" % pyver])
-    widths = [max(len(hdr[i]), *(len(r[i]) for r in table)) for i in range(len(hdr))]
+        table.append([m] + ["-"] * (ncols - 2) + ["absent in Python %s" % pyver])
+    widths = [max(len(hdr[i]), *(len(r[i]) for r in table)) for i in range(ncols)]
 
     def fmt(r):
-        return "  ".join(v.ljust(widths[i]) if i in (0, 10) else v.rjust(widths[i])
+        return "  ".join(v.ljust(widths[i]) if i in (0, ncols - 1) else v.rjust(widths[i])
                          for i, v in enumerate(r)).rstrip()
 
     print("\nPython %s: stock asyncio vs %s" % (pyver, cand_label))
@@ -1147,9 +1342,12 @@ def _print_table(pyver, cand_label, rows, absent):
         if r[0] == "TOTAL":
             print("-" * len(head))
         print(fmt(r))
-    print("(fail = failures + errors + unexpected successes; skip = skips + expected "
-          "failures;\n loops = %s loops created through the policy during the module; "
-          "tests using = tests that created at least one)" % cand_label)
+    print("(fail = failures + errors + unexpected successes; skip = skips + expected failures;\n"
+          " loops = %(c)s loops built during the module (policy, redirect or direct);\n"
+          " redir = of those, built in place of asyncio.SelectorEventLoop(...) in a test's\n"
+          "   create_event_loop/new_loop/setUp;\n"
+          " on %(s)s = tests that built or ran a %(c)s loop; pass = of those, passed;\n"
+          " stock s, %(s)s s = seconds per side)" % {"c": cand_label, "s": short})
 
 
 def _final_line(item):
@@ -1268,7 +1466,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Default modules: " + " ".join(DEFAULT_MODULES))
+        epilog="Default modules: %s\nI/O modules (--group io): %s"
+               % (" ".join(DEFAULT_MODULES), " ".join(IO_MODULES)))
     ap.add_argument("modules", nargs="*", metavar="MODULE",
                     help="test.test_asyncio modules to run (test_tasks, tasks, "
                          "test.test_asyncio.test_tasks all work); default: the list below")
@@ -1277,6 +1476,14 @@ def main(argv=None):
                          "this script); greenhub must be built for it")
     ap.add_argument("--only", action="append", metavar="MOD[,MOD...]",
                     help="same as naming modules positionally (comma-separated, repeatable)")
+    ap.add_argument("--group", action="append", choices=sorted(GROUPS),
+                    help="add a named group of modules: default (scheduling suites), io "
+                         "(sockets, transports, servers, TLS, subprocesses), all (both); "
+                         "repeatable, combines with named modules")
+    ap.add_argument("--no-redirect", dest="redirect", action="store_false",
+                    help="do not build candidate loops where a test builds "
+                         "asyncio.SelectorEventLoop() itself (then only loops made by the "
+                         "policy are candidate loops)")
     ap.add_argument("--skip", action="append", metavar="MODULE",
                     help="leave a module out (repeatable)")
     ap.add_argument("-k", action="append", metavar="PATTERN",

@@ -15,6 +15,7 @@ which is what a drop-in loop must do.  The selector itself is never used.
 """
 
 import asyncio
+import collections.abc
 import functools
 import selectors
 import sys
@@ -54,6 +55,23 @@ class _Unused:
 _CLOSE_GRACE_SECONDS = 1.0
 
 
+class _WatcherMap(collections.abc.Mapping):
+    """What a selector's get_map() returns: SelectorKeys by fd, looked up by fd
+    or by any object with a fileno() (a socket), as a selector's map is."""
+
+    def __init__(self, keys):
+        self._keys = keys
+
+    def __getitem__(self, fileobj):
+        return self._keys[selectors._fileobj_to_fd(fileobj)]
+
+    def __iter__(self):
+        return iter(self._keys)
+
+    def __len__(self):
+        return len(self._keys)
+
+
 class _SelectorView:
     """Takes the selector's place for the inherited code that inspects it
     (transport reprs ask whether a fd is polled): a read-only view of the
@@ -65,13 +83,15 @@ class _SelectorView:
     def get_map(self):
         loop = self._loop()
         watched = loop._io_watchers() if loop is not None else {}
-        return {fd: selectors.SelectorKey(fd, fd, ev, None) for fd, ev in watched.items()}
+        return _WatcherMap(
+            {fd: selectors.SelectorKey(fd, fd, ev, None) for fd, ev in watched.items()}
+        )
 
     def get_key(self, fileobj):
-        key = self.get_map().get(fileobj)
-        if key is None:
-            raise KeyError(f"{fileobj!r} is not registered")
-        return key
+        try:
+            return self.get_map()[fileobj]
+        except KeyError:
+            raise KeyError(f"{fileobj!r} is not registered") from None
 
     def close(self):
         pass
@@ -302,7 +322,11 @@ def _callback_error(handle, exc):
 
 
 def _slow_callback(handle, seconds):
-    logger.warning("Executing %s took %.3f seconds", base_events._format_handle(handle), seconds)
+    # Through base_events' own name for the logger, as the stock loop logs it,
+    # so that code patching asyncio.base_events.logger sees this warning too.
+    base_events.logger.warning(
+        "Executing %s took %.3f seconds", base_events._format_handle(handle), seconds
+    )
 
 
 _core._install_hooks(

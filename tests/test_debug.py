@@ -6,6 +6,7 @@ import re
 import sys
 import threading
 import time
+from unittest import mock
 
 import pytest
 import support
@@ -86,6 +87,18 @@ def test_slow_task_step_is_logged_with_the_task_repr(loop, caplog):
     assert msgs[0].startswith("Executing <Task ")
     assert "name='slowpoke'" in msgs[0]
     assert re.search(r" took \d+\.\d{3} seconds$", msgs[0])
+
+
+def test_slow_callback_goes_through_base_events_logger(loop):
+    # The stock loop logs through asyncio.base_events.logger; code (CPython's own
+    # test_base_events) that patches that name must see greenhub's warning as well.
+    loop.set_debug(True)
+    loop.slow_callback_duration = 0.0
+    with mock.patch("asyncio.base_events.logger") as m_logger:
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+    fmt, *args = m_logger.warning.call_args[0]
+    assert re.fullmatch(r"Executing <Handle .*stop.*> took \d+\.\d{3} seconds", fmt % tuple(args))
 
 
 def test_debug_call_soon_from_another_thread_raises(loop):

@@ -2,6 +2,7 @@
 
 import asyncio
 import functools
+import selectors
 import socket
 
 import pytest
@@ -250,3 +251,25 @@ def test_transport_repr_reports_polling_state(loop):
     text = loop.run_until_complete(main())
     assert text.startswith("<_SelectorSocketTransport fd=")
     assert text.endswith(" read=polling write=<idle, bufsize=0>>")
+
+
+def test_selector_key_lookup_by_file_object(loop, pair):
+    # asyncio's own code and tests ask loop._selector for a fd's key by the socket
+    # object as well as by the fd (CPython's test_unix_events does, for sendfile);
+    # greenhub's stand-in for the selector answers both, as a selector does.
+    a, _ = pair
+    loop.add_writer(a.fileno(), lambda: None)
+    try:
+        selector = loop._selector
+        for fileobj in (a, a.fileno()):
+            key = selector.get_key(fileobj)
+            assert (key.fd, key.events) == (a.fileno(), selectors.EVENT_WRITE)
+            assert fileobj in selector.get_map()
+        assert len(selector.get_map()) == len(list(selector.get_map()))
+    finally:
+        loop.remove_writer(a.fileno())
+    with pytest.raises(KeyError, match="is not registered"):
+        selector.get_key(a)
+    assert a not in selector.get_map()
+    with pytest.raises(ValueError):
+        selector.get_key(-1)
