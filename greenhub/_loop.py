@@ -23,6 +23,7 @@ from asyncio import base_events, events, format_helpers, unix_events
 from asyncio.log import logger
 
 from . import _core, _vthread
+from ._children import ChildrenMixin
 
 __all__ = ["Loop"]
 
@@ -79,12 +80,16 @@ class _SelectorView:
         raise RuntimeError(f"greenhub.Loop watches fds with libev, not a selector (tried .{attr})")
 
 
-class Loop(_core.Loop, unix_events._UnixSelectorEventLoop):
-    """An asyncio event loop whose scheduling core is C on libev."""
+class Loop(_core.Loop, ChildrenMixin, unix_events._UnixSelectorEventLoop):
+    """An asyncio event loop whose scheduling core is C on libev.
+
+    Subprocess exits are watched through pidfds without the policy's child
+    watcher (``_children.py``)."""
 
     __module__ = "greenhub"
 
     def __init__(self):
+        self._init_children()
         super().__init__(selector=_SelectorView(self))
         self._ready = _Unused("BaseEventLoop._ready")
         self._scheduled = _Unused("BaseEventLoop._scheduled")
@@ -154,6 +159,7 @@ class Loop(_core.Loop, unix_events._UnixSelectorEventLoop):
         if self.is_closed():
             return
         self._finish_parked_vthreads()
+        self._close_children()
         super().close()
         self._close_core()
 
