@@ -24,6 +24,7 @@ from asyncio.log import logger
 
 from . import _core, _vthread
 from ._children import ChildrenMixin
+from ._resolve import ResolveMixin
 
 __all__ = ["Loop"]
 
@@ -80,11 +81,12 @@ class _SelectorView:
         raise RuntimeError(f"greenhub.Loop watches fds with libev, not a selector (tried .{attr})")
 
 
-class Loop(_core.Loop, ChildrenMixin, unix_events._UnixSelectorEventLoop):
+class Loop(_core.Loop, ChildrenMixin, ResolveMixin, unix_events._UnixSelectorEventLoop):
     """An asyncio event loop whose scheduling core is C on libev.
 
     Subprocess exits are watched through pidfds without the policy's child
-    watcher (``_children.py``)."""
+    watcher (``_children.py``); getaddrinfo()/getnameinfo() skip the executor
+    when there is nothing to resolve (``_resolve.py``)."""
 
     __module__ = "greenhub"
 
