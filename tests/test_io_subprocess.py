@@ -459,3 +459,52 @@ def test_policy_without_child_watchers_still_runs_children(greenhub_loop):
         return await proc.wait()
 
     assert run(greenhub_loop, main()) == 2
+
+
+CPYTHON_SUITE_ON_OWN_PATH = """
+import asyncio, sys, unittest
+import greenhub
+from greenhub import _children
+
+_children._policy_watcher = lambda: None  # ignore the watchers the tests install
+
+
+class Policy(greenhub.Policy):
+    pass
+
+
+asyncio.DefaultEventLoopPolicy = Policy  # survives the tests' set_event_loop_policy(None)
+asyncio.unix_events.DefaultEventLoopPolicy = Policy
+asyncio.set_event_loop_policy(Policy())
+from test.test_asyncio import test_subprocess as ts
+
+suite = unittest.TestSuite()
+for name in ("SubprocessThreadedWatcherTests", "SubprocessPidfdWatcherTests"):
+    if hasattr(ts, name):
+        suite.addTests(unittest.TestLoader().loadTestsFromTestCase(getattr(ts, name)))
+result = unittest.TextTestRunner(verbosity=0).run(suite)
+assert isinstance(asyncio.new_event_loop(), greenhub.Loop)
+print("RAN", result.testsRun, flush=True)
+sys.exit(not result.wasSuccessful())
+"""
+
+
+@pytest.mark.skipif(not _children._can_use_pidfd(), reason="pidfd_open not available")
+def test_cpython_subprocess_suite_on_greenhubs_own_path(tmp_path):
+    """compat/run_cpython.py runs CPython's test_subprocess, whose tests install child
+    watchers - which greenhub then uses.  Here the same tests run with greenhub ignoring
+    those watchers, so they exercise greenhub's own pidfd path."""
+    import sysconfig
+
+    stdlib = sysconfig.get_path("stdlib")
+    if not os.path.exists(os.path.join(stdlib, "test", "test_asyncio", "test_subprocess.py")):
+        pytest.skip("this Python ships without its test package")
+    script = tmp_path / "run.py"
+    script.write_text(CPYTHON_SUITE_ON_OWN_PATH)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=50
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert "RAN" in proc.stdout and int(proc.stdout.split("RAN")[1].split()[0]) > 40
