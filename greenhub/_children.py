@@ -24,6 +24,7 @@ import itertools
 import os
 import sys
 import threading
+import warnings
 from asyncio import events, unix_events
 from asyncio.log import logger
 
@@ -61,8 +62,6 @@ def _policy_watcher():
     getter = type(policy).get_child_watcher
     if getter is events.AbstractEventLoopPolicy.get_child_watcher:
         return None
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         try:
