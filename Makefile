@@ -21,9 +21,9 @@ deps:
 	    echo "installing libev-dev"; \
 	    (apt-get update -qq && apt-get install -y -qq libev-dev) >/dev/null; \
 	fi
-	@$(PY) -c "import setuptools, greenlet, pytest, pytest_timeout" 2>/dev/null || \
+	@$(PY) -c "import setuptools, greenlet, pytest, pytest_timeout, trustme" 2>/dev/null || \
 	    $(PIP) install -q --disable-pip-version-check --root-user-action=ignore \
-	        setuptools wheel "greenlet>=3.0" pytest pytest-timeout
+	        setuptools wheel "greenlet>=3.0" pytest pytest-timeout trustme
 
 build: deps
 	$(PY) setup.py -q build_ext --inplace

@@ -25,6 +25,8 @@ from asyncio import base_events, events, format_helpers, sslproto, unix_events
 from asyncio.log import logger
 
 from . import _core, _transport, _vthread
+from ._children import ChildrenMixin
+from ._resolve import ResolveMixin
 
 __all__ = ["Loop"]
 
@@ -100,12 +102,17 @@ class _SelectorView:
         raise RuntimeError(f"greenhub.Loop watches fds with libev, not a selector (tried .{attr})")
 
 
-class Loop(_core.Loop, unix_events._UnixSelectorEventLoop):
-    """An asyncio event loop whose scheduling core is C on libev."""
+class Loop(_core.Loop, ChildrenMixin, ResolveMixin, unix_events._UnixSelectorEventLoop):
+    """An asyncio event loop whose scheduling core is C on libev.
+
+    Subprocess exits are watched through pidfds without the policy's child
+    watcher (``_children.py``); getaddrinfo()/getnameinfo() skip the executor
+    when there is nothing to resolve (``_resolve.py``)."""
 
     __module__ = "greenhub"
 
     def __init__(self):
+        self._init_children()
         super().__init__(selector=_SelectorView(self))
         self._ready = _Unused("BaseEventLoop._ready")
         self._scheduled = _Unused("BaseEventLoop._scheduled")
@@ -238,6 +245,7 @@ class Loop(_core.Loop, unix_events._UnixSelectorEventLoop):
         if self.is_closed():
             return
         self._finish_parked_vthreads()
+        self._close_children()
         super().close()
         self._close_core()
 
