@@ -105,6 +105,74 @@ def loop_factory(kind):
     raise ValueError("unknown loop kind %r" % kind)
 
 
+def _libuv_version():
+    try:
+        import uvloop.loop
+
+        v = uvloop.loop.libuv_get_version()
+        return "%d.%d.%d" % ((v >> 16) & 0xFF, (v >> 8) & 0xFF, v & 0xFF)
+    except Exception:
+        return None
+
+
+def _dist_version(name):
+    try:
+        from importlib.metadata import version
+
+        return version(name)
+    except Exception:
+        return None
+
+
+def loop_factory_info(kind):
+    """Import only the library under test and return (factory, info dict)."""
+    info = {"kind": kind}
+    factory = loop_factory(kind)
+    if kind == "asyncio":
+        info["version"] = "stdlib " + platform.python_version()
+    elif kind == "uvloop":
+        import uvloop
+
+        info["version"] = getattr(uvloop, "__version__", "?")
+        info["libuv"] = _libuv_version()
+        info["file"] = uvloop.__file__
+    elif kind == "greenhub":
+        import greenhub
+
+        info["version"] = getattr(greenhub, "__version__", None) or _dist_version("greenhub")
+        info["file"] = getattr(greenhub, "__file__", None)
+        for attr in ("libev_version", "LIBEV_VERSION", "ev_version"):
+            v = getattr(greenhub, attr, None)
+            if v is not None:
+                try:
+                    info["libev"] = str(v() if callable(v) else v)
+                except Exception:
+                    pass
+                break
+        core = getattr(greenhub, "_core", None)
+        if getattr(core, "__file__", None):
+            # Which build ran: the lead rebuilds in place, so say when it was built.
+            info["build"] = "%s built %s" % (
+                os.path.basename(core.__file__),
+                datetime.datetime.fromtimestamp(os.path.getmtime(core.__file__)).isoformat(
+                    timespec="seconds"
+                ),
+            )
+        try:
+            import greenlet
+
+            info["greenlet"] = greenlet.__version__
+        except Exception:
+            pass
+    loop = factory()
+    try:
+        info["loop_class"] = "%s.%s" % (type(loop).__module__, type(loop).__qualname__)
+        info["debug"] = bool(loop.get_debug())
+    finally:
+        loop.close()
+    return factory, info
+
+
 INSTR_MARK_FN = "getpgrp"
 
 
