@@ -54,12 +54,12 @@ bench: build
 lint:
 	ruff check greenhub tests compat benchmarks examples
 	ruff format --check greenhub examples
-	clang-format --dry-run --Werror src/*.c src/*.h
+	clang-format --dry-run --Werror src/*.c src/*.h benchmarks/*.c
 
 format:
 	ruff check --fix greenhub tests compat benchmarks examples
 	ruff format greenhub examples
-	clang-format -i src/*.c src/*.h
+	clang-format -i src/*.c src/*.h benchmarks/*.c
 
 clean:
 	rm -rf build greenhub/*.so greenhub/__pycache__ tests/__pycache__

@@ -8,7 +8,11 @@ Nothing here is timed.  It holds what every script needs around its measurements
   line on stdin (``commands``); the parent side is ``WorkerProcess`` (a
   long-lived worker), ``run_worker_once`` (run to the end, collect its
   messages) and ``run_callgrind`` (the same under valgrind's callgrind);
-* the loop kinds under test (``loop_factory``);
+* the loop kinds under test (``loop_factory``, ``loop_factory_info``);
+* network servers in their own pinned processes (``serve_worker``,
+  ``ServerProcess``, ``run_server_rounds``, ``pin_cpus``, ``pinned``,
+  ``proc_cpu_times``) and their report header (``server_header``), for
+  bench_echo.py and bench_http.py;
 * machine facts for the report header (``machine_info``, ``BackgroundLoad``);
 * summary statistics and number formatting (``summarize``, ``fmt_ns``);
 * small helpers: ``log``, ``write_json``, ``filter_ids``, ``libs_line``.
@@ -475,6 +479,199 @@ class BackgroundLoad:
             "other_busy_cpus": max(0.0, (busy - ours) / total * ncpu) if total else 0,
             "steal_pct": 100.0 * (stat1[2] - self.stat0[2]) / total if total else 0,
         }, elapsed
+
+
+# --------------------------------------------------------------------------
+# Network servers (bench_echo.py, bench_http.py)
+# --------------------------------------------------------------------------
+#
+# Each server runs in its own worker process (serve_worker), pinned to one CPU,
+# and the load generator (a C program, wrk) is pinned to another, so that on a
+# 2-CPU machine the two do not fight over one core.  The server's CPU time is
+# read from /proc/<pid>/stat around the measured window.
+
+
+def pin_cpus(spec):
+    """(server CPU, client CPU) for --pin: 'auto' takes the first two CPUs this
+    process may run on (no pinning with fewer), 'none' pins nothing, 'S,C' names them."""
+    if spec == "none":
+        return None, None
+    if spec == "auto":
+        cpus = sorted(os.sched_getaffinity(0))
+        return (cpus[0], cpus[1]) if len(cpus) >= 2 else (None, None)
+    server, client = (int(x) for x in spec.split(","))
+    return server, client
+
+
+def pinned(cpu):
+    """A subprocess preexec_fn that pins the child (and the threads it starts) to `cpu`."""
+    if cpu is None:
+        return None
+    return lambda: os.sched_setaffinity(0, {cpu})
+
+
+def proc_cpu_times(pid):
+    """(user, system) CPU seconds process `pid` has used so far (clock ticks: 10 ms)."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    hz = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / hz, int(fields[12]) / hz  # utime, stime
+
+
+def serve_worker(loop_kind, start, cpu=None):
+    """Worker side of a server benchmark.
+
+    Pins itself to `cpu`, makes a `loop_kind` loop, runs ``await start(loop)``
+    (which starts listening on 127.0.0.1 and returns the port), reports
+    ``{"event": "ready", "port", "info"}`` and serves until the parent writes to
+    stdin or closes it, so a parent that dies takes its servers with it.
+    """
+    import asyncio
+
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+    try:
+        factory, info = loop_factory_info(loop_kind)
+    except BaseException as e:  # not installed, not built: the parent reports it
+        emit({"event": "unavailable", "error": "%s: %s" % (type(e).__name__, e)})
+        return 0
+    loop = factory()
+    asyncio.set_event_loop(loop)
+    port = loop.run_until_complete(start(loop))
+    loop.add_reader(sys.stdin.fileno(), loop.stop)
+    emit({"event": "ready", "port": port, "info": info})
+    loop.run_forever()
+    sys.stderr.flush()
+    os._exit(0)  # no teardown: the last run's connections may still be open
+
+
+class ServerProcess(WorkerProcess):
+    """A server process running serve_worker: .port, .pid, .info, or .unavailable."""
+
+    def __init__(self, argv, timeout=60):
+        super().__init__(argv, timeout)
+        self.pid = self.proc.pid
+        self.unavailable = None
+        try:
+            msg = self.read()
+        except BaseException:
+            self.close()
+            raise
+        if msg.get("event") == "unavailable":
+            self.unavailable = msg["error"]
+            self.close()
+        else:
+            self.port, self.info = msg["port"], msg["info"]
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def cpu(self):
+        """(user, system) CPU seconds used so far."""
+        return proc_cpu_times(self.pid)
+
+
+def run_server_rounds(pairs, cells, rounds, start_server, run_one, log=log):
+    """Measure every (server kind, loop kind) pair at every cell, `rounds` times.
+
+    Each round starts a fresh server process per pair (``start_server(server,
+    loop)`` returns a ServerProcess), then runs ``run_one(srv, cell)`` for each
+    cell on each server in turn, rotating which goes first, so that background
+    load that comes and goes falls on all of them alike.  A server that dies is
+    reported and restarted for the remaining runs; every server is stopped at the
+    end of its round, whatever happens.
+
+    Returns (raw, loop_info, unavailable, warnings): raw[(server, loop, cell)] is
+    the list of run_one's results (a dict with "error" for a failed run).
+    """
+    raw, loop_info, unavailable, warnings = {}, {}, {}, []
+    for rnd in range(rounds):
+        servers = {}
+        try:
+            for s, k in pairs:
+                if k in unavailable:
+                    continue
+                srv = start_server(s, k)
+                if srv.unavailable:
+                    unavailable[k] = srv.unavailable
+                    log("%s unavailable: %s" % (k, srv.unavailable))
+                    continue
+                servers[(s, k)] = srv
+                loop_info[k] = srv.info
+            for ci, cell in enumerate(cells):
+                log("round %d/%d  %s" % (rnd + 1, rounds, cell))
+                order = list(servers)
+                shift = (rnd + ci) % max(1, len(order))
+                for s, k in order[shift:] + order[:shift]:
+                    srv = servers[(s, k)]
+                    r = run_one(srv, cell)
+                    if "error" in r and not srv.alive():
+                        r["error"] = "server died: %s" % srv.stderr_tail()[-300:]
+                        srv.close()
+                        try:  # a fresh one for the remaining runs
+                            servers[(s, k)] = start_server(s, k)
+                        except WorkerFailed as e:
+                            log("  restarting %s on %s failed: %s" % (s, k, e))
+                    if "error" in r:
+                        log("  %s on %s: FAILED: %s" % (s, k, r["error"]))
+                    raw.setdefault((s, k, cell), []).append(r)
+        finally:
+            for (s, k), srv in servers.items():
+                tail = srv.stderr_tail()
+                if tail:
+                    warnings.append("%s server on %s wrote to stderr: %s" % (s, k, tail[-300:]))
+                srv.close()
+    return raw, loop_info, unavailable, warnings
+
+
+def server_header(title, minfo, background, loops, loop_info, unavailable):
+    """The first lines of a server benchmark's report: machine, load, Python, loops."""
+    L = [
+        "%s  %s" % (title, minfo["date"]),
+        "machine: %s, %s CPUs (%s usable), %s"
+        % (minfo["cpu_model"], minfo["cpu_count"], minfo["cpus_usable"], minfo["platform"]),
+    ]
+    if background:
+        L.append(
+            "         during the run: other processes kept %.2f CPUs busy, steal %.1f%%%s"
+            % (
+                background["other_busy_cpus"],
+                background["steal_pct"],
+                "  <-- NOISY: numbers are suspect" if background["other_busy_cpus"] > 0.25 else "",
+            )
+        )
+    L.append("python:  %s (%s)" % (minfo["python"].split()[0], minfo["python_build_flags"]))
+    for k in loops:
+        if k in unavailable:
+            L.append("%-9s UNAVAILABLE: %s" % (k + ":", unavailable[k][-200:]))
+        elif k in loop_info:
+            i = loop_info[k]
+            extra = ", ".join(
+                "%s %s" % (x, i[x]) for x in ("libuv", "greenlet", "build") if i.get(x)
+            )
+            L.append(
+                "%-9s %s%s; %s"
+                % (k + ":", i.get("version"), " (%s)" % extra if extra else "", i.get("loop_class"))
+            )
+    return L
+
+
+def greenhub_ratio_pairs(loops):
+    """[("greenhub", "uvloop"), ("greenhub", "asyncio")], for the kinds in `loops`."""
+    if "greenhub" not in loops:
+        return []
+    return [("greenhub", b) for b in ("uvloop", "asyncio") if b in loops]
+
+
+RATIO_NAME = {"greenhub": "gh", "uvloop": "uv", "asyncio": "aio"}
+
+
+def ratio(a, b):
+    return a / b if a and b else None
+
+
+def fmt_ratio(v):
+    return "-" if v is None else "%.2f" % v
 
 
 # --------------------------------------------------------------------------
