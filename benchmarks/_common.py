@@ -606,7 +606,8 @@ def run_server_rounds(pairs, cells, rounds, start_server, run_one, log=log):
                     srv = servers[(s, k)]
                     r = run_one(srv, cell)
                     if "error" in r and not srv.alive():
-                        r["error"] = "server died: %s" % srv.stderr_tail()[-300:]
+                        died = died_message(srv.proc.returncode, srv.stderr_tail()[-300:])
+                        r["error"] = "server %s; %s" % (died, r["error"])
                         srv.close()
                         try:  # a fresh one for the remaining runs
                             servers[(s, k)] = start_server(s, k)
