@@ -24,6 +24,7 @@ import os
 import platform
 import select
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -511,11 +512,16 @@ def pinned(cpu):
 
 
 def proc_cpu_times(pid):
-    """(user, system) CPU seconds process `pid` has used so far (clock ticks: 10 ms)."""
+    """(user s, system s, minor page faults) of process `pid` so far (CPU in 10 ms ticks)."""
     with open("/proc/%d/stat" % pid) as f:
         fields = f.read().rsplit(")", 1)[1].split()
     hz = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / hz, int(fields[12]) / hz  # utime, stime
+    return int(fields[11]) / hz, int(fields[12]) / hz, int(fields[7])  # utime, stime, minflt
+
+
+def malloc_env():
+    """glibc malloc tunables set in the environment (the servers inherit them)."""
+    return {k: v for k, v in os.environ.items() if k.startswith(("MALLOC_", "GLIBC_TUNABLES"))}
 
 
 def serve_worker(loop_kind, start, cpu=None):
@@ -562,12 +568,31 @@ class ServerProcess(WorkerProcess):
             self.close()
         else:
             self.port, self.info = msg["port"], msg["info"]
+            try:
+                self.settle()
+            except BaseException:
+                self.close()
+                raise
+
+    def settle(self):
+        """Open one connection and close it; wait until the server has closed its end.
+
+        The first EOF a CPython server reads frees a whole 256 KiB receive buffer
+        (asyncio's transports and sock_recv ask recv() for up to 256 KiB), which raises
+        glibc's dynamic mmap threshold.  Until then every recv() mmaps and unmaps a
+        fresh 256 KiB buffer: 2 page faults and tens of us of system time per call.  A
+        long-running server is past that point, so a benchmark server must be too.
+        """
+        with socket.create_connection(("127.0.0.1", self.port), timeout=self.timeout) as s:
+            s.shutdown(socket.SHUT_WR)
+            while s.recv(4096):
+                pass
 
     def alive(self):
         return self.proc.poll() is None
 
     def cpu(self):
-        """(user, system) CPU seconds used so far."""
+        """(user, system) CPU seconds and minor page faults so far."""
         return proc_cpu_times(self.pid)
 
 
@@ -642,6 +667,8 @@ def server_header(title, minfo, background, loops, loop_info, unavailable):
             )
         )
     L.append("python:  %s (%s)" % (minfo["python"].split()[0], minfo["python_build_flags"]))
+    if minfo.get("malloc_env"):
+        L.append("env:     %s" % " ".join("%s=%s" % kv for kv in minfo["malloc_env"].items()))
     for k in loops:
         if k in unavailable:
             L.append("%-9s UNAVAILABLE: %s" % (k + ":", unavailable[k][-200:]))

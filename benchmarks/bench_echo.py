@@ -44,6 +44,7 @@ from _common import (
     fmt_ratio,
     greenhub_ratio_pairs,
     machine_info,
+    malloc_env,
     pin_cpus,
     pinned,
     python_build_flags,
@@ -207,6 +208,7 @@ def run_client(exe, srv, cell, args, client_cpu):
         rt_per_s=n / secs,
         user_us=r["server_user"] / n * 1e6,
         sys_us=r["server_sys"] / n * 1e6,
+        faults=r["server_minflt"] / n,
         server_busy=(r["server_user"] + r["server_sys"]) / secs,
         client_busy=r["client_cpu"] / secs,
     )
@@ -225,7 +227,7 @@ def summarize_runs(runs):
     """Medians over the rounds of one (server, loop, cell), and the errors."""
     ok = [r for r in runs if "error" not in r]
     out = {"errors": [r["error"] for r in runs if "error" in r]}
-    for key in ("rt_per_s", "user_us", "sys_us", "server_busy", "client_busy"):
+    for key in ("rt_per_s", "user_us", "sys_us", "faults", "server_busy", "client_busy"):
         out[key] = statistics.median(r[key] for r in ok) if ok else None
     out["cpu_us"] = out["user_us"] + out["sys_us"] if ok else None
     return out
@@ -299,6 +301,14 @@ def report(args, kinds, loops, cells, summary, pins):
             "client-bound (the client used >90%% of its CPU, so rt/s is capped; cpu/rt still "
             "holds): %s" % ", ".join(busy)
         )
+    faulting = sorted(
+        {"%s on %s" % (s, k) for (s, k, _), m in summary.items() if (m["faults"] or 0) >= 0.5}
+    )
+    if faulting:
+        L.append(
+            "page-faulting (>= 0.5 minor faults per round trip: malloc gives recv buffers back "
+            "to the kernel, see README): %s" % ", ".join(faulting)
+        )
     if (1024, 64) in cells and "greenhub" in loops:
         L.append("goals, server user CPU per 1 KiB round trip at 64 connections:")
         for s, (uv_ref, goal) in GOALS.items():
@@ -366,6 +376,7 @@ def main():
     minfo = machine_info(
         python_build_flags=python_build_flags(),
         cpus_usable=len(os.sched_getaffinity(0)),
+        malloc_env=malloc_env(),
         pin={"server": server_cpu, "client": client_cpu},
     )
     load = BackgroundLoad()

@@ -40,6 +40,7 @@ from _common import (
     fmt_ratio,
     greenhub_ratio_pairs,
     machine_info,
+    malloc_env,
     pin_cpus,
     pinned,
     python_build_flags,
@@ -193,9 +194,9 @@ def run_wrk(srv, conns, args, client_cpu):
     try:
         if args.warmup:
             wrk(srv, conns, args.warmup, client_cpu)
-        u0, s0 = srv.cpu()
+        u0, s0, f0 = srv.cpu()
         out, client = wrk(srv, conns, args.duration, client_cpu)
-        u1, s1 = srv.cpu()
+        u1, s1, f1 = srv.cpu()
         r = parse_wrk(out)
     except subprocess.TimeoutExpired:
         return {"error": "wrk timed out"}
@@ -212,6 +213,7 @@ def run_wrk(srv, conns, args, client_cpu):
     return dict(
         r,
         user_us=(u1 - u0) / n * 1e6,
+        faults=(f1 - f0) / n,
         sys_us=(s1 - s0) / n * 1e6,
         client_busy=client / r["seconds"],
     )
@@ -235,7 +237,7 @@ def summarize_runs(runs):
     """Medians over the rounds of one (server, loop, conns), and the errors."""
     ok = [r for r in runs if "error" not in r]
     out = {"errors": [r["error"] for r in runs if "error" in r]}
-    for key in ("req_per_s", "lat_avg", "lat_p99", "user_us", "sys_us", "client_busy"):
+    for key in ("req_per_s", "lat_avg", "lat_p99", "user_us", "sys_us", "faults", "client_busy"):
         out[key] = statistics.median(r[key] for r in ok) if ok else None
     out["cpu_us"] = out["user_us"] + out["sys_us"] if ok else None
     return out
@@ -299,6 +301,14 @@ def report(args, kinds, loops, cells, summary, pins):
             "client-bound (wrk used >90%% of its CPU, so req/s is capped; cpu/req still "
             "holds): %s" % ", ".join(busy)
         )
+    faulting = sorted(
+        {"%s on %s" % (s, k) for (s, k, _), m in summary.items() if (m["faults"] or 0) >= 0.5}
+    )
+    if faulting:
+        L.append(
+            "page-faulting (>= 0.5 minor faults per request: malloc gives recv buffers back "
+            "to the kernel, see README): %s" % ", ".join(faulting)
+        )
     for (s, k, conns), m in summary.items():
         for e in m["errors"]:
             L.append("FAILED %s on %s, %d conns: %s" % (s, k, conns, e))
@@ -349,6 +359,7 @@ def main():
     minfo = machine_info(
         python_build_flags=python_build_flags(),
         cpus_usable=len(os.sched_getaffinity(0)),
+        malloc_env=malloc_env(),
         pin={"server": server_cpu, "client": client_cpu},
         wrk=wrk_version(),
     )

@@ -8,11 +8,13 @@
  *
  * After WARMUP_S seconds the measured window starts: the client reads the server's
  * CPU time (utime, stime in /proc/SERVER_PID/stat) and its own (getrusage) and counts
- * the round trips completed until DURATION_S seconds later, where it reads both again.
+ * the round trips completed until DURATION_S seconds later, where it reads both again
+ * (with the server's minor page faults).
  * Then it sends nothing new, waits (at most 2 s) for the replies in flight, closes the
  * connections and prints one JSON line:
  *
- *   {"round_trips": N, "seconds": S, "server_user": S, "server_sys": S, "client_cpu": S}
+ *   {"round_trips": N, "seconds": S, "server_user": S, "server_sys": S,
+ *    "server_minflt": N, "client_cpu": S}
  *
  * Any error (refused, reset, closed by the server, more bytes than sent) prints a
  * message on stderr and exits with status 1.
@@ -66,9 +68,9 @@ own_cpu(void)
            (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1e-6;
 }
 
-/* The server's user and system CPU seconds so far. */
+/* The server's user and system CPU seconds and minor page faults so far. */
 static void
-server_cpu(int pid, double *user, double *sys)
+server_cpu(int pid, double *user, double *sys, unsigned long *minflt)
 {
     char path[64], buf[1024];
     unsigned long ut, st;
@@ -82,8 +84,8 @@ server_cpu(int pid, double *user, double *sys)
     /* fields after "pid (comm) ": state ppid pgrp session tty tpgid flags minflt
      * cminflt majflt cmajflt utime stime */
     char *p = strrchr(buf, ')');
-    if (!p ||
-        sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2) {
+    if (!p || sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %lu %*u %*u %*u %lu %lu", minflt, &ut,
+                     &st) != 3) {
         fprintf(stderr, "echo_client: cannot parse %s\n", path);
         exit(1);
     }
@@ -205,6 +207,7 @@ main(int argc, char **argv)
 
     double t = now(), t_measure = t + warmup, t_end = t_measure + duration, t_quit = t_end + 2;
     double t0 = 0, t1 = 0, u0 = 0, s0 = 0, u1 = 0, s1 = 0, c0 = 0, c1 = 0;
+    unsigned long f0 = 0, f1 = 0;
     unsigned long long count = 0, measured = 0;
     int phase = 0; /* 0 warm-up, 1 measured window, 2 drain */
     int busy = nconn;
@@ -215,14 +218,14 @@ main(int argc, char **argv)
     for (;;) {
         t = now();
         if (phase == 0 && t >= t_measure) {
-            server_cpu(pid, &u0, &s0);
+            server_cpu(pid, &u0, &s0, &f0);
             c0 = own_cpu();
             t0 = now();
             count = 0;
             phase = 1;
         }
         if (phase == 1 && t >= t_end) {
-            server_cpu(pid, &u1, &s1);
+            server_cpu(pid, &u1, &s1, &f1);
             c1 = own_cpu();
             t1 = now();
             measured = count;
@@ -257,7 +260,7 @@ main(int argc, char **argv)
     for (int i = 0; i < nconn; i++)
         close(conns[i].fd);
     printf("{\"round_trips\": %llu, \"seconds\": %.6f, \"server_user\": %.3f, "
-           "\"server_sys\": %.3f, \"client_cpu\": %.6f}\n",
-           measured, t1 - t0, u1 - u0, s1 - s0, c1 - c0);
+           "\"server_sys\": %.3f, \"server_minflt\": %lu, \"client_cpu\": %.6f}\n",
+           measured, t1 - t0, u1 - u0, s1 - s0, f1 - f0, c1 - c0);
     return 0;
 }
