@@ -11,8 +11,8 @@ Nothing here is timed.  It holds what every script needs around its measurements
 * the loop kinds under test (``loop_factory``, ``loop_factory_info``);
 * network servers in their own pinned processes (``serve_worker``,
   ``ServerProcess``, ``run_server_rounds``, ``pin_cpus``, ``pinned``,
-  ``proc_cpu_times``) and their report header (``server_header``), for
-  bench_echo.py and bench_http.py;
+  ``proc_cpu_times``) and their report (``server_header``, ``load_notes``),
+  for bench_echo.py and bench_http.py;
 * machine facts for the report header (``machine_info``, ``BackgroundLoad``);
 * summary statistics and number formatting (``summarize``, ``fmt_ns``);
 * small helpers: ``log``, ``write_json``, ``filter_ids``, ``libs_line``.
@@ -681,6 +681,50 @@ def server_header(title, minfo, background, loops, loop_info, unavailable):
                 "%-9s %s%s; %s"
                 % (k + ":", i.get("version"), " (%s)" % extra if extra else "", i.get("loop_class"))
             )
+    return L
+
+
+def load_notes(summary, loops, cell_name, conns_of, per):
+    """The notes under a server table, from the medians in summary[(server, loop, cell)]:
+    how busy the servers were, and which runs were client-bound or page-faulting."""
+    L = []
+
+    def runs(pred):  # "server cell (loop, loop)" for the runs where pred(medians) holds
+        hits = {}
+        for (s, k, cell), m in summary.items():
+            if pred(m):
+                hits.setdefault((s, cell), []).append(k)
+        return ", ".join(
+            "%s %s (%s)" % (s, cell_name(cell), ", ".join(ks)) for (s, cell), ks in hits.items()
+        )
+
+    use = []
+    for k in loops:
+        v = [
+            m["server_busy"]
+            for (_, kk, cell), m in summary.items()
+            if kk == k and conns_of(cell) > 1 and m["server_busy"] is not None
+        ]
+        if v:
+            use.append("%s %.0f%%" % (k, 100 * statistics.median(v)))
+    if use:
+        L.append(
+            "server CPU use in the multi-connection runs (median): %s. Well under 100%% means "
+            "the server waited for the client or lost its CPU to other processes: its rate then "
+            "understates it, and the CPU per %s is the number to compare." % (", ".join(use), per)
+        )
+    busy = runs(lambda m: (m["client_busy"] or 0) > 0.9)
+    if busy:
+        L.append(
+            "client-bound (the load generator used > 90%% of its CPU, so the rate is capped; "
+            "CPU per %s still holds): %s" % (per, busy)
+        )
+    faulting = runs(lambda m: (m["faults"] or 0) >= 0.5)
+    if faulting:
+        L.append(
+            "page-faulting (>= 0.5 minor page faults per %s in the server: malloc handing "
+            "buffers back to the kernel and taking them again): %s" % (per, faulting)
+        )
     return L
 
 

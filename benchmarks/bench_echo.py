@@ -43,6 +43,7 @@ from _common import (
     filter_ids,
     fmt_ratio,
     greenhub_ratio_pairs,
+    load_notes,
     machine_info,
     malloc_env,
     pin_cpus,
@@ -293,22 +294,9 @@ def report(args, kinds, loops, cells, summary, pins):
         "ratios: rt/s above 1 and cpu/rt (usr+sys) below 1 mean greenhub does better; "
         "vthread is compared with the other loops' sock rows.",
     ]
-    busy = sorted(
-        {"%s on %s" % (s, k) for (s, k, _), m in summary.items() if (m["client_busy"] or 0) > 0.9}
+    L += load_notes(
+        summary, loops, lambda c: "%s x %d" % (fmt_size(c[0]), c[1]), lambda c: c[1], "round trip"
     )
-    if busy:
-        L.append(
-            "client-bound (the client used >90%% of its CPU, so rt/s is capped; cpu/rt still "
-            "holds): %s" % ", ".join(busy)
-        )
-    faulting = sorted(
-        {"%s on %s" % (s, k) for (s, k, _), m in summary.items() if (m["faults"] or 0) >= 0.5}
-    )
-    if faulting:
-        L.append(
-            "page-faulting (>= 0.5 minor faults per round trip: malloc gives recv buffers back "
-            "to the kernel, see README): %s" % ", ".join(faulting)
-        )
     if (1024, 64) in cells and "greenhub" in loops:
         L.append("goals, server user CPU per 1 KiB round trip at 64 connections:")
         for s, (uv_ref, goal) in GOALS.items():

@@ -39,6 +39,7 @@ from _common import (
     filter_ids,
     fmt_ratio,
     greenhub_ratio_pairs,
+    load_notes,
     machine_info,
     malloc_env,
     pin_cpus,
@@ -215,6 +216,7 @@ def run_wrk(srv, conns, args, client_cpu):
         user_us=(u1 - u0) / n * 1e6,
         faults=(f1 - f0) / n,
         sys_us=(s1 - s0) / n * 1e6,
+        server_busy=(u1 - u0 + s1 - s0) / r["seconds"],
         client_busy=client / r["seconds"],
     )
 
@@ -237,7 +239,16 @@ def summarize_runs(runs):
     """Medians over the rounds of one (server, loop, conns), and the errors."""
     ok = [r for r in runs if "error" not in r]
     out = {"errors": [r["error"] for r in runs if "error" in r]}
-    for key in ("req_per_s", "lat_avg", "lat_p99", "user_us", "sys_us", "faults", "client_busy"):
+    for key in (
+        "req_per_s",
+        "lat_avg",
+        "lat_p99",
+        "user_us",
+        "sys_us",
+        "faults",
+        "server_busy",
+        "client_busy",
+    ):
         out[key] = statistics.median(r[key] for r in ok) if ok else None
     out["cpu_us"] = out["user_us"] + out["sys_us"] if ok else None
     return out
@@ -293,22 +304,7 @@ def report(args, kinds, loops, cells, summary, pins):
             L.append(row)
             results.append(res)
     L += ["", "ratios: req/s above 1 and cpu/req below 1 mean greenhub does better."]
-    busy = sorted(
-        {"%s on %s" % (s, k) for (s, k, _), m in summary.items() if (m["client_busy"] or 0) > 0.9}
-    )
-    if busy:
-        L.append(
-            "client-bound (wrk used >90%% of its CPU, so req/s is capped; cpu/req still "
-            "holds): %s" % ", ".join(busy)
-        )
-    faulting = sorted(
-        {"%s on %s" % (s, k) for (s, k, _), m in summary.items() if (m["faults"] or 0) >= 0.5}
-    )
-    if faulting:
-        L.append(
-            "page-faulting (>= 0.5 minor faults per request: malloc gives recv buffers back "
-            "to the kernel, see README): %s" % ", ".join(faulting)
-        )
+    L += load_notes(summary, loops, lambda c: "%d conns" % c, lambda c: c, "request")
     for (s, k, conns), m in summary.items():
         for e in m["errors"]:
             L.append("FAILED %s on %s, %d conns: %s" % (s, k, conns, e))
