@@ -279,11 +279,11 @@ def report(args, kinds, loops, cells, summary, pins):
             res = {"server": s, "conns": conns, "loops": {}, "ratios": {}}
             for k in loops:
                 m = summary.get((s, k, conns))
-                if m:
-                    res["loops"][k] = m
                 if not m:
                     row += "  %28s" % "-"
-                elif m["req_per_s"] is None:
+                    continue
+                res["loops"][k] = m
+                if m["req_per_s"] is None:
                     row += "  %28s" % "FAILED"
                 else:
                     row += "  %7.0f %6s %6s %6.1f" % (
