@@ -596,7 +596,9 @@ class ServerProcess(WorkerProcess):
         return proc_cpu_times(self.pid)
 
 
-def run_server_rounds(pairs, cells, rounds, start_server, run_one, log=log):
+def run_server_rounds(
+    pairs, cells, rounds, start_server, run_one, disturbed=None, retries=0, log=log
+):
     """Measure every (server kind, loop kind) pair at every cell, `rounds` times.
 
     Each round starts a fresh server process per pair (``start_server(server,
@@ -604,7 +606,8 @@ def run_server_rounds(pairs, cells, rounds, start_server, run_one, log=log):
     cell on each server in turn, rotating which goes first, so that background
     load that comes and goes falls on all of them alike.  A server that dies is
     reported and restarted for the remaining runs; every server is stopped at the
-    end of its round, whatever happens.
+    end of its round, whatever happens.  A run for which ``disturbed(result, cell)``
+    is true is taken again, at most `retries` times (the result says how often).
 
     Returns (raw, loop_info, unavailable, warnings): raw[(server, loop, cell)] is
     the list of run_one's results (a dict with "error" for a failed run).
@@ -630,6 +633,11 @@ def run_server_rounds(pairs, cells, rounds, start_server, run_one, log=log):
                 for s, k in order[shift:] + order[:shift]:
                     srv = servers[(s, k)]
                     r = run_one(srv, cell)
+                    tries = 0
+                    while "error" not in r and tries < retries and disturbed(r, cell):
+                        tries += 1
+                        r = run_one(srv, cell)
+                    r["retaken"] = tries
                     if "error" in r and not srv.alive():
                         died = died_message(srv.proc.returncode, srv.stderr_tail()[-300:])
                         r["error"] = "server %s; %s" % (died, r["error"])
@@ -648,6 +656,26 @@ def run_server_rounds(pairs, cells, rounds, start_server, run_one, log=log):
                     warnings.append("%s server on %s wrote to stderr: %s" % (s, k, tail[-300:]))
                 srv.close()
     return raw, loop_info, unavailable, warnings
+
+
+def starved(r, conns, min_busy):
+    """Did other processes take the CPUs during this run?  With several connections
+    in flight, a quiet machine keeps the server or the load generator busy; if
+    neither got `min_busy` of its CPU, the run measured the machine."""
+    return conns > 1 and max(r["server_busy"], r["client_busy"]) < min_busy
+
+
+def retaken_line(raw, loops, min_busy):
+    """'retaken ...' for the header, or None if no run was taken again."""
+    counts = {}
+    for (_, k, _), rs in raw.items():
+        counts[k] = counts.get(k, 0) + sum(r.get("retaken", 0) for r in rs)
+    if not any(counts.values()):
+        return None
+    return "         retaken because neither server nor client got %g of a CPU: %s" % (
+        min_busy,
+        ", ".join("%s %d" % (k, counts[k]) for k in loops if counts.get(k)),
+    )
 
 
 def server_header(title, minfo, background, loops, loop_info, unavailable):

@@ -50,9 +50,11 @@ from _common import (
     pinned,
     python_build_flags,
     ratio,
+    retaken_line,
     run_server_rounds,
     serve_worker,
     server_header,
+    starved,
     use_greenhub_path,
     write_json,
 )
@@ -339,6 +341,13 @@ def main():
     ap.add_argument(
         "--pin", default="auto", help="SERVER_CPU,CLIENT_CPU, 'auto' (the first two) or 'none'"
     )
+    ap.add_argument(
+        "--min-busy",
+        type=float,
+        default=0.8,
+        help="retake a multi-connection run in which neither side got this share of a CPU",
+    )
+    ap.add_argument("--retries", type=int, default=1, help="times one run may be retaken")
     ap.add_argument("--json", metavar="PATH", help="also write all results as JSON")
     ap.add_argument("--timeout", type=float, default=60, help="seconds a server may take to start")
     ap.add_argument("--greenhub-path", default=REPO)
@@ -383,6 +392,8 @@ def main():
             args.rounds,
             start_server,
             lambda srv, cell: run_client(exe, srv, cell, args, client_cpu),
+            disturbed=lambda r, cell: starved(r, cell[1], args.min_busy),
+            retries=args.retries,
         )
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
@@ -398,6 +409,8 @@ def main():
         loop_info,
         unavailable,
     )
+    if retaken_line(raw, loops, args.min_busy):
+        L.append(retaken_line(raw, loops, args.min_busy))
     lines, results = report(args, kinds, shown, cells, summary, (server_cpu, client_cpu))
     L += lines + ["WARNING: " + w for w in warnings]
     print("\n".join(L))
@@ -411,7 +424,17 @@ def main():
             "elapsed_s": elapsed,
             "config": {
                 k: getattr(args, k)
-                for k in ("rounds", "duration", "warmup", "sizes", "conns", "quick", "pin")
+                for k in (
+                    "rounds",
+                    "duration",
+                    "warmup",
+                    "min_busy",
+                    "retries",
+                    "sizes",
+                    "conns",
+                    "quick",
+                    "pin",
+                )
             },
             "loops": loop_info,
             "unavailable": unavailable,

@@ -46,9 +46,11 @@ from _common import (
     pinned,
     python_build_flags,
     ratio,
+    retaken_line,
     run_server_rounds,
     serve_worker,
     server_header,
+    starved,
     use_greenhub_path,
     write_json,
 )
@@ -323,6 +325,13 @@ def main():
     ap.add_argument(
         "--pin", default="auto", help="SERVER_CPU,CLIENT_CPU, 'auto' (the first two) or 'none'"
     )
+    ap.add_argument(
+        "--min-busy",
+        type=float,
+        default=0.8,
+        help="retake a multi-connection run in which neither side got this share of a CPU",
+    )
+    ap.add_argument("--retries", type=int, default=1, help="times one run may be retaken")
     ap.add_argument("--json", metavar="PATH", help="also write all results as JSON")
     ap.add_argument("--timeout", type=float, default=60, help="seconds a server may take to start")
     ap.add_argument("--greenhub-path", default=REPO)
@@ -366,6 +375,8 @@ def main():
         args.rounds,
         start_server,
         lambda srv, conns: run_wrk(srv, conns, args, client_cpu),
+        disturbed=lambda r, cell: starved(r, cell, args.min_busy),
+        retries=args.retries,
     )
     background, elapsed = load.stop()
 
@@ -380,6 +391,8 @@ def main():
         unavailable,
     )
     L.append("wrk:     %s" % minfo["wrk"])
+    if retaken_line(raw, loops, args.min_busy):
+        L.append(retaken_line(raw, loops, args.min_busy))
     lines, results = report(args, kinds, shown, cells, summary, (server_cpu, client_cpu))
     L += lines + ["WARNING: " + w for w in warnings]
     print("\n".join(L))
@@ -393,7 +406,16 @@ def main():
             "elapsed_s": elapsed,
             "config": {
                 k: getattr(args, k)
-                for k in ("rounds", "duration", "warmup", "conns", "quick", "pin")
+                for k in (
+                    "rounds",
+                    "duration",
+                    "warmup",
+                    "min_busy",
+                    "retries",
+                    "conns",
+                    "quick",
+                    "pin",
+                )
             },
             "loops": loop_info,
             "unavailable": unavailable,
