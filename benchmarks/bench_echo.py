@@ -302,7 +302,7 @@ def report(args, kinds, loops, cells, summary, pins):
     if (1024, 64) in cells and "greenhub" in loops:
         L.append(
             "goals, server user CPU per 1 KiB round trip at 64 connections (the budget's "
-            "uvloop figures came from a faster machine: compare the ratios too):"
+            "uvloop figures came from another machine: compare the ratios too):"
         )
         for s, (uv_ref, goal) in GOALS.items():
             gh = (summary.get((s, "greenhub", (1024, 64))) or {}).get("user_us")
