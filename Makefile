@@ -11,7 +11,7 @@ help:
 	@echo "make build       build the C extension in place (PY=python3.x to pick)"
 	@echo "make debug       debug build: -O0 -g, assertions on"
 	@echo "make test-unit   pytest suite only;  make test-compat  CPython's suites only"
-	@echo "make bench       benchmarks: greenhub vs asyncio vs uvloop (and vthread peers)"
+	@echo "make bench       benchmarks: greenhub vs asyncio vs uvloop (and vthread peers), echo, HTTP"
 	@echo "make lint        ruff + clang-format checks;  make format  applies them"
 
 # System and Python packages a fresh Debian machine lacks.
@@ -50,6 +50,10 @@ bench: build
 	$(PY) benchmarks/bench_scheduling.py
 	$(PY) benchmarks/bench_vthread.py
 	$(PY) benchmarks/bench_memory.py
+	$(PY) benchmarks/bench_echo.py
+	@command -v wrk >/dev/null || { echo "installing wrk (bench_http.py's load generator)"; \
+	    (apt-get update -qq && apt-get install -y -qq wrk) >/dev/null || true; }
+	$(PY) benchmarks/bench_http.py
 
 lint:
 	ruff check greenhub tests compat benchmarks examples
