@@ -12,7 +12,7 @@ help:
 	@echo "make debug       debug build: -O0 -g, assertions on"
 	@echo "make test-unit   pytest suite only;  make test-compat  CPython's suites only"
 	@echo "                 (COMPAT_GROUPS=default|io|all, default all)"
-	@echo "make bench       benchmarks: greenhub vs asyncio vs uvloop (and vthread peers)"
+	@echo "make bench       benchmarks: greenhub vs asyncio vs uvloop (and vthread peers), echo, HTTP"
 	@echo "make lint        ruff + clang-format checks;  make format  applies them"
 
 # System and Python packages a fresh Debian machine lacks.
@@ -53,16 +53,20 @@ bench: build
 	$(PY) benchmarks/bench_scheduling.py
 	$(PY) benchmarks/bench_vthread.py
 	$(PY) benchmarks/bench_memory.py
+	$(PY) benchmarks/bench_echo.py
+	@command -v wrk >/dev/null || { echo "installing wrk (bench_http.py's load generator)"; \
+	    (apt-get update -qq && apt-get install -y -qq wrk) >/dev/null || true; }
+	$(PY) benchmarks/bench_http.py
 
 lint:
 	ruff check greenhub tests compat benchmarks examples
 	ruff format --check greenhub examples
-	clang-format --dry-run --Werror src/*.c src/*.h
+	clang-format --dry-run --Werror src/*.c src/*.h benchmarks/*.c
 
 format:
 	ruff check --fix greenhub tests compat benchmarks examples
 	ruff format greenhub examples
-	clang-format -i src/*.c src/*.h
+	clang-format -i src/*.c src/*.h benchmarks/*.c
 
 clean:
 	rm -rf build greenhub/*.so greenhub/__pycache__ tests/__pycache__

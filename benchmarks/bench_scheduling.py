@@ -21,7 +21,6 @@ ratios are median / median of the reference loop (>1 means slower).
 
 import argparse
 import asyncio
-import datetime
 import gc
 import json
 import os
@@ -43,7 +42,7 @@ from _common import (
     emit,
     fmt_ns,
     instr_mark,
-    loop_factory,
+    loop_factory_info,
     machine_info,
     python_build_flags,
     require_valgrind,
@@ -467,74 +466,6 @@ def _emit(**obj):
     emit(obj)
 
 
-def _libuv_version():
-    try:
-        import uvloop.loop
-
-        v = uvloop.loop.libuv_get_version()
-        return "%d.%d.%d" % ((v >> 16) & 0xFF, (v >> 8) & 0xFF, v & 0xFF)
-    except Exception:
-        return None
-
-
-def _dist_version(name):
-    try:
-        from importlib.metadata import version
-
-        return version(name)
-    except Exception:
-        return None
-
-
-def _loop_factory(kind):
-    """Import only the library under test and return (factory, info dict)."""
-    info = {"kind": kind}
-    factory = loop_factory(kind)
-    if kind == "asyncio":
-        info["version"] = "stdlib " + platform.python_version()
-    elif kind == "uvloop":
-        import uvloop
-
-        info["version"] = getattr(uvloop, "__version__", "?")
-        info["libuv"] = _libuv_version()
-        info["file"] = uvloop.__file__
-    elif kind == "greenhub":
-        import greenhub
-
-        info["version"] = getattr(greenhub, "__version__", None) or _dist_version("greenhub")
-        info["file"] = getattr(greenhub, "__file__", None)
-        for attr in ("libev_version", "LIBEV_VERSION", "ev_version"):
-            v = getattr(greenhub, attr, None)
-            if v is not None:
-                try:
-                    info["libev"] = str(v() if callable(v) else v)
-                except Exception:
-                    pass
-                break
-        core = getattr(greenhub, "_core", None)
-        if getattr(core, "__file__", None):
-            # Which build ran: the lead rebuilds in place, so say when it was built.
-            info["build"] = "%s built %s" % (
-                os.path.basename(core.__file__),
-                datetime.datetime.fromtimestamp(os.path.getmtime(core.__file__)).isoformat(
-                    timespec="seconds"
-                ),
-            )
-        try:
-            import greenlet
-
-            info["greenlet"] = greenlet.__version__
-        except Exception:
-            pass
-    loop = factory()
-    try:
-        info["loop_class"] = "%s.%s" % (type(loop).__module__, type(loop).__qualname__)
-        info["debug"] = bool(loop.get_debug())
-    finally:
-        loop.close()
-    return factory, info
-
-
 def _fmt_exc(e):
     """'Type: message (in function)' for a failure cell."""
     import traceback
@@ -590,7 +521,7 @@ class Runner:
 def worker_main(args):
     use_greenhub_path(args.greenhub_path)
     try:
-        factory, info = _loop_factory(args.worker)
+        factory, info = loop_factory_info(args.worker)
     except BaseException as e:  # report, don't crash: the parent shows it
         _emit(event="unavailable", error=_fmt_exc(e))
         return 0
