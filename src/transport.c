@@ -208,20 +208,10 @@ after_recv(gh_state *st, PyObject *self, Py_ssize_t n)
 
 /* _read_ready__data_received(): asyncio's, with recv() into a buffer of the
  * module's (copied into the bytes the protocol gets) instead of a fresh
- * max_size bytes object. */
+ * max_size bytes object.  `ts` is borrowed. */
 static PyObject *
-tr_data_received(PyObject *self, PyTypeObject *cls, PyObject *const *args, size_t nargsf,
-                 PyObject *kwnames)
+read_data(gh_state *st, PyObject *self, gh_TransportState *ts)
 {
-    (void)args;
-    if (no_args("_read_ready__data_received", nargsf, kwnames) < 0) {
-        return NULL;
-    }
-    gh_state *st = PyType_GetModuleState(cls);
-    gh_TransportState *ts = state_of(st, self);
-    if (ts == NULL) {
-        return PyErr_Occurred() ? NULL : PyObject_CallOneArg(st->tr.stock_data_received, self);
-    }
     PyObject *res = NULL, *data = NULL, *proto = NULL;
     char *heap = NULL;
     int lost = field_true(ts->conn_lost, "_conn_lost");
@@ -293,6 +283,23 @@ done:
     PyMem_Free(heap);
     Py_XDECREF(proto);
     Py_XDECREF(data);
+    return res;
+}
+
+static PyObject *
+tr_data_received(PyObject *self, PyTypeObject *cls, PyObject *const *args, size_t nargsf,
+                 PyObject *kwnames)
+{
+    (void)args;
+    if (no_args("_read_ready__data_received", nargsf, kwnames) < 0) {
+        return NULL;
+    }
+    gh_state *st = PyType_GetModuleState(cls);
+    gh_TransportState *ts = state_of(st, self);
+    if (ts == NULL) {
+        return PyErr_Occurred() ? NULL : PyObject_CallOneArg(st->tr.stock_data_received, self);
+    }
+    PyObject *res = read_data(st, self, ts);
     Py_DECREF(ts);
     return res;
 }
@@ -415,6 +422,15 @@ tr_read_ready(PyObject *self, PyTypeObject *cls, PyObject *const *args, size_t n
     gh_state *st = PyType_GetModuleState(cls);
     gh_TransportState *ts = state_of(st, self);
     PyObject *cb = ts != NULL ? Py_XNewRef(ts->read_ready_cb) : NULL;
+    if (cb != NULL && PyCFunction_Check(cb) && PyCFunction_GET_SELF(cb) == self &&
+        PyCFunction_GET_FUNCTION(cb) == (PyCFunction)(void (*)(void))tr_data_received) {
+        /* self._read_ready__data_received, as set_protocol() set it: run it
+         * without a second call and state lookup. */
+        PyObject *res = read_data(st, self, ts);
+        Py_DECREF(cb);
+        Py_DECREF(ts);
+        return res;
+    }
     Py_XDECREF(ts);
     if (cb == NULL) {
         if (!PyErr_Occurred()) {
