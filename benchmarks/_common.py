@@ -18,6 +18,7 @@ Nothing here is timed.  It holds what every script needs around its measurements
 * small helpers: ``log``, ``write_json``, ``filter_ids``, ``libs_line``.
 """
 
+import argparse
 import datetime
 import json
 import os
@@ -45,6 +46,27 @@ _WORKER_ENV_DROP = (
     "PYTHONPROFILEIMPORTTIME",
     "PYTHONBREAKPOINT",
 )
+
+
+def add_server_run_args(ap):
+    """The options bench_echo.py and bench_http.py share: CPU pinning, retakes of
+    starved runs, JSON output, server start-up, and the hidden worker-mode ones."""
+    ap.add_argument(
+        "--pin", default="auto", help="SERVER_CPU,CLIENT_CPU, 'auto' (the first two) or 'none'"
+    )
+    ap.add_argument(
+        "--min-busy",
+        type=float,
+        default=0.8,
+        help="retake a multi-connection run in which neither side got this share of a CPU",
+    )
+    ap.add_argument("--retries", type=int, default=1, help="times one run may be retaken")
+    ap.add_argument("--json", metavar="PATH", help="also write all results as JSON")
+    ap.add_argument("--timeout", type=float, default=60, help="seconds a server may take to start")
+    ap.add_argument("--greenhub-path", default=REPO)
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--loop", help=argparse.SUPPRESS)
+    ap.add_argument("--cpu", type=int, help=argparse.SUPPRESS)
 
 
 def log(msg):

@@ -37,9 +37,9 @@ import tempfile
 from _common import (
     LOOP_KINDS,
     RATIO_NAME,
-    REPO,
     BackgroundLoad,
     ServerProcess,
+    add_server_run_args,
     filter_ids,
     fmt_ratio,
     greenhub_ratio_pairs,
@@ -338,22 +338,7 @@ def main():
     ap.add_argument("-r", "--rounds", type=int, help="rounds of fresh servers (3; quick 1)")
     ap.add_argument("-t", "--duration", type=float, help="measured seconds per run (2; quick 0.3)")
     ap.add_argument("-w", "--warmup", type=float, help="seconds before that (0.5; quick 0.1)")
-    ap.add_argument(
-        "--pin", default="auto", help="SERVER_CPU,CLIENT_CPU, 'auto' (the first two) or 'none'"
-    )
-    ap.add_argument(
-        "--min-busy",
-        type=float,
-        default=0.8,
-        help="retake a multi-connection run in which neither side got this share of a CPU",
-    )
-    ap.add_argument("--retries", type=int, default=1, help="times one run may be retaken")
-    ap.add_argument("--json", metavar="PATH", help="also write all results as JSON")
-    ap.add_argument("--timeout", type=float, default=60, help="seconds a server may take to start")
-    ap.add_argument("--greenhub-path", default=REPO)
-    ap.add_argument("--worker", help=argparse.SUPPRESS)
-    ap.add_argument("--loop", help=argparse.SUPPRESS)
-    ap.add_argument("--cpu", type=int, help=argparse.SUPPRESS)
+    add_server_run_args(ap)
     args = ap.parse_args()
     if args.worker:
         use_greenhub_path(args.greenhub_path)

@@ -95,10 +95,11 @@ maybe_transport_fd(gh_state *st, gh_Loop *self, int fd)
     return key == NULL ? -1 : found;
 }
 
-/* recv() or recv_into() without blocking; -2 for EAGAIN (no exception),
- * -1 with OSError set as socket.socket would raise it. */
-static Py_ssize_t
-try_recv(int fd, char *buf, Py_ssize_t size)
+/* recv() as socket.socket.recv() does it on a non-blocking socket: retried
+ * after EINTR once signal handlers ran.  Returns the byte count, -2 for
+ * EAGAIN (no exception), or -1 with OSError set as socket would raise it. */
+Py_ssize_t
+gh_sock_try_recv(int fd, char *buf, Py_ssize_t size)
 {
     for (;;) {
         Py_ssize_t n = recv(fd, buf, (size_t)size, 0);
@@ -125,7 +126,7 @@ recv_bytes(gh_state *st, int fd, Py_ssize_t n, int *again)
     if (st->rbuf == NULL && (st->rbuf = PyMem_Malloc(GH_RBUF_SIZE)) == NULL) {
         return PyErr_NoMemory();
     }
-    Py_ssize_t got = try_recv(fd, st->rbuf, n);
+    Py_ssize_t got = gh_sock_try_recv(fd, st->rbuf, n);
     *again = got == -2;
     if (got < 0) {
         return NULL;
@@ -141,7 +142,7 @@ recv_into(int fd, PyObject *buf)
     if (PyObject_GetBuffer(buf, &view, PyBUF_WRITABLE) < 0) {
         return -1;
     }
-    Py_ssize_t got = try_recv(fd, view.buf, view.len);
+    Py_ssize_t got = gh_sock_try_recv(fd, view.buf, view.len);
     PyBuffer_Release(&view);
     return got;
 }

@@ -18,6 +18,10 @@ PyObject *gh_loop_sock_recv(PyObject *op, PyObject *const *args, Py_ssize_t narg
 PyObject *gh_loop_sock_recv_into(PyObject *op, PyObject *const *args, Py_ssize_t nargs);
 PyObject *gh_loop_sock_send(PyObject *op, PyObject *const *args, Py_ssize_t nargs);
 
+/* recv() on a non-blocking socket, as socket.socket.recv() does it: the
+ * byte count, -2 for EAGAIN (no exception), -1 with OSError set. */
+Py_ssize_t gh_sock_try_recv(int fd, char *buf, Py_ssize_t size);
+
 /* module.c: the interned names and imports sock.c uses. */
 int gh_sock_state_init(gh_state *st);
 void gh_sock_state_clear(gh_state *st);

@@ -43,6 +43,7 @@
 
 #include "compat.h"
 #include "loop.h"
+#include "sock.h"
 
 #ifndef IOV_MAX
 #define IOV_MAX 1024
@@ -129,30 +130,6 @@ sock_fd(gh_state *st, PyObject *sock)
         return FD_ERROR;
     }
     return fd < 0 || fd > INT_MAX ? -1 : (int)fd;
-}
-
-/* recv() as socket.socket.recv() does it on a non-blocking socket: retried
- * after EINTR once signal handlers ran.  Returns the byte count, -1 with an
- * exception set (BlockingIOError is reported as -2, without one). */
-static Py_ssize_t
-do_recv(int fd, char *buf, Py_ssize_t size)
-{
-    for (;;) {
-        Py_ssize_t n = recv(fd, buf, (size_t)size, 0);
-        if (n >= 0) {
-            return n;
-        }
-        if (errno == EAGAIN || errno == EWOULDBLOCK) {
-            return -2;
-        }
-        if (errno != EINTR) {
-            PyErr_SetFromErrno(PyExc_OSError);
-            return -1;
-        }
-        if (PyErr_CheckSignals() < 0) {
-            return -1;
-        }
-    }
 }
 
 static int
@@ -254,7 +231,7 @@ read_data(gh_state *st, PyObject *self, gh_TransportState *ts)
         res = fatal(st, self, "Fatal read error on socket transport");
         goto done;
     }
-    Py_ssize_t n = do_recv(fd, buf, max_size);
+    Py_ssize_t n = gh_sock_try_recv(fd, buf, max_size);
     if (n <= 0) {
         res = after_recv(st, self, n);
         goto done;
@@ -375,7 +352,7 @@ tr_get_buffer(PyObject *self, PyTypeObject *cls, PyObject *const *args, size_t n
     Py_ssize_t n;
     Py_buffer view;
     if (PyObject_GetBuffer(buf, &view, PyBUF_WRITABLE) == 0) {
-        n = do_recv(fd, view.buf, view.len);
+        n = gh_sock_try_recv(fd, view.buf, view.len);
         PyBuffer_Release(&view);
     }
     else {
