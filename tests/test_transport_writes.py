@@ -270,7 +270,10 @@ class WriteOnResume(FlowProtocol):
 
     def resume_writing(self):
         super().resume_writing()
-        self.transport.write(b"<written in resume_writing>")
+        # Once: with a 1-byte high-water mark this write may itself pause the protocol
+        # again (on either loop) if the kernel takes it only in part.
+        if sum(event == "resume" for event, _ in self.events) == 1:
+            self.transport.write(b"<written in resume_writing>")
 
 
 def test_data_written_in_resume_writing_before_close_is_delivered(loop):
