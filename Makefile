@@ -25,11 +25,18 @@ deps:
 	    $(PIP) install -q --disable-pip-version-check --root-user-action=ignore \
 	        setuptools wheel "greenlet>=3.0" pytest pytest-timeout trustme
 
+# A debug build leaves a marker per interpreter (build/debug<EXT_SUFFIX>), so that the
+# next `make build` for that interpreter rebuilds instead of keeping the debug objects.
+EXT_SUFFIX = $(shell $(PY) -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))" 2>/dev/null)
+DEBUG_MARK = build/debug$(EXT_SUFFIX)
+
 build: deps
-	$(PY) setup.py -q build_ext --inplace
+	$(PY) setup.py -q build_ext --inplace $$([ -f "$(DEBUG_MARK)" ] && echo --force)
+	rm -f "$(DEBUG_MARK)"
 
 debug: deps
 	GREENHUB_DEBUG=1 $(PY) setup.py -q build_ext --inplace --force
+	mkdir -p build && touch "$(DEBUG_MARK)"
 
 demo: build
 	$(PY) examples/demo.py
