@@ -64,6 +64,9 @@ async def serve(body):
         return await asyncio.wait_for(body(f"127.0.0.1:{port}"), 30)
     finally:
         await runner.cleanup()
+        # Name resolution may have started executor threads (on the stock loop): end
+        # them here, as asyncio.run() would, rather than let them exit during later tests.
+        await asyncio.get_running_loop().shutdown_default_executor()
 
 
 def test_aiohttp_server_and_client(loop):
