@@ -195,6 +195,12 @@ start_wait(gh_state *st, gh_Loop *self, int fd, PyObject *sock, PyObject *ready,
     PyObject *r = PyObject_CallMethodOneArg(fut, st->sk.add_done_callback, (PyObject *)done);
     Py_DECREF(done);
     if (r == NULL) {
+        /* Nobody would end the wait: take the reader out again. */
+        PyObject *exc = gh_err_get_raised();
+        if (gh_io_wait_done(self, fd, sock, handle) < 0) {
+            PyErr_WriteUnraisable((PyObject *)self);
+        }
+        gh_err_set_raised(exc);
         goto fail;
     }
     Py_DECREF(r);

@@ -22,6 +22,7 @@ the test that caused it, not again by every test after it.
 """
 
 import asyncio
+import socket
 import sys
 import threading
 
@@ -73,6 +74,17 @@ def loop_factory(request):
 def loop(loop_factory):
     """A new loop of the parametrised kind; not set as current (tests that need it do so)."""
     return loop_factory()
+
+
+@pytest.fixture
+def pair():
+    """A connected non-blocking socket pair, closed at teardown."""
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    yield a, b
+    a.close()
+    b.close()
 
 
 @pytest.fixture

@@ -8,16 +8,6 @@ import socket
 import pytest
 
 
-@pytest.fixture
-def pair():
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
-    yield a, b
-    a.close()
-    b.close()
-
-
 def run_until(loop, predicate, timeout=2.0):
     async def wait():
         deadline = loop.time() + timeout

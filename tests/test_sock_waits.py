@@ -12,16 +12,6 @@ import socket
 import pytest
 
 
-@pytest.fixture
-def pair():
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
-    yield a, b
-    a.close()
-    b.close()
-
-
 def run(loop, coro, timeout=5):
     return loop.run_until_complete(asyncio.wait_for(coro, timeout))
 
