@@ -110,6 +110,19 @@ advance(gh_state *st, PyObject *it, PyObject *value, PyObject *exc, PyObject **r
     return PYGEN_ERROR;
 }
 
+int
+gh_in_vthread(gh_state *st)
+{
+    PyObject *loop_obj = PyObject_CallNoArgs(st->get_running_loop);
+    if (loop_obj == NULL) {
+        return -1;
+    }
+    gh_Loop *loop = gh_as_loop(st, loop_obj);
+    int r = loop != NULL && loop->current_step != NULL;
+    Py_DECREF(loop_obj);
+    return r;
+}
+
 PyObject *
 gh_await(gh_state *st, PyObject *awaitable)
 {

@@ -56,6 +56,13 @@ await_(PyObject *mod, PyObject *awaitable)
     return gh_await(module_state(mod), awaitable);
 }
 
+static PyObject *
+in_vthread(PyObject *mod, PyObject *Py_UNUSED(ignored))
+{
+    int r = gh_in_vthread(module_state(mod));
+    return r < 0 ? NULL : PyBool_FromLong(r);
+}
+
 static PyMethodDef module_methods[] = {
     {"debug_counters", debug_counters, METH_NOARGS,
      "Return live-object counters: handles, timers, loops and queued items.\n\n"
@@ -66,6 +73,11 @@ static PyMethodDef module_methods[] = {
      "its exception).  Inside a task on a greenhub loop only that task waits, at\n"
      "any call depth; with no loop running, the awaitable runs to completion on\n"
      "this thread's greenhub loop."},
+    {"in_vthread", in_vthread, METH_NOARGS,
+     "in_vthread() -> bool\n\n"
+     "True if the caller runs inside a task on a greenhub loop running in this\n"
+     "thread: there, greenhub.await_() and greenhub's blocking calls suspend only\n"
+     "that task.  False anywhere else (no loop, another loop, a loop callback)."},
     {"_install_hooks", (PyCFunction)(void (*)(void))install_hooks, METH_VARARGS | METH_KEYWORDS,
      NULL},
     {NULL, NULL, 0, NULL},

@@ -62,6 +62,11 @@ extern PyType_Spec gh_greencoro_spec;
 /* greenhub.await_(awaitable) - see bridge.c. */
 PyObject *gh_await(gh_state *st, PyObject *awaitable);
 
+/* 1 if the caller runs inside a task step of a greenhub loop running in
+ * this thread (where gh_await() suspends only that task), 0 if not, -1 with
+ * an exception set on error. */
+int gh_in_vthread(gh_state *st);
+
 /* Wraps a coroutine for a task of `loop`: a new GreenCoro for a coroutine,
  * a new reference to anything else (asyncio.Task rejects what it must). */
 PyObject *gh_wrap_coroutine(gh_state *st, PyObject *coro, PyObject *loop);
