@@ -258,16 +258,17 @@ def _remaining(deadline):
 
 
 def _lock_timeout(blocking, timeout):
-    """threading.Lock.acquire()'s argument rules -> None or seconds."""
-    if not blocking:
-        if timeout != -1:
-            raise ValueError("can't specify a timeout for a non-blocking call")
-        return 0.0
+    """threading.Lock.acquire()'s arguments -> None (forever) or seconds."""
     if timeout == -1:
-        return None
-    if timeout < 0:
-        raise ValueError("timeout value must be positive")
-    return float(timeout)
+        return None if blocking else 0.0
+    if blocking and type(timeout) in (int, float) and timeout >= 0:
+        return float(timeout)
+    # Anything else: a raw lock raises exactly what threading raises on this
+    # Python version (the messages differ between versions).
+    probe = _allocate_lock()
+    probe.acquire(blocking, timeout)
+    probe.release()
+    return float(timeout) if blocking else 0.0
 
 
 class Lock:
