@@ -11,9 +11,8 @@ An asyncio event loop written in C on libev.  Use it as any asyncio loop::
 
 import asyncio as _asyncio
 
-from . import _core, vthread  # noqa: F401 - _core: diagnostics (debug_counters)
+from . import _core, _vthread, vthread  # noqa: F401 - _core: diagnostics (debug_counters)
 from ._loop import Loop
-from . import _vthread
 from ._vthread import await_, spawn
 from .sync import (
     BoundedSemaphore,
