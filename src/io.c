@@ -84,7 +84,7 @@ slot_for(gh_Loop *self, int fd, int create)
         return NULL;
     }
     for (int i = self->n_io_slots; i < n; i++) {
-        slots[i].reader = slots[i].writer = slots[i].armed_for = NULL;
+        slots[i].reader = slots[i].writer = slots[i].armed_for = slots[i].fileobj = NULL;
     }
     self->io_slots = slots;
     self->n_io_slots = n;
@@ -138,6 +138,7 @@ add_io(PyObject *op, PyObject *const *args, Py_ssize_t nargs, int which, const c
         return NULL;
     }
     Py_CLEAR(slot->armed_for); /* the watcher is set from scratch below */
+    int was_idle = slot->reader == NULL && slot->writer == NULL;
     PyObject **place = which == GH_IO_READ ? &slot->reader : &slot->writer;
     PyObject *old = *place;
     *place = h;
@@ -146,6 +147,13 @@ add_io(PyObject *op, PyObject *const *args, Py_ssize_t nargs, int which, const c
         Py_DECREF(h);
         return PyErr_SetFromErrno(PyExc_OSError);
     }
+    PyObject *old_fileobj = NULL;
+    if (was_idle) {
+        old_fileobj = slot->fileobj;
+        slot->fileobj = Py_NewRef(args[0]);
+    }
+    /* Decrefs and cancels last: they can run Python code that moves `slot`. */
+    Py_XDECREF(old_fileobj);
     if (old != NULL) {
         int rc = gh_handle_cancel(old);
         Py_DECREF(old);
@@ -173,9 +181,27 @@ remove_io(gh_Loop *self, int fd, int which)
     *place = NULL;
     /* Stopping a watcher does not fail (errno only matters when starting). */
     (void)gh_reactor_io_watch(self->reactor, fd, interest(slot));
+    PyObject *fileobj = NULL;
+    if (slot->reader == NULL && slot->writer == NULL) {
+        fileobj = slot->fileobj;
+        slot->fileobj = NULL;
+    }
     int rc = gh_handle_cancel(old);
     Py_DECREF(old);
+    Py_XDECREF(fileobj);
     return rc < 0 ? -1 : 1;
+}
+
+/* The fd whose watchers were added with `fileobj` itself, or -1. */
+static long
+fd_of_fileobj(gh_Loop *self, PyObject *fileobj)
+{
+    for (int fd = 0; fd < self->n_io_slots; fd++) {
+        if (self->io_slots[fd].fileobj == fileobj) {
+            return fd;
+        }
+    }
+    return -1;
 }
 
 static PyObject *
@@ -188,6 +214,11 @@ remove_io_method(PyObject *op, PyObject *fileobj, int which)
     }
     if (self->closed) {
         Py_RETURN_FALSE;
+    }
+    if (fd < 0) {
+        /* A closed socket: the selector loop looks the object up instead. */
+        long found = fd_of_fileobj(self, fileobj);
+        fd = found < 0 ? fd : found;
     }
     if (check_fd(fd) < 0) {
         return NULL;
@@ -283,15 +314,18 @@ gh_loop_io_clear(gh_Loop *self)
 {
     for (int fd = 0; fd < self->n_io_slots; fd++) {
         gh_io_slot *slot = &self->io_slots[fd];
-        if (slot->reader == NULL && slot->writer == NULL && slot->armed_for == NULL) {
+        if (slot->reader == NULL && slot->writer == NULL && slot->armed_for == NULL &&
+            slot->fileobj == NULL) {
             continue;
         }
         PyObject *reader = slot->reader, *writer = slot->writer, *armed = slot->armed_for;
-        slot->reader = slot->writer = slot->armed_for = NULL;
+        PyObject *fileobj = slot->fileobj;
+        slot->reader = slot->writer = slot->armed_for = slot->fileobj = NULL;
         (void)gh_reactor_io_watch(self->reactor, fd, 0);
         Py_XDECREF(reader);
         Py_XDECREF(writer);
         Py_XDECREF(armed);
+        Py_XDECREF(fileobj);
     }
     PyMem_Free(self->io_slots);
     self->io_slots = NULL;
@@ -360,9 +394,11 @@ gh_io_wait_done(gh_Loop *self, int fd, PyObject *sock, PyObject *handle)
         PyErr_Clear(); /* no weak references: just stop watching */
         return remove_io(self, fd, GH_IO_READ) < 0 ? -1 : 0;
     }
-    slot->reader = NULL;
+    PyObject *fileobj = slot->fileobj;
+    slot->reader = slot->fileobj = NULL;
     slot->armed_for = ref; /* the watcher stays as it is: armed for reading */
     int rc = gh_handle_cancel(handle);
     Py_DECREF(handle);
+    Py_XDECREF(fileobj);
     return rc;
 }

@@ -989,6 +989,7 @@ loop_traverse(PyObject *op, visitproc visit, void *arg)
     for (int fd = 0; fd < self->n_io_slots; fd++) {
         Py_VISIT(self->io_slots[fd].reader);
         Py_VISIT(self->io_slots[fd].writer);
+        Py_VISIT(self->io_slots[fd].fileobj);
     }
     for (size_t i = 0; i < self->ready.len; i++) {
         Py_VISIT((PyObject *)gh_readyq_at(&self->ready, i));

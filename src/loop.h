@@ -70,6 +70,12 @@ typedef struct gh_io_slot {
      * no reader) so the next wait on the same socket costs no system call.
      * Only while reader and writer are NULL.  See sock.c. */
     PyObject *armed_for;
+    /* Owned, or NULL while reader and writer are NULL: the object the first
+     * add_reader()/add_writer() of the fd was given, as a selector key keeps
+     * its fileobj, so that remove_reader(sock) still finds the fd once sock
+     * is closed and its fileno() is -1 (selectors search their keys for the
+     * object then; anyio removes its readers that way). */
+    PyObject *fileobj;
 } gh_io_slot;
 
 /* Queues a handle to run in the next pass; steals the reference (also on

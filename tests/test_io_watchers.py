@@ -263,3 +263,26 @@ def test_selector_key_lookup_by_file_object(loop, pair):
     assert a not in selector.get_map()
     with pytest.raises(ValueError):
         selector.get_key(-1)
+
+
+@pytest.mark.parametrize("which", ["reader", "writer"])
+def test_remove_by_a_closed_socket_object(loop, which):
+    # A selector keeps the object a watcher was added with; once that socket is closed
+    # (fileno() -1), remove_reader(sock) still finds its watcher by the object and removes
+    # it (anyio closes sockets that way); a closed socket not (or no longer) watched
+    # raises ValueError.
+    add, remove = getattr(loop, "add_" + which), getattr(loop, "remove_" + which)
+    a, b = socket.socketpair()
+    other, other_peer = socket.socketpair()
+    b.close()
+    other_peer.close()
+    add(a, print)
+    add(other, print)  # a second watched fd: the lookup must pick the right one
+    a.close()
+    assert remove(a) is True
+    with pytest.raises(ValueError, match="Invalid file descriptor: -1"):
+        remove(a)
+    assert remove(other) is True
+    other.close()
+    with pytest.raises(ValueError, match="Invalid file descriptor: -1"):
+        remove(other)
