@@ -3,7 +3,7 @@ PY ?= python3
 PIP = $(PY) -m pip
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: help deps build debug demo test test-unit test-compat bench lint format clean
+.PHONY: help deps build debug demo test test-unit test-compat test-upstream bench lint format clean
 
 help:
 	@echo "make demo        install what is missing, build, run the showcase"
@@ -12,6 +12,8 @@ help:
 	@echo "make debug       debug build: -O0 -g, assertions on"
 	@echo "make test-unit   pytest suite only;  make test-compat  CPython's suites only"
 	@echo "                 (COMPAT_GROUPS=default|io|all, default all)"
+	@echo "make test-upstream  anyio's and aiohttp's own test suites, stock loop vs greenhub"
+	@echo "                 (UPSTREAM_ARGS=--quick for the subset CI runs)"
 	@echo "make bench       benchmarks: greenhub vs asyncio vs uvloop (and vthread peers), echo, HTTP"
 	@echo "make lint        ruff + clang-format checks;  make format  applies them"
 
@@ -21,9 +23,10 @@ deps:
 	    echo "installing libev-dev"; \
 	    (apt-get update -qq && apt-get install -y -qq libev-dev) >/dev/null; \
 	fi
-	@$(PY) -c "import setuptools, greenlet, pytest, pytest_timeout, trustme, aiohttp, httpx, websockets" \
+	@$(PY) -c "import setuptools, greenlet, pytest, pytest_timeout, trustme, aiohttp, httpx, websockets, anyio, pytest_asyncio, uvicorn, redis" \
 	    2>/dev/null || $(PIP) install -q --disable-pip-version-check --root-user-action=ignore \
-	        setuptools wheel "greenlet>=3.0" pytest pytest-timeout trustme aiohttp httpx websockets
+	        setuptools wheel "greenlet>=3.0" pytest pytest-timeout trustme aiohttp httpx websockets \
+	        anyio pytest-asyncio uvicorn redis
 
 # A debug build leaves a marker per interpreter (build/debug<EXT_SUFFIX>), so that the
 # next `make build` for that interpreter rebuilds instead of keeping the debug objects.
@@ -50,6 +53,13 @@ test-compat: build
 	$(PY) compat/run_cpython.py $(addprefix --group ,$(COMPAT_GROUPS))
 
 test: test-unit test-compat
+
+# Upstream projects' own suites (from their sdists, cached in compat/upstream-cache/):
+# stock loop vs greenhub, test by test.  The whole suites take about an hour on the
+# 2-core machine; CI runs UPSTREAM_ARGS=--quick on one Python (see compat/README.md).
+UPSTREAM_ARGS ?=
+test-upstream: build
+	$(PY) compat/run_upstream.py --install-deps $(UPSTREAM_ARGS)
 
 # The peers the benchmarks compare with; each benchmark skips a missing one.
 BENCH_PEERS = uvloop sqlalchemy greenback asgiref gevent
