@@ -208,3 +208,49 @@ def test_sync_code_awaits_inside_anyio_tasks(greenhub_leak_check):
     assert results == list(range(20))
     assert elapsed < 1.0  # 20 waits of 0.1 s overlap; one after another they take 2 s
     assert caught
+
+
+ANYIO_CONFTEST = """
+import greenhub
+import pytest
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio", {"loop_factory": greenhub.new_event_loop}
+"""
+
+ANYIO_USER_TESTS = """
+import asyncio
+
+import anyio
+import greenhub
+import pytest
+
+
+@pytest.mark.anyio
+async def test_on_greenhub():
+    assert isinstance(asyncio.get_running_loop(), greenhub.Loop)
+    with anyio.fail_after(5):
+        assert greenhub.await_(asyncio.sleep(0, result=7)) == 7
+"""
+
+
+def test_anyio_pytest_plugin_with_greenhub_backend(tmp_path):
+    # docs/recipe-anyio.md: a user's anyio-marked tests, in an inner pytest process, run
+    # on greenhub through the anyio_backend fixture.
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "conftest.py").write_text(ANYIO_CONFTEST)
+    (tmp_path / "test_user.py").write_text(ANYIO_USER_TESTS)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTEST_DISABLE_PLUGIN_AUTOLOAD="1")
+    env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("PYTEST_ADDOPTS", None)
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "anyio", "-p", "no:cacheprovider"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip().splitlines()[-1].startswith("1 passed"), proc.stdout
