@@ -26,7 +26,7 @@ deps:
 	@$(PY) -c "import setuptools, greenlet, pytest, pytest_timeout, trustme, aiohttp, httpx, websockets, anyio, pytest_asyncio, uvicorn, redis" \
 	    2>/dev/null || $(PIP) install -q --disable-pip-version-check --root-user-action=ignore \
 	        setuptools wheel "greenlet>=3.0" pytest pytest-timeout trustme aiohttp httpx websockets \
-	        anyio pytest-asyncio uvicorn redis
+	        anyio "pytest-asyncio>=1.4" uvicorn redis
 
 # A debug build leaves a marker per interpreter (build/debug<EXT_SUFFIX>), so that the
 # next `make build` for that interpreter rebuilds instead of keeping the debug objects.

@@ -20,7 +20,7 @@ pytest_asyncio = pytest.importorskip("pytest_asyncio", reason="make deps install
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# The recipe: a conftest.py hook (pytest-asyncio 1.3+) naming the loop factory.
+# The recipe: a conftest.py hook (pytest-asyncio 1.4+) naming the loop factory.
 HOOK_CONFTEST = """
 import asyncio
 import os
@@ -34,7 +34,7 @@ def pytest_asyncio_loop_factories(config, item):
     return {"asyncio": asyncio.new_event_loop}
 """
 
-# Older pytest-asyncio (0.23 - 1.2): override the event_loop_policy fixture.  1.3+ still
+# Older pytest-asyncio (0.23 - 1.3): override the event_loop_policy fixture.  1.4+ still
 # honours it, with a deprecation warning.
 POLICY_CONFTEST = """
 import asyncio
@@ -191,7 +191,7 @@ def test_auto_mode(tmp_path, kind):
 @pytest.mark.parametrize("kind", ["asyncio", "greenhub"])
 def test_event_loop_policy_fixture(tmp_path, kind):
     files = {"conftest.py": POLICY_CONFTEST, "test_user.py": USER_TESTS}
-    # pytest-asyncio 1.3+ deprecates overriding the fixture; the warning is expected.
+    # pytest-asyncio 1.4+ deprecates overriding the fixture; the warning is expected.
     rc, summary, out = run_inner(
         tmp_path, files, kind, "-W", "ignore::pytest.PytestDeprecationWarning"
     )
