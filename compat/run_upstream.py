@@ -83,14 +83,12 @@ SUITES = {
             "coverage": "coverage",  # pytest.ini's filterwarnings names its warning class
             "trustme": "trustme",
         },
-        # The functional suites: real servers and clients over the loop's transports.
+        # Functional suites: real servers and clients over the loop's transports (the
+        # server side over HTTP and WebSockets, the client side over WebSockets).
         "quick": [
-            "tests/test_client_functional.py",
             "tests/test_web_functional.py",
             "tests/test_client_ws_functional.py",
             "tests/test_web_websocket_functional.py",
-            "tests/test_web_sendfile_functional.py",
-            "tests/test_run_app.py",
         ],
     },
 }
