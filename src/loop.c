@@ -379,6 +379,56 @@ run_handle_debug(gh_Loop *self, PyObject *h)
  * this long between idle passes (each frees a few of them). */
 #define POOL_TRIM_INTERVAL 0.05
 
+/* The clock of the run loop and call_later().  asyncio's selector loop reads
+ * self.time() there, and tests move time by hand by replacing that method
+ * (unittest.mock.patch.object(loop, "time"), as aiohttp's keep-alive tests
+ * do), so when the instance's __dict__ holds a `time`, or a subclass
+ * overrides the method, it is called; otherwise gh_monotonic(), with no
+ * Python call.  -1 with an exception set if that call fails. */
+static int
+loop_now(gh_Loop *self, double *now)
+{
+    PyObject *op = (PyObject *)self;
+    if (self->time_kind == 0) {
+        /* The type's `time` is our method descriptor unless a subclass
+         * defines its own. */
+        PyObject *mine = PyObject_GetAttr((PyObject *)self->st->LoopType, self->st->str_time);
+        PyObject *m = mine ? PyObject_GetAttr((PyObject *)Py_TYPE(op), self->st->str_time) : NULL;
+        if (m != NULL) {
+            self->time_kind = m == mine ? 1 : 2;
+        }
+        Py_XDECREF(mine);
+        Py_XDECREF(m);
+        if (self->time_kind == 0) {
+            return -1;
+        }
+    }
+    int overridden = self->time_kind == 2;
+    if (!overridden && Py_TYPE(op)->tp_dictoffset != 0) {
+        PyObject *d = PyObject_GenericGetDict(op, NULL);
+        if (d == NULL) {
+            return -1;
+        }
+        PyObject *v = PyDict_GetItemWithError(d, self->st->str_time); /* borrowed */
+        overridden = v != NULL;
+        Py_DECREF(d);
+        if (v == NULL && PyErr_Occurred()) {
+            return -1;
+        }
+    }
+    if (!overridden) {
+        *now = gh_monotonic();
+        return 0;
+    }
+    PyObject *t = PyObject_CallMethodNoArgs(op, self->st->str_time);
+    if (t == NULL) {
+        return -1;
+    }
+    *now = PyFloat_AsDouble(t);
+    Py_DECREF(t);
+    return *now == -1. && PyErr_Occurred() ? -1 : 0;
+}
+
 static int
 run_once(gh_Loop *self)
 {
@@ -394,7 +444,11 @@ run_once(gh_Loop *self)
         timeout = 0.;
     }
     else if (self->timers.len) {
-        timeout = gh_timerq_top(&self->timers)->when - gh_monotonic();
+        double now;
+        if (loop_now(self, &now) < 0) {
+            return -1;
+        }
+        timeout = gh_timerq_top(&self->timers)->when - now;
         if (timeout > MAX_POLL_TIMEOUT) {
             timeout = MAX_POLL_TIMEOUT;
         }
@@ -421,7 +475,10 @@ run_once(gh_Loop *self)
     if (self->timers.len) {
         /* A timer is due once its deadline is not in the future: never
          * early, and no later than this iteration. */
-        double now = gh_monotonic();
+        double now;
+        if (loop_now(self, &now) < 0) {
+            return -1;
+        }
         const gh_timer_entry *top;
         while ((top = gh_timerq_top(&self->timers)) != NULL && top->when <= now) {
             if (gh_loop_push_ready(self, pop_timer(self)) < 0) {
@@ -569,7 +626,10 @@ loop_call_later(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kw
         PyErr_SetString(PyExc_TypeError, "delay must not be None");
         return NULL;
     }
-    double now = gh_monotonic();
+    double now;
+    if (loop_now(self, &now) < 0) {
+        return NULL;
+    }
     if (PyFloat_CheckExact(delay) || PyLong_CheckExact(delay)) {
         double d = PyFloat_AsDouble(delay);
         if (d == -1. && PyErr_Occurred()) {

@@ -52,6 +52,9 @@ typedef struct gh_Loop_s {
     char debug;                 /* truth of debug_obj */
     char closed;
     char stopping;
+    /* 0 not known yet, 1 the type's time() is greenhub's, 2 a subclass
+     * overrides it (see loop_now in loop.c). */
+    char time_kind;
     /* Wakeups from other threads (call_soon_threadsafe): `sleeping` is set
      * while the poll may block with the GIL released, `wakeup_sent` once a
      * wakeup is on its way; both change only with the GIL held, which

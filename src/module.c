@@ -147,8 +147,9 @@ module_exec(PyObject *mod)
     st->iscoroutinefunction = import_attr("asyncio.coroutines", "iscoroutinefunction");
     st->str_context = PyUnicode_InternFromString("context");
     st->str_slow_callback_duration = PyUnicode_InternFromString("slow_callback_duration");
+    st->str_time = PyUnicode_InternFromString("time");
     if (st->iscoroutine == NULL || st->iscoroutinefunction == NULL || st->str_context == NULL ||
-        st->str_slow_callback_duration == NULL) {
+        st->str_slow_callback_duration == NULL || st->str_time == NULL) {
         return -1;
     }
 #ifdef GH_DEBUG
@@ -226,6 +227,7 @@ module_clear(PyObject *mod)
     Py_CLEAR(st->iscoroutinefunction);
     Py_CLEAR(st->str_context);
     Py_CLEAR(st->str_slow_callback_duration);
+    Py_CLEAR(st->str_time);
     return 0;
 }
 

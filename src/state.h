@@ -47,6 +47,7 @@ typedef struct {
     PyObject *str_throw;
     PyObject *str_close;
     PyObject *str_Task;
+    PyObject *str_time;
 
     /* The socket transport's hot paths (transport.c); each owns a
      * reference: names they look up, and what the fallbacks call. */

@@ -360,3 +360,53 @@ def test_huge_negative_delay_runs_soon(loop):
     loop.call_at(-float("inf"), out.append, "minus-inf")
     run_once(loop)
     assert sorted(out) == ["minus-inf", "past"]
+
+
+def test_a_patched_time_method_drives_the_timers(loop):
+    # Tests move a loop's time by hand with mock.patch.object(loop, "time") (aiohttp's
+    # keep-alive tests do): timers fire, and call_later() counts, by the patched clock.
+    from unittest import mock
+
+    fired = []
+    start = loop.time()
+
+    async def main():
+        with mock.patch.object(loop, "time") as clock:
+            clock.return_value = start
+            loop.call_at(start + 1000, fired.append, "at")
+            loop.call_later(1000, fired.append, "later")
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            before = list(fired)
+            clock.return_value = start + 1000
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+        return before, fired
+
+    assert loop.run_until_complete(main()) == ([], ["at", "later"])
+
+
+def test_a_subclass_clock_drives_the_timers(kind, greenhub_leak_check):
+    import greenhub
+
+    base = greenhub.Loop if kind == "greenhub" else asyncio.SelectorEventLoop
+
+    class ManualClock(base):
+        now = 0.0
+
+        def time(self):
+            return self.now
+
+    loop = ManualClock()
+    try:
+        fired = []
+        loop.call_later(50, fired.append, 1)
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        first = list(fired)
+        loop.now = 50.0
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        assert (first, fired) == ([], [1])
+    finally:
+        loop.close()
