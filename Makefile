@@ -54,7 +54,7 @@ test-compat: build
 
 test: test-unit test-compat
 
-# Upstream projects' own suites (from their sdists, cached in compat/upstream-cache/):
+# Upstream projects' own suites (from their sdists, cached in ~/.cache/greenhub/upstream):
 # stock loop vs greenhub, test by test.  The whole suites take about an hour on the
 # 2-core machine; CI runs UPSTREAM_ARGS=--quick on one Python (see compat/README.md).
 UPSTREAM_ARGS ?=

@@ -5,7 +5,7 @@ For each selected suite (anyio, aiohttp) the runner
 
 1. finds the version of the project installed in the interpreter under test;
 2. downloads that version's source distribution from PyPI with pip (once; it is kept in
-   the cache directory, never in the repository) and unpacks its ``tests/`` directory and
+   the cache directory, ~/.cache/greenhub/upstream, never in the repository) and unpacks its ``tests/`` directory and
    top-level files (the configuration) - not the package's sources, so the tests import
    the installed, compiled package;
 3. runs the tests twice with pytest, each time in a fresh process with a time cap: on the
@@ -30,7 +30,10 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-DEFAULT_CACHE = os.path.join(HERE, "upstream-cache")
+# Outside the checkout, so that fresh clones (CI) reuse what earlier runs downloaded.
+DEFAULT_CACHE = os.environ.get("GREENHUB_UPSTREAM_CACHE") or os.path.join(
+    os.path.expanduser("~"), ".cache", "greenhub", "upstream"
+)
 DEFAULT_RESULTS = os.path.join(HERE, "results", "upstream")
 
 SUITES = {
