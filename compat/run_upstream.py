@@ -96,6 +96,20 @@ SUITES = {
     },
 }
 
+# Known differences: a regression whose failure on greenhub shows every string of an
+# entry's "signature" is reported under that entry, with its reason, and does not fail
+# the run.  Matched by how the test failed, not by its name, so the same test failing
+# any other way is still a regression.  Each entry is a documented greenhub limitation.
+KNOWN = [
+    {
+        "suite": "aiohttp",
+        "signature": ["web.AppKey(", "UnboundLocalError", "'module'"],
+        "why": "web.AppKey() walks f_back to a <module> frame to name itself; a greenhub "
+        "task's frame chain ends at its coroutine (docs/guide-vthreads.md, "
+        "docs/recipe-aiohttp.md: define keys at module level)",
+    },
+]
+
 PASS, FAIL, ERROR, SKIP, XFAIL, XPASS = "pass", "fail", "error", "skip", "xfail", "xpass"
 CRASH, TIMEOUT, NOT_RUN = "crash", "timeout", "not-run"
 
@@ -400,18 +414,27 @@ def main(argv=None):
                     if again_gh[n] == PASS or again_st[n] != PASS:
                         regressions.remove(n)
                         flaky.append(n)
+            known = {}
+            for n in list(regressions):
+                detail = gh.get(n, {}).get("detail", "")
+                for k in KNOWN:
+                    if k["suite"] == suite and all(sig in detail for sig in k["signature"]):
+                        regressions.remove(n)
+                        known.setdefault(k["why"], []).append(n)
+                        break
             on_gh = [n for n, r in gh.items() if r.get("built") or r.get("ran")]
             entry.update(
                 regressions=[{"test": n, "stock": stock[n]["outcome"],
                               "greenhub": gh.get(n, {}).get("outcome", NOT_RUN),
                               "detail": gh.get(n, {}).get("detail", "")} for n in regressions],
-                flaky=flaky, improved=improved, on_greenhub=len(on_gh),
+                known=known, flaky=flaky, improved=improved, on_greenhub=len(on_gh),
                 on_greenhub_passed=sum(gh[n]["outcome"] == PASS for n in on_gh),
             )
             sc, gc = entry["counts"]["stock"], entry["counts"]["greenhub"]
             rows.append((suite, version, sc[PASS], sc["failed"], sc["skipped"], gc[PASS],
-                         gc["failed"], gc["skipped"], len(on_gh), len(regressions), len(flaky),
-                         secs["stock"], secs["greenhub"]))
+                         gc["failed"], gc["skipped"], len(on_gh), len(regressions),
+                         sum(map(len, known.values())), len(flaky), secs["stock"],
+                         secs["greenhub"]))
             if regressions or facts["greenhub"]["collected"] is None:
                 status = 1
         summary["suites"][suite] = entry
@@ -420,7 +443,7 @@ def main(argv=None):
 
     if rows:
         head = ("suite", "version", "stock pass", "fail", "skip", "greenhub pass", "fail", "skip",
-                "on gh", "regr", "flaky", "stock s", "gh s")
+                "on gh", "regr", "known", "flaky", "stock s", "gh s")
         widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=True)]
         log("")
         for row in (head, *rows):
@@ -429,6 +452,9 @@ def main(argv=None):
         for r in entry.get("regressions", []):
             log(f"\nREGRESSION {suite} {r['test']}: stock pass, greenhub {r['greenhub']}")
             log("    " + "\n    ".join(r["detail"].splitlines()[-15:]))
+        for why, tests in entry.get("known", {}).items():
+            log(f"\nknown difference, {suite}, {len(tests)} tests: {why}")
+            log("    " + "\n    ".join(tests))
         for n in entry.get("flaky", []):
             log(f"flaky {suite} {n}")
     log(f"\nresults: {outdir}/summary.json")
