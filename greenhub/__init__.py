@@ -16,6 +16,7 @@ from ._loop import Loop
 from ._vthread import await_, spawn
 
 __all__ = ["Loop", "Policy", "await_", "install", "new_event_loop", "run", "spawn", "vthread"]
+__all__ += ["socket", "ssl"]  # green sockets (imported on first use: import greenhub.socket)
 __version__ = "0.1.0.dev0"
 
 

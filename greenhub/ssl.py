@@ -15,11 +15,15 @@ name of the ``ssl`` module is re-exported unchanged.
 
 import ssl as _ssl
 from ssl import *  # noqa: F403 - this module is a drop-in for ssl
-from ssl import SSLWantReadError, SSLWantWriteError
+from ssl import Purpose, SSLWantReadError, SSLWantWriteError
 
 from . import socket as _gsocket
 
-__all__ = [name for name in dir(_ssl) if not name.startswith("_") and name.isidentifier()]
+__all__ = [
+    name
+    for name, value in vars(_ssl).items()
+    if not name.startswith("_") and not isinstance(value, type(_ssl))
+]
 
 
 class SSLSocket(_ssl.SSLSocket, _gsocket.socket):
@@ -75,7 +79,7 @@ class SSLContext(_ssl.SSLContext):
     sslsocket_class = SSLSocket
 
 
-def create_default_context(purpose=Purpose.SERVER_AUTH, *, cafile=None, capath=None, cadata=None):  # noqa: F405
+def create_default_context(purpose=Purpose.SERVER_AUTH, *, cafile=None, capath=None, cadata=None):
     """As ssl.create_default_context(), returning a greenhub SSLContext."""
     ctx = _ssl.create_default_context(purpose, cafile=cafile, capath=capath, cadata=cadata)
     ctx.__class__ = SSLContext
