@@ -19,10 +19,17 @@ from ssl import Purpose, SSLWantReadError, SSLWantWriteError
 
 from . import socket as _gsocket
 
+# ssl.wrap_socket() (3.11 only, deprecated) would make a stock SSLContext:
+# use SSLContext.wrap_socket() or create_default_context().
+globals().pop("wrap_socket", None)
+
 __all__ = [
     name
     for name, value in vars(_ssl).items()
-    if not name.startswith("_") and not isinstance(value, type(_ssl))
+    if not name.startswith("_")
+    and not isinstance(value, type(_ssl))
+    and getattr(value, "__module__", None) not in ("socket", "_socket")
+    and name != "wrap_socket"
 ]
 
 
