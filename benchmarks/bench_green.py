@@ -16,6 +16,12 @@ Workloads (each compares greenhub with gevent; add one by writing a function
            greenhub/gevent ratios.  Issue 5's goal: greenhub's user CPU per round trip at most
            half of gevent's.
 
+    sleep  10,000 virtual threads / greenlets that each call time.sleep(0.1), patched by
+           greenhub.monkey / gevent.monkey, spawned at once and joined; each library in fresh
+           processes, a cold round then a warm one.  Reported: wall time (and its part beyond
+           the 0.1 s sleep: the scheduling cost), CPU time and peak RSS, and the ratios.
+           Issue 5's goal: about 0.1 s of wall time plus the scheduling cost.
+
     python3 benchmarks/bench_green.py                 # 3 rounds x 2 s per server
     python3 benchmarks/bench_green.py --quick         # smoke run, a few seconds
     python3 benchmarks/bench_green.py --json benchmarks/results/green.json
@@ -252,7 +258,134 @@ def workload_echo(args):
     }
 
 
-WORKLOADS = {"echo": workload_echo}
+# --------------------------------------------------------------------------
+# sleep: 10,000 virtual threads / greenlets each calling a patched time.sleep()
+# --------------------------------------------------------------------------
+
+SLEEP_KINDS = ("greenhub", "gevent")
+
+
+def sleep_child(kind, n, secs, greenhub_path):
+    """Runs in a fresh interpreter: two rounds of n concurrent time.sleep(secs)
+    calls under the library's monkey patching; prints one JSON line."""
+    import json
+    import resource
+    import time
+
+    def rounds(spawn_all):
+        out = []
+        for _ in range(2):  # a cold round (greenlets made), then a warm one
+            ru0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+            spawn_all()
+            wall = time.perf_counter() - t0
+            ru1 = resource.getrusage(resource.RUSAGE_SELF)
+            cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+            out.append({"wall_s": wall, "cpu_s": cpu})
+        return out
+
+    if kind == "gevent":
+        from gevent import monkey
+
+        monkey.patch_time()
+        import gevent
+
+        def spawn_all():
+            gevent.joinall([gevent.spawn(time.sleep, secs) for _ in range(n)])
+
+        res = rounds(spawn_all)
+        patched = "gevent.monkey.patch_time()"
+    else:
+        use_greenhub_path(greenhub_path)
+        import asyncio
+
+        import greenhub
+
+        try:
+            from greenhub import monkey
+
+            monkey.patch_time()
+            patched = "greenhub.monkey.patch_time()"
+        except ImportError:  # before greenhub.monkey existed: the same call, unpatched
+            time.sleep = greenhub.sleep
+            patched = "time.sleep = greenhub.sleep"
+
+        def spawn_all():
+            greenhub.await_(asyncio.gather(*(greenhub.spawn(time.sleep, secs) for _ in range(n))))
+
+        res = greenhub.run(rounds, spawn_all)
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"rounds": res, "patched": patched, "maxrss_kib": maxrss}))
+    return 0
+
+
+def workload_sleep(args):
+    import json
+    import statistics
+    import subprocess
+
+    n, secs = int(args.sleepers), float(args.sleep)
+    reps = 1 if args.quick else 3
+    per = {k: [] for k in SLEEP_KINDS}
+    errors = {}
+    for _ in range(reps):
+        for kind in SLEEP_KINDS:
+            argv = [sys.executable, os.path.abspath(__file__), "--sleep-child", kind]
+            argv += ["--sleepers", str(n), "--sleep", str(secs)]
+            argv += ["--greenhub-path", args.greenhub_path]
+            p = subprocess.run(argv, capture_output=True, text=True, timeout=args.timeout)
+            if p.returncode != 0:
+                errors[kind] = p.stderr[-300:]
+                continue
+            per[kind].append(json.loads(p.stdout.strip().splitlines()[-1]))
+    L = ["", "== sleep: %d concurrent time.sleep(%g) under monkey patching ==" % (n, secs)]
+    L.append(
+        "%d run(s) per library, each a fresh process with a cold and a warm round; medians" % reps
+    )
+    L.append(
+        "%-10s %12s %12s %12s %12s %10s"
+        % ("library", "cold wall s", "warm wall s", "warm over", "warm cpu s", "maxrss MiB")
+    )
+    results = {}
+    for kind in SLEEP_KINDS:
+        runs = per[kind]
+        if not runs:
+            L.append("%-10s FAILED: %s" % (kind, errors.get(kind, "?")))
+            continue
+        m = {
+            "cold_wall_s": statistics.median(r["rounds"][0]["wall_s"] for r in runs),
+            "warm_wall_s": statistics.median(r["rounds"][1]["wall_s"] for r in runs),
+            "warm_cpu_s": statistics.median(r["rounds"][1]["cpu_s"] for r in runs),
+            "maxrss_kib": statistics.median(r["maxrss_kib"] for r in runs),
+            "patched": runs[0]["patched"],
+        }
+        results[kind] = m
+        L.append(
+            "%-10s %12.3f %12.3f %12.3f %12.3f %10.1f"
+            % (
+                kind,
+                m["cold_wall_s"],
+                m["warm_wall_s"],
+                m["warm_wall_s"] - secs,
+                m["warm_cpu_s"],
+                m["maxrss_kib"] / 1024,
+            )
+        )
+    gh, gv = results.get("greenhub"), results.get("gevent")
+    if gh and gv:
+        L.append(
+            "greenhub/gevent: scheduling cost beyond the %g s sleep %s (warm), %s (cold); cpu %s"
+            % (
+                secs,
+                fmt_ratio(ratio(gh["warm_wall_s"] - secs, gv["warm_wall_s"] - secs)),
+                fmt_ratio(ratio(gh["cold_wall_s"] - secs, gv["cold_wall_s"] - secs)),
+                fmt_ratio(ratio(gh["warm_cpu_s"], gv["warm_cpu_s"])),
+            )
+        )
+        L.append("patching: " + ", ".join("%s: %s" % (k, results[k]["patched"]) for k in results))
+    return L, {"sleepers": n, "sleep_s": secs, "results": results}
+
+
+WORKLOADS = {"echo": workload_echo, "sleep": workload_sleep}
 
 
 def main():
@@ -265,8 +398,15 @@ def main():
     ap.add_argument("-r", "--rounds", type=int, help="rounds of fresh servers (3; quick 1)")
     ap.add_argument("-t", "--duration", type=float, help="measured seconds per run (2; quick 0.5)")
     ap.add_argument("-w", "--warmup", type=float, help="seconds before that (0.5; quick 0.2)")
+    ap.add_argument("--sleepers", default="10000", help="sleep: concurrent sleepers")
+    ap.add_argument("--sleep", default="0.1", help="sleep: seconds each sleeps")
+    ap.add_argument("--sleep-child", help=argparse.SUPPRESS)
     add_server_run_args(ap)
     args = ap.parse_args()
+    if args.sleep_child:
+        return sleep_child(
+            args.sleep_child, int(args.sleepers), float(args.sleep), args.greenhub_path
+        )
     if args.worker:
         return echo_worker(args)
     args.rounds = args.rounds or (1 if args.quick else 3)
