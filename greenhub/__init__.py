@@ -12,10 +12,23 @@ An asyncio event loop written in C on libev.  Use it as any asyncio loop::
 import asyncio as _asyncio
 
 from . import _core, vthread  # noqa: F401 - _core: diagnostics (debug_counters)
+from ._colours import async_to_sync, sync_to_async, to_thread
 from ._loop import Loop
 from ._vthread import await_, spawn
 
-__all__ = ["Loop", "Policy", "await_", "install", "new_event_loop", "run", "spawn", "vthread"]
+__all__ = [
+    "Loop",
+    "Policy",
+    "async_to_sync",
+    "await_",
+    "install",
+    "new_event_loop",
+    "run",
+    "spawn",
+    "sync_to_async",
+    "to_thread",
+    "vthread",
+]
 __version__ = "0.1.0.dev0"
 
 
