@@ -14,8 +14,39 @@ import asyncio as _asyncio
 from . import _core, vthread  # noqa: F401 - _core: diagnostics (debug_counters)
 from ._loop import Loop
 from ._vthread import await_, spawn
+from .sync import (
+    BoundedSemaphore,
+    Condition,
+    Event,
+    LifoQueue,
+    Lock,
+    PriorityQueue,
+    Queue,
+    RLock,
+    Semaphore,
+    sleep,
+)
 
-__all__ = ["Loop", "Policy", "await_", "install", "new_event_loop", "run", "spawn", "vthread"]
+__all__ = [
+    "BoundedSemaphore",
+    "Condition",
+    "Event",
+    "LifoQueue",
+    "Lock",
+    "Loop",
+    "Policy",
+    "PriorityQueue",
+    "Queue",
+    "RLock",
+    "Semaphore",
+    "await_",
+    "install",
+    "new_event_loop",
+    "run",
+    "sleep",
+    "spawn",
+    "vthread",
+]
 __version__ = "0.1.0.dev0"
 
 

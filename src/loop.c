@@ -398,6 +398,9 @@ run_once(gh_Loop *self)
             timeout = 0.;
         }
     }
+    if (timeout != 0.) {
+        gh_pool_trim(&self->pool); /* about to wait: a good time to free */
+    }
     gh_reactor_poll(self->reactor, timeout);
     if (PyErr_Occurred()) {
         return -1; /* MemoryError while queueing ready I/O handles */
