@@ -51,7 +51,6 @@ import sys
 import threading as _threading_mod
 import time as _time_mod
 import types
-import warnings
 import weakref
 
 from . import _core
