@@ -5,6 +5,7 @@
 #include <Python.h>
 
 #include "green.h"
+#include "green_sock.h"
 #include "handle.h"
 #include "loop.h"
 #include "reactor.h"
@@ -116,7 +117,8 @@ module_exec(PyObject *mod)
         add_type(mod, &gh_transport_state_spec, NULL, &st->TransportStateType) < 0 ||
         add_type(mod, &gh_transport_base_spec, NULL, &st->TransportBaseType) < 0 ||
         add_type(mod, &gh_sockdone_spec, NULL, &st->SockDoneType) < 0 ||
-        gh_transport_state_init(st) < 0 || gh_sock_state_init(st) < 0) {
+        gh_transport_state_init(st) < 0 || gh_sock_state_init(st) < 0 ||
+        gh_green_sock_init(mod, st) < 0) {
         return -1;
     }
     if (gh_green_import() < 0) {
@@ -192,6 +194,7 @@ module_traverse(PyObject *mod, visitproc visit, void *arg)
     Py_VISIT(st->hook_extract_stack);
     Py_VISIT(st->iscoroutine);
     Py_VISIT(st->iscoroutinefunction);
+    Py_VISIT(st->gs.context);
     return 0;
 }
 
@@ -208,6 +211,7 @@ module_clear(PyObject *mod)
     Py_CLEAR(st->SockDoneType);
     gh_transport_state_clear(st);
     gh_sock_state_clear(st);
+    gh_green_sock_clear(st);
     Py_CLEAR(st->worker_main);
     Py_CLEAR(st->get_running_loop);
     Py_CLEAR(st->tasks_module);

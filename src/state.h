@@ -68,6 +68,14 @@ typedef struct {
         PyObject *done, *set_result, *set_exception, *add_done_callback;
     } sk;
 
+    /* green_sock.c's names; each owns a reference. */
+    struct {
+        PyObject *timeout_attr;    /* "_gh_timeout" */
+        PyObject *future_blocking; /* "_asyncio_future_blocking" */
+        PyObject *result;          /* "result" */
+        PyObject *context;         /* the Context its wait Handles run in */
+    } gs;
+
     /* Live-object counters, checked by the tests (debug_counters()).  Plain
      * integers: every change happens with the GIL held. */
     Py_ssize_t live_handles;          /* Handle and TimerHandle objects */
