@@ -41,6 +41,7 @@ always the original function's own answer.
 import _thread
 import asyncio
 import errno
+import functools
 import math
 import operator
 import os
@@ -51,6 +52,7 @@ import sys
 import threading as _threading_mod
 import time as _time_mod
 import types
+import warnings
 import weakref
 
 from . import _core
@@ -973,21 +975,125 @@ def patch_queue():
 # socket, ssl
 
 
+# Blocking name lookups.  In a virtual thread they run in the loop's default
+# executor (the loop goes on meanwhile), except when there is nothing to look
+# up (an IP literal and a numeric port): then the original answers at once.
+# greenhub's own resolver calls socket.getaddrinfo for those from inside task
+# steps, so the literal check is also what keeps the two from calling each
+# other forever.
+_RESOLVERS = ("getaddrinfo", "getnameinfo", "gethostbyname", "gethostbyname_ex", "gethostbyaddr")
+
+
+def _needs_lookup(name, args, kwargs):
+    from ._resolve import _is_ip_literal, _is_numeric_port
+
+    if name == "getaddrinfo":
+        host = args[0] if args else kwargs.get("host")
+        port = args[1] if len(args) > 1 else kwargs.get("port")
+        return not (_is_ip_literal(host) and _is_numeric_port(port))
+    if name == "getnameinfo":
+        import socket
+
+        flags = args[1] if len(args) > 1 else 0
+        numeric = socket.NI_NUMERICHOST | socket.NI_NUMERICSERV
+        return not (isinstance(flags, int) and flags & numeric == numeric)
+    if name == "gethostbyname":
+        return not (args and _is_ip_literal(args[0]) and args[0] is not None)
+    return True
+
+
+def _make_resolver(name, original):
+    def resolver(*args, **kwargs):
+        if not _in_vthread() or not _needs_lookup(name, args, kwargs):
+            return original(*args, **kwargs)
+        loop = _get_running_loop()
+        return _await(loop.run_in_executor(None, functools.partial(original, *args, **kwargs)))
+
+    return _wraps(original, resolver)
+
+
+def _plan_socket(batch):
+    import socket
+
+    from . import socket as green
+
+    batch.add("socket", socket, "socket", green.socket, ("socket",))
+    for name in _RESOLVERS:
+        batch.add(
+            "socket",
+            socket,
+            name,
+            _make_resolver(name, getattr(socket, name)),
+            ("socket", "_socket"),
+        )
+
+
 def patch_socket():
-    """Patch `socket` with `greenhub.socket`'s classes and functions."""
-    raise NotImplementedError("greenhub.socket is not available yet")
+    """Patch `socket.socket` with `greenhub.socket.socket` (so `socketpair`,
+    `create_connection`, `create_server`, `fromfd` and ``accept()`` make
+    green sockets too) and the blocking name lookups (``getaddrinfo`` & co.,
+    which run in the loop's executor from a virtual thread)."""
+    _patch("socket", _plan_socket)
+    _warn_subclasses(
+        "socket", "socket.socket", handled=("ssl.SSLSocket",) if is_patched("ssl") else ()
+    )
+
+
+def _warn_subclasses(group, label, handled=()):
+    """Report classes derived from a replaced class before it was replaced:
+    their instances keep the original's blocking behaviour."""
+    original = _originals.get(label)
+    if original is None or not is_patched(label):
+        return
+    found, todo = [], list(original.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        name = f"{cls.__module__}.{cls.__qualname__}"
+        todo.extend(cls.__subclasses__())
+        if cls.__module__.startswith("greenhub") or name in handled:
+            continue
+        found.append(name)
+    if found:
+        warnings.warn(
+            f"greenhub.monkey: classes derived from the original {label} before patching "
+            f"keep its blocking calls, which hold up the whole loop in virtual threads: "
+            f"{', '.join(sorted(found))}.  Patch before importing the modules that define "
+            f"them.",
+            MonkeyPatchWarning,
+            stacklevel=_caller_stacklevel(),
+        )
+
+
+def _caller_stacklevel():
+    """warnings.warn's stacklevel for the first frame outside this module."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__") == __name__:
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _plan_ssl(batch):
+    import ssl
+
+    from . import ssl as green
+
+    # In place on the class: contexts made before patching (a library's
+    # module-level context) wrap into green SSL sockets too.
+    batch.add("ssl", ssl.SSLContext, "sslsocket_class", green.SSLSocket, ("ssl",))
 
 
 def patch_ssl():
-    """Patch `ssl` so its sockets are green sockets."""
-    raise NotImplementedError("greenhub.socket is not available yet")
+    """Make every `ssl.SSLContext` (made before or after patching) wrap
+    sockets into `greenhub.ssl.SSLSocket`: TLS handshakes, reads and writes
+    suspend only the calling virtual thread."""
+    _patch("ssl", _plan_ssl)
 
 
 # --------------------------------------------------------------------------
 # all, undo, inspection
 
 
-_GROUPS = ("time", "socket", "ssl", "select", "selectors", "thread", "queue", "subprocess")
+_GROUPS = ("time", "ssl", "socket", "select", "selectors", "thread", "queue", "subprocess")
 
 
 def patch_all(
