@@ -591,3 +591,164 @@ def test_gevent_style_program_under_patch_all():
     assert r["log"] == list(range(40))
     assert r["total"] == sum(j * j for j in range(40))
     assert r["elapsed"] < 2.0, r  # 40 jobs x 0.05 s, 4 at a time: ~0.5 s; serial 2 s
+
+
+HTTP_SERVER = """
+from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        time.sleep(0.2)            # in the server's OS threads: a real sleep
+        body = ("hello " + self.path).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+class Server(ThreadingHTTPServer):
+    request_queue_size = 128       # 20 connections at once (socketserver's default: 5)
+server = Server(("127.0.0.1", 0), Handler)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+URL = f"http://127.0.0.1:{server.server_address[1]}/"
+"""
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("client", ["requests", "urllib3", "urllib.request"])
+def test_http_clients_in_many_vthreads_run_concurrently(client):
+    pytest.importorskip(client.split(".")[0])
+    setup = """
+        import warnings
+        warnings.simplefilter("ignore", monkey.MonkeyPatchWarning)
+        monkey.patch_all(ssl=False)
+        """
+    r = run_child(
+        textwrap.dedent(setup)
+        + HTTP_SERVER
+        + f"CLIENT = {client!r}\n"
+        + textwrap.dedent(
+            """
+        if CLIENT == "requests":
+            import requests
+            session = None
+            def get(i):
+                return requests.get(URL + str(i), timeout=10).text
+        elif CLIENT == "urllib3":
+            import urllib3
+            pool = urllib3.PoolManager(maxsize=20)
+            def get(i):
+                return pool.request("GET", URL + str(i), timeout=10).data.decode()
+        else:
+            import urllib.request
+            def get(i):
+                with urllib.request.urlopen(URL + str(i), timeout=10) as resp:
+                    return resp.read().decode()
+        t0 = time.monotonic(); first = get(0); one = time.monotonic() - t0   # outside: blocking
+        res, elapsed = in_vthreads(get, 20)
+        server.shutdown()
+        emit(res=res, elapsed=elapsed, one=one, first=first)
+        """
+        ),
+        timeout=80,
+    )
+    assert r["first"] == "hello /0"
+    assert r["res"] == [f"hello /{i}" for i in range(20)]
+    serial = 20 * 0.2
+    assert r["elapsed"] < 0.5 * serial, r
+
+
+@pytest.mark.timeout(60)
+def test_patched_socket_outside_vthreads_behaves_as_unpatched():
+    r = run_child(
+        """
+        def probe():
+            out = {}
+            listener = socket.socket()
+            listener.bind(("127.0.0.1", 0)); listener.listen()
+            port = listener.getsockname()[1]
+            c = socket.create_connection(("127.0.0.1", port), timeout=5)
+            s, _ = listener.accept()
+            c.settimeout(0.1)
+            t0 = time.monotonic()
+            try:
+                c.recv(10)
+            except Exception as exc:
+                out["recv_timeout"] = [type(exc).__name__, str(exc), time.monotonic() - t0 >= 0.09]
+            s.sendall(b"abc"); out["recv"] = c.recv(10).decode()
+            c.setblocking(False)
+            try:
+                c.recv(10)
+            except Exception as exc:
+                out["nonblocking"] = type(exc).__name__
+            out["timeout_attr"] = [c.gettimeout(), c.getblocking()]
+            a, b = socket.socketpair()
+            a.sendall(b"x" * 100); out["pair"] = len(b.recv(1000))
+            f = s.makefile("rwb"); c.setblocking(True); c.sendall(b"line\\n")
+            out["makefile"] = f.readline().decode()
+            for x in (a, b, c, s, f, listener):
+                x.close()
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=5)
+            except Exception as exc:
+                out["refused"] = type(exc).__name__
+            out["addrinfo"] = [list(x[4]) for x in socket.getaddrinfo("127.0.0.1", 80, type=socket.SOCK_STREAM)]
+            out["localhost"] = bool(socket.getaddrinfo("localhost", 80))
+            try:
+                socket.getaddrinfo("127.0.0.1", "no-such-service-xyz")
+            except Exception as exc:
+                out["bad_service"] = type(exc).__name__
+            return out
+        unpatched = probe()
+        original_class = socket.socket
+        monkey.patch_socket()
+        patched = probe()
+        in_vthread = in_vthreads(lambda i: probe(), 2)[0]
+        emit(unpatched=unpatched, patched=patched, in_vthread=in_vthread,
+             green=socket.socket.__module__, sub=issubclass(socket.socket, original_class),
+             pair_type=type(socket.socketpair()[0]).__module__)
+        """
+    )
+    assert r["patched"] == r["unpatched"], r
+    for out in r["in_vthread"]:
+        assert out == r["unpatched"]
+    assert r["unpatched"]["recv_timeout"] == ["TimeoutError", "timed out", True]
+    assert r["unpatched"]["refused"] == "ConnectionRefusedError"
+    assert r["green"] == "greenhub.socket" and r["sub"] and r["pair_type"] == "greenhub.socket"
+
+
+@pytest.mark.timeout(60)
+def test_socket_waits_in_vthreads_overlap_and_lookups_do_not_hold_the_loop():
+    r = run_child(
+        """
+        monkey.patch_socket(); monkey.patch_time()
+        listener = socket.socket(); listener.bind(("127.0.0.1", 0)); listener.listen(100)
+        port = listener.getsockname()[1]
+        def server(_):
+            conns = []
+            for _ in range(10):
+                conn, _ = listener.accept()
+                conns.append(conn)
+            time.sleep(0.3)             # every client waits in recv meanwhile
+            for conn in conns:
+                conn.sendall(conn.recv(100).upper()); conn.close()
+        def client(i):
+            with socket.create_connection(("127.0.0.1", port)) as c:
+                c.sendall(b"v%d" % i)
+                return c.recv(100).decode()
+        def lookup(i):
+            return len(socket.getaddrinfo("localhost", 80)) > 0
+        async def main():
+            t0 = time.monotonic()
+            srv = greenhub.spawn(server, 0)
+            res = await asyncio.gather(*(greenhub.spawn(client, i) for i in range(10)))
+            await srv
+            looked = await asyncio.gather(*(greenhub.spawn(lookup, i) for i in range(5)))
+            return res, looked, time.monotonic() - t0
+        res, looked, elapsed = greenhub.run(main())
+        emit(res=res, looked=looked, elapsed=elapsed)
+        """
+    )
+    assert r["res"] == [f"V{i}" for i in range(10)]
+    assert r["looked"] == [True] * 5
+    assert r["elapsed"] < 3.0, r
