@@ -32,6 +32,7 @@ import heapq
 import operator
 import queue as _queue
 import time as _time
+import types
 from collections import deque
 
 from . import _core
@@ -197,7 +198,13 @@ class _WaitQueue:
         user's lock) once the waiter is registered."""
         coop = _in_vthread()
         w = self._add(coop)
-        release()
+        try:
+            release()
+        except BaseException:
+            # `release` releases `mutex` first, so it failed after that.
+            mutex.acquire()
+            self._waiters.remove(w)
+            raise
         raised = True
         try:
             if coop:
@@ -827,6 +834,8 @@ class Queue:
         self._not_full = _WaitQueue()
         self._all_done = _WaitQueue()
         self.unfinished_tasks = 0
+
+    __class_getitem__ = classmethod(types.GenericAlias)
 
     # Storage; subclasses override these four, as with queue.Queue.
     def _init(self, maxsize):

@@ -98,8 +98,9 @@ void gh_coro_unpark(gh_GreenCoro *w);
 void gh_pool_clear(gh_pool *pool);
 
 /* Called by the loop when it is about to wait idle: kills a few of the idle
- * workers kept beyond the usual pool size after a burst of tasks. */
-void gh_pool_trim(gh_pool *pool);
+ * workers kept beyond the usual pool size after a burst of tasks.  Returns 1
+ * if some are left to kill on a later idle pass. */
+int gh_pool_trim(gh_pool *pool);
 
 /* Module-level function objects the workers run; made by module.c. */
 PyObject *gh_make_worker_main(PyObject *module);
