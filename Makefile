@@ -61,6 +61,7 @@ bench: build
 	$(PY) benchmarks/bench_vthread.py
 	$(PY) benchmarks/bench_memory.py
 	$(PY) benchmarks/bench_echo.py
+	$(PY) benchmarks/bench_green.py
 	@command -v wrk >/dev/null || { echo "installing wrk (bench_http.py's load generator)"; \
 	    (apt-get update -qq && apt-get install -y -qq wrk) >/dev/null || true; }
 	$(PY) benchmarks/bench_http.py

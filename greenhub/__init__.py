@@ -47,6 +47,7 @@ __all__ = [
     "spawn",
     "vthread",
 ]
+__all__ += ["socket", "ssl"]  # green sockets (imported on first use: import greenhub.socket)
 __version__ = "0.1.0.dev0"
 
 

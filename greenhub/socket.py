@@ -162,6 +162,15 @@ class socket(_stdsocket):
     def _gh_connect(self, address):
         """connect(), waiting for it to complete: its errno (0: connected)."""
         timeout = self._gh_timeout
+        if timeout is None and not _in_vthread():
+            # A blocking connect() leaves the socket in another state than a
+            # non-blocking one when it fails (a second attempt then gives
+            # ECONNREFUSED again, not ECONNABORTED): make the very same call.
+            _stdsocket.settimeout(self, None)
+            try:
+                return _stdsocket.connect_ex(self, address)
+            finally:
+                _stdsocket.settimeout(self, 0.0)
         deadline = None
         while True:
             err = _stdsocket.connect_ex(self, address)
