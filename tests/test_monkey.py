@@ -45,8 +45,12 @@ def emit(**kw):
 
 
 def run_child(body, timeout=60):
-    """Run PRELUDE + body in a new interpreter; return what it passed to emit()."""
+    """Run PRELUDE + body (a string, or pieces each dedented on its own) in a new
+    interpreter; return what it passed to emit()."""
     import json
+
+    if isinstance(body, tuple):
+        body = "".join(textwrap.dedent(piece) for piece in body)
 
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run(
@@ -617,11 +621,8 @@ URL = f"http://127.0.0.1:{server.server_address[1]}/"
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("client", ["requests", "urllib3", "urllib.request"])
 def test_http_clients_in_many_vthreads_run_concurrently(client):
-    pytest.importorskip(client.split(".")[0])
     setup = """
-        import warnings
-        warnings.simplefilter("ignore", monkey.MonkeyPatchWarning)
-        monkey.patch_all(ssl=False)
+        monkey.patch_all()
         """
     r = run_child(
         textwrap.dedent(setup)
@@ -752,3 +753,35 @@ def test_socket_waits_in_vthreads_overlap_and_lookups_do_not_hold_the_loop():
     assert r["res"] == [f"V{i}" for i in range(10)]
     assert r["looked"] == [True] * 5
     assert r["elapsed"] < 3.0, r
+
+
+@pytest.mark.timeout(90)
+def test_https_with_requests_in_many_vthreads_under_patch_all():
+    r = run_child(
+        (
+            """
+        import ssl, warnings
+        warnings.simplefilter("error", monkey.MonkeyPatchWarning)   # all of it is patched
+        monkey.patch_all()
+        import requests, trustme
+        """,
+            HTTP_SERVER,
+            """
+        ca = trustme.CA()
+        server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+        server.socket = server_ctx.wrap_socket(server.socket, server_side=True)
+        URL = URL.replace("http:", "https:")
+        with ca.cert_pem.tempfile() as cafile:
+            def get(i):
+                return requests.get(URL + str(i), timeout=10, verify=cafile).text
+            first = get(0)
+            res, elapsed = in_vthreads(get, 20)
+        emit(first=first, res=res, elapsed=elapsed)
+        """,
+        ),
+        timeout=80,
+    )
+    assert r["first"] == "hello /0"
+    assert r["res"] == [f"hello /{i}" for i in range(20)]
+    assert r["elapsed"] < 0.5 * 20 * 0.2, r
