@@ -785,3 +785,17 @@ def test_https_with_requests_in_many_vthreads_under_patch_all():
     assert r["first"] == "hello /0"
     assert r["res"] == [f"hello /{i}" for i in range(20)]
     assert r["elapsed"] < 0.5 * 20 * 0.2, r
+
+
+@pytest.mark.timeout(60)
+def test_the_porting_guide_example_runs():
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "examples", "gevent_port.py")],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+        timeout=50,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("100 answers, e.g. ['HELLO 0', 'HELLO 1', 'HELLO 10']")
+    assert "Warning" not in proc.stderr, proc.stderr
