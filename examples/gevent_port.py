@@ -46,9 +46,7 @@ def main():
     server = greenhub.spawn(serve, listener)
     results = queue.Queue()
     pool = threading.BoundedSemaphore(10)
-    clients = [
-        greenhub.spawn(client, n, listener.getsockname(), pool, results) for n in range(100)
-    ]
+    clients = [greenhub.spawn(client, n, listener.getsockname(), pool, results) for n in range(100)]
     # gevent.joinall(clients) under gevent.Timeout(5):
     greenhub.await_(asyncio.wait_for(asyncio.gather(*clients), 5))
     server.cancel()
