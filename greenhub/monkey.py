@@ -1139,6 +1139,8 @@ def is_patched(name):
     ``"ssl"``, ``"select"``, ``"selectors"``, ``"thread"``, ``"queue"``,
     ``"subprocess"``) or a dotted attribute (``"time.sleep"``,
     ``"threading.Lock"``, ``"selectors.EpollSelector.select"``)."""
+    if not isinstance(name, str):
+        raise TypeError(f"is_patched() needs a group or dotted name, got {name!r}")
     if name in _GROUPS:
         return name in _applied
     return any(item.label == name for items in _applied.values() for item in items)
@@ -1160,6 +1162,8 @@ def patched():
 def get_original(name):
     """The original object behind a dotted name such as ``"time.sleep"``,
     whether patched now or not."""
+    if not isinstance(name, str) or "." not in name:
+        raise TypeError(f"get_original() needs a dotted name such as 'time.sleep', got {name!r}")
     if name in _originals and is_patched(name):
         return _originals[name]
     module_name, _, attr = name.rpartition(".")
