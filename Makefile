@@ -21,9 +21,9 @@ deps:
 	    echo "installing libev-dev"; \
 	    (apt-get update -qq && apt-get install -y -qq libev-dev) >/dev/null; \
 	fi
-	@$(PY) -c "import setuptools, greenlet, pytest, pytest_timeout, trustme, aiohttp, httpx, websockets" \
+	@$(PY) -c "import setuptools, greenlet, pytest, pytest_timeout, trustme, aiohttp, httpx, websockets, requests" \
 	    2>/dev/null || $(PIP) install -q --disable-pip-version-check --root-user-action=ignore \
-	        setuptools wheel "greenlet>=3.0" pytest pytest-timeout trustme aiohttp httpx websockets
+	        setuptools wheel "greenlet>=3.0" pytest pytest-timeout trustme aiohttp httpx websockets requests
 
 # A debug build leaves a marker per interpreter (build/debug<EXT_SUFFIX>), so that the
 # next `make build` for that interpreter rebuilds instead of keeping the debug objects.
