@@ -258,6 +258,12 @@ def _green(sock):
     return socket(sock.family, sock.type, sock.proto, sock.detach())
 
 
+# asyncio's C paths (socket transports, sock_recv/sock_sendall) treat this
+# class as socket.socket: a program under greenhub.monkey.patch_socket() keeps
+# them for the sockets asyncio itself makes.
+_core._register_green_socket(socket)
+
+
 def socketpair(family=None, type=SOCK_STREAM, proto=0):
     """As socket.socketpair(), returning greenhub sockets."""
     if family is None:
