@@ -25,9 +25,9 @@ deps:
 	@$(PY) -c "import setuptools, greenlet, pytest, pytest_timeout, trustme, aiohttp, httpx, websockets" \
 	    2>/dev/null || $(PIP) install -q --disable-pip-version-check --root-user-action=ignore \
 	        setuptools wheel "greenlet>=3.0" pytest pytest-timeout trustme aiohttp httpx websockets
-	@$(PY) -c "import psycopg, asyncpg, sqlalchemy; assert sqlalchemy.__version__ >= '2'" \
+	@$(PY) -c "import psycopg, psycopg_pool, asyncpg, sqlalchemy; assert sqlalchemy.__version__ >= '2'" \
 	    2>/dev/null || $(PIP) install -q --disable-pip-version-check --root-user-action=ignore \
-	        "psycopg[binary]>=3.1" asyncpg "sqlalchemy>=2"
+	        "psycopg[binary]>=3.2" psycopg-pool asyncpg "sqlalchemy>=2"
 
 # A debug build leaves a marker per interpreter (build/debug<EXT_SUFFIX>), so that the
 # next `make build` for that interpreter rebuilds instead of keeping the debug objects.
