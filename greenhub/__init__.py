@@ -11,7 +11,8 @@ An asyncio event loop written in C on libev.  Use it as any asyncio loop::
 
 import asyncio as _asyncio
 
-from . import _core, vthread  # noqa: F401 - _core: diagnostics (debug_counters)
+from . import _core, _vthread, vthread  # noqa: F401 - _core: diagnostics (debug_counters)
+from ._colours import async_to_sync, sync_to_async, to_thread
 from ._loop import Loop
 from ._vthread import await_, spawn
 from .sync import (
@@ -39,14 +40,18 @@ __all__ = [
     "Queue",
     "RLock",
     "Semaphore",
+    "async_to_sync",
     "await_",
     "install",
     "new_event_loop",
     "run",
     "sleep",
     "spawn",
+    "sync_to_async",
+    "to_thread",
     "vthread",
 ]
+__all__ += ["socket", "ssl"]  # green sockets (imported on first use: import greenhub.socket)
 __version__ = "0.1.0.dev0"
 
 
@@ -75,15 +80,25 @@ def install():
     _asyncio.set_event_loop_policy(Policy())
 
 
-def run(main, *, debug=None):
-    """Run coroutine `main` on a new greenhub loop and return its result.
+def run(main, /, *args, debug=None):
+    """Run `main` on a new greenhub loop and return its result.
 
-    Behaves as ``asyncio.run(main, debug=debug)``: cancels leftover tasks,
-    finalises async generators, shuts the default executor down and closes
-    the loop; Ctrl-C cancels `main` and raises KeyboardInterrupt.
+    `main` is a coroutine - then this behaves as ``asyncio.run(main,
+    debug=debug)``: it cancels leftover tasks, finalises async generators,
+    shuts the default executor down and closes the loop; Ctrl-C cancels
+    `main` and raises KeyboardInterrupt - or a synchronous function, which
+    then runs as the program's main virtual thread, ``main(*args)``, under
+    the same rules: inside it ``greenhub.spawn()``, ``greenhub.await_()``
+    and greenhub's blocking calls work (the gevent-style entry point).
     """
     if _asyncio.events._get_running_loop() is not None:
         # Checked before a loop is made, as asyncio.run() does.
         raise RuntimeError("greenhub.run() cannot be called from a running event loop")
+    if _asyncio.iscoroutine(main):
+        if args:
+            main.close()
+            raise TypeError("greenhub.run() takes arguments only with a function, not a coroutine")
+    elif callable(main):
+        main = _vthread._call_sync(main, args, {})
     with _asyncio.Runner(debug=debug, loop_factory=new_event_loop) as runner:
         return runner.run(main)

@@ -32,6 +32,7 @@ import heapq
 import operator
 import queue as _queue
 import time as _time
+import types
 from collections import deque
 
 from . import _core
@@ -197,7 +198,13 @@ class _WaitQueue:
         user's lock) once the waiter is registered."""
         coop = _in_vthread()
         w = self._add(coop)
-        release()
+        try:
+            release()
+        except BaseException:
+            # `release` releases `mutex` first, so it failed after that.
+            mutex.acquire()
+            self._waiters.remove(w)
+            raise
         raised = True
         try:
             if coop:
@@ -258,16 +265,17 @@ def _remaining(deadline):
 
 
 def _lock_timeout(blocking, timeout):
-    """threading.Lock.acquire()'s argument rules -> None or seconds."""
-    if not blocking:
-        if timeout != -1:
-            raise ValueError("can't specify a timeout for a non-blocking call")
-        return 0.0
+    """threading.Lock.acquire()'s arguments -> None (forever) or seconds."""
     if timeout == -1:
-        return None
-    if timeout < 0:
-        raise ValueError("timeout value must be positive")
-    return float(timeout)
+        return None if blocking else 0.0
+    if blocking and type(timeout) in (int, float) and timeout >= 0:
+        return float(timeout)
+    # Anything else: a raw lock raises exactly what threading raises on this
+    # Python version (the messages differ between versions).
+    probe = _allocate_lock()
+    probe.acquire(blocking, timeout)
+    probe.release()
+    return float(timeout) if blocking else 0.0
 
 
 class Lock:
@@ -826,6 +834,8 @@ class Queue:
         self._not_full = _WaitQueue()
         self._all_done = _WaitQueue()
         self.unfinished_tasks = 0
+
+    __class_getitem__ = classmethod(types.GenericAlias)
 
     # Storage; subclasses override these four, as with queue.Queue.
     def _init(self, maxsize):

@@ -375,6 +375,10 @@ run_handle_debug(gh_Loop *self, PyObject *h)
     return 0;
 }
 
+/* While idle workers from a burst remain to be freed, the loop waits at most
+ * this long between idle passes (each frees a few of them). */
+#define POOL_TRIM_INTERVAL 0.05
+
 static int
 run_once(gh_Loop *self)
 {
@@ -398,8 +402,11 @@ run_once(gh_Loop *self)
             timeout = 0.;
         }
     }
-    if (timeout != 0.) {
-        gh_pool_trim(&self->pool); /* about to wait: a good time to free */
+    if (timeout != 0. && gh_pool_trim(&self->pool) &&
+        (timeout < 0. || timeout > POOL_TRIM_INTERVAL)) {
+        /* About to wait: a good time to free idle workers left from a
+         * burst; come back soon for the rest. */
+        timeout = POOL_TRIM_INTERVAL;
     }
     gh_reactor_poll(self->reactor, timeout);
     if (PyErr_Occurred()) {
@@ -513,6 +520,13 @@ schedule_timer(gh_Loop *self, double when, PyObject *when_obj, PyObject *const *
     st->queued_items++;
     gh_hd(t)->scheduled = 1;
     return t;
+}
+
+PyObject *
+gh_loop_call_at(gh_Loop *self, double when, PyObject *const *args, Py_ssize_t nargs,
+                PyObject *context)
+{
+    return schedule_timer(self, when, NULL, args, nargs, context);
 }
 
 static PyObject *
@@ -994,6 +1008,7 @@ loop_traverse(PyObject *op, visitproc visit, void *arg)
     }
     Py_VISIT(self->sock_recv_ready);
     Py_VISIT(self->sock_recv_into_ready);
+    Py_VISIT(self->green_ready);
     return 0;
 }
 
@@ -1006,6 +1021,7 @@ loop_clear(PyObject *op)
     clear_queues(self);
     Py_CLEAR(self->sock_recv_ready);
     Py_CLEAR(self->sock_recv_into_ready);
+    Py_CLEAR(self->green_ready);
     Py_CLEAR(self->current_handle);
     Py_CLEAR(self->task_factory);
     return 0;

@@ -35,7 +35,7 @@
  * (POOL_TRIM_STEP) whenever the loop goes idle, so the memory comes back. */
 #define POOL_MAX 256
 #define POOL_BURST_MAX 65536
-#define POOL_TRIM_STEP 32
+#define POOL_TRIM_STEP 128
 /* Up to this many bound workers per loop, tasks keep theirs between steps
  * (no rebinding cost); beyond it, idle tasks give unobservable workers back
  * so that many idle tasks cost no greenlet each. */
@@ -83,17 +83,18 @@ gh_pool_clear(gh_pool *p)
     p->keep = 0;
 }
 
-void
+int
 gh_pool_trim(gh_pool *p)
 {
     if (p->keep <= POOL_MAX) {
-        return;
+        return 0;
     }
     for (int i = 0; i < POOL_TRIM_STEP && p->len > POOL_MAX; i++) {
         PyObject *g = p->greenlets[--p->len];
         Py_DECREF(g); /* kills it (GreenletExit) */
     }
     p->keep = p->len > POOL_MAX ? p->len : 0;
+    return p->keep != 0;
 }
 
 /* --- binding workers to tasks --------------------------------------------- */
