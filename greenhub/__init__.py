@@ -11,11 +11,30 @@ An asyncio event loop written in C on libev.  Use it as any asyncio loop::
 
 import asyncio as _asyncio
 
-from . import _core, vthread  # noqa: F401 - _core: diagnostics (debug_counters)
+from . import _core, _watchdog, vthread  # noqa: F401 - _core: diagnostics (debug_counters)
+from ._dump import disable_dump_on_signal, dump_tasks, enable_dump_on_signal, task_stacks
 from ._loop import Loop
+from ._switches import SwitchError, get_switch_log, no_switch, set_switch_log
 from ._vthread import await_, spawn
 
-__all__ = ["Loop", "Policy", "await_", "install", "new_event_loop", "run", "spawn", "vthread"]
+__all__ = [
+    "Loop",
+    "Policy",
+    "SwitchError",
+    "await_",
+    "disable_dump_on_signal",
+    "dump_tasks",
+    "enable_dump_on_signal",
+    "get_switch_log",
+    "install",
+    "new_event_loop",
+    "no_switch",
+    "run",
+    "set_switch_log",
+    "spawn",
+    "task_stacks",
+    "vthread",
+]
 __version__ = "0.1.0.dev0"
 
 
@@ -44,15 +63,25 @@ def install():
     _asyncio.set_event_loop_policy(Policy())
 
 
-def run(main, *, debug=None):
+def run(main, *, debug=None, watchdog=None):
     """Run coroutine `main` on a new greenhub loop and return its result.
 
     Behaves as ``asyncio.run(main, debug=debug)``: cancels leftover tasks,
     finalises async generators, shuts the default executor down and closes
     the loop; Ctrl-C cancels `main` and raises KeyboardInterrupt.
+    ``watchdog=seconds`` turns the loop's watchdog on (``Loop.set_watchdog``).
     """
     if _asyncio.events._get_running_loop() is not None:
         # Checked before a loop is made, as asyncio.run() does.
         raise RuntimeError("greenhub.run() cannot be called from a running event loop")
-    with _asyncio.Runner(debug=debug, loop_factory=new_event_loop) as runner:
+    factory = new_event_loop
+    if watchdog is not None:
+        _core._check_watchdog_threshold(watchdog)  # bad values fail before a loop exists
+
+        def factory():
+            loop = Loop()
+            loop.set_watchdog(watchdog)
+            return loop
+
+    with _asyncio.Runner(debug=debug, loop_factory=factory) as runner:
         return runner.run(main)

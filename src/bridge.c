@@ -20,6 +20,7 @@
 #include "compat.h"
 #include "green.h"
 #include "loop.h"
+#include "switches.h"
 #include "vthread.h"
 
 /* The iterator `await awaitable` would drive, or NULL + TypeError. */
@@ -159,12 +160,21 @@ gh_await(gh_state *st, PyObject *awaitable)
         return NULL;
     }
     Py_DECREF(loop_obj); /* the step keeps the loop alive */
+    if (w->no_switch) {
+        /* Inside greenhub.no_switch() (switches.c). */
+        discard_awaitable(awaitable);
+        return gh_switch_refused(st, w, "greenhub.await_()");
+    }
 
     PyObject *it = await_iterator(awaitable);
     if (it == NULL) {
         return NULL;
     }
     Py_INCREF(w);
+    /* For greenhub.dump_tasks(): what this task waits on while parked. */
+    PyObject *outer_awaiting = w->awaiting;
+    w->awaiting = awaitable;
+    int logged = 0; /* the switch log reports each call once */
     PyObject *value = Py_NewRef(Py_None), *exc = NULL, *res = NULL;
     for (;;) {
         PySendResult status = advance(st, it, value, exc, &res);
@@ -174,6 +184,10 @@ gh_await(gh_state *st, PyObject *awaitable)
             break; /* RETURN: res is the result; ERROR: exception set */
         }
         /* The awaitable yielded `res`: it becomes the step's yield. */
+        if (st->log_switches && !logged) {
+            logged = 1;
+            gh_switch_log(st, awaitable, res);
+        }
         PyObject *here = gh_green_current();
         if (here == NULL) {
             Py_DECREF(res);
@@ -219,6 +233,7 @@ gh_await(gh_state *st, PyObject *awaitable)
             value = Py_NewRef(Py_None);
         }
     }
+    w->awaiting = outer_awaiting;
     Py_DECREF(it);
     Py_DECREF(w);
     return res;
