@@ -162,8 +162,9 @@ gh_await(gh_state *st, PyObject *awaitable)
     Py_DECREF(loop_obj); /* the step keeps the loop alive */
     if (w->no_switch) {
         /* Inside greenhub.no_switch() (switches.c). */
-        discard_awaitable(awaitable);
-        return gh_switch_refused(st, w, "greenhub.await_()");
+        gh_switch_refused(st, w, "greenhub.await_()");
+        discard_awaitable(awaitable); /* keeps the SwitchError */
+        return NULL;
     }
 
     PyObject *it = await_iterator(awaitable);
