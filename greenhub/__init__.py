@@ -11,15 +11,36 @@ An asyncio event loop written in C on libev.  Use it as any asyncio loop::
 
 import asyncio as _asyncio
 
-from . import _core, _watchdog, vthread  # noqa: F401 - _core: diagnostics (debug_counters)
+from . import _core, _vthread, _watchdog, vthread  # noqa: F401 - _core: diagnostics
 from ._dump import disable_dump_on_signal, dump_tasks, enable_dump_on_signal, task_stacks
 from ._loop import Loop
 from ._switches import SwitchError, get_switch_log, no_switch, set_switch_log
 from ._vthread import await_, spawn
+from .sync import (
+    BoundedSemaphore,
+    Condition,
+    Event,
+    LifoQueue,
+    Lock,
+    PriorityQueue,
+    Queue,
+    RLock,
+    Semaphore,
+    sleep,
+)
 
 __all__ = [
+    "BoundedSemaphore",
+    "Condition",
+    "Event",
+    "LifoQueue",
+    "Lock",
     "Loop",
     "Policy",
+    "PriorityQueue",
+    "Queue",
+    "RLock",
+    "Semaphore",
     "SwitchError",
     "await_",
     "disable_dump_on_signal",
@@ -31,6 +52,7 @@ __all__ = [
     "no_switch",
     "run",
     "set_switch_log",
+    "sleep",
     "spawn",
     "task_stacks",
     "vthread",
@@ -63,20 +85,36 @@ def install():
     _asyncio.set_event_loop_policy(Policy())
 
 
-def run(main, *, debug=None, watchdog=None):
-    """Run coroutine `main` on a new greenhub loop and return its result.
+def run(main, /, *args, debug=None, watchdog=None):
+    """Run `main` on a new greenhub loop and return its result.
 
-    Behaves as ``asyncio.run(main, debug=debug)``: cancels leftover tasks,
-    finalises async generators, shuts the default executor down and closes
-    the loop; Ctrl-C cancels `main` and raises KeyboardInterrupt.
+    `main` is a coroutine - then this behaves as ``asyncio.run(main,
+    debug=debug)``: it cancels leftover tasks, finalises async generators,
+    shuts the default executor down and closes the loop; Ctrl-C cancels
+    `main` and raises KeyboardInterrupt - or a synchronous function, which
+    then runs as the program's main virtual thread, ``main(*args)``, under
+    the same rules: inside it ``greenhub.spawn()``, ``greenhub.await_()``
+    and greenhub's blocking calls work (the gevent-style entry point).
     ``watchdog=seconds`` turns the loop's watchdog on (``Loop.set_watchdog``).
     """
     if _asyncio.events._get_running_loop() is not None:
         # Checked before a loop is made, as asyncio.run() does.
         raise RuntimeError("greenhub.run() cannot be called from a running event loop")
+    if watchdog is not None:
+        try:
+            _core._check_watchdog_threshold(watchdog)  # bad values fail before a loop exists
+        except (TypeError, ValueError):
+            if _asyncio.iscoroutine(main):
+                main.close()
+            raise
+    if _asyncio.iscoroutine(main):
+        if args:
+            main.close()
+            raise TypeError("greenhub.run() takes arguments only with a function, not a coroutine")
+    elif callable(main):
+        main = _vthread._call_sync(main, args, {})
     factory = new_event_loop
     if watchdog is not None:
-        _core._check_watchdog_threshold(watchdog)  # bad values fail before a loop exists
 
         def factory():
             loop = Loop()

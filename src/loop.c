@@ -379,6 +379,10 @@ run_handle_debug(gh_Loop *self, PyObject *h)
     return 0;
 }
 
+/* While idle workers from a burst remain to be freed, the loop waits at most
+ * this long between idle passes (each frees a few of them). */
+#define POOL_TRIM_INTERVAL 0.05
+
 static int
 run_once(gh_Loop *self)
 {
@@ -401,6 +405,12 @@ run_once(gh_Loop *self)
         else if (timeout < 0.) {
             timeout = 0.;
         }
+    }
+    if (timeout != 0. && gh_pool_trim(&self->pool) &&
+        (timeout < 0. || timeout > POOL_TRIM_INTERVAL)) {
+        /* About to wait: a good time to free idle workers left from a
+         * burst; come back soon for the rest. */
+        timeout = POOL_TRIM_INTERVAL;
     }
     gh_reactor_poll(self->reactor, timeout);
     if (PyErr_Occurred()) {

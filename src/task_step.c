@@ -28,8 +28,15 @@
 #include "switches.h"
 #include "vthread.h"
 
-/* Idle workers a loop keeps for reuse. */
+/* Idle workers a loop keeps for reuse.  After a burst of many concurrent
+ * tasks it keeps up to as many as were bound at the peak (at most
+ * POOL_BURST_MAX): making a greenlet and killing it costs ~20 us, which a
+ * program that runs 10,000 virtual threads at a time would otherwise pay for
+ * most of them on every round.  The surplus is killed a few at a time
+ * (POOL_TRIM_STEP) whenever the loop goes idle, so the memory comes back. */
 #define POOL_MAX 256
+#define POOL_BURST_MAX 65536
+#define POOL_TRIM_STEP 128
 /* Up to this many bound workers per loop, tasks keep theirs between steps
  * (no rebinding cost); beyond it, idle tasks give unobservable workers back
  * so that many idle tasks cost no greenlet each. */
@@ -74,6 +81,21 @@ gh_pool_clear(gh_pool *p)
     PyMem_Free(p->greenlets);
     p->greenlets = NULL;
     p->cap = 0;
+    p->keep = 0;
+}
+
+int
+gh_pool_trim(gh_pool *p)
+{
+    if (p->keep <= POOL_MAX) {
+        return 0;
+    }
+    for (int i = 0; i < POOL_TRIM_STEP && p->len > POOL_MAX; i++) {
+        PyObject *g = p->greenlets[--p->len];
+        Py_DECREF(g); /* kills it (GreenletExit) */
+    }
+    p->keep = p->len > POOL_MAX ? p->len : 0;
+    return p->keep != 0;
 }
 
 /* --- binding workers to tasks --------------------------------------------- */
@@ -115,6 +137,9 @@ bind_worker(gh_state *st, gh_Loop *loop, gh_GreenCoro *w)
     w->worker = g;
     w->thread_id = here;
     loop->bound_workers++;
+    if (loop->bound_workers > loop->pool.keep && loop->bound_workers <= POOL_BURST_MAX) {
+        loop->pool.keep = loop->bound_workers;
+    }
     return 0;
 }
 
@@ -136,7 +161,8 @@ maybe_unbind_worker(gh_Loop *loop, gh_GreenCoro *w)
     if (loop->pool.len == 0) {
         loop->pool.thread_id = w->thread_id;
     }
-    if (observable || !gh_green_active(g) || loop->pool.len >= POOL_MAX || loop->closed ||
+    Py_ssize_t room = loop->pool.keep > POOL_MAX ? loop->pool.keep : POOL_MAX;
+    if (observable || !gh_green_active(g) || loop->pool.len >= room || loop->closed ||
         loop->pool.thread_id != w->thread_id) {
         /* Not reusable here: someone else holds it, or no room.  Dropping
          * our reference kills it if nobody else has one. */

@@ -58,6 +58,7 @@ typedef struct {
     PyObject **greenlets; /* owned */
     Py_ssize_t len;
     Py_ssize_t cap;
+    Py_ssize_t keep;         /* how many idle workers to keep: follows peak demand */
     unsigned long thread_id; /* the thread the pooled greenlets belong to */
 } gh_pool;
 
@@ -83,6 +84,11 @@ void gh_coro_unpark(gh_GreenCoro *w);
 
 /* Called by the loop: empties the pool (kills its greenlets). */
 void gh_pool_clear(gh_pool *pool);
+
+/* Called by the loop when it is about to wait idle: kills a few of the idle
+ * workers kept beyond the usual pool size after a burst of tasks.  Returns 1
+ * if some are left to kill on a later idle pass. */
+int gh_pool_trim(gh_pool *pool);
 
 /* Module-level function objects the workers run; made by module.c. */
 PyObject *gh_make_worker_main(PyObject *module);

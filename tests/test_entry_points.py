@@ -215,3 +215,36 @@ def test_policy_loops_are_independent_per_thread(gh):
     t.start()
     t.join(10)
     assert seen == [(gh.Loop, "thread")]
+
+
+def test_greenhub_run_sync_function_is_the_main_vthread():
+    import greenhub
+
+    def main(n, step):
+        assert greenhub._core.in_vthread()
+        tasks = [greenhub.spawn(greenhub.sleep, step) for _ in range(n)]
+        greenhub.await_(asyncio.gather(*tasks))
+        return asyncio.get_running_loop().__class__.__name__, n
+
+    assert greenhub.run(main, 50, 0.01) == ("Loop", 50)
+    assert asyncio.events._get_running_loop() is None
+
+    def fails():
+        raise KeyError("from the main vthread")
+
+    with pytest.raises(KeyError, match="from the main vthread"):
+        greenhub.run(fails)
+
+
+def test_greenhub_run_rejects_args_with_a_coroutine_and_non_callables():
+    import greenhub
+
+    async def coro():
+        return 1
+
+    c = coro()
+    with pytest.raises(TypeError, match="arguments only with a function"):
+        greenhub.run(c, 1)
+    assert c.cr_frame is None  # closed: no "never awaited" warning
+    with pytest.raises(ValueError, match="coroutine was expected"):
+        greenhub.run(42)

@@ -1,0 +1,1006 @@
+"""Blocking primitives for virtual threads, OS threads and async code at once.
+
+Each primitive has the `threading` / `queue` interface.  A blocking call made
+inside a greenhub virtual thread (``_core.in_vthread()``: sync code running in
+a task step) suspends only that task; the same call made anywhere else - an OS
+thread, a program with no loop, a loop callback, a stock asyncio loop - blocks
+the calling OS thread exactly as the `threading` call does.  Async code uses
+the ``async_`` methods (``await lock.async_acquire()``, ``async with lock``,
+``await event.async_wait()``, ``await q.async_get()``) on any asyncio loop.
+One object may be shared by all three kinds of caller at once.
+
+How a wait works.  Every primitive keeps its state under a short-lived raw
+``_thread`` lock (its *mutex*: held only for a few non-blocking statements,
+never across a wait) and parks blocked callers in a FIFO of ``_Waiter``s.
+A waiter is either a future of the caller's loop (a virtual thread waits with
+``await_(future)``, a coroutine with ``await future``) or a raw lock the
+caller's OS thread blocks on.  ``notify`` marks a waiter woken *under the
+mutex* - that mark, not the future, is what says a wakeup was consumed - and
+then resolves its future (directly on the loop's own thread, else through
+``call_soon_threadsafe``) or releases its raw lock.  A waiter that ends
+without being woken (timeout) removes itself; one that was woken but then
+cancelled passes the wakeup on, so no notification is ever lost.
+
+The raw locks, ``get_ident`` and ``time.sleep`` are captured at import, so
+``greenhub.monkey`` patching the `threading`/`time` modules never changes
+them underneath.
+"""
+
+import _thread
+import asyncio
+import heapq
+import operator
+import queue as _queue
+import time as _time
+import types
+from collections import deque
+
+from . import _core
+
+__all__ = [
+    "BoundedSemaphore",
+    "Condition",
+    "Event",
+    "LifoQueue",
+    "Lock",
+    "PriorityQueue",
+    "Queue",
+    "RLock",
+    "Semaphore",
+    "sleep",
+]
+
+_allocate_lock = _thread.allocate_lock
+_get_ident = _thread.get_ident
+_monotonic = _time.monotonic
+_os_sleep = _time.sleep
+_in_vthread = _core.in_vthread
+_await = _core.await_
+_get_running_loop = asyncio.events._get_running_loop
+_current_task = asyncio.current_task
+_CancelledError = asyncio.CancelledError
+
+
+# --------------------------------------------------------------------------
+# sleep
+
+
+def _sleep_seconds(seconds):
+    """Validates `seconds` the way time.sleep() does (same errors)."""
+    if isinstance(seconds, float):
+        if seconds != seconds:
+            raise ValueError("Invalid value NaN (not a number)")
+    else:
+        seconds = operator.index(seconds)
+    if seconds < 0:
+        raise ValueError("sleep length must be non-negative")
+    return seconds
+
+
+def _resolve(fut, value):
+    if not fut.done():
+        fut.set_result(value)
+
+
+def sleep(seconds):
+    """Sleep `seconds` seconds.
+
+    In a virtual thread only that task sleeps (the loop runs everything
+    else); anywhere else this is ``time.sleep(seconds)``.  In async code use
+    ``await asyncio.sleep(seconds)``.
+    """
+    if not _in_vthread():
+        return _os_sleep(seconds)
+    seconds = _sleep_seconds(seconds)
+    if seconds == 0:
+        _await(asyncio.sleep(0))  # one trip round the loop, as asyncio.sleep(0)
+        return None
+    loop = _get_running_loop()
+    fut = loop.create_future()
+    timer = loop.call_later(seconds, _resolve, fut, None)
+    try:
+        _await(fut)
+    finally:
+        timer.cancel()
+    return None
+
+
+# --------------------------------------------------------------------------
+# waiters
+
+
+def _check_timeout(timeout):
+    """None for 'wait forever', else a float; raises as threading does."""
+    if timeout is None:
+        return None
+    timeout = float(timeout)
+    if timeout < 0:
+        raise ValueError("'timeout' must be a non-negative number")
+    return timeout
+
+
+class _Waiter:
+    """One blocked caller.  `fut` (a future of `loop`) for a virtual thread or
+    a coroutine, else `lock`, a raw lock held until the caller is woken."""
+
+    __slots__ = ("fut", "lock", "loop", "woken")
+
+    def __init__(self, loop, fut, lock):
+        self.loop = loop
+        self.fut = fut
+        self.lock = lock
+        self.woken = False
+
+    def wake(self):
+        """Called with the owner's mutex held.  Never switches or blocks."""
+        self.woken = True
+        fut = self.fut
+        if fut is None:
+            self.lock.release()
+        elif _get_running_loop() is self.loop:
+            if not fut.done():
+                fut.set_result(True)
+        else:
+            try:
+                self.loop.call_soon_threadsafe(_resolve, fut, True)
+            except RuntimeError:
+                pass  # that loop is closed: its waiters are gone
+
+
+class _WaitQueue:
+    """FIFO of waiters.  Every method is called with the owner's mutex held;
+    `wait`/`async_wait` release it while blocked and hold it again on return."""
+
+    __slots__ = ("_waiters",)
+
+    def __init__(self):
+        self._waiters = deque()
+
+    def __len__(self):
+        return len(self._waiters)
+
+    def notify(self, n=1):
+        waiters = self._waiters
+        while n > 0 and waiters:
+            waiters.popleft().wake()
+            n -= 1
+
+    def notify_all(self):
+        self.notify(len(self._waiters))
+
+    def _add(self, coop):
+        if coop:
+            loop = _get_running_loop()
+            w = _Waiter(loop, loop.create_future(), None)
+        else:
+            lock = _allocate_lock()
+            lock.acquire()
+            w = _Waiter(None, None, lock)
+        self._waiters.append(w)
+        return w
+
+    def _finish(self, w, raised):
+        """After a wait, with the mutex held again: True if `w` was woken."""
+        if w.woken:
+            if raised:
+                self.notify(1)  # cancelled after a wakeup: pass it on
+            return True
+        self._waiters.remove(w)
+        return False
+
+    def wait(self, mutex, timeout):
+        """Blocks the caller - cooperatively in a virtual thread - until
+        notified (True) or `timeout` seconds pass (False)."""
+        return self.wait_released(mutex, timeout, mutex.release)
+
+    def wait_released(self, mutex, timeout, release):
+        """wait(), calling `release()` (which releases `mutex` and possibly a
+        user's lock) once the waiter is registered."""
+        coop = _in_vthread()
+        w = self._add(coop)
+        try:
+            release()
+        except BaseException:
+            # `release` releases `mutex` first, so it failed after that.
+            mutex.acquire()
+            self._waiters.remove(w)
+            raise
+        raised = True
+        try:
+            if coop:
+                _block_vthread(w, timeout)
+            elif timeout is None:
+                w.lock.acquire()
+            else:
+                w.lock.acquire(True, timeout)
+            raised = False
+        finally:
+            mutex.acquire()
+            woken = self._finish(w, raised)
+        return woken
+
+    async def async_wait(self, mutex, timeout):
+        w = self._add(True)
+        mutex.release()
+        raised = True
+        try:
+            fut = w.fut
+            if timeout is None:
+                await fut
+            else:
+                timer = w.loop.call_later(timeout, _resolve, fut, False)
+                try:
+                    await fut
+                finally:
+                    timer.cancel()
+            raised = False
+        finally:
+            mutex.acquire()
+            woken = self._finish(w, raised)
+        return woken
+
+
+def _block_vthread(w, timeout):
+    fut = w.fut
+    if timeout is None:
+        _await(fut)
+        return
+    timer = w.loop.call_later(timeout, _resolve, fut, False)
+    try:
+        _await(fut)
+    finally:
+        timer.cancel()
+
+
+def _deadline(timeout):
+    return None if timeout is None else _monotonic() + timeout
+
+
+def _remaining(deadline):
+    return None if deadline is None else max(0.0, deadline - _monotonic())
+
+
+# --------------------------------------------------------------------------
+# Lock, RLock
+
+
+def _lock_timeout(blocking, timeout):
+    """threading.Lock.acquire()'s arguments -> None (forever) or seconds."""
+    if timeout == -1:
+        return None if blocking else 0.0
+    if blocking and type(timeout) in (int, float) and timeout >= 0:
+        return float(timeout)
+    # Anything else: a raw lock raises exactly what threading raises on this
+    # Python version (the messages differ between versions).
+    probe = _allocate_lock()
+    probe.acquire(blocking, timeout)
+    probe.release()
+    return float(timeout) if blocking else 0.0
+
+
+class Lock:
+    """A lock with `threading.Lock`'s interface.
+
+    It wraps a real ``_thread`` lock: outside a virtual thread ``acquire``
+    is that lock's own blocking acquire.  A virtual thread that finds it held
+    waits cooperatively and is woken by ``release``.  Not owned: any caller
+    may release it, as with `threading.Lock`.
+    """
+
+    __slots__ = ("__weakref__", "_lock", "_mutex", "_waiters")
+
+    def __init__(self):
+        self._lock = _allocate_lock()
+        self._mutex = _allocate_lock()
+        self._waiters = _WaitQueue()
+
+    def acquire(self, blocking=True, timeout=-1):
+        timeout = _lock_timeout(blocking, timeout)
+        if self._lock.acquire(False):
+            return True
+        if timeout == 0.0:
+            return False
+        if not _in_vthread():
+            return self._lock.acquire(True, -1 if timeout is None else timeout)
+        deadline = _deadline(timeout)
+        mutex = self._mutex
+        mutex.acquire()
+        try:
+            while True:
+                if self._lock.acquire(False):
+                    return True
+                remaining = _remaining(deadline)
+                if remaining == 0.0:
+                    return False
+                self._waiters.wait(mutex, remaining)
+        finally:
+            mutex.release()
+
+    async def async_acquire(self, blocking=True, timeout=-1):
+        """``acquire()`` for async code, on any asyncio loop."""
+        timeout = _lock_timeout(blocking, timeout)
+        if self._lock.acquire(False):
+            return True
+        if timeout == 0.0:
+            return False
+        deadline = _deadline(timeout)
+        mutex = self._mutex
+        mutex.acquire()
+        try:
+            while True:
+                if self._lock.acquire(False):
+                    return True
+                remaining = _remaining(deadline)
+                if remaining == 0.0:
+                    return False
+                await self._waiters.async_wait(mutex, remaining)
+        finally:
+            mutex.release()
+
+    def release(self):
+        self._lock.release()  # RuntimeError("release unlocked lock") as threading
+        mutex = self._mutex
+        mutex.acquire()
+        try:
+            self._waiters.notify(1)
+        finally:
+            mutex.release()
+
+    def locked(self):
+        return self._lock.locked()
+
+    def _at_fork_reinit(self):
+        # Called in the child after fork() by stdlib code (logging, ...):
+        # nobody waits there.
+        self._lock = _allocate_lock()
+        self._mutex = _allocate_lock()
+        self._waiters = _WaitQueue()
+
+    __enter__ = acquire
+
+    def __exit__(self, *exc):
+        self.release()
+
+    async def __aenter__(self):
+        await self.async_acquire()
+        return None
+
+    async def __aexit__(self, *exc):
+        self.release()
+
+    def __repr__(self):
+        state = "locked" if self._lock.locked() else "unlocked"
+        return (
+            f"<{state} {type(self).__module__}.{type(self).__qualname__} object at {id(self):#x}>"
+        )
+
+
+def _owner(async_caller=False):
+    """Who holds an RLock: the task in a virtual thread or async code, else
+    the OS thread."""
+    if async_caller or _in_vthread():
+        task = _current_task()
+        if task is not None:
+            return task
+    return _get_ident()
+
+
+class RLock:
+    """A reentrant lock with `threading.RLock`'s interface.  Its owner is the
+    virtual thread (the task) when taken in one, else the OS thread."""
+
+    __slots__ = ("__weakref__", "_block", "_count", "_owner")
+
+    def __init__(self):
+        self._block = Lock()
+        self._owner = None
+        self._count = 0
+
+    def _reenter(self, me):
+        if self._owner is not None and self._owner == me:
+            self._count += 1
+            return True
+        return False
+
+    def acquire(self, blocking=True, timeout=-1):
+        me = _owner()
+        if self._reenter(me):
+            return True
+        if self._block.acquire(blocking, timeout):
+            self._owner = me
+            self._count = 1
+            return True
+        return False
+
+    async def async_acquire(self, blocking=True, timeout=-1):
+        me = _owner(async_caller=True)
+        if self._reenter(me):
+            return True
+        if await self._block.async_acquire(blocking, timeout):
+            self._owner = me
+            self._count = 1
+            return True
+        return False
+
+    def _release_as(self, me):
+        if self._owner is None or self._owner != me:
+            raise RuntimeError("cannot release un-acquired lock")
+        self._count -= 1
+        if self._count == 0:
+            self._owner = None
+            self._block.release()
+
+    def release(self):
+        self._release_as(_owner())
+
+    def locked(self):
+        return self._block.locked()
+
+    # The protocol threading.Condition uses on its lock (and so does ours).
+    def _is_owned(self, async_caller=False):
+        return self._owner is not None and self._owner == _owner(async_caller)
+
+    def _release_save(self):
+        state = (self._count, self._owner)
+        self._count = 0
+        self._owner = None
+        self._block.release()
+        return state
+
+    def _acquire_restore(self, state):
+        self._block.acquire()
+        self._count, self._owner = state
+
+    async def _async_acquire_restore(self, state):
+        await self._block.async_acquire()
+        self._count, self._owner = state
+
+    def _at_fork_reinit(self):
+        self._block._at_fork_reinit()
+        self._owner = None
+        self._count = 0
+
+    __enter__ = acquire
+
+    def __exit__(self, *exc):
+        self.release()
+
+    async def __aenter__(self):
+        await self.async_acquire()
+        return None
+
+    async def __aexit__(self, *exc):
+        self._release_as(_owner(async_caller=True))
+
+    def __repr__(self):
+        owner = self._owner
+        state = "locked" if owner is not None else "unlocked"
+        return (
+            f"<{state} {type(self).__module__}.{type(self).__qualname__} object "
+            f"owner={owner!r} count={self._count} at {id(self):#x}>"
+        )
+
+
+# --------------------------------------------------------------------------
+# Condition
+
+
+class Condition:
+    """A condition variable with `threading.Condition`'s interface, over a
+    greenhub Lock or RLock (an RLock by default).  Callers may mix virtual
+    threads, OS threads and coroutines (``async with cond: await
+    cond.async_wait()``)."""
+
+    def __init__(self, lock=None):
+        if lock is None:
+            lock = RLock()
+        self._lock = lock
+        self.acquire = lock.acquire
+        self.release = lock.release
+        self._mutex = _allocate_lock()
+        self._waiters = _WaitQueue()
+
+    def __enter__(self):
+        return self._lock.__enter__()
+
+    def __exit__(self, *exc):
+        return self._lock.__exit__(*exc)
+
+    async def __aenter__(self):
+        return await self._lock.__aenter__()
+
+    async def __aexit__(self, *exc):
+        return await self._lock.__aexit__(*exc)
+
+    def __repr__(self):
+        return f"<{type(self).__module__}.{type(self).__qualname__}({self._lock!r}, {len(self._waiters)})>"
+
+    # Lock protocol: an RLock knows its owner; a Lock is "owned" when held.
+    def _is_owned(self, async_caller=False):
+        lock = self._lock
+        if isinstance(lock, RLock):
+            return lock._is_owned(async_caller)
+        if hasattr(lock, "_is_owned"):
+            return lock._is_owned()
+        if lock.acquire(False):
+            lock.release()
+            return False
+        return True
+
+    def _release_save(self):
+        lock = self._lock
+        return lock._release_save() if hasattr(lock, "_release_save") else lock.release()
+
+    def _acquire_restore(self, state):
+        lock = self._lock
+        if hasattr(lock, "_acquire_restore"):
+            lock._acquire_restore(state)
+        else:
+            lock.acquire()
+
+    async def _async_acquire_restore(self, state):
+        lock = self._lock
+        if isinstance(lock, RLock):
+            await lock._async_acquire_restore(state)
+        else:
+            await lock.async_acquire()
+
+    def wait(self, timeout=None):
+        if not self._is_owned():
+            raise RuntimeError("cannot wait on un-acquired lock")
+        timeout = None if timeout is None else max(0.0, float(timeout))
+        saved = []
+
+        def release():
+            self._mutex.release()
+            saved.append(self._release_save())
+
+        mutex = self._mutex
+        mutex.acquire()
+        try:
+            woken = self._waiters.wait_released(mutex, timeout, release)
+        finally:
+            mutex.release()
+            self._reacquire(saved)
+        return woken
+
+    def _reacquire(self, saved):
+        # Retake the user's lock even if the task is cancelled meanwhile, as
+        # threading and asyncio do: wait()'s caller always holds it on return.
+        if not saved:
+            return
+        cancelled = None
+        while True:
+            try:
+                self._acquire_restore(saved[0])
+                break
+            except _CancelledError as exc:
+                cancelled = exc
+        if cancelled is not None:
+            raise cancelled
+
+    async def async_wait(self, timeout=None):
+        if not self._is_owned(async_caller=True):
+            raise RuntimeError("cannot wait on un-acquired lock")
+        timeout = None if timeout is None else max(0.0, float(timeout))
+        mutex = self._mutex
+        mutex.acquire()
+        w = self._waiters._add(True)
+        mutex.release()
+        saved = self._release_save()
+        raised = True
+        try:
+            fut = w.fut
+            if timeout is None:
+                await fut
+            else:
+                timer = w.loop.call_later(timeout, _resolve, fut, False)
+                try:
+                    await fut
+                finally:
+                    timer.cancel()
+            raised = False
+        finally:
+            mutex.acquire()
+            try:
+                woken = self._waiters._finish(w, raised)
+            finally:
+                mutex.release()
+            cancelled = None
+            while True:
+                try:
+                    await self._async_acquire_restore(saved)
+                    break
+                except _CancelledError as exc:
+                    cancelled = exc
+            if cancelled is not None:
+                raise cancelled
+        return woken
+
+    def wait_for(self, predicate, timeout=None):
+        deadline = _deadline(None if timeout is None else float(timeout))
+        result = predicate()
+        while not result:
+            remaining = _remaining(deadline)
+            if remaining == 0.0:
+                break
+            self.wait(remaining)
+            result = predicate()
+        return result
+
+    async def async_wait_for(self, predicate, timeout=None):
+        deadline = _deadline(None if timeout is None else float(timeout))
+        result = predicate()
+        while not result:
+            remaining = _remaining(deadline)
+            if remaining == 0.0:
+                break
+            await self.async_wait(remaining)
+            result = predicate()
+        return result
+
+    def notify(self, n=1):
+        if not (self._is_owned() or self._is_owned(async_caller=True)):
+            raise RuntimeError("cannot notify on un-acquired lock")
+        mutex = self._mutex
+        mutex.acquire()
+        try:
+            self._waiters.notify(n)
+        finally:
+            mutex.release()
+
+    def notify_all(self):
+        self.notify(len(self._waiters))
+
+
+# --------------------------------------------------------------------------
+# Event, Semaphore, BoundedSemaphore
+
+
+class Event:
+    """An event flag with `threading.Event`'s interface."""
+
+    def __init__(self):
+        self._mutex = _allocate_lock()
+        self._waiters = _WaitQueue()
+        self._flag = False
+
+    def __repr__(self):
+        state = "set" if self._flag else "unset"
+        return f"<{type(self).__module__}.{type(self).__qualname__} at {id(self):#x}: {state}>"
+
+    def is_set(self):
+        return self._flag
+
+    def set(self):
+        mutex = self._mutex
+        mutex.acquire()
+        try:
+            self._flag = True
+            self._waiters.notify_all()
+        finally:
+            mutex.release()
+
+    def clear(self):
+        mutex = self._mutex
+        mutex.acquire()
+        self._flag = False
+        mutex.release()
+
+    def wait(self, timeout=None):
+        if self._flag:
+            return True
+        timeout = None if timeout is None else max(0.0, float(timeout))
+        mutex = self._mutex
+        mutex.acquire()
+        try:
+            if not self._flag and timeout != 0.0:
+                self._waiters.wait(mutex, timeout)
+            return self._flag
+        finally:
+            mutex.release()
+
+    async def async_wait(self, timeout=None):
+        if self._flag:
+            return True
+        timeout = None if timeout is None else max(0.0, float(timeout))
+        mutex = self._mutex
+        mutex.acquire()
+        try:
+            if not self._flag and timeout != 0.0:
+                await self._waiters.async_wait(mutex, timeout)
+            return self._flag
+        finally:
+            mutex.release()
+
+    def _at_fork_reinit(self):
+        self._mutex = _allocate_lock()
+        self._waiters = _WaitQueue()
+
+
+def _semaphore_timeout(blocking, timeout):
+    if not blocking:
+        if timeout is not None:
+            raise ValueError("can't specify timeout for non-blocking acquire")
+        return 0.0
+    return None if timeout is None else max(0.0, float(timeout))
+
+
+class Semaphore:
+    """A counting semaphore with `threading.Semaphore`'s interface."""
+
+    def __init__(self, value=1):
+        if value < 0:
+            raise ValueError("semaphore initial value must be >= 0")
+        self._mutex = _allocate_lock()
+        self._waiters = _WaitQueue()
+        self._value = value
+
+    def __repr__(self):
+        return f"<{type(self).__module__}.{type(self).__qualname__} at {id(self):#x}: value={self._value}>"
+
+    def acquire(self, blocking=True, timeout=None):
+        timeout = _semaphore_timeout(blocking, timeout)
+        deadline = _deadline(timeout)
+        mutex = self._mutex
+        mutex.acquire()
+        try:
+            while self._value == 0:
+                remaining = _remaining(deadline)
+                if remaining == 0.0:
+                    return False
+                self._waiters.wait(mutex, remaining)
+            self._value -= 1
+            return True
+        finally:
+            mutex.release()
+
+    async def async_acquire(self, blocking=True, timeout=None):
+        timeout = _semaphore_timeout(blocking, timeout)
+        deadline = _deadline(timeout)
+        mutex = self._mutex
+        mutex.acquire()
+        try:
+            while self._value == 0:
+                remaining = _remaining(deadline)
+                if remaining == 0.0:
+                    return False
+                await self._waiters.async_wait(mutex, remaining)
+            self._value -= 1
+            return True
+        finally:
+            mutex.release()
+
+    def _check_release(self, n):
+        pass
+
+    def release(self, n=1):
+        if n < 1:
+            raise ValueError("n must be one or more")
+        mutex = self._mutex
+        mutex.acquire()
+        try:
+            self._check_release(n)
+            self._value += n
+            self._waiters.notify(n)
+        finally:
+            mutex.release()
+
+    __enter__ = acquire
+
+    def __exit__(self, *exc):
+        self.release()
+
+    async def __aenter__(self):
+        await self.async_acquire()
+        return None
+
+    async def __aexit__(self, *exc):
+        self.release()
+
+
+class BoundedSemaphore(Semaphore):
+    """A semaphore that refuses to be released above its initial value."""
+
+    def __init__(self, value=1):
+        super().__init__(value)
+        self._initial_value = value
+
+    def __repr__(self):
+        return (
+            f"<{type(self).__module__}.{type(self).__qualname__} at {id(self):#x}: "
+            f"value={self._value}/{self._initial_value}>"
+        )
+
+    def _check_release(self, n):
+        if self._value + n > self._initial_value:
+            raise ValueError("Semaphore released too many times")
+
+
+# --------------------------------------------------------------------------
+# Queues
+
+
+class Queue:
+    """A FIFO queue with `queue.Queue`'s interface (raising the standard
+    `queue.Empty` and `queue.Full`), plus ``async_put``, ``async_get`` and
+    ``async_join`` for async code."""
+
+    def __init__(self, maxsize=0):
+        self.maxsize = maxsize
+        self._init(maxsize)
+        self.mutex = _allocate_lock()
+        self._not_empty = _WaitQueue()
+        self._not_full = _WaitQueue()
+        self._all_done = _WaitQueue()
+        self.unfinished_tasks = 0
+
+    __class_getitem__ = classmethod(types.GenericAlias)
+
+    # Storage; subclasses override these four, as with queue.Queue.
+    def _init(self, maxsize):
+        self.queue = deque()
+
+    def _qsize(self):
+        return len(self.queue)
+
+    def _put(self, item):
+        self.queue.append(item)
+
+    def _get(self):
+        return self.queue.popleft()
+
+    def qsize(self):
+        with self.mutex:
+            return self._qsize()
+
+    def empty(self):
+        with self.mutex:
+            return not self._qsize()
+
+    def full(self):
+        with self.mutex:
+            return 0 < self.maxsize <= self._qsize()
+
+    def _put_done(self, item):
+        self._put(item)
+        self.unfinished_tasks += 1
+        self._not_empty.notify()
+
+    def put(self, item, block=True, timeout=None):
+        timeout = _queue_timeout(block, timeout)
+        mutex = self.mutex
+        mutex.acquire()
+        try:
+            if self.maxsize > 0:
+                deadline = _deadline(timeout)
+                while self._qsize() >= self.maxsize:
+                    remaining = _remaining(deadline)
+                    if remaining == 0.0:
+                        raise _queue.Full
+                    self._not_full.wait(mutex, remaining)
+            self._put_done(item)
+        finally:
+            mutex.release()
+
+    async def async_put(self, item, block=True, timeout=None):
+        timeout = _queue_timeout(block, timeout)
+        mutex = self.mutex
+        mutex.acquire()
+        try:
+            if self.maxsize > 0:
+                deadline = _deadline(timeout)
+                while self._qsize() >= self.maxsize:
+                    remaining = _remaining(deadline)
+                    if remaining == 0.0:
+                        raise _queue.Full
+                    await self._not_full.async_wait(mutex, remaining)
+            self._put_done(item)
+        finally:
+            mutex.release()
+
+    def _get_done(self):
+        item = self._get()
+        self._not_full.notify()
+        return item
+
+    def get(self, block=True, timeout=None):
+        timeout = _queue_timeout(block, timeout)
+        mutex = self.mutex
+        mutex.acquire()
+        try:
+            deadline = _deadline(timeout)
+            while not self._qsize():
+                remaining = _remaining(deadline)
+                if remaining == 0.0:
+                    raise _queue.Empty
+                self._not_empty.wait(mutex, remaining)
+            return self._get_done()
+        finally:
+            mutex.release()
+
+    async def async_get(self, block=True, timeout=None):
+        timeout = _queue_timeout(block, timeout)
+        mutex = self.mutex
+        mutex.acquire()
+        try:
+            deadline = _deadline(timeout)
+            while not self._qsize():
+                remaining = _remaining(deadline)
+                if remaining == 0.0:
+                    raise _queue.Empty
+                await self._not_empty.async_wait(mutex, remaining)
+            return self._get_done()
+        finally:
+            mutex.release()
+
+    def put_nowait(self, item):
+        return self.put(item, block=False)
+
+    def get_nowait(self):
+        return self.get(block=False)
+
+    def task_done(self):
+        mutex = self.mutex
+        mutex.acquire()
+        try:
+            unfinished = self.unfinished_tasks - 1
+            if unfinished <= 0:
+                if unfinished < 0:
+                    raise ValueError("task_done() called too many times")
+                self._all_done.notify_all()
+            self.unfinished_tasks = unfinished
+        finally:
+            mutex.release()
+
+    def join(self):
+        mutex = self.mutex
+        mutex.acquire()
+        try:
+            while self.unfinished_tasks:
+                self._all_done.wait(mutex, None)
+        finally:
+            mutex.release()
+
+    async def async_join(self):
+        mutex = self.mutex
+        mutex.acquire()
+        try:
+            while self.unfinished_tasks:
+                await self._all_done.async_wait(mutex, None)
+        finally:
+            mutex.release()
+
+
+def _queue_timeout(block, timeout):
+    if not block:
+        return 0.0
+    if timeout is None:
+        return None
+    if timeout < 0:
+        raise ValueError("'timeout' must be a non-negative number")
+    return float(timeout)
+
+
+class LifoQueue(Queue):
+    """A last-in, first-out queue (`queue.LifoQueue`'s interface)."""
+
+    def _init(self, maxsize):
+        self.queue = []
+
+    def _get(self):
+        return self.queue.pop()
+
+
+class PriorityQueue(Queue):
+    """A queue that hands out the lowest entry first (`queue.PriorityQueue`'s
+    interface: entries are usually ``(priority, data)`` tuples)."""
+
+    def _init(self, maxsize):
+        self.queue = []
+
+    def _put(self, item):
+        heapq.heappush(self.queue, item)
+
+    def _get(self):
+        return heapq.heappop(self.queue)

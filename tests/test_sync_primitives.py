@@ -1,0 +1,569 @@
+"""greenhub.sync: sleep, locks, conditions, events, semaphores and queues.
+
+Three kinds of caller share the same objects: virtual threads (sync code in a task on a
+greenhub loop: a blocking call suspends only that task), plain OS threads (the call really
+blocks, exactly as the `threading` call), and async code (the ``async_`` methods, on the
+stock loop and on greenhub - see ``loop`` tests below).  The "concurrently" checks use
+wide margins: N waits that each take T finish in well under N*T.
+"""
+
+import asyncio
+import queue
+import threading
+import time
+
+import pytest
+from vthread_helpers import gloop_fixture, in_thread
+
+import greenhub
+
+gloop = gloop_fixture
+
+PRIMS = {
+    "Lock": (greenhub.Lock, threading.Lock),
+    "RLock": (greenhub.RLock, threading.RLock),
+    "Semaphore": (greenhub.Semaphore, threading.Semaphore),
+    "BoundedSemaphore": (greenhub.BoundedSemaphore, threading.BoundedSemaphore),
+}
+
+
+def run_vthreads(gloop, fn, n, *args):
+    """Runs fn(i, *args) in n virtual threads on gloop; returns their results."""
+
+    async def main():
+        return await asyncio.gather(*(greenhub.spawn(fn, i, *args) for i in range(n)))
+
+    return gloop.run_until_complete(main())
+
+
+def elapsed(fn, *args):
+    t0 = time.monotonic()
+    result = fn(*args)
+    return time.monotonic() - t0, result
+
+
+# --- sleep -------------------------------------------------------------------------
+
+
+def test_sleep_in_vthreads_overlaps(gloop):
+    took, _ = elapsed(run_vthreads, gloop, lambda i: greenhub.sleep(0.2), 20)
+    assert 0.19 < took < 2.0  # 20 x 0.2 s serially would be 4 s
+
+
+def test_sleep_outside_vthread_is_time_sleep():
+    took, res = elapsed(greenhub.sleep, 0.05)
+    assert res is None and took >= 0.049
+
+
+@pytest.mark.parametrize("bad", [-1, -0.5, float("nan"), "1", 1j, None])
+def test_sleep_rejects_what_time_sleep_rejects(gloop, bad):
+    with pytest.raises(Exception) as expected:
+        time.sleep(bad)
+    with pytest.raises(type(expected.value), match=str(expected.value).replace("(", r"\(").replace(")", r"\)")):
+        run_vthreads(gloop, lambda i: greenhub.sleep(bad), 1)
+
+
+def test_sleep_zero_lets_others_run(gloop):
+    order = []
+
+    def a(i):
+        order.append("a1")
+        greenhub.sleep(0)
+        order.append("a2")
+
+    def b(i):
+        order.append("b")
+
+    async def main():
+        await asyncio.gather(greenhub.spawn(a, 0), greenhub.spawn(b, 0))
+
+    gloop.run_until_complete(main())
+    assert order == ["a1", "b", "a2"]
+
+
+def test_cancelled_sleep_leaves_no_timer(gloop, monkeypatch):
+    fired = []
+    monkeypatch.setattr(greenhub.sync, "_resolve", lambda fut, value: fired.append(value))
+
+    async def main():
+        task = greenhub.spawn(greenhub.sleep, 0.1)
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.3)  # past the sleep's end: its timer must not fire
+
+    gloop.run_until_complete(main())
+    assert fired == []
+
+
+# --- Lock / RLock / Semaphore: mutual exclusion across callers ----------------------------
+
+
+def test_lock_excludes_vthreads(gloop):
+    lock = greenhub.Lock()
+    inside = []
+
+    def worker(i):
+        with lock:
+            inside.append(i)
+            assert len(inside) == 1
+            greenhub.sleep(0.005)
+            inside.remove(i)
+        return i
+
+    assert run_vthreads(gloop, worker, 10) == list(range(10))
+    assert not lock.locked()
+
+
+def test_lock_shared_by_vthreads_and_os_threads(gloop):
+    lock = greenhub.Lock()
+    counter = [0]
+
+    def bump(n):
+        for _ in range(n):
+            with lock:
+                v = counter[0]
+                if greenhub._core.in_vthread():
+                    greenhub.sleep(0)  # switch while holding it
+                else:
+                    time.sleep(0)
+                counter[0] = v + 1
+
+    threads = [threading.Thread(target=bump, args=(200,)) for _ in range(3)]
+    for t in threads:
+        t.start()
+    run_vthreads(gloop, lambda i: bump(200), 5)
+    for t in threads:
+        t.join(30)
+    assert counter[0] == 8 * 200
+
+
+def test_os_thread_waits_for_vthread_holder(gloop):
+    lock = greenhub.Lock()
+    got = []
+
+    def holder(i):
+        with lock:
+            t = threading.Thread(target=lambda: got.append(lock.acquire(timeout=20)))
+            t.start()
+            greenhub.sleep(0.1)  # the OS thread really blocks meanwhile
+            assert got == []
+        greenhub.await_(asyncio.get_running_loop().run_in_executor(None, t.join))
+
+    run_vthreads(gloop, holder, 1)
+    assert got == [True]
+
+
+def test_vthread_waits_for_os_thread_holder(gloop):
+    lock = greenhub.Lock()
+    held = threading.Event()
+    release = threading.Event()
+    ticks = []
+
+    def os_holder():
+        with lock:
+            held.set()
+            release.wait(20)
+
+    t = threading.Thread(target=os_holder)
+    t.start()
+    held.wait(20)
+
+    def waiter(i):
+        acquired = lock.acquire()
+        lock.release()
+        return acquired
+
+    async def ticker():
+        for _ in range(5):
+            ticks.append(1)
+            await asyncio.sleep(0.01)
+        release.set()
+
+    async def main():
+        return await asyncio.gather(greenhub.spawn(waiter, 0), ticker())
+
+    assert gloop.run_until_complete(main())[0] is True
+    t.join(20)
+    assert len(ticks) == 5  # the loop kept running while the vthread waited
+
+
+@pytest.mark.parametrize("kind", ["Lock", "RLock", "Semaphore", "BoundedSemaphore"])
+def test_timeouts_and_nonblocking_like_threading(gloop, kind):
+    ours, theirs = PRIMS[kind]
+    sem = "Semaphore" in kind
+    ours_obj, theirs_obj = (ours(0), theirs(0)) if sem else (ours(), theirs())
+
+    def holder_thread(obj):
+        if not sem:
+            ready = threading.Event()
+
+            def hold():
+                obj.acquire()
+                ready.set()
+
+            threading.Thread(target=hold).start()
+            ready.wait(10)
+
+    holder_thread(ours_obj)
+    holder_thread(theirs_obj)
+    for obj in (ours_obj, theirs_obj):
+        assert obj.acquire(False) is False
+        assert obj.acquire(timeout=0.05) is False
+
+    def in_vt(i):
+        t0 = time.monotonic()
+        r = ours_obj.acquire(timeout=0.1)
+        return r, time.monotonic() - t0
+
+    (r, took), = run_vthreads(gloop, in_vt, 1)
+    assert r is False and took >= 0.09
+
+
+@pytest.mark.parametrize("kind", ["Lock", "RLock", "Semaphore"])
+def test_bad_arguments_like_threading(kind):
+    ours, theirs = PRIMS[kind]
+    for args in [(False, 1), (True, -2)]:
+        if "Semaphore" in kind and args == (True, -2):
+            continue  # threading.Semaphore treats a negative timeout as 0
+        with pytest.raises(ValueError) as expected:
+            theirs().acquire(*args)
+        with pytest.raises(ValueError, match=str(expected.value)):
+            ours().acquire(*args)
+
+
+def test_release_errors_like_threading(gloop):
+    with pytest.raises(RuntimeError, match="release unlocked lock"):
+        greenhub.Lock().release()
+    with pytest.raises(RuntimeError, match="cannot release un-acquired lock"):
+        greenhub.RLock().release()
+    b = greenhub.BoundedSemaphore(1)
+    with pytest.raises(ValueError, match="Semaphore released too many times"):
+        b.release()
+    with pytest.raises(ValueError, match="n must be one or more"):
+        greenhub.Semaphore().release(0)
+    with pytest.raises(ValueError, match="initial value must be >= 0"):
+        greenhub.Semaphore(-1)
+
+
+def test_rlock_owner_is_the_vthread(gloop):
+    rlock = greenhub.RLock()
+    log = []
+
+    def a(i):
+        with rlock:
+            with rlock:  # reentrant in the same vthread
+                log.append("a in")
+                greenhub.sleep(0.05)
+                log.append("a out")
+
+    def b(i):
+        greenhub.sleep(0.01)
+        with pytest.raises(RuntimeError):
+            rlock.release()  # not the owner, although the same OS thread
+        with rlock:
+            log.append("b")
+
+    async def main():
+        await asyncio.gather(greenhub.spawn(a, 0), greenhub.spawn(b, 1))
+
+    gloop.run_until_complete(main())
+    assert log == ["a in", "a out", "b"]
+
+
+def test_semaphore_limits_concurrency(gloop):
+    sem = greenhub.BoundedSemaphore(3)
+    active, peak = [0], [0]
+
+    def worker(i):
+        with sem:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+            greenhub.sleep(0.02)
+            active[0] -= 1
+
+    took, _ = elapsed(run_vthreads, gloop, worker, 12)
+    assert peak[0] == 3 and took < 12 * 0.02
+
+
+def test_cancelled_waiter_passes_the_lock_on(gloop):
+    lock = greenhub.Lock()
+
+    async def main():
+        lock.acquire()
+        first = greenhub.spawn(lock.acquire)
+        second = greenhub.spawn(lock.acquire)
+        await asyncio.sleep(0.01)
+        lock.release()  # wakes `first` ...
+        first.cancel()  # ... which is cancelled before it runs: `second` must get it
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        assert await asyncio.wait_for(second, 5) is True
+        lock.release()
+
+    gloop.run_until_complete(main())
+    assert not lock.locked()
+
+
+# --- Condition / Event ---------------------------------------------------------------
+
+
+def test_condition_between_vthread_and_os_thread(gloop):
+    cond = greenhub.Condition()
+    items = []
+
+    def producer():
+        for i in range(5):
+            time.sleep(0.01)
+            with cond:
+                items.append(i)
+                cond.notify()
+
+    def consumer(i):
+        got = []
+        with cond:
+            while len(got) < 5:
+                cond.wait_for(lambda: items)
+                got.append(items.pop(0))
+        return got
+
+    t = threading.Thread(target=producer)
+    t.start()
+    assert run_vthreads(gloop, consumer, 1) == [[0, 1, 2, 3, 4]]
+    t.join(10)
+
+
+def test_condition_wait_timeout_and_errors(gloop):
+    cond = greenhub.Condition(greenhub.Lock())
+    with pytest.raises(RuntimeError, match="cannot wait on un-acquired lock"):
+        cond.wait(0)
+    with pytest.raises(RuntimeError, match="cannot notify on un-acquired lock"):
+        cond.notify()
+
+    def vt(i):
+        with cond:
+            t0 = time.monotonic()
+            return cond.wait(0.05), time.monotonic() - t0, cond._lock.locked()
+
+    ((woken, took, locked),) = run_vthreads(gloop, vt, 1)
+    assert woken is False and took >= 0.045 and locked
+    assert not cond._lock.locked()
+
+
+def test_event_set_from_os_thread_wakes_vthreads(gloop):
+    ev = greenhub.Event()
+    threading.Timer(0.05, ev.set).start()
+    assert run_vthreads(gloop, lambda i: ev.wait(10), 20) == [True] * 20
+    assert ev.is_set()
+    ev.clear()
+    assert run_vthreads(gloop, lambda i: ev.wait(0.01), 2) == [False, False]
+
+
+def test_event_os_thread_waits_for_vthread(gloop):
+    ev = greenhub.Event()
+    result = []
+    t = threading.Thread(target=lambda: result.append(ev.wait(20)))
+    t.start()
+
+    def setter(i):
+        greenhub.sleep(0.02)
+        ev.set()
+
+    run_vthreads(gloop, setter, 1)
+    t.join(20)
+    assert result == [True]
+
+
+# --- queues --------------------------------------------------------------------------
+
+
+def test_queue_pipeline_vthreads_and_threads(gloop):
+    q = greenhub.Queue(maxsize=2)  # small: producers block on full
+    out = greenhub.Queue()
+
+    def os_producer():
+        for i in range(50):
+            q.put(("t", i))
+
+    def vt_worker(i):
+        while True:
+            item = q.get()
+            if item is None:
+                q.task_done()
+                return
+            out.put(item)
+            q.task_done()
+
+    t = threading.Thread(target=os_producer)
+    t.start()
+
+    async def main():
+        workers = [greenhub.spawn(vt_worker, i) for i in range(4)]
+        await asyncio.get_running_loop().run_in_executor(None, t.join)
+        for _ in workers:
+            await q.async_put(None)
+        await q.async_join()
+        await asyncio.gather(*workers)
+
+    gloop.run_until_complete(asyncio.wait_for(main(), 20))
+    got = sorted(out.get_nowait() for _ in range(out.qsize()))
+    assert got == [("t", i) for i in range(50)]
+
+
+def test_queue_orders_and_errors():
+    for cls, expected in [
+        (greenhub.Queue, [3, 1, 2]),
+        (greenhub.LifoQueue, [2, 1, 3]),
+        (greenhub.PriorityQueue, [1, 2, 3]),
+    ]:
+        q = cls()
+        for x in (3, 1, 2):
+            q.put(x)
+        assert [q.get() for _ in range(3)] == expected
+    q = greenhub.Queue(1)
+    q.put(1)
+    assert q.full() and q.qsize() == 1 and not q.empty()
+    with pytest.raises(queue.Full):
+        q.put_nowait(2)
+    with pytest.raises(queue.Full):
+        q.put(2, timeout=0.01)
+    q.get()
+    with pytest.raises(queue.Empty):
+        q.get_nowait()
+    with pytest.raises(ValueError, match="'timeout' must be a non-negative number"):
+        q.get(True, -1)
+    q.task_done()
+    with pytest.raises(ValueError, match="task_done"):
+        q.task_done()
+
+
+def test_queue_get_timeout_in_vthread(gloop):
+    q = greenhub.Queue()
+
+    def vt(i):
+        t0 = time.monotonic()
+        with pytest.raises(queue.Empty):
+            q.get(timeout=0.05)
+        return time.monotonic() - t0
+
+    assert run_vthreads(gloop, vt, 3)[0] >= 0.045
+
+
+def test_queue_in_os_threads_only():
+    # No loop anywhere: the queue is an ordinary thread-safe queue.
+    def run():
+        q = greenhub.Queue()
+        threads = [threading.Thread(target=lambda: [q.put(i) for i in range(100)]) for _ in range(4)]
+        for t in threads:
+            t.start()
+        got = [q.get(timeout=10) for _ in range(400)]
+        for t in threads:
+            t.join()
+        return sorted(got)
+
+    assert in_thread(run) == sorted(list(range(100)) * 4)
+
+
+def test_cancelled_get_does_not_lose_an_item(gloop):
+    q = greenhub.Queue()
+
+    async def main():
+        a = greenhub.spawn(q.get)
+        b = greenhub.spawn(q.get)
+        await asyncio.sleep(0.01)
+        q.put("x")  # wakes `a` ...
+        a.cancel()  # ... cancelled first: `b` must receive the item
+        with pytest.raises(asyncio.CancelledError):
+            await a
+        return await asyncio.wait_for(b, 5)
+
+    assert gloop.run_until_complete(main()) == "x"
+
+
+# --- async API, on both loops --------------------------------------------------------
+
+
+def test_async_api(loop):
+    lock, rlock, ev = greenhub.Lock(), greenhub.RLock(), greenhub.Event()
+    sem, cond, q = greenhub.Semaphore(2), greenhub.Condition(), greenhub.Queue(1)
+
+    async def main():
+        async with lock:
+            assert lock.locked()
+            assert await lock.async_acquire(False) is False
+            assert await lock.async_acquire(timeout=0.01) is False
+        async with rlock:
+            async with rlock:
+                pass
+        assert not rlock.locked()
+
+        async def consumer():
+            async with cond:
+                await cond.async_wait_for(lambda: ev.is_set())
+                return "seen"
+
+        c = asyncio.ensure_future(consumer())
+        await asyncio.sleep(0.01)
+        threading.Timer(0.01, ev.set).start()
+        assert await ev.async_wait(10) is True
+        async with cond:
+            cond.notify_all()
+        assert await asyncio.wait_for(c, 10) == "seen"
+
+        async with sem:
+            async with sem:
+                assert await sem.async_acquire(timeout=0.01) is False
+
+        await q.async_put(1)
+        with pytest.raises(queue.Full):
+            await q.async_put(2, timeout=0.01)
+        # an OS thread takes it out while we wait to put
+        threading.Timer(0.02, q.get).start()
+        await q.async_put(2, timeout=10)
+        assert await q.async_get() == 2
+        with pytest.raises(queue.Empty):
+            await q.async_get(timeout=0.01)
+
+    loop.run_until_complete(asyncio.wait_for(main(), 20))
+
+
+def test_async_waiter_cancelled(loop):
+    ev = greenhub.Event()
+
+    async def main():
+        t = asyncio.ensure_future(ev.async_wait())
+        await asyncio.sleep(0.01)
+        t.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await t
+        assert len(ev._waiters) == 0
+
+    loop.run_until_complete(main())
+
+
+def test_mixed_async_and_vthread(gloop):
+    q = greenhub.Queue()
+
+    def vt_producer(i):
+        for n in range(20):
+            q.put(n)
+            greenhub.sleep(0)
+
+    async def main():
+        p = greenhub.spawn(vt_producer, 0)
+        got = [await q.async_get() for _ in range(20)]
+        await p
+        return got
+
+    assert gloop.run_until_complete(main()) == list(range(20))
+
+
+def test_reprs():
+    lock = greenhub.Lock()
+    assert "unlocked greenhub.sync.Lock" in repr(lock)
+    lock.acquire()
+    assert "<locked" in repr(lock)
+    assert "unset" in repr(greenhub.Event())
+    assert "value=2" in repr(greenhub.Semaphore(2))
+    assert "value=1/1" in repr(greenhub.BoundedSemaphore(1))
