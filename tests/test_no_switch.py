@@ -63,6 +63,41 @@ def test_refused_even_if_it_would_not_have_waited(gloop):
         in_vthread(gloop, critical)
 
 
+def test_green_blocking_calls_inside_no_switch_raise(gloop):
+    # greenhub.sleep, a contended Lock, an empty Queue: they suspend through await_().
+    lock = greenhub.Lock()
+    queue = greenhub.Queue()
+
+    def critical():
+        errors = []
+        for call in (
+            lambda: greenhub.sleep(0.01),
+            lambda: greenhub.sleep(0),
+            lambda: lock.acquire(),
+            lambda: queue.get(),
+        ):
+            with greenhub.no_switch("green calls"):
+                try:
+                    call()
+                except greenhub.SwitchError as e:
+                    errors.append(str(e))
+        greenhub.sleep(0.001)  # and after the blocks they work
+        return errors
+
+    async def main():
+        assert lock.acquire()  # held by someone else: acquire() would wait
+        try:
+            return await greenhub.spawn(critical)
+        finally:
+            lock.release()
+
+    errors = run(gloop, main())
+    assert len(errors) == 4
+    assert all(e.startswith("greenhub.await_() would switch") for e in errors)
+    assert all(e.endswith("(green calls)") for e in errors)
+    assert not lock.locked() and queue.empty()
+
+
 def test_await_after_the_block_works(gloop):
     def critical():
         with greenhub.no_switch():
