@@ -139,7 +139,7 @@ def main(argv=None):
             for th in order if r % 2 == 0 else reversed(order):
                 res[th].append(timed(fn, n, th))
 
-        def med(th, i):
+        def med(th, i, res=res):
             return statistics.median(x[i] for x in res[th])
 
         cols = "".join(
