@@ -94,6 +94,24 @@ snapshot_stack(PyFrameObject *frame)
     return list;
 }
 
+/* Is `ts` one of the interpreter's live thread states?  It always is while
+ * the loop is in _run() (see the file comment); this guards against a loop
+ * thread that left _run() by some path that skipped the join (a greenlet
+ * abandoned mid-run when its thread ended), where the watchdog must not read
+ * a freed thread state.  Walking the list is cheap and happens only when a
+ * report is due. */
+static int
+tstate_alive(PyInterpreterState *interp, PyThreadState *ts)
+{
+    for (PyThreadState *t = PyInterpreterState_ThreadHead(interp); t != NULL;
+         t = PyThreadState_Next(t)) {
+        if (t == ts) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
 /* With the GIL: builds what the Python hook reports.  `seen` is the tick
  * count the episode is at, `since` when it was first seen. */
 static void
@@ -108,7 +126,7 @@ report_with_gil(gh_watchdog *wd, unsigned long seen, double since)
     PyObject *handle = Py_NewRef(Py_None), *res = NULL;
     int ongoing = atomic_load_explicit(&loop->ticks, memory_order_relaxed) == seen &&
                   !atomic_load_explicit(&loop->polling, memory_order_relaxed);
-    if (ongoing && loop->run_tstate != NULL) {
+    if (ongoing && loop->run_tstate != NULL && tstate_alive(wd->interp, loop->run_tstate)) {
         /* Nothing here runs Python code or releases the GIL, so the loop
          * thread stays where it is until all of this is read. */
         PyFrameObject *frame = PyThreadState_GetFrame(loop->run_tstate);
