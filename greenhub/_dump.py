@@ -15,6 +15,7 @@ greenhub loop without keeping one alive.
 """
 
 import asyncio
+import os
 import signal
 import sys
 import threading
@@ -232,7 +233,15 @@ def enable_dump_on_signal(signum=signal.SIGUSR1, file=None):
         raise TypeError(f"file must have a write() method, not {file!r}")
 
     def handler(sig, frame):
-        dump_tasks(file if file is not None else sys.stderr, _frame=frame)
+        # A diagnostic must never raise into the code the signal interrupted
+        # (e.g. a reentrant write to the same stream): report and go on.
+        try:
+            dump_tasks(file if file is not None else sys.stderr, _frame=frame)
+        except Exception as exc:  # noqa: BLE001
+            try:
+                os.write(2, f"greenhub: task dump on signal {sig} failed: {exc!r}\n".encode())
+            except OSError:
+                pass
 
     previous = signal.signal(signum, handler)
     if signum in _on_signal:

@@ -3,7 +3,9 @@ frames under each await_() included; and the dump on a signal."""
 
 import asyncio
 import io
+import os
 import signal
+import time
 
 import pytest
 from vthread_helpers import gloop_fixture, run_child  # noqa: F401 - fixture
@@ -202,3 +204,24 @@ def test_signal_dump_while_idle_and_while_blocked():
     assert "Task 'Task-1' (waiting)" in idle
     assert "Task 'Task-1' (running)" in blocked
     assert "in blocking_sync_code" in blocked
+
+
+def test_failing_signal_dump_does_not_raise_into_the_program(capfd):
+    class Broken:
+        def write(self, text):
+            raise OSError("disk full")
+
+        def flush(self):
+            pass
+
+    old = signal.getsignal(signal.SIGUSR1)
+    greenhub.enable_dump_on_signal(signal.SIGUSR1, file=Broken())
+    try:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        for _ in range(10):  # the handler runs between these bytecodes
+            time.sleep(0.001)
+    finally:
+        assert greenhub.disable_dump_on_signal(signal.SIGUSR1)
+    assert signal.getsignal(signal.SIGUSR1) is old
+    err = capfd.readouterr().err
+    assert f"greenhub: task dump on signal {int(signal.SIGUSR1)} failed: OSError('disk full')" in err
