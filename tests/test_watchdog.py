@@ -377,3 +377,57 @@ def test_no_leak_over_many_reports(gloop):
     assert sys.getrefcount(marker) == refs
     assert sys.getallocatedblocks() - blocks < 400
     assert _core.debug_counters()["parked"] == 0
+
+
+def test_ctrl_c_still_interrupts_a_watched_loop():
+    # The watchdog thread blocks every signal, so SIGINT still ends the loop's poll.
+    rc, out, err = run_child(
+        """
+        loop = greenhub.new_event_loop()
+        loop.set_watchdog(0.02)
+        loop.call_soon(ready)
+        try:
+            loop.run_until_complete(asyncio.sleep(30))
+        except KeyboardInterrupt:
+            say("KeyboardInterrupt")
+        loop.close()
+        """,
+        sigint=True,
+    )
+    assert rc == 0, err
+    assert out.splitlines() == ["ready", "KeyboardInterrupt"] or out.strip() == "KeyboardInterrupt"
+
+
+def test_set_watchdog_from_another_thread_while_running(gloop):
+    # Switched on and off from another OS thread while the loop runs and blocks: no
+    # deadlock (the joins release the GIL), and the last setting holds.
+    import threading
+
+    reports = []
+    stop = threading.Event()
+
+    def toggler():
+        while not stop.is_set():
+            gloop.set_watchdog(0.01, handler=lambda lp, ctx: reports.append(ctx))
+            time.sleep(0.002)
+            gloop.set_watchdog(None)
+            time.sleep(0.002)
+        gloop.set_watchdog(0.01, handler=lambda lp, ctx: reports.append(ctx))
+
+    async def main(episodes, seconds):
+        for _ in range(episodes):
+            sleeps_in_sync_code(seconds)
+            await asyncio.sleep(0.005)
+
+    t = threading.Thread(target=toggler)
+    t.start()
+    try:
+        gloop.run_until_complete(main(20, 0.02))
+    finally:
+        stop.set()
+        t.join(10)
+    assert not t.is_alive()
+    assert gloop.get_watchdog() == 0.01
+    reports.clear()
+    gloop.run_until_complete(main(3, 0.15))
+    assert len(reports) == 3
