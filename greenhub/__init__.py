@@ -12,6 +12,7 @@ An asyncio event loop written in C on libev.  Use it as any asyncio loop::
 import asyncio as _asyncio
 
 from . import _core, _vthread, _watchdog, vthread  # noqa: F401 - _core: diagnostics
+from ._colours import async_to_sync, sync_to_async, to_thread
 from ._dump import disable_dump_on_signal, dump_tasks, enable_dump_on_signal, task_stacks
 from ._loop import Loop
 from ._switches import SwitchError, get_switch_log, no_switch, set_switch_log
@@ -42,6 +43,7 @@ __all__ = [
     "RLock",
     "Semaphore",
     "SwitchError",
+    "async_to_sync",
     "await_",
     "disable_dump_on_signal",
     "dump_tasks",
@@ -54,9 +56,12 @@ __all__ = [
     "set_switch_log",
     "sleep",
     "spawn",
+    "sync_to_async",
     "task_stacks",
+    "to_thread",
     "vthread",
 ]
+__all__ += ["socket", "ssl"]  # green sockets (imported on first use: import greenhub.socket)
 __version__ = "0.1.0.dev0"
 
 

@@ -96,8 +96,8 @@ def no_switch(reason=None):
 
 
 def set_switch_log(enabled=True):
-    """Log every place synchronous code suspends (each ``greenhub.await_()``
-    call that waits, once per call) with its stack, at INFO level through the
+    """Log every place synchronous code suspends (``greenhub.await_()``,
+    greenhub's blocking calls, green sockets) with its stack, at INFO level through the
     ``greenhub.switches`` logger.  A debugging aid; off by default
     (``GREENHUB_LOG_SWITCHES=1`` turns it on at import)."""
     _core._set_switch_log(bool(enabled))
@@ -112,23 +112,23 @@ def get_switch_log():
 _state = {"on": False}
 
 
-def _log_switch(awaitable, yielded):
-    """Called by greenhub.await_() (C) when a call first suspends."""
+def _log_switch(yielded):
+    """Called (from C) each time sync code suspends, waiting on `yielded`."""
     if not switch_logger.isEnabledFor(logging.INFO):
         return
-    caller = sys._getframe(1)  # await_() is C: this is the frame that called it
+    # The suspending call (await_(), a green socket method) is C: frame 1 is
+    # the code that called it.
+    caller = sys._getframe(1)
     stack = traceback.StackSummary.extract(traceback.walk_stack(caller))
     stack.reverse()
     task = asyncio.current_task()
     name = task.get_name() if task is not None else "?"
     switch_logger.info(
-        "task %r suspends in greenhub.await_(%r), waiting on %r; stack (most recent call "
-        "last):\n%s",
+        "task %r suspends, waiting on %r; stack (most recent call last):\n%s",
         name,
-        awaitable,
         yielded,
         "".join(stack.format()).rstrip(),
-        extra={"task": task, "awaitable": awaitable, "stack": stack},
+        extra={"task": task, "waiting_on": yielded, "stack": stack},
     )
 
 

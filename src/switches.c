@@ -3,16 +3,17 @@
  * the switch log.
  *
  * no_switch.  A virtual thread switches only where it suspends: in
- * greenhub.await_() (bridge.c), which every cooperative blocking call goes
- * through, and at a native `await` that yields.  `with greenhub.no_switch():`
+ * gh_suspend() (bridge.c), through which greenhub.await_() and every
+ * cooperative blocking call (green sockets included) suspend, and at a
+ * native `await` that yields.  `with greenhub.no_switch():`
  * marks a section where neither may happen.  The mark is a depth counter on
  * the task's GreenCoro - state of that virtual thread, not of the OS thread,
  * so another task's block does not affect this one - and the innermost
- * block's description for the error message.  gh_await() tests the counter
- * once per call (one int compare on its fast path) and raises SwitchError
- * instead of suspending; it does so at every await_() call in the block,
- * even one that would have completed without waiting, so that a forbidden
- * switch fails every time rather than only when a lock happens to be taken.
+ * block's description for the error message.  gh_suspend() tests the
+ * counter (one int compare) and raises SwitchError instead of suspending.
+ * gh_await() also tests it at entry, so every await_() call in the block
+ * fails, even one that would have completed without waiting: a forbidden
+ * switch point fails every time, not only when a lock happens to be taken.
  * A native `await` inside the block is caught when it actually yields: the
  * worker throws SwitchError back in at that await (task_step.c).
  *
@@ -21,10 +22,10 @@
  * nothing.  There, await_() with no loop running runs its awaitable to
  * completion on the thread's own loop, which is not a switch of the caller.
  *
- * The switch log.  With set_switch_log(True), each await_() call that
- * suspends calls a Python hook (greenhub/_switches.py) once, on its first
- * suspension, which logs the caller's stack.  Off, it costs one flag test
- * on the path that is about to switch greenlets anyway.
+ * The switch log.  With set_switch_log(True), each suspension of sync code
+ * (gh_suspend()) calls a Python hook (greenhub/_switches.py) that logs the
+ * caller's stack.  Off, it costs one flag test on the path that is about to
+ * switch greenlets anyway.
  */
 #include "switches.h"
 
@@ -70,12 +71,12 @@ gh_switch_refused(gh_state *st, gh_GreenCoro *w, const char *what)
 }
 
 void
-gh_switch_log(gh_state *st, PyObject *awaitable, PyObject *yielded)
+gh_switch_log(gh_state *st, PyObject *yielded)
 {
     if (st->hook_log_switch == NULL) {
         return;
     }
-    PyObject *res = PyObject_CallFunctionObjArgs(st->hook_log_switch, awaitable, yielded, NULL);
+    PyObject *res = PyObject_CallOneArg(st->hook_log_switch, yielded);
     if (res == NULL) {
         PyErr_WriteUnraisable(st->hook_log_switch);
     }

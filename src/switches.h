@@ -18,10 +18,10 @@ PyObject *gh_switch_error(gh_state *st, gh_GreenCoro *w, const char *what);
 /* Raises that SwitchError; always returns NULL. */
 PyObject *gh_switch_refused(gh_state *st, gh_GreenCoro *w, const char *what);
 
-/* The switch log (st->log_switches): sync code is about to suspend in
- * await_(awaitable), waiting on `yielded`.  Errors in the log are reported
- * as unraisable; the switch goes ahead. */
-void gh_switch_log(gh_state *st, PyObject *awaitable, PyObject *yielded);
+/* The switch log (st->log_switches): sync code is about to suspend (in
+ * gh_suspend()), waiting on `yielded`.  Errors in the log are reported as
+ * unraisable; the switch goes ahead. */
+void gh_switch_log(gh_state *st, PyObject *yielded);
 
 /* The module functions (module.c lists them). */
 PyObject *gh_no_switch_enter(PyObject *module, PyObject *block);

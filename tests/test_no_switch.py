@@ -98,6 +98,27 @@ def test_green_blocking_calls_inside_no_switch_raise(gloop):
     assert not lock.locked() and queue.empty()
 
 
+def test_green_socket_wait_inside_no_switch_raises(gloop):
+    # Green sockets suspend through gh_suspend() directly (not await_): the check there
+    # refuses them too, and the wait is cleaned up (the next recv works).
+    import greenhub.socket as gsocket
+
+    a, b = gsocket.socketpair()
+
+    def reader():
+        with greenhub.no_switch("socket section"):
+            with pytest.raises(greenhub.SwitchError, match=r"\(socket section\)"):
+                a.recv(10)  # nothing there: it would wait
+        b.sendall(b"hi")
+        return a.recv(10)
+
+    try:
+        assert in_vthread(gloop, reader) == b"hi"
+    finally:
+        a.close()
+        b.close()
+
+
 def test_await_after_the_block_works(gloop):
     def critical():
         with greenhub.no_switch():
@@ -386,8 +407,37 @@ def test_switch_log_logs_each_suspension_with_its_stack(gloop, caplog):
     assert len(records) == 1
     rec = records[0]
     assert [f.name for f in rec.stack][-3:] == ["level1", "level2", "level3"]
-    assert "suspends in greenhub.await_(<coroutine object sleep" in rec.getMessage()
+    assert "suspends, waiting on None" in rec.getMessage()  # sleep(0): a bare yield
     assert "in level3" in rec.getMessage()
+
+
+def test_switch_log_shows_green_socket_waits(gloop, caplog):
+    import greenhub.socket as gsocket
+
+    a, b = gsocket.socketpair()
+
+    def reader():
+        return a.recv(10)
+
+    async def main():
+        t = greenhub.spawn(reader)
+        await asyncio.sleep(0.01)
+        b.sendall(b"x")
+        return await t
+
+    greenhub.set_switch_log(True)
+    try:
+        with caplog.at_level(logging.INFO, logger="greenhub.switches"):
+            assert run(gloop, main()) == b"x"
+    finally:
+        greenhub.set_switch_log(False)
+        a.close()
+        b.close()
+    records = [r for r in caplog.records if r.name == "greenhub.switches"]
+    assert len(records) == 1
+    # greenhub.socket's recv() (Python) called by the vthread's code
+    assert [f.name for f in records[0].stack][-2:] == ["reader", "recv"]
+    assert isinstance(records[0].waiting_on, asyncio.Future)
 
 
 def test_switch_log_off_logs_nothing(gloop, caplog):
@@ -412,5 +462,5 @@ def test_switch_log_from_environment(monkeypatch):
     )
     assert rc == 0, err
     assert out.strip() == "done"
-    assert "suspends in greenhub.await_(" in err
+    assert "suspends, waiting on" in err
     assert "in sync_waiter" in err
