@@ -119,6 +119,27 @@ def test_green_socket_wait_inside_no_switch_raises(gloop):
         b.close()
 
 
+def test_monkey_patched_sleep_inside_no_switch_raises(gloop):
+    import time
+
+    from greenhub import monkey
+
+    was_patched = monkey.is_patched("time")
+    monkey.patch_time()
+    try:
+
+        def critical():
+            with greenhub.no_switch("patched"):
+                time.sleep(0.001)
+
+        with pytest.raises(greenhub.SwitchError, match=r"\(patched\)"):
+            in_vthread(gloop, critical)
+    finally:
+        if not was_patched:
+            monkey.unpatch_all()
+    time.sleep(0)  # outside any loop: the original call, never refused
+
+
 def test_await_after_the_block_works(gloop):
     def critical():
         with greenhub.no_switch():
