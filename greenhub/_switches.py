@@ -83,8 +83,11 @@ def no_switch(reason=None):
     task to suspend inside the block - ``greenhub.await_()``, any cooperative
     blocking call built on it, an ``await`` that would wait - raise
     ``greenhub.SwitchError`` instead of letting other tasks run.  Blocks nest;
-    they belong to the task that entered them.  Outside a greenhub task nothing
-    can switch, and the block only marks the code.  `reason` (a string) names
+    they belong to the task that entered them (an object used as a context
+    manager should be entered by one task at a time - ``with no_switch():``
+    makes a new one each time, and each call of a decorated function opens its
+    own block).  Outside a greenhub task nothing can switch, and the block only
+    marks the code.  `reason` (a string) names
     the block in the error message; by default it is where the block was
     entered.
     """
