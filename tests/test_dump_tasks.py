@@ -225,3 +225,46 @@ def test_failing_signal_dump_does_not_raise_into_the_program(capfd):
     assert signal.getsignal(signal.SIGUSR1) is old
     err = capfd.readouterr().err
     assert f"greenhub: task dump on signal {int(signal.SIGUSR1)} failed: OSError('disk full')" in err
+
+
+def test_dump_of_a_loop_running_in_another_thread(greenhub_leak_check):
+    # From the main thread, with the loop running in another: the parked virtual
+    # thread's sync frames, and the running task's current stack (it blocks the loop).
+    import threading
+
+    blocking = threading.Event()
+    release = threading.Event()
+    box = {}
+
+    def blocks_its_loop():
+        blocking.set()
+        release.wait(10)
+
+    async def main():
+        parked = greenhub.spawn(level1)
+        parked.set_name("parked")
+        await asyncio.sleep(0.01)
+        blocks_its_loop()
+        parked.cancel()
+        await asyncio.gather(parked, return_exceptions=True)
+
+    def run_loop():
+        loop = greenhub.new_event_loop()
+        box["loop"] = loop
+        try:
+            loop.run_until_complete(main())
+        finally:
+            loop.close()
+
+    t = threading.Thread(target=run_loop)
+    t.start()
+    try:
+        assert blocking.wait(10)
+        stacks = {ts.name: ts for ts in greenhub.task_stacks(box["loop"])}
+    finally:
+        release.set()
+        t.join(10)
+    assert names(stacks["parked"].frames)[-3:] == ["level1", "level2", "level3"]
+    (running,) = [ts for ts in stacks.values() if ts.state == "running"]
+    frames = names(running.frames)
+    assert frames.index("main") + 1 == frames.index("blocks_its_loop")  # then Event.wait
