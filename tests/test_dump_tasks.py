@@ -268,3 +268,26 @@ def test_dump_of_a_loop_running_in_another_thread(greenhub_leak_check):
     (running,) = [ts for ts in stacks.values() if ts.state == "running"]
     frames = names(running.frames)
     assert frames.index("main") + 1 == frames.index("blocks_its_loop")  # then Event.wait
+
+
+def test_debug_tools_example_runs():
+    import subprocess
+    import sys
+
+    from vthread_helpers import REPO, child_env
+
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "debug_tools.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=child_env(),
+        cwd=str(REPO),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "refused: greenhub.await_() would switch" in proc.stdout
+    err = proc.stderr
+    assert "greenhub.switches: task 'page-fetcher' suspends" in err
+    assert "blocked the event loop" in err and "in legacy_report" in err
+    assert "Task 'page-fetcher' (waiting in await_()):" in err
+    assert "in fetch_page" in err
