@@ -20,6 +20,7 @@
 #include "compat.h"
 #include "green.h"
 #include "loop.h"
+#include "switches.h"
 #include "vthread.h"
 
 /* The iterator `await awaitable` would drive, or NULL + TypeError. */
@@ -120,6 +121,17 @@ int
 gh_suspend(gh_GreenCoro *w, PyObject *yielded, PyObject **value, PyObject **exc)
 {
     *value = *exc = NULL;
+    /* The debugging tools (switches.c): a virtual thread inside
+     * greenhub.no_switch() must not suspend; the switch log. */
+    gh_state *st = ((gh_Loop *)w->loop)->st;
+    if (w->no_switch) {
+        Py_DECREF(yielded);
+        gh_switch_refused(st, w, "a blocking call");
+        return -1;
+    }
+    if (st->log_switches) {
+        gh_switch_log(st, yielded);
+    }
     PyObject *here = gh_green_current();
     if (here == NULL) {
         Py_DECREF(yielded);
@@ -231,12 +243,22 @@ gh_await(gh_state *st, PyObject *awaitable)
         return NULL;
     }
     Py_DECREF(loop_obj); /* the step keeps the loop alive */
+    if (w->no_switch) {
+        /* Inside greenhub.no_switch() (switches.c): every await_() call is
+         * refused, also one that would not have to wait. */
+        gh_switch_refused(st, w, "greenhub.await_()");
+        discard_awaitable(awaitable); /* keeps the SwitchError */
+        return NULL;
+    }
 
     PyObject *it = await_iterator(awaitable);
     if (it == NULL) {
         return NULL;
     }
     Py_INCREF(w);
+    /* For greenhub.dump_tasks(): what this task waits on while parked. */
+    PyObject *outer_awaiting = w->awaiting;
+    w->awaiting = awaitable;
     PyObject *value = Py_NewRef(Py_None), *exc = NULL, *res = NULL;
     for (;;) {
         PySendResult status = advance(st, it, value, exc, &res);
@@ -252,6 +274,7 @@ gh_await(gh_state *st, PyObject *awaitable)
             break;
         }
     }
+    w->awaiting = outer_awaiting;
     Py_DECREF(it);
     Py_DECREF(w);
     return res;

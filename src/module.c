@@ -11,8 +11,10 @@
 #include "reactor.h"
 #include "sock.h"
 #include "state.h"
+#include "switches.h"
 #include "transport.h"
 #include "vthread.h"
+#include "watchdog.h"
 
 static gh_state *
 module_state(PyObject *mod)
@@ -48,6 +50,27 @@ install_hooks(PyObject *mod, PyObject *args, PyObject *kwargs)
     Py_XSETREF(st->hook_slow_callback, Py_NewRef(slow));
     Py_XSETREF(st->hook_extract_stack, Py_NewRef(stack));
     Py_XSETREF(st->hook_run_sync, Py_NewRef(run_sync));
+    Py_RETURN_NONE;
+}
+
+/* Called once by greenhub/_watchdog.py and _switches.py (each passes its
+ * own hook) with the Python helpers of the debugging tools. */
+static PyObject *
+install_tool_hooks(PyObject *mod, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"watchdog", "log_switch", NULL};
+    PyObject *watchdog = NULL, *log_switch = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$OO:_install_tool_hooks", kwlist, &watchdog,
+                                     &log_switch)) {
+        return NULL;
+    }
+    gh_state *st = module_state(mod);
+    if (watchdog != NULL) {
+        Py_XSETREF(st->hook_watchdog, Py_NewRef(watchdog));
+    }
+    if (log_switch != NULL) {
+        Py_XSETREF(st->hook_log_switch, Py_NewRef(log_switch));
+    }
     Py_RETURN_NONE;
 }
 
@@ -96,6 +119,18 @@ static PyMethodDef module_methods[] = {
     {"_register_green_socket", register_green_socket, METH_O, NULL},
     {"_install_hooks", (PyCFunction)(void (*)(void))install_hooks, METH_VARARGS | METH_KEYWORDS,
      NULL},
+    {"_install_tool_hooks", (PyCFunction)(void (*)(void))install_tool_hooks,
+     METH_VARARGS | METH_KEYWORDS, NULL},
+    {"_watchdog_atexit", gh_watchdog_atexit, METH_NOARGS, NULL},
+    {"_check_watchdog_threshold", gh_check_watchdog_threshold, METH_O, NULL},
+    {"_no_switch_enter", gh_no_switch_enter, METH_O, NULL},
+    {"_no_switch_exit", gh_no_switch_exit, METH_O, NULL},
+    {"_set_switch_log", gh_set_switch_log, METH_O, NULL},
+    {"check_switch", gh_check_switch, METH_NOARGS,
+     "check_switch()\n\n"
+     "Raise greenhub.SwitchError if the caller is a virtual thread inside a\n"
+     "greenhub.no_switch() block; for blocking calls whose fast path does not\n"
+     "reach greenhub.await_()."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -160,6 +195,16 @@ module_exec(PyObject *mod)
         st->str_throw == NULL || st->str_close == NULL) {
         return -1;
     }
+    st->current_task = import_attr("asyncio.tasks", "current_task");
+    st->SwitchError = PyErr_NewExceptionWithDoc(
+        "greenhub.SwitchError",
+        "A virtual thread tried to suspend (greenhub.await_(), a cooperative blocking\n"
+        "call, an `await` that waits) inside a greenhub.no_switch() block.",
+        PyExc_RuntimeError, NULL);
+    if (st->current_task == NULL || st->SwitchError == NULL ||
+        PyModule_AddObjectRef(mod, "SwitchError", st->SwitchError) < 0) {
+        return -1;
+    }
     st->iscoroutine = import_attr("asyncio.coroutines", "iscoroutine");
     st->iscoroutinefunction = import_attr("asyncio.coroutines", "iscoroutinefunction");
     st->str_context = PyUnicode_InternFromString("context");
@@ -210,6 +255,10 @@ module_traverse(PyObject *mod, visitproc visit, void *arg)
     Py_VISIT(st->hook_extract_stack);
     Py_VISIT(st->iscoroutine);
     Py_VISIT(st->iscoroutinefunction);
+    Py_VISIT(st->hook_watchdog);
+    Py_VISIT(st->hook_log_switch);
+    Py_VISIT(st->SwitchError);
+    Py_VISIT(st->current_task);
     Py_VISIT(st->gs.context);
     return 0;
 }
@@ -246,6 +295,10 @@ module_clear(PyObject *mod)
     Py_CLEAR(st->iscoroutinefunction);
     Py_CLEAR(st->str_context);
     Py_CLEAR(st->str_slow_callback_duration);
+    Py_CLEAR(st->hook_watchdog);
+    Py_CLEAR(st->hook_log_switch);
+    Py_CLEAR(st->SwitchError);
+    Py_CLEAR(st->current_task);
     return 0;
 }
 

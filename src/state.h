@@ -32,6 +32,16 @@ typedef struct {
     PyObject *hook_extract_stack;  /* (frame) -> StackSummary: debug tracebacks */
     PyObject *hook_run_sync;       /* (awaitable) -> result: await_() with no loop */
 
+    /* Hooks of the debugging tools (greenhub/_watchdog.py, _switches.py),
+     * installed through _core._install_tool_hooks(); owned, NULL until then. */
+    PyObject *hook_watchdog;       /* (loop, task, handle, stack, since, threshold, handler) */
+    PyObject *hook_log_switch;     /* (awaitable, yielded) -> None: the switch log */
+    PyObject *SwitchError;         /* owned: greenhub.SwitchError */
+    PyObject *current_task;        /* owned: asyncio.current_task */
+    struct gh_watchdog *watchdogs; /* borrowed: running watchdogs (watchdog.c) */
+    char wd_exiting;               /* the interpreter is exiting: no new watchdog */
+    char log_switches;             /* set_switch_log(True): gh_await calls hook_log_switch */
+
     /* From asyncio.coroutines; owned.  Used only off the fast paths. */
     PyObject *iscoroutine;
     PyObject *iscoroutinefunction;

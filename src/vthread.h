@@ -39,10 +39,14 @@ typedef struct gh_GreenCoro {
     PyObject *in_exc;      /* owned or NULL: the exception to throw into the step */
     PyObject *out;         /* owned or NULL: what the step produced */
     PyObject *weakreflist; /* managed by CPython */
+    PyObject *no_switch_block; /* owned or NULL: describes the innermost no_switch() block */
+    PyObject *awaiting;        /* borrowed or NULL: the awaitable of the innermost await_() call
+                                  running in this task; that call's caller owns it */
     struct gh_GreenCoro *prev_step; /* borrowed: the loop's current step before this one */
     struct gh_GreenCoro *park_prev; /* borrowed: links in the loop's list of parked coros */
     struct gh_GreenCoro *park_next;
     PySendResult out_status;
+    int no_switch;           /* depth of greenhub.no_switch() blocks in this task */
     unsigned long thread_id; /* thread of the greenlets, while one is held */
     char running;            /* a step is in progress (switched away from the driver) */
     char finished;           /* the coroutine returned or raised */
