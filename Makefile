@@ -3,7 +3,7 @@ PY ?= python3
 PIP = $(PY) -m pip
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: help deps build debug demo test test-unit test-compat bench lint format clean
+.PHONY: help deps build debug demo test test-unit test-compat test-pg bench lint format clean
 
 help:
 	@echo "make demo        install what is missing, build, run the showcase"
@@ -12,6 +12,7 @@ help:
 	@echo "make debug       debug build: -O0 -g, assertions on"
 	@echo "make test-unit   pytest suite only;  make test-compat  CPython's suites only"
 	@echo "                 (COMPAT_GROUPS=default|io|all, default all)"
+	@echo "make test-pg     the database tests against a throwaway PostgreSQL (.ci/pg run CMD: any)"
 	@echo "make bench       benchmarks: greenhub vs asyncio vs uvloop (and vthread peers), echo, HTTP"
 	@echo "make lint        ruff + clang-format checks;  make format  applies them"
 
@@ -24,6 +25,9 @@ deps:
 	@$(PY) -c "import setuptools, greenlet, pytest, pytest_timeout, trustme, aiohttp, httpx, websockets" \
 	    2>/dev/null || $(PIP) install -q --disable-pip-version-check --root-user-action=ignore \
 	        setuptools wheel "greenlet>=3.0" pytest pytest-timeout trustme aiohttp httpx websockets
+	@$(PY) -c "import psycopg, psycopg_pool, asyncpg, sqlalchemy; assert sqlalchemy.__version__ >= '2'" \
+	    2>/dev/null || $(PIP) install -q --disable-pip-version-check --root-user-action=ignore \
+	        "psycopg[binary]>=3.2" psycopg-pool asyncpg "sqlalchemy>=2"
 
 # A debug build leaves a marker per interpreter (build/debug<EXT_SUFFIX>), so that the
 # next `make build` for that interpreter rebuilds instead of keeping the debug objects.
@@ -50,6 +54,11 @@ test-compat: build
 	$(PY) compat/run_cpython.py $(addprefix --group ,$(COMPAT_GROUPS))
 
 test: test-unit test-compat
+
+# The PostgreSQL tests (tests/test_pg_*.py) against a throwaway cluster that .ci/pg
+# starts and removes; `.ci/pg run make test` runs everything with one.
+test-pg: build
+	PY=$(PY) .ci/pg run $(PY) -m pytest -q tests/test_pg_*.py
 
 # The peers the benchmarks compare with; each benchmark skips a missing one.
 BENCH_PEERS = uvloop sqlalchemy greenback asgiref gevent
