@@ -5,6 +5,7 @@ from . import views
 urlpatterns = [
     path("sleep/<str:seconds>", views.sleep),
     path("pid", views.backend_pid),
+    path("lookup", views.lookup),
     path("items", views.items),
     path("atomic/<str:name>/<str:seconds>", views.atomic_then_fail),
     path("count/<str:name>", views.count),

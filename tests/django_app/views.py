@@ -24,6 +24,13 @@ def sleep(request, seconds):
     return JsonResponse({"items": Item.objects.filter(n=-1).count()})
 
 
+def lookup(request):
+    """Three indexed selects (the benchmark's second workload)."""
+    ks = [int(k) for k in request.GET.get("k", "1,2,3").split(",")]
+    names = [Item.objects.filter(n=k).values_list("name", flat=True).first() for k in ks]
+    return JsonResponse({"names": names})
+
+
 def backend_pid(request):
     """The server process of this virtual thread's connection, read after a short
     wait on the server so that concurrent requests overlap."""
