@@ -22,9 +22,9 @@ deps:
 	    echo "installing libev-dev"; \
 	    (apt-get update -qq && apt-get install -y -qq libev-dev) >/dev/null; \
 	fi
-	@$(PY) -c "import setuptools, greenlet, pytest, pytest_timeout, trustme, aiohttp, httpx, websockets" \
+	@$(PY) -c "import setuptools, greenlet, pytest, pytest_timeout, trustme, aiohttp, httpx, websockets, requests" \
 	    2>/dev/null || $(PIP) install -q --disable-pip-version-check --root-user-action=ignore \
-	        setuptools wheel "greenlet>=3.0" pytest pytest-timeout trustme aiohttp httpx websockets
+	        setuptools wheel "greenlet>=3.0" pytest pytest-timeout trustme aiohttp httpx websockets requests
 	@$(PY) -c "import psycopg, psycopg_pool, asyncpg, sqlalchemy; assert sqlalchemy.__version__ >= '2'" \
 	    2>/dev/null || $(PIP) install -q --disable-pip-version-check --root-user-action=ignore \
 	        "psycopg[binary]>=3.2" psycopg-pool asyncpg "sqlalchemy>=2"
@@ -73,6 +73,7 @@ bench: build
 	$(PY) benchmarks/bench_vthread.py
 	$(PY) benchmarks/bench_memory.py
 	$(PY) benchmarks/bench_echo.py
+	$(PY) benchmarks/bench_green.py
 	@command -v wrk >/dev/null || { echo "installing wrk (bench_http.py's load generator)"; \
 	    (apt-get update -qq && apt-get install -y -qq wrk) >/dev/null || true; }
 	$(PY) benchmarks/bench_http.py

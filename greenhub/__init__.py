@@ -12,6 +12,7 @@ An asyncio event loop written in C on libev.  Use it as any asyncio loop::
 import asyncio as _asyncio
 
 from . import _core, _vthread, vthread  # noqa: F401 - _core: diagnostics (debug_counters)
+from ._colours import async_to_sync, sync_to_async, to_thread
 from ._loop import Loop
 from ._vthread import await_, spawn
 from .sync import (
@@ -39,14 +40,18 @@ __all__ = [
     "Queue",
     "RLock",
     "Semaphore",
+    "async_to_sync",
     "await_",
     "install",
     "new_event_loop",
     "run",
     "sleep",
     "spawn",
+    "sync_to_async",
+    "to_thread",
     "vthread",
 ]
+__all__ += ["socket", "ssl"]  # green sockets (imported on first use: import greenhub.socket)
 __version__ = "0.1.0.dev0"
 
 

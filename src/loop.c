@@ -522,6 +522,13 @@ schedule_timer(gh_Loop *self, double when, PyObject *when_obj, PyObject *const *
     return t;
 }
 
+PyObject *
+gh_loop_call_at(gh_Loop *self, double when, PyObject *const *args, Py_ssize_t nargs,
+                PyObject *context)
+{
+    return schedule_timer(self, when, NULL, args, nargs, context);
+}
+
 static PyObject *
 loop_call_at(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
@@ -1001,6 +1008,7 @@ loop_traverse(PyObject *op, visitproc visit, void *arg)
     }
     Py_VISIT(self->sock_recv_ready);
     Py_VISIT(self->sock_recv_into_ready);
+    Py_VISIT(self->green_ready);
     return 0;
 }
 
@@ -1013,6 +1021,7 @@ loop_clear(PyObject *op)
     clear_queues(self);
     Py_CLEAR(self->sock_recv_ready);
     Py_CLEAR(self->sock_recv_into_ready);
+    Py_CLEAR(self->green_ready);
     Py_CLEAR(self->current_handle);
     Py_CLEAR(self->task_factory);
     return 0;

@@ -41,6 +41,9 @@ typedef struct gh_Loop_s {
     struct gh_TransportState *wq_head, *wq_tail;
     /* sock.c's reader callbacks, bound to this loop; owned, made on first use. */
     PyObject *sock_recv_ready, *sock_recv_into_ready;
+    /* green_sock.c's reader/writer/timer callback, bound to this loop;
+     * owned, made on first use. */
+    PyObject *green_ready;
 
     /* Virtual threads (vthread.h). */
     gh_GreenCoro *current_step; /* borrowed: the task step running now, or NULL */
@@ -98,6 +101,24 @@ int gh_io_wait_read(gh_Loop *loop, int fd, PyObject *sock, PyObject *handle);
  * would, but leaves the watcher armed for `sock` when nothing else uses
  * the fd.  -1 with an exception on error. */
 int gh_io_wait_done(gh_Loop *loop, int fd, PyObject *sock, PyObject *handle);
+
+/* io.c, for green_sock.c's waits: */
+/* fd's reader (GH_IO_READ) or writer (GH_IO_WRITE) Handle, borrowed, or NULL. */
+PyObject *gh_io_waiter(gh_Loop *loop, int fd, int which);
+/* Makes `handle` fd's writer, as add_writer() would.  -1 with an exception. */
+int gh_io_wait_write(gh_Loop *loop, int fd, PyObject *handle);
+/* The write wait with `handle` is over: removes the writer if it is still
+ * `handle`.  -1 with an exception on error. */
+int gh_io_wait_write_done(gh_Loop *loop, int fd, PyObject *handle);
+/* `sock` (fd) is about to be closed: stops a watcher left armed for it and
+ * removes the green waits on fd (their handles are cancelled; the caller
+ * has woken their waiters).  -1 with an exception on error. */
+int gh_io_forget(gh_Loop *loop, int fd, PyObject *sock);
+
+/* A TimerHandle for callback(*args) at loop time `when` (args[0] is the
+ * callback), in `context`; a new reference.  loop.c. */
+PyObject *gh_loop_call_at(gh_Loop *loop, double when, PyObject *const *args, Py_ssize_t nargs,
+                          PyObject *context);
 
 /* TimerHandle.cancel() tells its loop (counts lazily-cancelled timers). */
 void gh_loop_timer_cancelled(gh_Loop *loop, PyObject *timer);

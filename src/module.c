@@ -5,6 +5,7 @@
 #include <Python.h>
 
 #include "green.h"
+#include "green_sock.h"
 #include "handle.h"
 #include "loop.h"
 #include "reactor.h"
@@ -63,6 +64,21 @@ in_vthread(PyObject *mod, PyObject *Py_UNUSED(ignored))
     return r < 0 ? NULL : PyBool_FromLong(r);
 }
 
+/* Called once by greenhub/socket.py with its socket class (see
+ * gh_is_plain_socket). */
+static PyObject *
+register_green_socket(PyObject *mod, PyObject *cls)
+{
+    if (!PyType_Check(cls) ||
+        !PyType_IsSubtype((PyTypeObject *)cls,
+                          (PyTypeObject *)module_state(mod)->tr.socket_type)) {
+        PyErr_SetString(PyExc_TypeError, "expected a subclass of socket.socket");
+        return NULL;
+    }
+    Py_XSETREF(module_state(mod)->tr.green_socket_type, Py_NewRef(cls));
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
     {"debug_counters", debug_counters, METH_NOARGS,
      "Return live-object counters: handles, timers, loops and queued items.\n\n"
@@ -78,6 +94,7 @@ static PyMethodDef module_methods[] = {
      "True if the caller runs inside a task on a greenhub loop running in this\n"
      "thread: there, greenhub.await_() and greenhub's blocking calls suspend only\n"
      "that task.  False anywhere else (no loop, another loop, a loop callback)."},
+    {"_register_green_socket", register_green_socket, METH_O, NULL},
     {"_install_hooks", (PyCFunction)(void (*)(void))install_hooks, METH_VARARGS | METH_KEYWORDS,
      NULL},
     {NULL, NULL, 0, NULL},
@@ -116,7 +133,8 @@ module_exec(PyObject *mod)
         add_type(mod, &gh_transport_state_spec, NULL, &st->TransportStateType) < 0 ||
         add_type(mod, &gh_transport_base_spec, NULL, &st->TransportBaseType) < 0 ||
         add_type(mod, &gh_sockdone_spec, NULL, &st->SockDoneType) < 0 ||
-        gh_transport_state_init(st) < 0 || gh_sock_state_init(st) < 0) {
+        gh_transport_state_init(st) < 0 || gh_sock_state_init(st) < 0 ||
+        gh_green_sock_init(mod, st) < 0) {
         return -1;
     }
     if (gh_green_import() < 0) {
@@ -182,6 +200,7 @@ module_traverse(PyObject *mod, visitproc visit, void *arg)
     Py_VISIT(st->TransportBaseType);
     Py_VISIT(st->SockDoneType);
     Py_VISIT(st->worker_main);
+    Py_VISIT(st->tr.green_socket_type);
     Py_VISIT(st->get_running_loop);
     Py_VISIT(st->tasks_module);
     Py_VISIT(st->base_create_task);
@@ -192,6 +211,7 @@ module_traverse(PyObject *mod, visitproc visit, void *arg)
     Py_VISIT(st->hook_extract_stack);
     Py_VISIT(st->iscoroutine);
     Py_VISIT(st->iscoroutinefunction);
+    Py_VISIT(st->gs.context);
     return 0;
 }
 
@@ -208,6 +228,7 @@ module_clear(PyObject *mod)
     Py_CLEAR(st->SockDoneType);
     gh_transport_state_clear(st);
     gh_sock_state_clear(st);
+    gh_green_sock_clear(st);
     Py_CLEAR(st->worker_main);
     Py_CLEAR(st->get_running_loop);
     Py_CLEAR(st->tasks_module);

@@ -51,7 +51,10 @@ typedef struct {
     /* The socket transport's hot paths (transport.c); each owns a
      * reference: names they look up, and what the fallbacks call. */
     struct {
-        PyObject *socket_type; /* socket.socket: only it gets the C paths */
+        PyObject *socket_type; /* socket.socket: only it gets the C paths ... */
+        PyObject *green_socket_type; /* ... and greenhub.socket.socket once registered
+                                      * (greenhub/socket.py), else NULL: the same fd
+                                      * behaviour, so monkey-patched programs keep them */
         PyObject *stock_write; /* asyncio's _SelectorSocketTransport.write */
         PyObject *stock_data_received, *stock_get_buffer; /* ... and its read paths */
         PyObject *state;                                  /* "_gh_state" */
@@ -67,6 +70,14 @@ typedef struct {
         PyObject *gettimeout, *transports, *data, *recv, *recv_into;
         PyObject *done, *set_result, *set_exception, *add_done_callback;
     } sk;
+
+    /* green_sock.c's names; each owns a reference. */
+    struct {
+        PyObject *timeout_attr;    /* "_gh_timeout" */
+        PyObject *future_blocking; /* "_asyncio_future_blocking" */
+        PyObject *result;          /* "result" */
+        PyObject *context;         /* the Context its wait Handles run in */
+    } gs;
 
     /* Live-object counters, checked by the tests (debug_counters()).  Plain
      * integers: every change happens with the GIL held. */

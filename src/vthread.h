@@ -68,6 +68,22 @@ PyObject *gh_await(gh_state *st, PyObject *awaitable);
  * an exception set on error. */
 int gh_in_vthread(gh_state *st);
 
+/* Suspends the task step `w` (running on the current greenlet, inside
+ * synchronous code) on `yielded` (stolen: a future, or None for a bare
+ * yield), which the Task then waits on as for `await`.  When the Task
+ * resumes the step: 0, with *value or *exc (owned) set to what send() or
+ * throw() passed.  -1 with an exception set if the step cannot be resumed
+ * (a foreign greenlet switched into it).  The caller holds a reference to
+ * w.  bridge.c. */
+int gh_suspend(gh_GreenCoro *w, PyObject *yielded, PyObject **value, PyObject **exc);
+
+/* The task step running now on this thread's running greenhub loop
+ * (borrowed), or NULL: not in a virtual thread (*loop is the running
+ * greenhub loop, or NULL if there is none), or an error if
+ * PyErr_Occurred(). */
+struct gh_Loop_s;
+gh_GreenCoro *gh_vthread_step(gh_state *st, struct gh_Loop_s **loop);
+
 /* Wraps a coroutine for a task of `loop`: a new GreenCoro for a coroutine,
  * a new reference to anything else (asyncio.Task rejects what it must). */
 PyObject *gh_wrap_coroutine(gh_state *st, PyObject *coro, PyObject *loop);

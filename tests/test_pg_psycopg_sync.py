@@ -70,6 +70,18 @@ def test_install_replaces_the_c_wait_too():
     assert ghpg._saved["wait"] is not ghpg.wait
 
 
+def test_uninstall_restores_psycopg():
+    original = ghpg._saved["wait"]
+    ghpg.uninstall()
+    try:
+        assert not ghpg.installed()
+        assert waiting.wait is original and psycopg.Connection.wait is not ghpg._connection_wait
+        assert psycopg.connection.Lock is threading.Lock
+    finally:
+        ghpg.install()
+    assert waiting.wait is ghpg.wait and psycopg.Connection.wait is ghpg._connection_wait
+
+
 def test_concurrent_queries_overlap(pg_dsn, run, counted_waits):
     async def main():
         t0 = time.perf_counter()

@@ -65,6 +65,9 @@ CANCEL_TIMEOUT = 5.0
 
 _saved = None  # what install() replaced: {"wait": ..., "wait_conn": ..., ...}
 
+# psycopg's Wait/Ready flags, read by install() (psycopg is imported only then).
+WAIT_R = WAIT_W = READY_R = READY_W = None
+
 
 def _errors():
     import psycopg
@@ -96,8 +99,6 @@ def _wait_fd(loop, fileno, state, interval, deadline):
     """Suspend the calling virtual thread until `fileno` is ready for `state` (a
     psycopg Wait: R, W or RW), the interval passes or the deadline comes.  Returns
     the psycopg Ready flags (0: nothing became ready)."""
-    from psycopg.waiting import READY_R, READY_W, WAIT_R, WAIT_W
-
     ready = 0
     fut = loop.create_future()
 
@@ -221,12 +222,18 @@ def install():
     threads change behaviour.  Connections made before the call keep a
     ``threading.Lock``: make them after it.  Needs psycopg >= 3.2.
     """
-    global _saved
+    global _saved, WAIT_R, WAIT_W, READY_R, READY_W
     if _saved is not None:
         return
     import psycopg
     from psycopg import connection, waiting
 
+    WAIT_R, WAIT_W, READY_R, READY_W = (
+        waiting.WAIT_R,
+        waiting.WAIT_W,
+        waiting.READY_R,
+        waiting.READY_W,
+    )
     if getattr(connection, "waiting", None) is not waiting or not hasattr(connection, "Lock"):
         raise RuntimeError(
             f"greenhub.contrib.psycopg does not support psycopg {psycopg.__version__}: "
