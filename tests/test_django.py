@@ -178,9 +178,10 @@ def test_errors_give_djangos_responses(run, caplog):
 
 def test_async_view_and_async_middleware(run):
     async def main(client):
-        return await client.get("/async")
+        return await client.get("/async"), await client.get("/async-sync-orm")
 
-    r = run(main)
+    r, sync_orm = run(main)
+    assert sync_orm.status_code == 200 and sync_orm.json() == {"count": 0}
     assert r.status_code == 200
     # acount() ran without a thread hop (its sync_to_async stayed in the task), and the
     # async-only middleware was reached through async_to_sync from the sync chain.

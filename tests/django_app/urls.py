@@ -12,6 +12,7 @@ urlpatterns = [
     path("commit/<str:name>", views.commit),
     path("fail", views.fail),
     path("async", views.async_view),
+    path("async-sync-orm", views.async_view_sync_orm),
     path("stream", views.stream),
     path("astream", views.astream),
     path("file", views.file),
