@@ -80,13 +80,19 @@ def clean_pool(app):
     ghdj.install(max_connections=None)
 
 
-def server_connections(dsn):
-    """Connections to the test database other than the one asking."""
+def server_connections(dsn, expected):
+    """Connections to the test database other than the one asking: polled for up to
+    5 s until it is `expected` (a server process ends shortly after its client closes)."""
+    deadline = time.monotonic() + 5
     with psycopg.connect(dsn, autocommit=True) as conn:
-        return conn.execute(
-            "select count(*) from pg_stat_activity "
-            "where datname = current_database() and pid <> pg_backend_pid()"
-        ).fetchone()[0]
+        while True:
+            n = conn.execute(
+                "select count(*) from pg_stat_activity "
+                "where datname = current_database() and pid <> pg_backend_pid()"
+            ).fetchone()[0]
+            if n == expected or time.monotonic() > deadline:
+                return n
+            time.sleep(0.05)
 
 
 def test_concurrent_sync_views_overlap(run):
@@ -120,9 +126,9 @@ def test_each_virtual_thread_has_its_own_connection(run, clean_pool, pg_dsn):
     assert stats_between == {"default": {"idle": N, "in_use": 0}}
     assert pids2 == pids1
     assert ghdj.connection_stats() == {"default": {"idle": N, "in_use": 0}}
-    assert server_connections(pg_dsn) == N
+    assert server_connections(pg_dsn, N) == N
     ghdj.close_idle_connections()
-    assert server_connections(pg_dsn) == 0
+    assert server_connections(pg_dsn, 0) == 0
 
 
 def test_conn_max_age_zero_closes_at_request_end(run, clean_pool, pg_dsn, monkeypatch):
@@ -137,7 +143,7 @@ def test_conn_max_age_zero_closes_at_request_end(run, clean_pool, pg_dsn, monkey
     assert len({r.json()["pid"] for r in responses}) == 3
     # request_finished closed them (Django's rule for CONN_MAX_AGE=0); the pool keeps
     # only the closed wrappers.
-    assert server_connections(pg_dsn) == 0
+    assert server_connections(pg_dsn, 0) == 0
     assert ghdj.connection_stats() == {"default": {"idle": 3, "in_use": 0}}
 
 
