@@ -77,6 +77,7 @@ bench: build
 	@command -v wrk >/dev/null || { echo "installing wrk (bench_http.py's load generator)"; \
 	    (apt-get update -qq && apt-get install -y -qq wrk) >/dev/null || true; }
 	$(PY) benchmarks/bench_http.py
+	$(PY) benchmarks/bench_django.py
 
 lint:
 	ruff check greenhub tests compat benchmarks examples

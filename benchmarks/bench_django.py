@@ -27,7 +27,8 @@ share than a many-thread one (stock): compare CPU per request there.
     python benchmarks/bench_django.py --dsn postgresql://user@host:port/db
 
 Without --dsn it uses $GREENHUB_TEST_PG_DSN, else starts a throwaway cluster with
-.ci/pg (and removes it afterwards).
+.ci/pg (and removes it afterwards).  uvicorn parses HTTP with h11 (its pure-Python
+default, always installed); BENCH_DJANGO_HTTP=httptools picks the C parser.
 """
 
 import argparse
@@ -48,6 +49,7 @@ from bench_http import parse_wrk  # noqa: E402 - after the path set-up
 KINDS = ("greenhub", "stock", "stock-nopool")
 WORKLOADS = {"sleep": "/sleep/0.02", "lookup": "/lookup?k=17,420,999"}
 ROWS = 1000
+HTTP = os.environ.get("BENCH_DJANGO_HTTP", "h11")
 
 
 def log(msg):
@@ -88,7 +90,7 @@ def serve(kind, port, dsn, conns):
         host="127.0.0.1",
         port=port,
         loop=loop,
-        http="h11",
+        http=HTTP,
         lifespan="off",
         log_level="warning",
         access_log=False,
