@@ -339,3 +339,24 @@ def test_unchanged_outside_virtual_threads(app):
     t.join()
     assert seen[0][0] == 0 and seen[0][1] == seen[1]  # one connection for the thread
     assert ghdj.connection_stats().get("default", {}).get("in_use", 0) == 0
+
+
+def test_other_loops_get_djangos_own_handler(app, monkeypatch, caplog):
+    """On the stock loop the application hands requests to Django's ASGIHandler (sync
+    views in asgiref's threads, connections per OS thread) and still serves them."""
+    from django.db import connections
+
+    monkeypatch.setitem(connections.settings["default"], "CONN_MAX_AGE", 0)  # threads end
+    monkeypatch.setattr(app, "_stock", None)
+
+    async def main():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.get("/sleep/0"), await client.get("/async")
+
+    with caplog.at_level("WARNING", logger="greenhub.contrib.django"):
+        sync_view, async_view = asyncio.run(main())
+    assert sync_view.status_code == 200 and sync_view.json() == {"items": 0}
+    assert async_view.json() == {"count": 0, "in_vthread": False, "middleware": True}
+    assert "not running in a greenhub task" in caplog.text
+    assert ghdj.connection_stats().get("default", {}).get("in_use", 0) == 0
