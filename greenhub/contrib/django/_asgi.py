@@ -101,10 +101,11 @@ class ASGIHandler(django_asgi.ASGIHandler):
             return
 
         task = asyncio.current_task()
-        # done[0]: the response was sent, so a disconnect no longer cancels anything.
-        done = [False]
+        # "sent": the response is out, so a disconnect no longer cancels anything;
+        # "left": the watcher cancelled this task because the client disconnected.
+        state = {"sent": False, "left": False}
         watcher = asyncio.get_running_loop().create_task(
-            self._cancel_on_disconnect(receive, task, done)
+            self._cancel_on_disconnect(receive, task, state)
         )
         response = None
         try:
@@ -114,9 +115,9 @@ class ASGIHandler(django_asgi.ASGIHandler):
                 if isinstance(response, FileResponse):
                     response.block_size = self.chunk_size  # the server chunks further
                 await self.send_response(response, send)
-                done[0] = True
+                state["sent"] = True
             except asyncio.CancelledError:
-                if not (watcher.done() and not watcher.cancelled() and watcher.result()):
+                if not state["left"]:
                     raise  # not the client's disconnect (e.g. server shutdown)
                 task.uncancel()  # the client left: finish quietly, as Django does
         finally:
@@ -129,14 +130,17 @@ class ASGIHandler(django_asgi.ASGIHandler):
             finally:
                 body_file.close()
 
-    async def _cancel_on_disconnect(self, receive, task, done):
+    async def _cancel_on_disconnect(self, receive, task, state):
         try:
             await self.listen_for_disconnect(receive)
         except RequestAborted:
-            if not done[0]:
+            if not state["sent"]:
+                state["left"] = True
                 task.cancel()
-                return True
-        return False
+        except AssertionError:
+            # A message other than http.disconnect after the body: a server bug, which
+            # Django's handler raises; the request itself is not disturbed here.
+            logger.exception("unexpected ASGI message while the request ran")
 
     async def send_response(self, response, send):
         """Send `response` over ASGI: as Django's handler does, except that a sync
