@@ -360,3 +360,47 @@ def test_other_loops_get_djangos_own_handler(app, monkeypatch, caplog):
     assert async_view.json() == {"count": 0, "in_vthread": False, "middleware": True}
     assert "not running in a greenhub task" in caplog.text
     assert ghdj.connection_stats().get("default", {}).get("in_use", 0) == 0
+
+
+def test_cancelled_virtual_thread_mid_transaction_leaks_nothing(
+    app, clean_pool, pg_dsn, greenhub_leak_check
+):
+    """A virtual thread cancelled inside atomic() while its query runs: the query is
+    cancelled on the server, atomic() rolls back, and the connection goes back to the
+    pool in a state the next virtual thread can use."""
+    from django.db import connection, transaction
+    from django_app.models import Item
+
+    started = greenhub.Event()
+
+    def writer():
+        with transaction.atomic():
+            Item.objects.create(name="cancelled")
+            started.set()
+            with connection.cursor() as cur:
+                cur.execute("select pg_sleep(10)")
+
+    def reader():
+        return Item.objects.filter(name="cancelled").count()
+
+    async def main():
+        task = greenhub.spawn(writer)
+        await started.async_wait()
+        await asyncio.sleep(0.1)
+        t0 = time.perf_counter()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        elapsed = time.perf_counter() - t0
+        stats = ghdj.connection_stats()
+        return elapsed, stats, await greenhub.spawn(reader)
+
+    loop = support.new_loop("greenhub")
+    try:
+        elapsed, stats, count = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert elapsed < 5, elapsed
+    assert stats == {"default": {"idle": 1, "in_use": 0}}
+    assert count == 0  # rolled back
+    assert server_connections(pg_dsn, 1) == 1  # the reader reused the writer's connection
