@@ -70,8 +70,7 @@ static PyObject *
 register_green_socket(PyObject *mod, PyObject *cls)
 {
     if (!PyType_Check(cls) ||
-        !PyType_IsSubtype((PyTypeObject *)cls,
-                          (PyTypeObject *)module_state(mod)->tr.socket_type)) {
+        !PyType_IsSubtype((PyTypeObject *)cls, (PyTypeObject *)module_state(mod)->tr.socket_type)) {
         PyErr_SetString(PyExc_TypeError, "expected a subclass of socket.socket");
         return NULL;
     }

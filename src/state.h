@@ -51,11 +51,11 @@ typedef struct {
     /* The socket transport's hot paths (transport.c); each owns a
      * reference: names they look up, and what the fallbacks call. */
     struct {
-        PyObject *socket_type; /* socket.socket: only it gets the C paths ... */
+        PyObject *socket_type;       /* socket.socket: only it gets the C paths ... */
         PyObject *green_socket_type; /* ... and greenhub.socket.socket once registered
                                       * (greenhub/socket.py), else NULL: the same fd
                                       * behaviour, so monkey-patched programs keep them */
-        PyObject *stock_write; /* asyncio's _SelectorSocketTransport.write */
+        PyObject *stock_write;       /* asyncio's _SelectorSocketTransport.write */
         PyObject *stock_data_received, *stock_get_buffer; /* ... and its read paths */
         PyObject *state;                                  /* "_gh_state" */
         PyObject *fileno, *max_size, *data_received, *get_buffer, *buffer_updated;
