@@ -19,9 +19,11 @@ indexed count, a request that mostly waits on the database; ``lookup`` - three i
 selects on a 1,000-row table.  Load: wrk, one thread, keep-alive, on the other CPU than
 the server (``taskset``); a warm-up run, then the measured one; each server is fresh.
 Reports requests/s, latency (avg, p50, p99), the server's CPU time per request and
-its busy share of one CPU, and greenhub's ratios over the stock setups.  On a machine
-where other work competes for the CPUs, a one-thread server (greenhub) gets a smaller
-share than a many-thread one (stock): compare CPU per request there.
+its busy share of one CPU, the share of the time its event-loop thread was ready to run
+but waited for a CPU ("starved": other work on the machine), and greenhub's ratios over
+the stock setups.  Where other work competes for the CPUs, a one-thread server
+(greenhub) gets a smaller share than a many-thread one (stock): busy + starved near 1
+means the server was CPU-bound, and CPU per request is the fairer comparison.
 
     python benchmarks/bench_django.py                    # needs wrk and PostgreSQL
     python benchmarks/bench_django.py --dsn postgresql://user@host:port/db
@@ -158,10 +160,11 @@ def measure(kind, workload, args, cpus):
         wait_port(port, proc, 60)
         path = WORKLOADS[workload]
         run_wrk(port, path, args.conns, args.warmup, cpus[1])
-        cpu0 = proc_cpu(proc.pid)
+        cpu0, wait0 = proc_cpu(proc.pid), runqueue_wait(proc.pid)
         r = run_wrk(port, path, args.conns, args.duration, cpus[1])
         r["cpu_per_req"] = (proc_cpu(proc.pid) - cpu0) / max(r["requests"], 1)
         r["server_busy"] = (proc_cpu(proc.pid) - cpu0) / r["seconds"]
+        r["loop_starved"] = (runqueue_wait(proc.pid) - wait0) / r["seconds"]
         return r
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -179,6 +182,13 @@ def proc_cpu(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def runqueue_wait(pid):
+    """Seconds the main thread of `pid` (the one running the event loop) was ready to
+    run but waited for a CPU (other work on the machine)."""
+    with open(f"/proc/{pid}/schedstat") as f:
+        return int(f.read().split()[1]) / 1e9
+
+
 def fmt_ms(s):
     return f"{s * 1e3:7.1f}"
 
@@ -190,7 +200,7 @@ def report(results, args):
     )
     print(
         f"{'workload':8} {'server':12} {'req/s':>9} {'avg ms':>7} {'p50 ms':>7} {'p99 ms':>7} "
-        f"{'cpu/req':>8} {'busy':>5}  errors"
+        f"{'cpu/req':>8} {'busy':>5} {'starved':>7}  errors"
     )
     for workload in args.workloads:
         for kind in KINDS:
@@ -204,7 +214,8 @@ def report(results, args):
             print(
                 f"{workload:8} {kind:12} {r['req_per_s']:9.0f} {fmt_ms(r['lat_avg'])} "
                 f"{fmt_ms(r['lat_p50'])} {fmt_ms(r['lat_p99'])} "
-                f"{r['cpu_per_req'] * 1e3:6.2f}ms {r['server_busy']:5.2f}  {errors}"
+                f"{r['cpu_per_req'] * 1e3:6.2f}ms {r['server_busy']:5.2f} "
+                f"{r['loop_starved']:7.2f}  {errors}"
             )
         g = results.get((workload, "greenhub"))
         for kind in KINDS[1:]:
