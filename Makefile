@@ -28,6 +28,9 @@ deps:
 	@$(PY) -c "import psycopg, psycopg_pool, asyncpg, sqlalchemy; assert sqlalchemy.__version__ >= '2'" \
 	    2>/dev/null || $(PIP) install -q --disable-pip-version-check --root-user-action=ignore \
 	        "psycopg[binary]>=3.2" psycopg-pool asyncpg "sqlalchemy>=2"
+	@$(PY) -c "import django, uvicorn; assert django.VERSION[:2] >= (5, 2)" \
+	    2>/dev/null || $(PIP) install -q --disable-pip-version-check --root-user-action=ignore \
+	        "django>=5.2,<6" uvicorn
 
 # A debug build leaves a marker per interpreter (build/debug<EXT_SUFFIX>), so that the
 # next `make build` for that interpreter rebuilds instead of keeping the debug objects.
@@ -58,7 +61,7 @@ test: test-unit test-compat
 # The PostgreSQL tests (tests/test_pg_*.py) against a throwaway cluster that .ci/pg
 # starts and removes; `.ci/pg run make test` runs everything with one.
 test-pg: build
-	PY=$(PY) .ci/pg run $(PY) -m pytest -q tests/test_pg_*.py
+	PY=$(PY) .ci/pg run $(PY) -m pytest -q tests/test_pg_*.py tests/test_django.py
 
 # The peers the benchmarks compare with; each benchmark skips a missing one.
 BENCH_PEERS = uvloop sqlalchemy greenback asgiref gevent
@@ -74,6 +77,7 @@ bench: build
 	@command -v wrk >/dev/null || { echo "installing wrk (bench_http.py's load generator)"; \
 	    (apt-get update -qq && apt-get install -y -qq wrk) >/dev/null || true; }
 	$(PY) benchmarks/bench_http.py
+	$(PY) benchmarks/bench_django.py
 
 lint:
 	ruff check greenhub tests compat benchmarks examples

@@ -6,4 +6,6 @@ Each submodule imports its library only when it is imported itself:
   virtual threads (``install()``).
 - ``greenhub.contrib.sqlalchemy``: SQLAlchemy's sync ``Engine``/``Session`` from
   virtual threads, over async drivers (``run()``) or cooperative psycopg (``QueuePool``).
+- ``greenhub.contrib.django``: Django's sync views and sync ORM in virtual threads under
+  an ASGI server, with a connection per virtual thread (``get_asgi_application()``).
 """
