@@ -3,7 +3,7 @@ PY ?= python3
 PIP = $(PY) -m pip
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: help deps build debug demo test test-unit test-compat test-upstream bench lint format clean
+.PHONY: help deps build debug demo test test-unit test-compat test-pg test-upstream bench lint format clean
 
 help:
 	@echo "make demo        install what is missing, build, run the showcase"
@@ -12,6 +12,7 @@ help:
 	@echo "make debug       debug build: -O0 -g, assertions on"
 	@echo "make test-unit   pytest suite only;  make test-compat  CPython's suites only"
 	@echo "                 (COMPAT_GROUPS=default|io|all, default all)"
+	@echo "make test-pg     the database tests against a throwaway PostgreSQL (.ci/pg run CMD: any)"
 	@echo "make test-upstream  anyio's and aiohttp's own test suites, stock loop vs greenhub"
 	@echo "                 (UPSTREAM_ARGS=--quick for the subset CI runs)"
 	@echo "make bench       benchmarks: greenhub vs asyncio vs uvloop (and vthread peers), echo, HTTP"
@@ -23,10 +24,18 @@ deps:
 	    echo "installing libev-dev"; \
 	    (apt-get update -qq && apt-get install -y -qq libev-dev) >/dev/null; \
 	fi
-	@$(PY) -c "import setuptools, greenlet, pytest, pytest_timeout, trustme, aiohttp, httpx, websockets, anyio, pytest_asyncio, uvicorn, redis" \
+	@$(PY) -c "import setuptools, greenlet, pytest, pytest_timeout, trustme, aiohttp, httpx, websockets, requests" \
 	    2>/dev/null || $(PIP) install -q --disable-pip-version-check --root-user-action=ignore \
-	        setuptools wheel "greenlet>=3.0" pytest pytest-timeout trustme aiohttp httpx websockets \
-	        anyio "pytest-asyncio>=1.4" uvicorn redis
+	        setuptools wheel "greenlet>=3.0" pytest pytest-timeout trustme aiohttp httpx websockets requests
+	@$(PY) -c "import psycopg, psycopg_pool, asyncpg, sqlalchemy; assert sqlalchemy.__version__ >= '2'" \
+	    2>/dev/null || $(PIP) install -q --disable-pip-version-check --root-user-action=ignore \
+	        "psycopg[binary]>=3.2" psycopg-pool asyncpg "sqlalchemy>=2"
+	@$(PY) -c "import django, uvicorn; assert django.VERSION[:2] >= (5, 2)" \
+	    2>/dev/null || $(PIP) install -q --disable-pip-version-check --root-user-action=ignore \
+	        "django>=5.2,<6" uvicorn
+	@$(PY) -c "import anyio, pytest_asyncio, redis" \
+	    2>/dev/null || $(PIP) install -q --disable-pip-version-check --root-user-action=ignore \
+	        anyio "pytest-asyncio>=1.4" redis
 
 # A debug build leaves a marker per interpreter (build/debug<EXT_SUFFIX>), so that the
 # next `make build` for that interpreter rebuilds instead of keeping the debug objects.
@@ -54,6 +63,11 @@ test-compat: build
 
 test: test-unit test-compat
 
+# The PostgreSQL tests (tests/test_pg_*.py) against a throwaway cluster that .ci/pg
+# starts and removes; `.ci/pg run make test` runs everything with one.
+test-pg: build
+	PY=$(PY) .ci/pg run $(PY) -m pytest -q tests/test_pg_*.py tests/test_django.py
+
 # Upstream projects' own suites (from their sdists, cached in ~/.cache/greenhub/upstream):
 # stock loop vs greenhub, test by test.  The whole suites take about an hour on the
 # 2-core machine; CI runs UPSTREAM_ARGS=--quick on one Python (see compat/README.md).
@@ -71,9 +85,11 @@ bench: build
 	$(PY) benchmarks/bench_vthread.py
 	$(PY) benchmarks/bench_memory.py
 	$(PY) benchmarks/bench_echo.py
+	$(PY) benchmarks/bench_green.py
 	@command -v wrk >/dev/null || { echo "installing wrk (bench_http.py's load generator)"; \
 	    (apt-get update -qq && apt-get install -y -qq wrk) >/dev/null || true; }
 	$(PY) benchmarks/bench_http.py
+	$(PY) benchmarks/bench_django.py
 
 lint:
 	ruff check greenhub tests compat benchmarks examples

@@ -8,6 +8,10 @@ a native ``await`` of the same coroutine in the same process, on the same loop:
     greenlet_spawn + await_only       SQLAlchemy's bridge (stock loop, uvloop, greenhub)
     greenback.await_                  after greenback.ensure_portal()
     asgiref async_to_sync             from a sync_to_async thread (Django's bridge)
+    greenhub.async_to_sync            the same adapter from a virtual thread (no thread)
+    sync_to_async(a2s) round trip     `await sync_to_async(g)()` where the sync g calls
+                                      async_to_sync(f)(): greenhub's on greenhub vs asgiref's
+                                      on the stock loop
     run_coroutine_threadsafe          .result() from a worker thread
 
 with two coroutines: ``ret`` (``async def f(): return 1``, never suspends) and ``sleep0``
@@ -188,6 +192,20 @@ CONTENDERS = [
         ("asgiref",),
     ),
     Contender(
+        "greenhub.async_to_sync@greenhub",
+        "bridge",
+        "greenhub",
+        "greenhub async_to_sync(f)() in a vthread",
+        FAST,
+    ),
+    Contender(
+        "greenhub.roundtrip@greenhub",
+        "bridge",
+        "greenhub",
+        "greenhub sync_to_async(a2s) per call",
+        FAST,
+    ),
+    Contender(
         "run_coroutine_threadsafe@asyncio",
         "bridge",
         "asyncio",
@@ -344,6 +362,38 @@ def build_bridge(c):
         async def bridge(fn, n):
             s2a = sync_to_async(one)
             await s2a(fn)  # the executor thread exists before the clock starts
+            rng = range(n)
+            c0 = process_time_ns()
+            t0 = perf_counter_ns()
+            for _ in rng:
+                await s2a(fn)
+            t1 = perf_counter_ns()
+            return t1 - t0, process_time_ns() - c0
+
+    elif method == "greenhub.async_to_sync":
+        import greenhub
+
+        def body(fn, n):
+            a2s = greenhub.async_to_sync
+            rng = range(n)
+            c0 = process_time_ns()
+            t0 = perf_counter_ns()
+            for _ in rng:
+                a2s(fn)()  # made per call, as in the asgiref row
+            t1 = perf_counter_ns()
+            return t1 - t0, process_time_ns() - c0
+
+        async def bridge(fn, n):
+            return await greenhub.sync_to_async(body)(fn, n)
+
+    elif method == "greenhub.roundtrip":
+        import greenhub
+
+        def one(fn):
+            return greenhub.async_to_sync(fn)()
+
+        async def bridge(fn, n):
+            s2a = greenhub.sync_to_async(one)
             rng = range(n)
             c0 = process_time_ns()
             t0 = perf_counter_ns()
@@ -610,6 +660,9 @@ def fmt_ns(v):
 
 
 THREADED = ("asgiref.", "run_coroutine_threadsafe")
+# greenhub's adapters run in one thread but are compared with asgiref's, which are timed
+# by the wall clock: time them the same way so the ratio means something.
+WALL_TIMED = THREADED + ("greenhub.async_to_sync", "greenhub.roundtrip")
 
 
 def metric_for(cid, metric):
@@ -618,7 +671,7 @@ def metric_for(cid, metric):
     descheduled, so it is far steadier on a busy machine - and wall time for the
     thread-hopping bridges, whose cost is mostly waiting for the other thread."""
     if metric == "auto":
-        return "wall" if cid.startswith(THREADED) else "cpu"
+        return "wall" if cid.startswith(WALL_TIMED) else "cpu"
     return metric
 
 
@@ -1009,6 +1062,24 @@ def render(cids, results, status, minfo, args):
                 L.append(
                     "extra over native, relative to greenhub.await_'s [%s]: %s"
                     % (op, ", ".join(parts))
+                )
+        for op in OPS:
+            parts = []
+            for mine, theirs, what in (
+                (
+                    "greenhub.async_to_sync@greenhub",
+                    "asgiref.async_to_sync@asyncio",
+                    "async_to_sync",
+                ),
+                ("greenhub.roundtrip@greenhub", "asgiref.roundtrip@asyncio", "sync_to_async(a2s)"),
+            ):
+                g, a = extras.get((mine, op)), extras.get((theirs, op))
+                if g and a and g["median"] > 0:
+                    parts.append("%s %sx" % (what, fmt_x(a["median"] / g["median"])))
+            if parts:
+                L.append(
+                    "asgiref's adapters (stock loop, threads) / greenhub's (greenhub, no "
+                    "thread), extra over native, both wall time [%s]: %s" % (op, ", ".join(parts))
                 )
         if any(metric_for(c, args.metric) != metric_for(bridge[0], args.metric) for c in bridge):
             L.append(

@@ -11,8 +11,11 @@ An asyncio event loop written in C on libev.  Use it as any asyncio loop::
 
 import asyncio as _asyncio
 
-from . import _core, _vthread, vthread  # noqa: F401 - _core: diagnostics (debug_counters)
+from . import _core, _vthread, _watchdog, vthread  # noqa: F401 - _core: diagnostics
+from ._colours import async_to_sync, sync_to_async, to_thread
+from ._dump import disable_dump_on_signal, dump_tasks, enable_dump_on_signal, task_stacks
 from ._loop import Loop
+from ._switches import SwitchError, get_switch_log, no_switch, set_switch_log
 from ._vthread import await_, spawn
 from .sync import (
     BoundedSemaphore,
@@ -39,14 +42,26 @@ __all__ = [
     "Queue",
     "RLock",
     "Semaphore",
+    "SwitchError",
+    "async_to_sync",
     "await_",
+    "disable_dump_on_signal",
+    "dump_tasks",
+    "enable_dump_on_signal",
+    "get_switch_log",
     "install",
     "new_event_loop",
+    "no_switch",
     "run",
+    "set_switch_log",
     "sleep",
     "spawn",
+    "sync_to_async",
+    "task_stacks",
+    "to_thread",
     "vthread",
 ]
+__all__ += ["socket", "ssl"]  # green sockets (imported on first use: import greenhub.socket)
 __version__ = "0.1.0.dev0"
 
 
@@ -75,7 +90,7 @@ def install():
     _asyncio.set_event_loop_policy(Policy())
 
 
-def run(main, /, *args, debug=None):
+def run(main, /, *args, debug=None, watchdog=None):
     """Run `main` on a new greenhub loop and return its result.
 
     `main` is a coroutine - then this behaves as ``asyncio.run(main,
@@ -85,15 +100,31 @@ def run(main, /, *args, debug=None):
     then runs as the program's main virtual thread, ``main(*args)``, under
     the same rules: inside it ``greenhub.spawn()``, ``greenhub.await_()``
     and greenhub's blocking calls work (the gevent-style entry point).
+    ``watchdog=seconds`` turns the loop's watchdog on (``Loop.set_watchdog``).
     """
     if _asyncio.events._get_running_loop() is not None:
         # Checked before a loop is made, as asyncio.run() does.
         raise RuntimeError("greenhub.run() cannot be called from a running event loop")
+    if watchdog is not None:
+        try:
+            _core._check_watchdog_threshold(watchdog)  # bad values fail before a loop exists
+        except (TypeError, ValueError):
+            if _asyncio.iscoroutine(main):
+                main.close()
+            raise
     if _asyncio.iscoroutine(main):
         if args:
             main.close()
             raise TypeError("greenhub.run() takes arguments only with a function, not a coroutine")
     elif callable(main):
         main = _vthread._call_sync(main, args, {})
-    with _asyncio.Runner(debug=debug, loop_factory=new_event_loop) as runner:
+    factory = new_event_loop
+    if watchdog is not None:
+
+        def factory():
+            loop = Loop()
+            loop.set_watchdog(watchdog)
+            return loop
+
+    with _asyncio.Runner(debug=debug, loop_factory=factory) as runner:
         return runner.run(main)

@@ -24,7 +24,7 @@ import weakref
 from asyncio import base_events, events, format_helpers, sslproto, unix_events
 from asyncio.log import logger
 
-from . import _core, _transport, _vthread
+from . import _core, _dump, _transport, _vthread
 from ._children import ChildrenMixin
 from ._resolve import ResolveMixin
 
@@ -117,6 +117,7 @@ class Loop(_core.Loop, ChildrenMixin, ResolveMixin, unix_events._UnixSelectorEve
         self._ready = _Unused("BaseEventLoop._ready")
         self._scheduled = _Unused("BaseEventLoop._scheduled")
         self.__dict__.pop("_timer_cancelled_count", None)
+        _dump.register_loop(self)  # for greenhub.dump_tasks()
 
     def _add_callback(self, handle):
         # asyncio's signal handling queues its Handle objects through here.

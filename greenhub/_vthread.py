@@ -54,13 +54,24 @@ def _thread_loop():
     return holder.loop
 
 
-def _run_sync(awaitable):
+def _run_sync(awaitable, context=None):
     """await_() with no running loop: run `awaitable` to completion on this
     thread's greenhub loop.  Ctrl-C (or any exception out of the loop)
     cancels it and waits for it to finish before re-raising, as asyncio.run
-    does for its main task."""
+    does for its main task.
+
+    In a thread that greenhub.sync_to_async() started for a caller on another
+    loop (greenhub/_colours.py), the awaitable runs on that caller's loop
+    instead, as asgiref's async_to_sync does.  `context`: the Context to run
+    it in (default: a copy of the current one)."""
+    home = getattr(_local, "home", None)
+    if home is not None:
+        return home.run(awaitable, context)
     loop = _thread_loop()
-    task = asyncio.ensure_future(awaitable, loop=loop)
+    if context is None:
+        task = asyncio.ensure_future(awaitable, loop=loop)
+    else:
+        task = loop.create_task(_awaited(awaitable), context=context)
     try:
         return loop.run_until_complete(task)
     except BaseException:
@@ -71,6 +82,10 @@ def _run_sync(awaitable):
             except BaseException:
                 pass
         raise
+
+
+async def _awaited(awaitable):
+    return await awaitable
 
 
 async def _call_sync(fn, args, kwargs):

@@ -224,15 +224,7 @@ class _WaitQueue:
         mutex.release()
         raised = True
         try:
-            fut = w.fut
-            if timeout is None:
-                await fut
-            else:
-                timer = w.loop.call_later(timeout, _resolve, fut, False)
-                try:
-                    await fut
-                finally:
-                    timer.cancel()
+            await _block_async(w, timeout)
             raised = False
         finally:
             mutex.acquire()
@@ -248,6 +240,19 @@ def _block_vthread(w, timeout):
     timer = w.loop.call_later(timeout, _resolve, fut, False)
     try:
         _await(fut)
+    finally:
+        timer.cancel()
+
+
+async def _block_async(w, timeout):
+    """_block_vthread() for a coroutine: await the waiter's future."""
+    fut = w.fut
+    if timeout is None:
+        await fut
+        return
+    timer = w.loop.call_later(timeout, _resolve, fut, False)
+    try:
+        await fut
     finally:
         timer.cancel()
 
@@ -590,15 +595,7 @@ class Condition:
         saved = self._release_save()
         raised = True
         try:
-            fut = w.fut
-            if timeout is None:
-                await fut
-            else:
-                timer = w.loop.call_later(timeout, _resolve, fut, False)
-                try:
-                    await fut
-                finally:
-                    timer.cancel()
+            await _block_async(w, timeout)
             raised = False
         finally:
             mutex.acquire()

@@ -20,6 +20,7 @@
 #include "compat.h"
 #include "green.h"
 #include "loop.h"
+#include "switches.h"
 #include "vthread.h"
 
 /* The iterator `await awaitable` would drive, or NULL + TypeError. */
@@ -110,6 +111,89 @@ advance(gh_state *st, PyObject *it, PyObject *value, PyObject *exc, PyObject **r
     return PYGEN_ERROR;
 }
 
+/*
+ * The one place where a task step running synchronous code suspends: every
+ * wait of a virtual thread (await_() here, the green socket waits of
+ * green_sock.c) goes through it, so checks that apply to every suspension
+ * belong here.
+ */
+int
+gh_suspend(gh_GreenCoro *w, PyObject *yielded, PyObject **value, PyObject **exc)
+{
+    *value = *exc = NULL;
+    /* The debugging tools (switches.c): a virtual thread inside
+     * greenhub.no_switch() must not suspend; the switch log. */
+    gh_state *st = ((gh_Loop *)w->loop)->st;
+    if (w->no_switch) {
+        Py_DECREF(yielded);
+        gh_switch_refused(st, w, "a blocking call");
+        return -1;
+    }
+    if (st->log_switches) {
+        gh_switch_log(st, yielded);
+    }
+    PyObject *here = gh_green_current();
+    if (here == NULL) {
+        Py_DECREF(yielded);
+        return -1;
+    }
+    w->out = yielded; /* the step's outcome owns it now */
+    w->out_status = PYGEN_NEXT;
+    gh_coro_park(w, here);
+    PyObject *driver = Py_NewRef(w->driver);
+    Py_DECREF(here);
+    PyObject *r = gh_green_switch(driver);
+    Py_DECREF(driver);
+    /* Normally coro_step() resumed us: it unparked the step, set
+     * in_value/in_exc and is now the step's driver (w->running).  Anything
+     * else is a foreign greenlet switching or throwing into a parked
+     * virtual thread: there is no driver to yield to any more, so the wait
+     * fails and the stack unwinds. */
+    if (!w->running) {
+        gh_coro_unpark(w);
+        if (r != NULL) {
+            Py_DECREF(r);
+            PyErr_SetString(PyExc_RuntimeError,
+                            "a virtual thread suspended in greenhub.await_() was resumed "
+                            "by a foreign greenlet switch");
+        }
+        return -1;
+    }
+    if (r == NULL) {
+        /* Thrown into while being resumed: deliver it as the outcome. */
+        *exc = gh_err_get_raised();
+        Py_CLEAR(w->in_value);
+        Py_CLEAR(w->in_exc);
+        return 0;
+    }
+    Py_DECREF(r);
+    *value = w->in_value;
+    *exc = w->in_exc;
+    w->in_value = w->in_exc = NULL;
+    if (*value == NULL && *exc == NULL) {
+        *value = Py_NewRef(Py_None);
+    }
+    return 0;
+}
+
+gh_GreenCoro *
+gh_vthread_step(gh_state *st, gh_Loop **loop)
+{
+    *loop = NULL;
+    PyObject *loop_obj = PyObject_CallNoArgs(st->get_running_loop);
+    if (loop_obj == NULL) {
+        return NULL;
+    }
+    gh_Loop *l = gh_as_loop(st, loop_obj);
+    /* The running loop is referenced by the thread state while it runs. */
+    Py_DECREF(loop_obj);
+    if (l == NULL) {
+        return NULL;
+    }
+    *loop = l;
+    return l->current_step;
+}
+
 int
 gh_in_vthread(gh_state *st)
 {
@@ -159,12 +243,22 @@ gh_await(gh_state *st, PyObject *awaitable)
         return NULL;
     }
     Py_DECREF(loop_obj); /* the step keeps the loop alive */
+    if (w->no_switch) {
+        /* Inside greenhub.no_switch() (switches.c): every await_() call is
+         * refused, also one that would not have to wait. */
+        gh_switch_refused(st, w, "greenhub.await_()");
+        discard_awaitable(awaitable); /* keeps the SwitchError */
+        return NULL;
+    }
 
     PyObject *it = await_iterator(awaitable);
     if (it == NULL) {
         return NULL;
     }
     Py_INCREF(w);
+    /* For greenhub.dump_tasks(): what this task waits on while parked. */
+    PyObject *outer_awaiting = w->awaiting;
+    w->awaiting = awaitable;
     PyObject *value = Py_NewRef(Py_None), *exc = NULL, *res = NULL;
     for (;;) {
         PySendResult status = advance(st, it, value, exc, &res);
@@ -174,51 +268,13 @@ gh_await(gh_state *st, PyObject *awaitable)
             break; /* RETURN: res is the result; ERROR: exception set */
         }
         /* The awaitable yielded `res`: it becomes the step's yield. */
-        PyObject *here = gh_green_current();
-        if (here == NULL) {
-            Py_DECREF(res);
-            res = NULL;
-            break;
-        }
-        w->out = res;
-        w->out_status = PYGEN_NEXT;
+        PyObject *yielded = res;
         res = NULL;
-        gh_coro_park(w, here);
-        PyObject *driver = Py_NewRef(w->driver);
-        Py_DECREF(here);
-        PyObject *r = gh_green_switch(driver);
-        Py_DECREF(driver);
-        /* Normally coro_step() resumed us: it unparked the step, set
-         * in_value/in_exc and is now the step's driver (w->running).
-         * Anything else is a foreign greenlet switching or throwing into a
-         * parked virtual thread: there is no driver to yield to any more,
-         * so the await_() call fails and the stack unwinds. */
-        if (!w->running) {
-            gh_coro_unpark(w);
-            if (r != NULL) {
-                Py_DECREF(r);
-                PyErr_SetString(PyExc_RuntimeError,
-                                "a virtual thread suspended in greenhub.await_() was resumed "
-                                "by a foreign greenlet switch");
-            }
-            res = NULL;
+        if (gh_suspend(w, yielded, &value, &exc) < 0) {
             break;
-        }
-        if (r == NULL) {
-            /* Thrown into while being resumed: deliver it to the awaitable. */
-            exc = gh_err_get_raised();
-            Py_CLEAR(w->in_value);
-            Py_CLEAR(w->in_exc);
-            continue;
-        }
-        Py_DECREF(r);
-        value = w->in_value;
-        exc = w->in_exc;
-        w->in_value = w->in_exc = NULL;
-        if (value == NULL && exc == NULL) {
-            value = Py_NewRef(Py_None);
         }
     }
+    w->awaiting = outer_awaiting;
     Py_DECREF(it);
     Py_DECREF(w);
     return res;

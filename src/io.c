@@ -402,3 +402,75 @@ gh_io_wait_done(gh_Loop *self, int fd, PyObject *sock, PyObject *handle)
     Py_XDECREF(fileobj);
     return rc;
 }
+
+/* --- waits of green_sock.c ------------------------------------------------- */
+
+PyObject *
+gh_io_waiter(gh_Loop *self, int fd, int which)
+{
+    gh_io_slot *slot = slot_for(self, fd, 0);
+    if (slot == NULL) {
+        return NULL;
+    }
+    return which == GH_IO_READ ? slot->reader : slot->writer;
+}
+
+int
+gh_io_wait_write(gh_Loop *self, int fd, PyObject *handle)
+{
+    gh_io_slot *slot = slot_for(self, fd, 1);
+    if (slot == NULL) {
+        return -1;
+    }
+    PyObject *old = slot->writer;
+    slot->writer = Py_NewRef(handle);
+    Py_CLEAR(slot->armed_for); /* armed only while nothing else watches */
+    if (gh_reactor_io_watch(self->reactor, fd, interest(slot)) < 0) {
+        slot->writer = old;
+        Py_DECREF(handle);
+        (void)gh_reactor_io_watch(self->reactor, fd, interest(slot));
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    if (old != NULL) {
+        int rc = gh_handle_cancel(old);
+        Py_DECREF(old);
+        return rc;
+    }
+    return 0;
+}
+
+int
+gh_io_wait_write_done(gh_Loop *self, int fd, PyObject *handle)
+{
+    if (self->closed) {
+        return 0;
+    }
+    gh_io_slot *slot = slot_for(self, fd, 0);
+    if (slot == NULL || slot->writer != handle) {
+        return 0;
+    }
+    return remove_io(self, fd, GH_IO_WRITE) < 0 ? -1 : 0;
+}
+
+int
+gh_io_forget(gh_Loop *self, int fd, PyObject *sock)
+{
+    gh_io_slot *slot = slot_for(self, fd, 0);
+    if (slot == NULL) {
+        return 0;
+    }
+    if (gh_io_armed_for(self, fd, sock)) {
+        disarm(self, fd, slot);
+    }
+    int rc = 0;
+    for (int which = GH_IO_READ; which <= GH_IO_WRITE; which <<= 1) {
+        slot = slot_for(self, fd, 0); /* cancelling may run Python code */
+        PyObject *h = which == GH_IO_READ ? slot->reader : slot->writer;
+        if (h != NULL && gh_hd(h)->callback == self->green_ready &&
+            remove_io(self, fd, which) < 0) {
+            rc = -1;
+        }
+    }
+    return rc;
+}

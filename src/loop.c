@@ -34,6 +34,7 @@
 #include "handle.h"
 #include "sock.h"
 #include "transport.h"
+#include "watchdog.h"
 
 /* asyncio's cap on one poll's wait (base_events.MAXIMUM_SELECT_TIMEOUT). */
 #define MAX_POLL_TIMEOUT (24 * 3600.)
@@ -311,6 +312,7 @@ release_gil(void *arg)
 {
     gh_Loop *self = arg;
     self->sleeping = 1;
+    atomic_store_explicit(&self->polling, 1, memory_order_relaxed);
     self->poll_tstate = PyEval_SaveThread();
 }
 
@@ -322,6 +324,8 @@ acquire_gil(void *arg)
     self->poll_tstate = NULL;
     self->sleeping = 0;
     self->wakeup_sent = 0;
+    gh_loop_tick(self);
+    atomic_store_explicit(&self->polling, 0, memory_order_relaxed);
 }
 
 /* Wakes the poll if it may be sleeping.  A loop that is not polling checks
@@ -495,7 +499,10 @@ run_once(gh_Loop *self)
             Py_DECREF(h);
             continue;
         }
+        gh_loop_tick(self);
+        self->running_handle = h;
         int rc = self->debug ? run_handle_debug(self, h) : gh_handle_run(self->st, h);
+        self->running_handle = NULL;
         Py_DECREF(h);
         if (rc < 0) {
             /* What the callbacks wrote is sent even so, as asyncio's
@@ -577,6 +584,13 @@ schedule_timer(gh_Loop *self, double when, PyObject *when_obj, PyObject *const *
     st->queued_items++;
     gh_hd(t)->scheduled = 1;
     return t;
+}
+
+PyObject *
+gh_loop_call_at(gh_Loop *self, double when, PyObject *const *args, Py_ssize_t nargs,
+                PyObject *context)
+{
+    return schedule_timer(self, when, NULL, args, nargs, context);
 }
 
 static PyObject *
@@ -743,14 +757,18 @@ static PyObject *
 loop_run(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
     gh_Loop *self = (gh_Loop *)op;
-    for (;;) {
-        if (run_once(self) < 0) {
-            return NULL;
-        }
-        if (self->stopping) {
-            Py_RETURN_NONE;
-        }
+    if (gh_watchdog_run_begin(self) < 0) {
+        return NULL;
     }
+    int rc;
+    do {
+        rc = run_once(self);
+    } while (rc == 0 && !self->stopping);
+    gh_watchdog_run_end(self);
+    if (rc < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
 }
 
 static PyObject *
@@ -1034,6 +1052,10 @@ loop_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwds
     }
     gh_reactor_set_blocking_hooks(self->reactor, release_gil, acquire_gil, self);
     gh_reactor_set_io_callback(self->reactor, gh_loop_io_ready, self);
+    if (gh_watchdog_from_env(self) < 0) {
+        Py_DECREF(self);
+        return NULL;
+    }
     return (PyObject *)self;
 }
 
@@ -1046,6 +1068,7 @@ loop_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(self->thread_id_obj);
     Py_VISIT(self->current_handle);
     Py_VISIT(self->task_factory);
+    Py_VISIT(self->wd_handler);
     for (int fd = 0; fd < self->n_io_slots; fd++) {
         Py_VISIT(self->io_slots[fd].reader);
         Py_VISIT(self->io_slots[fd].writer);
@@ -1062,6 +1085,7 @@ loop_traverse(PyObject *op, visitproc visit, void *arg)
     }
     Py_VISIT(self->sock_recv_ready);
     Py_VISIT(self->sock_recv_into_ready);
+    Py_VISIT(self->green_ready);
     return 0;
 }
 
@@ -1074,8 +1098,10 @@ loop_clear(PyObject *op)
     clear_queues(self);
     Py_CLEAR(self->sock_recv_ready);
     Py_CLEAR(self->sock_recv_into_ready);
+    Py_CLEAR(self->green_ready);
     Py_CLEAR(self->current_handle);
     Py_CLEAR(self->task_factory);
+    Py_CLEAR(self->wd_handler);
     return 0;
 }
 
@@ -1085,6 +1111,7 @@ loop_dealloc(PyObject *op)
     gh_Loop *self = (gh_Loop *)op;
     PyTypeObject *tp = Py_TYPE(op);
     PyObject_GC_UnTrack(op);
+    assert(self->wd == NULL); /* joined before _run() returned */
     loop_clear(op);
     gh_pool_clear(&self->pool);
     Py_CLEAR(self->debug_obj);
@@ -1122,6 +1149,14 @@ static PyMethodDef loop_methods[] = {
     {"is_closed", loop_is_closed, METH_NOARGS, "Return True if the loop was closed."},
     {"get_debug", loop_get_debug, METH_NOARGS, "Return the debug mode setting."},
     {"_run", loop_run, METH_NOARGS, NULL},
+    {"set_watchdog", (PyCFunction)(void (*)(void))gh_loop_set_watchdog, FASTKW,
+     "set_watchdog(threshold, *, handler=None)\n\n"
+     "Report any callback or task step that holds the loop for more than `threshold`\n"
+     "seconds, with its stack at that time (a native thread watches the loop).\n"
+     "The report goes to handler(loop, context) if given, else to the loop's\n"
+     "exception handler.  set_watchdog(None) turns it off (the default)."},
+    {"get_watchdog", gh_loop_get_watchdog, METH_NOARGS,
+     "Return the watchdog's threshold in seconds, or None when it is off."},
     {"_run_once", loop_run_once, METH_NOARGS, NULL},
     {"_close_core", loop_close_core, METH_NOARGS, NULL},
     {"_check_closed", loop_check_closed, METH_NOARGS, NULL},

@@ -11,6 +11,7 @@
 #define GH_LOOP_H
 
 #include <Python.h>
+#include <stdatomic.h>
 
 #include "readyq.h"
 #include "reactor.h"
@@ -41,6 +42,9 @@ typedef struct gh_Loop_s {
     struct gh_TransportState *wq_head, *wq_tail;
     /* sock.c's reader callbacks, bound to this loop; owned, made on first use. */
     PyObject *sock_recv_ready, *sock_recv_into_ready;
+    /* green_sock.c's reader/writer/timer callback, bound to this loop;
+     * owned, made on first use. */
+    PyObject *green_ready;
 
     /* Virtual threads (vthread.h). */
     gh_GreenCoro *current_step; /* borrowed: the task step running now, or NULL */
@@ -61,6 +65,21 @@ typedef struct gh_Loop_s {
      * orders them for the other threads. */
     char sleeping;
     char wakeup_sent;
+
+    /* The watchdog (watchdog.c).  `ticks` moves each time the loop starts
+     * a callback or comes back from a blocking poll, and `polling` is set
+     * while it waits in the poll: a native thread that sees `ticks` stand
+     * still while the loop is not polling knows one callback has held the
+     * loop since.  Written only by the loop's thread, read by the watchdog
+     * thread without the GIL, hence atomics (relaxed: plain loads and
+     * stores on the platforms greenhub supports). */
+    _Atomic(unsigned long) ticks;
+    _Atomic(int) polling;
+    PyObject *running_handle;  /* borrowed: the handle being run now, or NULL */
+    PyThreadState *run_tstate; /* borrowed: the thread running _run(), or NULL */
+    double wd_threshold;       /* seconds; 0 when the watchdog is off */
+    PyObject *wd_handler;      /* owned or NULL: set_watchdog()'s handler */
+    struct gh_watchdog *wd;    /* owned (malloc) while the watchdog thread runs */
 } gh_Loop;
 
 extern PyType_Spec gh_loop_spec;
@@ -107,6 +126,34 @@ int gh_io_wait_read(gh_Loop *loop, int fd, PyObject *sock, PyObject *handle);
  * would, but leaves the watcher armed for `sock` when nothing else uses
  * the fd.  -1 with an exception on error. */
 int gh_io_wait_done(gh_Loop *loop, int fd, PyObject *sock, PyObject *handle);
+
+/* A new callback starts, or the loop is back from a blocking poll: the
+ * watchdog's sign of progress.  Only the loop's thread writes `ticks`, so a
+ * relaxed load and store (no locked instruction) are enough. */
+static inline void
+gh_loop_tick(gh_Loop *loop)
+{
+    unsigned long t = atomic_load_explicit(&loop->ticks, memory_order_relaxed);
+    atomic_store_explicit(&loop->ticks, t + 1, memory_order_relaxed);
+}
+
+/* io.c, for green_sock.c's waits: */
+/* fd's reader (GH_IO_READ) or writer (GH_IO_WRITE) Handle, borrowed, or NULL. */
+PyObject *gh_io_waiter(gh_Loop *loop, int fd, int which);
+/* Makes `handle` fd's writer, as add_writer() would.  -1 with an exception. */
+int gh_io_wait_write(gh_Loop *loop, int fd, PyObject *handle);
+/* The write wait with `handle` is over: removes the writer if it is still
+ * `handle`.  -1 with an exception on error. */
+int gh_io_wait_write_done(gh_Loop *loop, int fd, PyObject *handle);
+/* `sock` (fd) is about to be closed: stops a watcher left armed for it and
+ * removes the green waits on fd (their handles are cancelled; the caller
+ * has woken their waiters).  -1 with an exception on error. */
+int gh_io_forget(gh_Loop *loop, int fd, PyObject *sock);
+
+/* A TimerHandle for callback(*args) at loop time `when` (args[0] is the
+ * callback), in `context`; a new reference.  loop.c. */
+PyObject *gh_loop_call_at(gh_Loop *loop, double when, PyObject *const *args, Py_ssize_t nargs,
+                          PyObject *context);
 
 /* TimerHandle.cancel() tells its loop (counts lazily-cancelled timers). */
 void gh_loop_timer_cancelled(gh_Loop *loop, PyObject *timer);

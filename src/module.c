@@ -5,13 +5,16 @@
 #include <Python.h>
 
 #include "green.h"
+#include "green_sock.h"
 #include "handle.h"
 #include "loop.h"
 #include "reactor.h"
 #include "sock.h"
 #include "state.h"
+#include "switches.h"
 #include "transport.h"
 #include "vthread.h"
+#include "watchdog.h"
 
 static gh_state *
 module_state(PyObject *mod)
@@ -50,6 +53,27 @@ install_hooks(PyObject *mod, PyObject *args, PyObject *kwargs)
     Py_RETURN_NONE;
 }
 
+/* Called once by greenhub/_watchdog.py and _switches.py (each passes its
+ * own hook) with the Python helpers of the debugging tools. */
+static PyObject *
+install_tool_hooks(PyObject *mod, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"watchdog", "log_switch", NULL};
+    PyObject *watchdog = NULL, *log_switch = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$OO:_install_tool_hooks", kwlist, &watchdog,
+                                     &log_switch)) {
+        return NULL;
+    }
+    gh_state *st = module_state(mod);
+    if (watchdog != NULL) {
+        Py_XSETREF(st->hook_watchdog, Py_NewRef(watchdog));
+    }
+    if (log_switch != NULL) {
+        Py_XSETREF(st->hook_log_switch, Py_NewRef(log_switch));
+    }
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 await_(PyObject *mod, PyObject *awaitable)
 {
@@ -61,6 +85,20 @@ in_vthread(PyObject *mod, PyObject *Py_UNUSED(ignored))
 {
     int r = gh_in_vthread(module_state(mod));
     return r < 0 ? NULL : PyBool_FromLong(r);
+}
+
+/* Called once by greenhub/socket.py with its socket class (see
+ * gh_is_plain_socket). */
+static PyObject *
+register_green_socket(PyObject *mod, PyObject *cls)
+{
+    if (!PyType_Check(cls) ||
+        !PyType_IsSubtype((PyTypeObject *)cls, (PyTypeObject *)module_state(mod)->tr.socket_type)) {
+        PyErr_SetString(PyExc_TypeError, "expected a subclass of socket.socket");
+        return NULL;
+    }
+    Py_XSETREF(module_state(mod)->tr.green_socket_type, Py_NewRef(cls));
+    Py_RETURN_NONE;
 }
 
 static PyMethodDef module_methods[] = {
@@ -78,8 +116,21 @@ static PyMethodDef module_methods[] = {
      "True if the caller runs inside a task on a greenhub loop running in this\n"
      "thread: there, greenhub.await_() and greenhub's blocking calls suspend only\n"
      "that task.  False anywhere else (no loop, another loop, a loop callback)."},
+    {"_register_green_socket", register_green_socket, METH_O, NULL},
     {"_install_hooks", (PyCFunction)(void (*)(void))install_hooks, METH_VARARGS | METH_KEYWORDS,
      NULL},
+    {"_install_tool_hooks", (PyCFunction)(void (*)(void))install_tool_hooks,
+     METH_VARARGS | METH_KEYWORDS, NULL},
+    {"_watchdog_atexit", gh_watchdog_atexit, METH_NOARGS, NULL},
+    {"_check_watchdog_threshold", gh_check_watchdog_threshold, METH_O, NULL},
+    {"_no_switch_enter", gh_no_switch_enter, METH_O, NULL},
+    {"_no_switch_exit", gh_no_switch_exit, METH_O, NULL},
+    {"_set_switch_log", gh_set_switch_log, METH_O, NULL},
+    {"check_switch", gh_check_switch, METH_NOARGS,
+     "check_switch()\n\n"
+     "Raise greenhub.SwitchError if the caller is a virtual thread inside a\n"
+     "greenhub.no_switch() block; for blocking calls whose fast path does not\n"
+     "reach greenhub.await_()."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -116,7 +167,8 @@ module_exec(PyObject *mod)
         add_type(mod, &gh_transport_state_spec, NULL, &st->TransportStateType) < 0 ||
         add_type(mod, &gh_transport_base_spec, NULL, &st->TransportBaseType) < 0 ||
         add_type(mod, &gh_sockdone_spec, NULL, &st->SockDoneType) < 0 ||
-        gh_transport_state_init(st) < 0 || gh_sock_state_init(st) < 0) {
+        gh_transport_state_init(st) < 0 || gh_sock_state_init(st) < 0 ||
+        gh_green_sock_init(mod, st) < 0) {
         return -1;
     }
     if (gh_green_import() < 0) {
@@ -141,6 +193,16 @@ module_exec(PyObject *mod)
     }
     if (st->worker_main == NULL || st->get_running_loop == NULL || st->str_gr_context == NULL ||
         st->str_throw == NULL || st->str_close == NULL) {
+        return -1;
+    }
+    st->current_task = import_attr("asyncio.tasks", "current_task");
+    st->SwitchError = PyErr_NewExceptionWithDoc(
+        "greenhub.SwitchError",
+        "A virtual thread tried to suspend (greenhub.await_(), a cooperative blocking\n"
+        "call, an `await` that waits) inside a greenhub.no_switch() block.",
+        PyExc_RuntimeError, NULL);
+    if (st->current_task == NULL || st->SwitchError == NULL ||
+        PyModule_AddObjectRef(mod, "SwitchError", st->SwitchError) < 0) {
         return -1;
     }
     st->iscoroutine = import_attr("asyncio.coroutines", "iscoroutine");
@@ -183,6 +245,7 @@ module_traverse(PyObject *mod, visitproc visit, void *arg)
     Py_VISIT(st->TransportBaseType);
     Py_VISIT(st->SockDoneType);
     Py_VISIT(st->worker_main);
+    Py_VISIT(st->tr.green_socket_type);
     Py_VISIT(st->get_running_loop);
     Py_VISIT(st->tasks_module);
     Py_VISIT(st->base_create_task);
@@ -193,6 +256,11 @@ module_traverse(PyObject *mod, visitproc visit, void *arg)
     Py_VISIT(st->hook_extract_stack);
     Py_VISIT(st->iscoroutine);
     Py_VISIT(st->iscoroutinefunction);
+    Py_VISIT(st->hook_watchdog);
+    Py_VISIT(st->hook_log_switch);
+    Py_VISIT(st->SwitchError);
+    Py_VISIT(st->current_task);
+    Py_VISIT(st->gs.context);
     return 0;
 }
 
@@ -209,6 +277,7 @@ module_clear(PyObject *mod)
     Py_CLEAR(st->SockDoneType);
     gh_transport_state_clear(st);
     gh_sock_state_clear(st);
+    gh_green_sock_clear(st);
     Py_CLEAR(st->worker_main);
     Py_CLEAR(st->get_running_loop);
     Py_CLEAR(st->tasks_module);
@@ -228,6 +297,10 @@ module_clear(PyObject *mod)
     Py_CLEAR(st->str_context);
     Py_CLEAR(st->str_slow_callback_duration);
     Py_CLEAR(st->str_time);
+    Py_CLEAR(st->hook_watchdog);
+    Py_CLEAR(st->hook_log_switch);
+    Py_CLEAR(st->SwitchError);
+    Py_CLEAR(st->current_task);
     return 0;
 }
 

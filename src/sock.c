@@ -29,6 +29,7 @@
 #include "handle.h"
 #include "loop.h"
 #include "sock.h"
+#include "transport.h"
 
 /* Ends a wait: the Future's done-callback (asyncio's _sock_read_done). */
 typedef struct {
@@ -45,7 +46,7 @@ typedef struct {
 static int
 plain_fd(gh_state *st, PyObject *sock)
 {
-    if (!Py_IS_TYPE(sock, (PyTypeObject *)st->tr.socket_type)) {
+    if (!gh_is_plain_socket(st, sock)) {
         return -1;
     }
     PyObject *t = PyObject_CallMethodNoArgs(sock, st->sk.gettimeout);

@@ -32,6 +32,16 @@ typedef struct {
     PyObject *hook_extract_stack;  /* (frame) -> StackSummary: debug tracebacks */
     PyObject *hook_run_sync;       /* (awaitable) -> result: await_() with no loop */
 
+    /* Hooks of the debugging tools (greenhub/_watchdog.py, _switches.py),
+     * installed through _core._install_tool_hooks(); owned, NULL until then. */
+    PyObject *hook_watchdog;       /* (loop, task, handle, stack, since, threshold, handler) */
+    PyObject *hook_log_switch;     /* (awaitable, yielded) -> None: the switch log */
+    PyObject *SwitchError;         /* owned: greenhub.SwitchError */
+    PyObject *current_task;        /* owned: asyncio.current_task */
+    struct gh_watchdog *watchdogs; /* borrowed: running watchdogs (watchdog.c) */
+    char wd_exiting;               /* the interpreter is exiting: no new watchdog */
+    char log_switches;             /* set_switch_log(True): gh_await calls hook_log_switch */
+
     /* From asyncio.coroutines; owned.  Used only off the fast paths. */
     PyObject *iscoroutine;
     PyObject *iscoroutinefunction;
@@ -52,8 +62,11 @@ typedef struct {
     /* The socket transport's hot paths (transport.c); each owns a
      * reference: names they look up, and what the fallbacks call. */
     struct {
-        PyObject *socket_type; /* socket.socket: only it gets the C paths */
-        PyObject *stock_write; /* asyncio's _SelectorSocketTransport.write */
+        PyObject *socket_type;       /* socket.socket: only it gets the C paths ... */
+        PyObject *green_socket_type; /* ... and greenhub.socket.socket once registered
+                                      * (greenhub/socket.py), else NULL: the same fd
+                                      * behaviour, so monkey-patched programs keep them */
+        PyObject *stock_write;       /* asyncio's _SelectorSocketTransport.write */
         PyObject *stock_data_received, *stock_get_buffer; /* ... and its read paths */
         PyObject *state;                                  /* "_gh_state" */
         PyObject *fileno, *max_size, *data_received, *get_buffer, *buffer_updated;
@@ -68,6 +81,14 @@ typedef struct {
         PyObject *gettimeout, *transports, *data, *recv, *recv_into;
         PyObject *done, *set_result, *set_exception, *add_done_callback;
     } sk;
+
+    /* green_sock.c's names; each owns a reference. */
+    struct {
+        PyObject *timeout_attr;    /* "_gh_timeout" */
+        PyObject *future_blocking; /* "_asyncio_future_blocking" */
+        PyObject *result;          /* "result" */
+        PyObject *context;         /* the Context its wait Handles run in */
+    } gs;
 
     /* Live-object counters, checked by the tests (debug_counters()).  Plain
      * integers: every change happens with the GIL held. */

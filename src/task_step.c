@@ -25,6 +25,7 @@
 
 #include "compat.h"
 #include "green.h"
+#include "switches.h"
 #include "vthread.h"
 
 /* Idle workers a loop keeps for reuse.  After a burst of many concurrent
@@ -215,6 +216,26 @@ step_coroutine(gh_state *st, gh_GreenCoro *w)
     w->out_status = status;
 }
 
+/* A native `await` yielded inside a greenhub.no_switch() block: instead of
+ * suspending the task, raise SwitchError at that await (switches.c).  The
+ * future it yielded is dropped unwaited, as when a waiting task is
+ * cancelled; the coroutine may catch the error and go on. */
+static void
+refuse_native_switches(gh_state *st, gh_GreenCoro *w)
+{
+    while (w->out_status == PYGEN_NEXT && w->no_switch > 0) {
+        Py_CLEAR(w->out);
+        w->in_exc = gh_switch_error(st, w, "`await`");
+        if (w->in_exc == NULL) {
+            w->out = gh_err_get_raised();
+            w->out_status = PYGEN_ERROR;
+            w->finished = 1;
+            return;
+        }
+        step_coroutine(st, w);
+    }
+}
+
 /* Makes `ctx` the current greenlet's (and so the thread's) context, the way
  * a greenlet switch does: without "entering" it, since the step's handle
  * has already entered it on the driver.  (greenlet refuses to set the
@@ -261,6 +282,9 @@ worker_main(PyObject *module, PyObject *Py_UNUSED(ignored))
         }
         assert(w->running && w->out == NULL);
         step_coroutine(st, w);
+        if (w->no_switch > 0) {
+            refuse_native_switches(st, w);
+        }
         if (w->finished) {
             /* An idle worker must not keep the task's Context (and what
              * its variables hold) alive. */
@@ -684,6 +708,7 @@ coro_traverse(PyObject *self, visitproc visit, void *arg)
     Py_VISIT(w->in_value);
     Py_VISIT(w->in_exc);
     Py_VISIT(w->out);
+    Py_VISIT(w->no_switch_block);
     return 0;
 }
 
@@ -698,6 +723,7 @@ coro_clear(PyObject *self)
     Py_CLEAR(w->in_exc);
     Py_CLEAR(w->out);
     Py_CLEAR(w->coro);
+    Py_CLEAR(w->no_switch_block);
     return 0;
 }
 
@@ -729,6 +755,7 @@ coro_dealloc(PyObject *self)
     Py_CLEAR(w->out);
     Py_CLEAR(w->coro);
     Py_CLEAR(w->context);
+    Py_CLEAR(w->no_switch_block);
     st->live_coros--;
     Py_CLEAR(w->loop);
     tp->tp_free(self);
@@ -788,6 +815,15 @@ coro_get_worker(PyObject *self, void *Py_UNUSED(closure))
     return Py_NewRef(g ? g : Py_None);
 }
 
+static PyObject *
+coro_get_awaiting(PyObject *self, void *Py_UNUSED(closure))
+{
+    gh_GreenCoro *w = (gh_GreenCoro *)self;
+    /* Only while parked is the await_() call - which owns it - suspended. */
+    PyObject *a = w->parked_in != NULL ? w->awaiting : NULL;
+    return Py_NewRef(a ? a : Py_None);
+}
+
 static PyMethodDef coro_methods[] = {
     {"send", coro_send, METH_O, "Run the next step of the task (on its greenlet)."},
     {"throw", (PyCFunction)(void (*)(void))coro_throw, METH_FASTCALL,
@@ -829,6 +865,9 @@ static PyGetSetDef coro_getset[] = {
     {"coroutine", coro_get_inner, NULL, "The wrapped coroutine.", NULL},
     {"parked", coro_get_parked, NULL, "True while suspended inside greenhub.await_().", NULL},
     {"greenlet", coro_get_worker, NULL, "The greenlet holding the task's suspended stack, or None.",
+     NULL},
+    {"awaiting", coro_get_awaiting, NULL,
+     "While parked: the awaitable the innermost greenhub.await_() call waits for, else None.",
      NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };

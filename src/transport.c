@@ -117,7 +117,7 @@ fatal(gh_state *st, PyObject *self, const char *message)
 static int
 sock_fd(gh_state *st, PyObject *sock)
 {
-    if (!Py_IS_TYPE(sock, (PyTypeObject *)st->tr.socket_type)) {
+    if (!gh_is_plain_socket(st, sock)) {
         return FD_OTHER;
     }
     PyObject *r = PyObject_CallMethodNoArgs(sock, st->tr.fileno);
@@ -1045,11 +1045,20 @@ void
 gh_transport_state_clear(gh_state *st)
 {
     PyObject **fields[] = {
-        &st->tr.socket_type,      &st->tr.stock_write,   &st->tr.stock_data_received,
-        &st->tr.stock_get_buffer, &st->tr.state,         &st->tr.fileno,
-        &st->tr.max_size,         &st->tr.data_received, &st->tr.get_buffer,
-        &st->tr.buffer_updated,   &st->tr.fatal_error,   &st->tr.on_eof,
+        &st->tr.socket_type,
+        &st->tr.stock_write,
+        &st->tr.stock_data_received,
+        &st->tr.stock_get_buffer,
+        &st->tr.state,
+        &st->tr.fileno,
+        &st->tr.max_size,
+        &st->tr.data_received,
+        &st->tr.get_buffer,
+        &st->tr.buffer_updated,
+        &st->tr.fatal_error,
+        &st->tr.on_eof,
         &st->tr.recv_into,
+        &st->tr.green_socket_type,
     };
     for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
         Py_CLEAR(*fields[i]);

@@ -35,6 +35,17 @@ extern PyType_Spec gh_transport_base_spec;
 
 /* module.c: the interned names and imports transport.c uses. */
 int gh_transport_state_init(gh_state *st);
+
+/* True if `sock` is exactly socket.socket or greenhub.socket.socket: the
+ * socket objects whose recv/send the C paths may bypass (a subclass, such
+ * as ssl.SSLSocket, may override them). */
+static inline int
+gh_is_plain_socket(gh_state *st, PyObject *sock)
+{
+    return Py_IS_TYPE(sock, (PyTypeObject *)st->tr.socket_type) ||
+           (st->tr.green_socket_type != NULL &&
+            Py_IS_TYPE(sock, (PyTypeObject *)st->tr.green_socket_type));
+}
 void gh_transport_state_clear(gh_state *st);
 
 /* Sends the data of every queued transport (end of a loop iteration).

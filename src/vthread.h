@@ -39,10 +39,14 @@ typedef struct gh_GreenCoro {
     PyObject *in_exc;      /* owned or NULL: the exception to throw into the step */
     PyObject *out;         /* owned or NULL: what the step produced */
     PyObject *weakreflist; /* managed by CPython */
+    PyObject *no_switch_block; /* owned or NULL: describes the innermost no_switch() block */
+    PyObject *awaiting;        /* borrowed or NULL: the awaitable of the innermost await_() call
+                                  running in this task; that call's caller owns it */
     struct gh_GreenCoro *prev_step; /* borrowed: the loop's current step before this one */
     struct gh_GreenCoro *park_prev; /* borrowed: links in the loop's list of parked coros */
     struct gh_GreenCoro *park_next;
     PySendResult out_status;
+    int no_switch;           /* depth of greenhub.no_switch() blocks in this task */
     unsigned long thread_id; /* thread of the greenlets, while one is held */
     char running;            /* a step is in progress (switched away from the driver) */
     char finished;           /* the coroutine returned or raised */
@@ -67,6 +71,22 @@ PyObject *gh_await(gh_state *st, PyObject *awaitable);
  * this thread (where gh_await() suspends only that task), 0 if not, -1 with
  * an exception set on error. */
 int gh_in_vthread(gh_state *st);
+
+/* Suspends the task step `w` (running on the current greenlet, inside
+ * synchronous code) on `yielded` (stolen: a future, or None for a bare
+ * yield), which the Task then waits on as for `await`.  When the Task
+ * resumes the step: 0, with *value or *exc (owned) set to what send() or
+ * throw() passed.  -1 with an exception set if the step cannot be resumed
+ * (a foreign greenlet switched into it).  The caller holds a reference to
+ * w.  bridge.c. */
+int gh_suspend(gh_GreenCoro *w, PyObject *yielded, PyObject **value, PyObject **exc);
+
+/* The task step running now on this thread's running greenhub loop
+ * (borrowed), or NULL: not in a virtual thread (*loop is the running
+ * greenhub loop, or NULL if there is none), or an error if
+ * PyErr_Occurred(). */
+struct gh_Loop_s;
+gh_GreenCoro *gh_vthread_step(gh_state *st, struct gh_Loop_s **loop);
 
 /* Wraps a coroutine for a task of `loop`: a new GreenCoro for a coroutine,
  * a new reference to anything else (asyncio.Task rejects what it must). */

@@ -29,6 +29,9 @@ import threading
 import pytest
 import support
 
+# pg_dsn and pg_admin_dsn: a real PostgreSQL for the database tests (tests/pg_fixtures.py).
+pytest_plugins = ("pg_fixtures",)
+
 _LEAK_CHECK = pytest.StashKey[bool]()
 _THREADS_BEFORE = pytest.StashKey[set]()
 _COUNTERS_BEFORE = pytest.StashKey[dict]()

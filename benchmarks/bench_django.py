@@ -1,0 +1,313 @@
+"""Django sync views doing ORM work: greenhub virtual threads vs sync_to_async threads.
+
+The same Django project (tests/django_app: sync views, the ORM over psycopg 3, a real
+PostgreSQL) served by uvicorn in one process, two ways:
+
+- greenhub: uvicorn on a greenhub loop (``--loop greenhub:new_event_loop``) with
+  ``greenhub.contrib.django.get_asgi_application()``: each request's sync view runs in
+  the request's task, its database waits suspend only that task; connections are
+  pooled per virtual thread (CONN_MAX_AGE=60, max_connections = the load's connections).
+- stock: uvicorn on the stock asyncio loop with Django's own ``get_asgi_application()``:
+  sync views reach the ORM through ``sync_to_async`` threads (Django's documented ASGI
+  deployment), with Django's psycopg connection pool (``OPTIONS={"pool": ...}``, as big
+  as the greenhub cap; Django asks for CONN_MAX_AGE=0 with it);
+- stock-nopool: the same with Django's defaults (CONN_MAX_AGE=0, no pool: a new database
+  connection per request).
+
+Workloads (the same URLs for both): ``sleep`` - ``select pg_sleep(0.005)`` plus one
+indexed count, a request that mostly waits on the database; ``lookup`` - three indexed
+selects on a 1,000-row table.  Load: wrk, one thread, keep-alive, on the other CPU than
+the server (``taskset``); a warm-up run, then the measured one; each server is fresh.
+Reports requests/s, latency (avg, p50, p99), the server's CPU time per request and
+its busy share of one CPU, the share of the time its event-loop thread was ready to run
+but waited for a CPU ("starved": other work on the machine), and greenhub's ratios over
+the stock setups.  Where other work competes for the CPUs, a one-thread server
+(greenhub) gets a smaller share than a many-thread one (stock): busy + starved near 1
+means the server was CPU-bound, and CPU per request is the fairer comparison.
+
+    python benchmarks/bench_django.py                    # needs wrk and PostgreSQL
+    python benchmarks/bench_django.py --dsn postgresql://user@host:port/db
+
+Without --dsn it uses $GREENHUB_TEST_PG_DSN, else starts a throwaway cluster with
+.ci/pg (and removes it afterwards).  uvicorn parses HTTP with h11 (its pure-Python
+default, always installed); BENCH_DJANGO_HTTP=httptools picks the C parser.
+"""
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path[:0] = [REPO, os.path.join(REPO, "tests")]
+
+from bench_http import parse_wrk  # noqa: E402 - after the path set-up
+
+KINDS = ("greenhub", "stock", "stock-nopool")
+WORKLOADS = {"sleep": "/sleep/0.02", "lookup": "/lookup?k=17,420,999"}
+ROWS = 1000
+HTTP = os.environ.get("BENCH_DJANGO_HTTP", "h11")
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def django_settings(dsn, kind, conns):
+    import django_app
+
+    conf = django_app.settings(dsn, MIDDLEWARE=["django.middleware.common.CommonMiddleware"])
+    db = conf["DATABASES"]["default"]
+    if kind == "stock":
+        db["CONN_MAX_AGE"] = 0  # required with the pool
+        db["OPTIONS"] = {"pool": {"min_size": 4, "max_size": conns}}
+    elif kind == "stock-nopool":
+        db["CONN_MAX_AGE"] = 0  # Django's default: a new connection per request
+    return conf
+
+
+def serve(kind, port, dsn, conns):
+    """Server process: configure Django, run uvicorn until SIGTERM."""
+    import uvicorn
+    from django.conf import settings
+
+    settings.configure(**django_settings(dsn, kind, conns))
+    if kind == "greenhub":
+        from greenhub.contrib.django import get_asgi_application
+
+        app = get_asgi_application(max_connections=conns)
+        loop = "greenhub:new_event_loop"
+    else:
+        from django.core.asgi import get_asgi_application
+
+        app = get_asgi_application()
+        loop = "asyncio"
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=port,
+        loop=loop,
+        http=HTTP,
+        lifespan="off",
+        log_level="warning",
+        access_log=False,
+        backlog=1024,
+    )
+
+
+def seed(dsn):
+    """Create the table and its rows (plain Django, no loop)."""
+    import django
+    from django.conf import settings
+    from django.core.management import call_command
+
+    settings.configure(**django_settings(dsn, "greenhub", 1))
+    django.setup()
+    call_command("migrate", run_syncdb=True, verbosity=0)
+    from django.db import connection
+    from django_app.models import Item
+
+    Item.objects.all().delete()
+    Item.objects.bulk_create(Item(name=f"item{i}", n=i) for i in range(ROWS))
+    connection.close()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, proc, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("server did not start")
+
+
+def taskset(cpu):
+    if cpu is None or not shutil.which("taskset"):
+        return []
+    return ["taskset", "-c", str(cpu)]
+
+
+def run_wrk(port, path, conns, seconds, cpu):
+    argv = taskset(cpu) + ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency"]
+    argv += ["--timeout", "10s", f"http://127.0.0.1:{port}{path}"]
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+    if p.returncode:
+        raise RuntimeError("wrk: " + (p.stderr.strip()[-300:] or f"exit {p.returncode}"))
+    return parse_wrk(p.stdout)
+
+
+def measure(kind, workload, args, cpus):
+    port = free_port()
+    argv = taskset(cpus[0]) + [sys.executable, __file__, "--serve", kind, "--port", str(port)]
+    argv += ["--dsn", args.dsn, "--conns", str(args.conns)]
+    proc = subprocess.Popen(argv)
+    try:
+        wait_port(port, proc, 60)
+        path = WORKLOADS[workload]
+        run_wrk(port, path, args.conns, args.warmup, cpus[1])
+        cpu0, wait0 = proc_cpu(proc.pid), runqueue_wait(proc.pid)
+        r = run_wrk(port, path, args.conns, args.duration, cpus[1])
+        r["cpu_per_req"] = (proc_cpu(proc.pid) - cpu0) / max(r["requests"], 1)
+        r["server_busy"] = (proc_cpu(proc.pid) - cpu0) / r["seconds"]
+        r["loop_starved"] = (runqueue_wait(proc.pid) - wait0) / r["seconds"]
+        return r
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def proc_cpu(pid):
+    """User + system CPU seconds of process `pid` (all its threads)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def runqueue_wait(pid):
+    """Seconds the main thread of `pid` (the one running the event loop) was ready to
+    run but waited for a CPU (other work on the machine)."""
+    with open(f"/proc/{pid}/schedstat") as f:
+        return int(f.read().split()[1]) / 1e9
+
+
+def fmt_ms(s):
+    return f"{s * 1e3:7.1f}"
+
+
+def report(results, args):
+    print(
+        f"Django {django_version()} sync views, uvicorn (h11), wrk -t1 -c{args.conns} "
+        f"{args.duration}s after {args.warmup}s warm-up; PostgreSQL over loopback"
+    )
+    print(
+        f"{'workload':8} {'server':12} {'req/s':>9} {'avg ms':>7} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'cpu/req':>8} {'busy':>5} {'starved':>7}  errors"
+    )
+    for workload in args.workloads:
+        for kind in KINDS:
+            r = results.get((workload, kind))
+            if r is None:
+                continue
+            if "failed" in r:
+                print(f"{workload:8} {kind:12} failed: {r['failed']}")
+                continue
+            errors = r["socket_errors"] + r["non_2xx"]
+            print(
+                f"{workload:8} {kind:12} {r['req_per_s']:9.0f} {fmt_ms(r['lat_avg'])} "
+                f"{fmt_ms(r['lat_p50'])} {fmt_ms(r['lat_p99'])} "
+                f"{r['cpu_per_req'] * 1e3:6.2f}ms {r['server_busy']:5.2f} "
+                f"{r['loop_starved']:7.2f}  {errors}"
+            )
+        g = results.get((workload, "greenhub"))
+        for kind in KINDS[1:]:
+            s = results.get((workload, kind))
+            if g and s and "failed" not in g and "failed" not in s:
+                print(
+                    f"{workload:8} greenhub / {kind}: {g['req_per_s'] / s['req_per_s']:.1f}x req/s, "
+                    f"{s['cpu_per_req'] / g['cpu_per_req']:.1f}x less server CPU per request"
+                )
+
+
+def django_version():
+    import django
+
+    return django.get_version()
+
+
+def start_cluster():
+    env = dict(os.environ, PY=sys.executable)
+    out = subprocess.run(
+        [os.path.join(REPO, ".ci", "pg"), "start"], capture_output=True, text=True, env=env
+    )
+    if out.returncode:
+        sys.exit("could not start PostgreSQL with .ci/pg: " + out.stderr[-500:])
+    values = dict(
+        line.removeprefix("export ").split("=", 1) for line in out.stdout.split("\n") if line
+    )
+    return values["GREENHUB_TEST_PG_DSN"], values["GREENHUB_PG_DIR"]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--dsn", help="PostgreSQL URL (default $GREENHUB_TEST_PG_DSN, else .ci/pg)")
+    ap.add_argument("--conns", type=int, default=64, help="wrk connections (64)")
+    ap.add_argument("-d", "--duration", type=int, default=5, help="measured seconds (5)")
+    ap.add_argument("-w", "--warmup", type=int, default=1, help="warm-up seconds (1)")
+    ap.add_argument("--workloads", default="sleep,lookup", help="sleep,lookup")
+    ap.add_argument("--pin", default="auto", help="SERVER_CPU,CLIENT_CPU, 'auto' or 'none'")
+    ap.add_argument("--serve", choices=KINDS, help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve:
+        serve(args.serve, args.port, args.dsn, args.conns)
+        return
+    args.workloads = args.workloads.split(",")
+    if not shutil.which("wrk"):
+        sys.exit("bench_django.py needs wrk, the HTTP load generator: apt-get install wrk")
+    if args.pin == "none" or (os.cpu_count() or 1) < 2:
+        cpus = (None, None)
+    elif args.pin == "auto":
+        cpus = (0, 1)
+    else:
+        cpus = tuple(int(c) for c in args.pin.split(","))
+
+    cluster = None
+    if not args.dsn:
+        args.dsn = os.environ.get("GREENHUB_TEST_PG_DSN")
+    if not args.dsn:
+        log("starting a throwaway PostgreSQL (.ci/pg)")
+        args.dsn, cluster = start_cluster()
+    try:
+        db_dsn = create_database(args.dsn)
+        args.dsn = db_dsn
+        subprocess.run([sys.executable, __file__, "--seed", db_dsn], check=True)
+        results = {}
+        for workload in args.workloads:
+            for kind in KINDS:
+                log(f"{workload}: {kind} ...")
+                try:
+                    results[(workload, kind)] = measure(kind, workload, args, cpus)
+                except (RuntimeError, subprocess.TimeoutExpired) as e:
+                    results[(workload, kind)] = {"failed": str(e)}
+        report(results, args)
+    finally:
+        if cluster:
+            subprocess.run([os.path.join(REPO, ".ci", "pg"), "stop", cluster])
+
+
+def create_database(dsn):
+    """A fresh database `bench_django` on the server of `dsn`; its URL."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS bench_django WITH (FORCE)")
+        conn.execute("CREATE DATABASE bench_django")
+    return urlunsplit(urlsplit(dsn)._replace(path="/bench_django"))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--seed":
+        seed(sys.argv[2])
+    else:
+        main()

@@ -1,0 +1,375 @@
+"""One implementation, both colours: ``to_thread``, ``sync_to_async``, ``async_to_sync``.
+
+On a greenhub loop every task is a virtual thread, so the two adapters need no thread:
+``await sync_to_async(fn)()`` calls ``fn`` right in the awaiting task (its
+``greenhub.await_()`` calls suspend only that task), and ``async_to_sync(f)()`` called
+from sync code in a task is ``greenhub.await_(f())``.  The signatures are asgiref's, so
+code written for asgiref (Django's adapters) runs unchanged.
+
+Anywhere else they fall back to asgiref's model, implemented here so the behaviour does
+not depend on whether asgiref is installed:
+
+- ``sync_to_async`` awaited on another loop (or outside a task) runs ``fn`` in a thread:
+  one process-wide thread for ``thread_sensitive=True`` calls, ``executor`` (or the
+  loop's default executor) otherwise; the context is copied in and its changes copied
+  back.  While such a thread is inside the call, ``greenhub.await_()`` and
+  ``async_to_sync()`` in it run the awaitable as a task of the *caller's* loop and
+  wait for it - what asgiref's ``async_to_sync`` does - so a library written once in
+  sync style over the caller's loop's objects (streams, connections) works from its
+  thread too.  A thread-sensitive ``sync_to_async`` reached from that awaitable runs
+  back in the waiting thread (asgiref's CurrentThreadExecutor idea), so nesting the
+  two does not deadlock on the single thread.
+- ``async_to_sync`` with no loop running in the thread runs the coroutine on this
+  thread's greenhub loop (as ``greenhub.await_`` does); in a thread that runs a loop
+  outside a greenhub task it raises asgiref's RuntimeError.
+"""
+
+import asyncio
+import contextvars
+import functools
+import inspect
+import queue
+import threading
+import types
+import warnings
+from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Future as _CFuture
+
+from . import _core, _vthread
+
+__all__ = ["async_to_sync", "sync_to_async", "to_thread"]
+
+_in_vthread = _core.in_vthread
+_await = _core.await_
+_get_running_loop = asyncio._get_running_loop
+
+_A2S_IN_LOOP = (
+    "You cannot use AsyncToSync in the same thread as an async event loop - "
+    "just await the async function directly."
+)
+
+
+# --------------------------------------------------------------------------
+# to_thread
+# --------------------------------------------------------------------------
+
+
+def to_thread(fn, /, *args, **kwargs):
+    """Call ``fn(*args, **kwargs)`` in a real thread and return its result.
+
+    For calls that block in C code and cannot be made cooperative.  In a virtual
+    thread (sync code in a greenhub task) ``fn`` runs in the loop's default executor
+    with a copy of the caller's context, as ``asyncio.to_thread`` does, and only this
+    task waits; cancelling the task ends the wait, not the thread's call.  With no
+    event loop running in the calling thread there is nothing to keep responsive, so
+    ``fn`` is simply called here.  In a thread that runs a loop outside a greenhub
+    task (async code on another loop, a loop callback) waiting would block the loop:
+    RuntimeError - async code uses ``await asyncio.to_thread(...)``.
+    """
+    if not callable(fn):
+        raise TypeError(f"greenhub.to_thread() needs a callable, got {fn!r}")
+    if _in_vthread():
+        loop = _get_running_loop()
+        call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+        return _await(loop.run_in_executor(None, call))
+    loop = _get_running_loop()
+    if loop is not None:
+        raise RuntimeError(
+            f"greenhub.to_thread() would block the running {type(loop).__name__}: it "
+            f"waits only inside a greenhub task; in async code use "
+            f"`await asyncio.to_thread(fn, ...)`"
+        )
+    return fn(*args, **kwargs)
+
+
+# --------------------------------------------------------------------------
+# sync_to_async
+# --------------------------------------------------------------------------
+
+
+# Django-style code makes an adapter per call (`await sync_to_async(fn)(...)`), so making
+# one must be cheap: plain functions - the usual case - take the short paths below
+# (~1 us instead of ~3-5 us through inspect and functools.update_wrapper).
+_FunctionType = types.FunctionType
+_CO_COROUTINE = inspect.CO_COROUTINE
+_HAS_TYPE_PARAMS = hasattr(_FunctionType, "__type_params__")  # 3.12+
+
+
+def _is_async_callable(fn):
+    if type(fn) is _FunctionType and not fn.__dict__:  # no marker can be set
+        return bool(fn.__code__.co_flags & _CO_COROUTINE)
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - an object whose __call__ is async
+    )
+
+
+def _wrap(wrapper, fn):
+    """functools.update_wrapper(wrapper, fn), minus any "coroutine function" mark:
+    copying fn's __dict__ would carry asyncio's or inspect's mark onto a sync
+    wrapper."""
+    if type(fn) is _FunctionType:
+        wrapper.__module__ = fn.__module__
+        wrapper.__name__ = fn.__name__
+        wrapper.__qualname__ = fn.__qualname__
+        wrapper.__doc__ = fn.__doc__
+        if _HAS_TYPE_PARAMS:
+            wrapper.__type_params__ = fn.__type_params__
+        if fn.__dict__:
+            wrapper.__dict__.update(fn.__dict__)
+        wrapper.__wrapped__ = fn
+    else:
+        functools.update_wrapper(wrapper, fn)
+    d = wrapper.__dict__
+    if "_is_coroutine_marker" in d or "_is_coroutine" in d:
+        d.pop("_is_coroutine_marker", None)
+        d.pop("_is_coroutine", None)
+    return wrapper
+
+
+def sync_to_async(func=None, *, thread_sensitive=True, executor=None, context=None):
+    """Make an async function (``await``-able) from the sync function ``func``.
+
+    On a greenhub loop ``func`` runs in the awaiting task itself - a virtual thread -
+    so its ``greenhub.await_()`` calls suspend only that task and no thread is used,
+    unless ``executor`` is given (an explicit request for that executor's threads).
+    Elsewhere ``func`` runs in a thread as with asgiref (see the module docstring).
+    Usable as a decorator with or without arguments, and on methods.
+    """
+    if func is None:
+        return lambda f: sync_to_async(
+            f, thread_sensitive=thread_sensitive, executor=executor, context=context
+        )
+    if not callable(func) or _is_async_callable(func):
+        raise TypeError("sync_to_async can only be applied to sync functions.")
+    if thread_sensitive and executor is not None:
+        raise TypeError("executor must not be set when thread_sensitive is True")
+    if executor is None and context is None:
+
+        async def wrapper(*args, **kwargs):
+            if _in_vthread():
+                return func(*args, **kwargs)
+            return await _hop(func, args, kwargs, thread_sensitive, None, None)
+
+    else:
+        if executor is not None and not isinstance(executor, Executor):
+            raise TypeError(f"executor must be a concurrent.futures.Executor, got {executor!r}")
+        if context is not None and not isinstance(context, contextvars.Context):
+            raise TypeError(f"context must be a contextvars.Context, got {context!r}")
+
+        async def wrapper(*args, **kwargs):
+            if executor is None and _in_vthread():
+                return context.run(func, *args, **kwargs)
+            return await _hop(func, args, kwargs, thread_sensitive, executor, context)
+
+    return _wrap(wrapper, func)
+
+
+# The fallback: a thread hop, asgiref's model.
+
+_sensitive_lock = threading.Lock()
+_sensitive = None  # the process-wide single thread for thread_sensitive calls
+
+# In the loop's tasks started by a waiting _Home: that home (so a thread-sensitive
+# sync_to_async there runs in the waiting thread rather than deadlocking on it).
+_home_var = contextvars.ContextVar("greenhub_sync_home")
+
+
+def _sensitive_executor():
+    global _sensitive
+    with _sensitive_lock:
+        if _sensitive is None:
+            _sensitive = ThreadPoolExecutor(max_workers=1, thread_name_prefix="greenhub-sync")
+        return _sensitive
+
+
+async def _hop(func, args, kwargs, thread_sensitive, executor, context):
+    loop = asyncio.get_running_loop()
+    if thread_sensitive:
+        home = _home_var.get(None)
+        if home is not None and home.loop is loop and home.waiting:
+            executor = home
+        else:
+            executor = _sensitive_executor()
+    ctx = contextvars.copy_context() if context is None else context
+    home = _Home(loop)
+    fut = loop.run_in_executor(executor, _in_thread, home, ctx, func, args, kwargs)
+    try:
+        return await fut
+    except asyncio.CancelledError:
+        # As asgiref: the thread's own call cannot be stopped, but what it is
+        # waiting for on this loop can be cancelled, which usually ends it.
+        home.cancel_tasks()
+        raise
+    finally:
+        if context is None:
+            _restore_context(ctx)
+
+
+def _in_thread(home, ctx, func, args, kwargs):
+    local = _vthread._local
+    outer = getattr(local, "home", None)
+    local.home = home
+    try:
+        return ctx.run(func, *args, **kwargs)
+    finally:
+        local.home = outer
+
+
+def _restore_context(ctx):
+    """Copy the variables of ctx that differ into the current context."""
+    for var, value in ctx.items():
+        if var is _home_var:
+            continue
+        try:
+            if var.get() is value:
+                continue
+        except LookupError:
+            pass
+        var.set(value)
+
+
+class _Home(Executor):
+    """A thread inside a fallback sync_to_async call, seen from the caller's loop.
+
+    ``run(awaitable)`` (greenhub.await_ in that thread, through _vthread._run_sync)
+    runs the awaitable as a task of the loop and blocks the thread until it is done,
+    meanwhile running what thread-sensitive calls ``submit()`` here.
+    """
+
+    def __init__(self, loop):
+        self.loop = loop
+        self.waiting = 0
+        self._tasks = set()
+        self._work = queue.SimpleQueue()
+
+    def submit(self, fn, /, *args, **kwargs):
+        if not self.waiting:  # the thread moved on; asyncio checked just before
+            return _sensitive_executor().submit(fn, *args, **kwargs)
+        fut = _CFuture()
+        self._work.put((fut, fn, args, kwargs))
+        return fut
+
+    def cancel_tasks(self):
+        for task in list(self._tasks):
+            task.cancel()
+
+    def run(self, awaitable, context=None):
+        ctx = contextvars.copy_context() if context is None else context
+        ctx.run(_home_var.set, self)
+        done = _CFuture()
+
+        def start():  # on the loop's thread
+            try:
+                task = self.loop.create_task(_awaited(awaitable), context=ctx)
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+                done.set_exception(exc)
+                return
+            self._tasks.add(task)
+            task.add_done_callback(finished)
+
+        def finished(task):
+            self._tasks.discard(task)
+            if task.cancelled():
+                done.set_exception(asyncio.CancelledError())
+            elif task.exception() is not None:
+                done.set_exception(task.exception())
+            else:
+                done.set_result(task.result())
+
+        try:
+            self.loop.call_soon_threadsafe(start)
+        except RuntimeError:
+            if inspect.iscoroutine(awaitable):
+                awaitable.close()
+            raise
+        done.add_done_callback(lambda _: self._work.put(None))
+        self.waiting += 1
+        try:
+            while not done.done():
+                self._run_one(self._work.get())
+        finally:
+            self.waiting -= 1
+            while not self._work.empty():  # submitted as we stopped: still this thread
+                self._run_one(self._work.get())
+        if context is None:
+            _restore_context(ctx)
+        try:
+            return done.result()
+        finally:
+            done = None  # the traceback would keep the future (and itself) alive
+
+    @staticmethod
+    def _run_one(item):
+        if item is None:
+            return
+        fut, fn, args, kwargs = item
+        if not fut.set_running_or_notify_cancel():
+            return
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - handed to the submitter
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
+
+
+async def _awaited(awaitable):
+    return await awaitable
+
+
+# --------------------------------------------------------------------------
+# async_to_sync
+# --------------------------------------------------------------------------
+
+
+def async_to_sync(awaitable=None, *, force_new_loop=False):
+    """Make a sync function from the async function ``awaitable``.
+
+    From sync code in a greenhub task the call is ``greenhub.await_(awaitable(...))``:
+    only that task waits.  With no loop running in the thread it runs the coroutine on
+    this thread's greenhub loop - or, inside a fallback ``sync_to_async`` thread, on
+    the loop that called it.  In a thread running a loop outside a greenhub task it
+    raises RuntimeError, as asgiref does.  ``force_new_loop=True`` always runs the
+    coroutine on a new greenhub loop (in a helper thread if this thread runs one).
+    """
+    if awaitable is None:
+        return lambda f: async_to_sync(f, force_new_loop=force_new_loop)
+    if not callable(awaitable):
+        raise TypeError(f"async_to_sync needs an async function, got {awaitable!r}")
+    if not _is_async_callable(awaitable):
+        # As asgiref: detection has false negatives (a sync function returning an
+        # awaitable is fine), so only a warning.
+        warnings.warn("async_to_sync was passed a non-async-marked callable", stacklevel=2)
+    fn = awaitable
+
+    if force_new_loop:
+
+        def wrapper(*args, **kwargs):
+            if _in_vthread():
+                return to_thread(_run_new_loop, fn, args, kwargs)
+            if _get_running_loop() is not None:
+                raise RuntimeError(_A2S_IN_LOOP)
+            return _run_new_loop(fn, args, kwargs)
+
+    else:
+
+        def wrapper(*args, **kwargs):
+            if _in_vthread():
+                return _await(fn(*args, **kwargs))
+            if _get_running_loop() is not None:
+                raise RuntimeError(_A2S_IN_LOOP)
+            # No loop here: this thread's greenhub loop, or the caller's loop from
+            # a sync_to_async thread; the context's changes come back as asgiref's.
+            ctx = contextvars.copy_context()
+            try:
+                return _vthread._run_sync(fn(*args, **kwargs), context=ctx)
+            finally:
+                _restore_context(ctx)
+
+    return _wrap(wrapper, fn)
+
+
+def _run_new_loop(fn, args, kwargs):
+    from . import run
+
+    return run(_awaited(fn(*args, **kwargs)))

@@ -1,0 +1,146 @@
+"""Where a virtual thread may switch: ``no_switch()`` and the switch log.
+
+The checks are C (src/switches.c; ``greenhub.await_()`` tests one counter on
+the task's GreenCoro); this module holds the context manager / decorator and
+the switch log's formatting.
+"""
+
+import asyncio
+import functools
+import inspect
+import logging
+import os
+import sys
+import traceback
+
+from . import _core
+
+__all__ = ["SwitchError", "no_switch", "set_switch_log", "get_switch_log"]
+
+SwitchError = _core.SwitchError
+
+switch_logger = logging.getLogger("greenhub.switches")
+
+
+class _NoSwitch:
+    """What ``greenhub.no_switch()`` returns: a context manager, and a
+    decorator that opens a block around every call."""
+
+    __slots__ = ("_reason", "_tokens")
+
+    def __init__(self, reason):
+        self._reason = reason
+        self._tokens = []  # one per active `with` of this object (nested use)
+
+    def __enter__(self):
+        block = self._reason
+        if block is None:
+            f = sys._getframe(1)
+            block = f"entered at {f.f_code.co_filename}:{f.f_lineno} in {f.f_code.co_name}()"
+        self._tokens.append(_core._no_switch_enter(block))
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        _core._no_switch_exit(self._tokens.pop())
+        return False
+
+    def __call__(self, fn):
+        if not callable(fn):
+            raise TypeError(f"greenhub.no_switch() decorates a callable, not {fn!r}")
+        block = self._reason or f"@greenhub.no_switch on {fn.__qualname__}()"
+        enter, leave = _core._no_switch_enter, _core._no_switch_exit
+        if inspect.iscoroutinefunction(fn):
+            # The whole coroutine must run without suspending.
+            @functools.wraps(fn)
+            async def no_switch_coroutine(*args, **kwargs):
+                token = enter(block)
+                try:
+                    return await fn(*args, **kwargs)
+                finally:
+                    leave(token)
+
+            return no_switch_coroutine
+
+        @functools.wraps(fn)
+        def no_switch_call(*args, **kwargs):
+            token = enter(block)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                leave(token)
+
+        return no_switch_call
+
+    def __repr__(self):
+        return f"greenhub.no_switch({self._reason!r})"
+
+
+def no_switch(reason=None):
+    """Mark a critical section in which this virtual thread must not switch.
+
+    ``with greenhub.no_switch():`` (or ``@greenhub.no_switch()`` /
+    ``@greenhub.no_switch`` on a function) makes every attempt of the current
+    task to suspend inside the block - ``greenhub.await_()``, any cooperative
+    blocking call built on it, an ``await`` that would wait - raise
+    ``greenhub.SwitchError`` instead of letting other tasks run.  Blocks nest;
+    they belong to the task that entered them (an object used as a context
+    manager should be entered by one task at a time - ``with no_switch():``
+    makes a new one each time, and each call of a decorated function opens its
+    own block).  Outside a greenhub task nothing can switch, and the block only
+    marks the code.  `reason` (a string) names
+    the block in the error message; by default it is where the block was
+    entered.
+    """
+    if callable(reason) and not isinstance(reason, str):
+        return _NoSwitch(None)(reason)  # bare @greenhub.no_switch
+    if reason is not None and not isinstance(reason, str):
+        raise TypeError(f"greenhub.no_switch() reason must be a string, not {reason!r}")
+    return _NoSwitch(reason)
+
+
+def set_switch_log(enabled=True):
+    """Log every place synchronous code suspends (``greenhub.await_()``,
+    greenhub's blocking calls, green sockets) with its stack, at INFO level through the
+    ``greenhub.switches`` logger.  A debugging aid; off by default
+    (``GREENHUB_LOG_SWITCHES=1`` turns it on at import)."""
+    _core._set_switch_log(bool(enabled))
+    _state["on"] = bool(enabled)
+
+
+def get_switch_log():
+    """True while the switch log is on."""
+    return _state["on"]
+
+
+_state = {"on": False}
+
+
+def _log_switch(yielded):
+    """Called (from C) each time sync code suspends, waiting on `yielded`."""
+    if not switch_logger.isEnabledFor(logging.INFO):
+        return
+    # The suspending call (await_(), a green socket method) is C: frame 1 is
+    # the code that called it.
+    caller = sys._getframe(1)
+    stack = traceback.StackSummary.extract(traceback.walk_stack(caller))
+    stack.reverse()
+    task = asyncio.current_task()
+    name = task.get_name() if task is not None else "?"
+    switch_logger.info(
+        "task %r suspends, waiting on %r; stack (most recent call last):\n%s",
+        name,
+        yielded,
+        "".join(stack.format()).rstrip(),
+        extra={"task": task, "waiting_on": yielded, "stack": stack},
+    )
+
+
+_core._install_tool_hooks(log_switch=_log_switch)
+
+if os.environ.get("GREENHUB_LOG_SWITCHES", "") not in ("", "0"):
+    set_switch_log(True)
+    if not switch_logger.hasHandlers():
+        # Asked for from the environment, with logging not configured: show it.
+        switch_logger.addHandler(logging.StreamHandler())
+    if switch_logger.getEffectiveLevel() > logging.INFO:
+        switch_logger.setLevel(logging.INFO)

@@ -1,0 +1,272 @@
+"""psycopg 3's sync API, cooperative in virtual threads.
+
+    import greenhub.contrib.psycopg
+    greenhub.contrib.psycopg.install()        # once, before connections are made
+
+    def handler(dsn):                          # sync code in a virtual thread
+        with psycopg.connect(dsn) as conn:     # connecting suspends only this task
+            return conn.execute("select pg_sleep(0.3)").fetchall()   # so does the query
+
+After ``install()``, every wait of a sync ``psycopg.Connection`` made inside a virtual
+thread (``greenhub._core.in_vthread()``) suspends only that task: the loop watches the
+libpq socket with ``add_reader``/``add_writer`` and the task waits on a future.  The same
+call anywhere else - an OS thread, a program with no loop, a stock asyncio loop - is
+psycopg's own wait, unchanged, whichever psycopg picked (the C ``wait_c`` included).
+
+The hook.  Every wait of psycopg's sync connections goes through two functions of
+``psycopg.waiting``, looked up as module attributes at each call: ``wait`` (queries,
+commits, COPY, pipelines, server cursors, ``notifies()``; all reached through
+``Connection.wait``) and ``wait_conn`` (connecting, ``cancel_safe()``).  psycopg binds
+``wait`` to its C-accelerated ``wait_c`` when it can - a C loop around ``poll()`` that a
+greenlet cannot interrupt - so patching the select module, as gevent does, is not
+enough; replacing the two attributes is, because psycopg never calls ``wait_c`` except
+through them.  ``install()`` replaces them with functions that decide per call, and
+keeps the originals for every caller outside virtual threads.
+
+Two more things a shared process needs:
+
+- ``Connection.lock`` (psycopg serialises the users of one connection with it) is a
+  ``threading.Lock``.  A virtual thread that blocked on it while another held it across
+  a cooperative wait would block the loop, and so the holder: a deadlock.  Connections
+  made after ``install()`` get a ``greenhub.Lock`` instead, which behaves as
+  ``threading.Lock`` outside virtual threads and waits cooperatively inside.
+- Cancellation.  psycopg's sync wait cleans up after ``KeyboardInterrupt`` (it asks the
+  server to cancel the query and reads the reply, so the connection is usable again), but
+  not after ``asyncio.CancelledError``, which a virtual thread gets when its task is
+  cancelled (``task.cancel()``, ``asyncio.timeout()``).  ``install()`` wraps
+  ``Connection.wait`` to do the same for it: a query cancelled while it runs is cancelled
+  on the server (``cancel_safe()``), its ``QueryCanceled`` reply is consumed, and the
+  ``CancelledError`` propagates.  The connection is then idle (autocommit) or in a failed
+  transaction that must be rolled back - as after psycopg's own async cancellation.  If
+  the server does not answer within 5 s, or the task is cancelled again meanwhile, the
+  connection is closed instead.  Either way it is never left mid-query.
+"""
+
+import asyncio
+import logging
+import os
+import time
+
+from .. import _core
+from ..sync import Lock as _CoopLock
+
+__all__ = ["install", "installed", "uninstall", "wait", "wait_conn"]
+
+logger = logging.getLogger(__name__)
+
+_in_vthread = _core.in_vthread
+_await = _core.await_
+_get_running_loop = asyncio.events._get_running_loop
+_monotonic = time.monotonic
+
+# The server gets this long to answer a cancellation request before the connection is
+# closed instead (psycopg's own Ctrl-C handling waits as long).
+CANCEL_TIMEOUT = 5.0
+
+_saved = None  # what install() replaced: {"wait": ..., "wait_conn": ..., ...}
+
+# psycopg's Wait/Ready flags, read by install() (psycopg is imported only then).
+WAIT_R = WAIT_W = READY_R = READY_W = None
+
+
+def _errors():
+    import psycopg
+
+    return psycopg.errors
+
+
+def _wait_timeout_error():
+    # psycopg >= 3.3 raises this private class from its wait functions when `timeout`
+    # expires and catches it where it passed one (notifies(timeout=), connect_timeout);
+    # the replacement must raise the same class for those callers to work.
+    e = _errors()
+    return getattr(e, "_WaitTimeout", e.OperationalError)
+
+
+def _check_fd_open(fileno):
+    try:
+        os.fstat(fileno)
+    except OSError as ex:
+        raise _errors().OperationalError("connection socket closed") from ex
+
+
+def _set_done(fut):
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _wait_fd(loop, fileno, state, interval, deadline):
+    """Suspend the calling virtual thread until `fileno` is ready for `state` (a
+    psycopg Wait: R, W or RW), the interval passes or the deadline comes.  Returns
+    the psycopg Ready flags (0: nothing became ready)."""
+    ready = 0
+    fut = loop.create_future()
+
+    def on_ready(flag):
+        nonlocal ready
+        ready |= flag
+        _set_done(fut)
+
+    reader = state & WAIT_R
+    writer = state & WAIT_W
+    if not (reader or writer):
+        raise _errors().InternalError(f"bad poll status: {state}")
+    if reader:
+        loop.add_reader(fileno, on_ready, READY_R)
+    if writer:
+        loop.add_writer(fileno, on_ready, READY_W)
+    delay = interval if interval else None
+    if deadline is not None:
+        left = max(0.0, deadline - _monotonic())
+        delay = left if delay is None else min(delay, left)
+    timer = None if delay is None else loop.call_later(delay, _set_done, fut)
+    try:
+        _await(fut)
+    finally:
+        if timer is not None:
+            timer.cancel()
+        if reader:
+            loop.remove_reader(fileno)
+        if writer:
+            loop.remove_writer(fileno)
+    return ready
+
+
+def _drive(gen, fileno, interval, timeout, moves):
+    """Run a psycopg generator to completion, waiting cooperatively.  `moves`: the
+    generator yields (fileno, state) pairs (connection generators, whose socket may
+    change) rather than states."""
+    loop = _get_running_loop()
+    deadline = None if timeout is None else _monotonic() + timeout
+    try:
+        if moves:
+            fileno, state = next(gen)
+        else:
+            state = next(gen)
+        while True:
+            ready = _wait_fd(loop, fileno, state, interval, deadline)
+            if ready:
+                if moves:
+                    fileno, state = gen.send(ready)
+                else:
+                    state = gen.send(ready)
+            else:
+                # The interval passed with nothing to read or write: a socket closed
+                # under us (another thread closed the connection) never becomes ready,
+                # so look, as psycopg's own waits do.  The generator is not resumed:
+                # with no readiness it would only ask for the same wait again.
+                _check_fd_open(fileno)
+            if deadline is not None and _monotonic() >= deadline:
+                raise _wait_timeout_error()("wait timeout expired")
+    except StopIteration as ex:
+        return ex.value
+    except OSError as ex:
+        raise _errors().OperationalError("connection socket closed") from ex
+
+
+def wait(gen, fileno, interval=None, timeout=None):
+    """``psycopg.waiting.wait`` as installed: cooperative in a virtual thread,
+    psycopg's original wait anywhere else."""
+    if _in_vthread():
+        return _drive(gen, fileno, interval, timeout, moves=False)
+    if timeout is None:  # psycopg 3.2's waits take no timeout
+        return _saved["wait"](gen, fileno, interval=interval)
+    return _saved["wait"](gen, fileno, interval=interval, timeout=timeout)
+
+
+def wait_conn(gen, interval=None, timeout=None):
+    """``psycopg.waiting.wait_conn`` as installed (connecting, cancel requests)."""
+    if _in_vthread():
+        return _drive(gen, None, interval, timeout, moves=True)
+    if timeout is None:
+        return _saved["wait_conn"](gen, interval=interval)
+    return _saved["wait_conn"](gen, interval=interval, timeout=timeout)
+
+
+def _connection_wait(self, gen, *args, **kwargs):
+    """``psycopg.Connection.wait`` as installed: the original, plus the clean-up after a
+    virtual thread's task is cancelled mid-query (see the module docstring)."""
+    try:
+        return _saved["Connection.wait"](self, gen, *args, **kwargs)
+    except asyncio.CancelledError:
+        if _in_vthread():
+            _cancel_running_query(self, gen)
+        raise
+
+
+def _cancel_running_query(conn, gen):
+    import psycopg
+    from psycopg import waiting
+
+    if conn.pgconn.transaction_status != psycopg.pq.TransactionStatus.ACTIVE:
+        return  # nothing is running (e.g. cancelled in notifies()): state is defined
+    try:
+        conn.cancel_safe(timeout=CANCEL_TIMEOUT)
+        waiting.wait(gen, conn.pgconn.socket, interval=0.1, timeout=CANCEL_TIMEOUT)
+    except psycopg.errors.QueryCanceled:
+        pass  # the expected reply: the connection is usable again
+    except BaseException as ex:
+        logger.warning(
+            "query not cancelled cleanly after its task was cancelled (%s): closing connection",
+            type(ex).__name__,
+        )
+        conn.pgconn.finish()
+        if not isinstance(ex, Exception):
+            raise  # cancelled again, or another interruption: let it through
+
+
+def install():
+    """Make psycopg's sync connections wait cooperatively in virtual threads.
+
+    Idempotent.  Affects the whole process, but only calls made inside virtual
+    threads change behaviour.  Connections made before the call keep a
+    ``threading.Lock``: make them after it.  Needs psycopg >= 3.2.
+    """
+    global _saved, WAIT_R, WAIT_W, READY_R, READY_W
+    if _saved is not None:
+        return
+    import psycopg
+    from psycopg import connection, waiting
+
+    WAIT_R, WAIT_W, READY_R, READY_W = (
+        waiting.WAIT_R,
+        waiting.WAIT_W,
+        waiting.READY_R,
+        waiting.READY_W,
+    )
+    if getattr(connection, "waiting", None) is not waiting or not hasattr(connection, "Lock"):
+        raise RuntimeError(
+            f"greenhub.contrib.psycopg does not support psycopg {psycopg.__version__}: "
+            "psycopg.connection no longer waits through psycopg.waiting"
+        )
+    saved = {
+        "wait": waiting.wait,
+        "wait_conn": waiting.wait_conn,
+        "Connection.wait": psycopg.Connection.__dict__["wait"],
+        "Lock": connection.Lock,
+    }
+    _saved = saved
+    waiting.wait = wait
+    waiting.wait_conn = wait_conn
+    psycopg.Connection.wait = _connection_wait
+    connection.Lock = _CoopLock
+
+
+def uninstall():
+    """Undo ``install()`` (connections made meanwhile keep their ``greenhub.Lock``)."""
+    global _saved
+    if _saved is None:
+        return
+    import psycopg
+    from psycopg import connection, waiting
+
+    waiting.wait = _saved["wait"]
+    waiting.wait_conn = _saved["wait_conn"]
+    psycopg.Connection.wait = _saved["Connection.wait"]
+    connection.Lock = _saved["Lock"]
+    _saved = None
+
+
+def installed():
+    """True while ``install()`` is in effect."""
+    return _saved is not None

@@ -1,0 +1,735 @@
+/*
+ * green_sock.c - the blocking calls of greenhub.socket (greenhub/socket.py).
+ *
+ * A green socket keeps its fd non-blocking (socket's own timeout is 0) and
+ * stores the user's timeout itself, in the `_gh_timeout` slot: None
+ * (blocking), 0.0 (non-blocking) or seconds.  Each call here first makes
+ * the system call; when it would block, it waits and tries again:
+ *
+ *   - inside a virtual thread (a task step of the greenhub loop running in
+ *     this thread), on the loop's libev watcher for the fd: the task step
+ *     suspends through gh_suspend() (bridge.c) on a Future that the reader
+ *     or writer Handle completes; a timer completes it when the timeout
+ *     expires.  Only this virtual thread waits.
+ *   - anywhere else, in poll() with the GIL released, exactly as socket's
+ *     own calls wait when a timeout is set.
+ *
+ * The arguments are parsed with the socket module's own formats, and errors
+ * are raised as it raises them, so a green socket used outside a virtual
+ * thread behaves as a plain socket with the same timeout.
+ *
+ * System calls in a virtual thread.  A receive whose wait ended leaves the
+ * fd's watcher armed for the socket (io.c's armed_for, as sock.c does): the
+ * next receive on it waits at once, without a recv() that could only fail
+ * with EAGAIN and without an epoll_ctl().  So an echo loop costs one recv()
+ * and one send() per message, plus the loop's shared epoll_wait().
+ *
+ * Cancellation.  The Future is what the task waits on, so task.cancel()
+ * cancels it and the CancelledError is thrown in at gh_suspend(); the wait
+ * then takes its reader/writer and timer out before the error propagates,
+ * whatever ended it, so no watcher or callback is left behind.  Nothing
+ * here runs inside a libev callback: the Handles run in the loop's ready
+ * pass and only complete the Future.
+ *
+ * Closing.  The kernel drops a closed fd from epoll without a word, so a
+ * virtual thread waiting on it would never wake.  greenhub.socket's close
+ * calls green_sock_closing() first, which completes the waits on the fd with
+ * "closed"; their recv()/send() then fail with EBADF as they do on a
+ * closed socket.
+ */
+#include <errno.h>
+#include <math.h>
+#include <poll.h>
+#include <sys/socket.h>
+
+#include "clock.h"
+#include "compat.h"
+#include "handle.h"
+#include "loop.h"
+#include "green_sock.h"
+#include "vthread.h"
+
+/* How a call waits: where, and until when. */
+typedef struct {
+    gh_state *st;
+    PyObject *sock;  /* borrowed */
+    gh_Loop *loop;   /* borrowed: the running greenhub loop (in a vthread) */
+    gh_GreenCoro *w; /* borrowed: the task step, or NULL: wait in poll() */
+    double timeout;  /* < 0: none; 0: never wait; > 0: seconds */
+    double deadline; /* 0 until the first wait */
+    int fd;
+    char where_known; /* w and loop looked up */
+} waitctx;
+
+/* What the wait's Future is completed with. */
+#define RESULT_READY Py_True
+#define RESULT_TIMEOUT Py_False
+#define RESULT_CLOSED Py_None
+
+static gh_state *
+mod_state(PyObject *mod)
+{
+    return (gh_state *)PyModule_GetState(mod);
+}
+
+static int
+sock_fd(gh_state *st, PyObject *sock)
+{
+    PyObject *r = PyObject_CallMethodNoArgs(sock, st->tr.fileno);
+    if (r == NULL) {
+        return -2;
+    }
+    long fd = PyLong_AsLong(r);
+    Py_DECREF(r);
+    if (fd == -1 && PyErr_Occurred()) {
+        return -2;
+    }
+    return fd < 0 || fd > INT_MAX ? -1 : (int)fd;
+}
+
+/* Fills in the socket's fd and timeout; -1 with an exception. */
+static int
+ctx_init(waitctx *c, gh_state *st, PyObject *sock)
+{
+    memset(c, 0, sizeof(*c));
+    c->st = st;
+    c->sock = sock;
+    if (!PyObject_TypeCheck(sock, (PyTypeObject *)st->tr.socket_type)) {
+        PyErr_Format(PyExc_TypeError, "expected a socket, got %.100s", Py_TYPE(sock)->tp_name);
+        return -1;
+    }
+    PyObject *t = PyObject_GetAttr(sock, st->gs.timeout_attr);
+    if (t == NULL) {
+        return -1;
+    }
+    if (t == Py_None) {
+        c->timeout = -1.0;
+    }
+    else {
+        c->timeout = PyFloat_AsDouble(t);
+        if (c->timeout == -1.0 && PyErr_Occurred()) {
+            Py_DECREF(t);
+            return -1;
+        }
+        if (c->timeout < 0) {
+            c->timeout = -1.0;
+        }
+    }
+    Py_DECREF(t);
+    c->fd = sock_fd(st, sock);
+    return c->fd == -2 ? -1 : 0;
+}
+
+/* 1 in a virtual thread, 0 if not, -1 on error; looked up once per call. */
+static int
+ctx_in_vthread(waitctx *c)
+{
+    if (!c->where_known) {
+        c->w = gh_vthread_step(c->st, &c->loop);
+        if (c->w == NULL && PyErr_Occurred()) {
+            return -1;
+        }
+        c->where_known = 1;
+    }
+    return c->w != NULL;
+}
+
+/* Seconds left before the deadline (starting the clock at the first
+ * wait, as socket does); -1 for no timeout; TimeoutError when none are
+ * left. */
+static int
+ctx_remaining(waitctx *c, double *left)
+{
+    if (c->timeout < 0) {
+        *left = -1.0;
+        return 0;
+    }
+    double now = gh_monotonic();
+    if (c->deadline == 0) {
+        c->deadline = now + c->timeout;
+    }
+    *left = c->deadline - now;
+    if (*left <= 0) {
+        PyErr_SetString(PyExc_TimeoutError, "timed out");
+        return -1;
+    }
+    return 0;
+}
+
+/* --- the two ways to wait ------------------------------------------------- */
+
+static int
+poll_wait(waitctx *c, int which)
+{
+    for (;;) {
+        double left;
+        if (ctx_remaining(c, &left) < 0) {
+            return -1;
+        }
+        struct pollfd p = {.fd = c->fd, .events = which == GH_IO_READ ? POLLIN : POLLOUT};
+        int ms = left < 0 ? -1 : left * 1000 > INT_MAX ? INT_MAX : (int)ceil(left * 1000);
+        int n;
+        Py_BEGIN_ALLOW_THREADS n = poll(&p, 1, ms);
+        Py_END_ALLOW_THREADS if (n > 0)
+        {
+            return 0;
+        }
+        if (n == 0) {
+            PyErr_SetString(PyExc_TimeoutError, "timed out");
+            return -1;
+        }
+        if (errno != EINTR) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+        if (PyErr_CheckSignals() < 0) {
+            return -1;
+        }
+    }
+}
+
+/* The Handles' callback: ready(fut, result) completes the wait's Future
+ * unless something else (cancellation, the other Handle) did first. */
+static PyObject *
+green_ready(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    gh_Loop *loop = (gh_Loop *)op;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "_gh_green_ready(fut, result)");
+        return NULL;
+    }
+    PyObject *r = PyObject_CallMethodNoArgs(args[0], loop->st->sk.done);
+    if (r == NULL) {
+        return NULL;
+    }
+    int done = PyObject_IsTrue(r);
+    Py_DECREF(r);
+    if (done != 0) {
+        return done < 0 ? NULL : Py_NewRef(Py_None);
+    }
+    return PyObject_CallMethodOneArg(args[0], loop->st->sk.set_result, args[1]);
+}
+
+static PyMethodDef green_ready_def = {"_gh_green_ready", (PyCFunction)(void (*)(void))green_ready,
+                                      METH_FASTCALL, NULL};
+
+/* The wait's end, whatever ended it: the timer and the reader/writer go
+ * (a read watcher stays armed for the socket, see io.c). */
+static int
+end_wait(waitctx *c, int which, PyObject *handle, PyObject *timer)
+{
+    int rc = 0;
+    if (timer != NULL && gh_handle_cancel(timer) < 0) {
+        rc = -1;
+    }
+    if (!gh_hd(handle)->cancelled) { /* else replaced or closed: not ours any more */
+        if (which == GH_IO_READ ? gh_io_wait_done(c->loop, c->fd, c->sock, handle)
+                                : gh_io_wait_write_done(c->loop, c->fd, handle)) {
+            rc = -1;
+        }
+    }
+    return rc;
+}
+
+static int
+green_wait(waitctx *c, int which)
+{
+    gh_state *st = c->st;
+    gh_Loop *loop = c->loop;
+    double left;
+    if (ctx_remaining(c, &left) < 0) {
+        return -1;
+    }
+    if (gh_io_waiter(loop, c->fd, which) != NULL) {
+        /* Two waits cannot share one watcher: one would never wake. */
+        PyErr_Format(PyExc_RuntimeError,
+                     "fd %d is already waited on for %s by another virtual thread or callback",
+                     c->fd, which == GH_IO_READ ? "reading" : "writing");
+        return -1;
+    }
+    if (loop->green_ready == NULL &&
+        (loop->green_ready = PyCFunction_New(&green_ready_def, (PyObject *)loop)) == NULL) {
+        return -1;
+    }
+    PyObject *loop_arg[1] = {(PyObject *)loop};
+    PyObject *fut = PyObject_Vectorcall(st->sk.future_type, loop_arg, 0, st->sk.kw_loop);
+    if (fut == NULL) {
+        return -1;
+    }
+    /* What Future.__await__ sets before yielding: the Task then waits on it. */
+    if (PyObject_SetAttr(fut, st->gs.future_blocking, Py_True) < 0) {
+        Py_DECREF(fut);
+        return -1;
+    }
+    PyObject *hargs[3] = {loop->green_ready, fut, RESULT_READY};
+    PyObject *handle =
+        gh_handle_new(st, st->HandleType, (PyObject *)loop, hargs[0], hargs + 1, 2, st->gs.context);
+    if (handle == NULL) {
+        Py_DECREF(fut);
+        return -1;
+    }
+    int armed = which == GH_IO_READ ? gh_io_wait_read(loop, c->fd, c->sock, handle)
+                                    : gh_io_wait_write(loop, c->fd, handle);
+    if (armed < 0) {
+        Py_DECREF(handle);
+        Py_DECREF(fut);
+        return -1;
+    }
+    PyObject *timer = NULL;
+    if (left >= 0) {
+        hargs[2] = RESULT_TIMEOUT;
+        timer = gh_loop_call_at(loop, c->deadline, hargs, 3, st->gs.context);
+        if (timer == NULL) {
+            PyObject *exc = gh_err_get_raised();
+            (void)end_wait(c, which, handle, NULL);
+            gh_err_set_raised(exc);
+            Py_DECREF(handle);
+            Py_DECREF(fut);
+            return -1;
+        }
+    }
+
+    gh_GreenCoro *w = (gh_GreenCoro *)Py_NewRef(c->w);
+    PyObject *value = NULL, *exc = NULL;
+    int rc = gh_suspend(w, Py_NewRef(fut), &value, &exc);
+    Py_DECREF(w);
+
+    PyObject *err = rc < 0 ? gh_err_get_raised() : NULL;
+    if (end_wait(c, which, handle, timer) < 0) {
+        if (err == NULL && exc == NULL) {
+            err = gh_err_get_raised();
+        }
+        else {
+            PyErr_WriteUnraisable((PyObject *)loop);
+        }
+    }
+    Py_XDECREF(timer);
+    Py_DECREF(handle);
+    if (err == NULL && exc == NULL) {
+        /* The Task resumes the step with None; the outcome is the Future's. */
+        Py_SETREF(value, PyObject_CallMethodNoArgs(fut, st->gs.result));
+        if (value == NULL) {
+            err = gh_err_get_raised();
+        }
+    }
+    Py_DECREF(fut);
+    if (err != NULL || exc != NULL) {
+        Py_XDECREF(value);
+        if (err != NULL) {
+            Py_XDECREF(exc);
+            gh_err_set_raised(err);
+        }
+        else {
+            gh_err_set_raised(exc); /* CancelledError, GeneratorExit */
+        }
+        return -1;
+    }
+    rc = 0;
+    if (value == RESULT_TIMEOUT) {
+        PyErr_SetString(PyExc_TimeoutError, "timed out");
+        rc = -1;
+    }
+    else if (value == RESULT_CLOSED) {
+        errno = EBADF;
+        PyErr_SetFromErrno(PyExc_OSError);
+        rc = -1;
+    }
+    Py_XDECREF(value);
+    return rc;
+}
+
+/* Waits until the fd is ready for `which` (or the call can fail for good:
+ * the socket was closed).  -1 with an exception: timeout, cancellation. */
+static int
+ctx_wait(waitctx *c, int which)
+{
+    int in = ctx_in_vthread(c);
+    if (in < 0) {
+        return -1;
+    }
+    if (c->fd < 0) {
+        return 0; /* closed: the call itself fails with EBADF, as socket's */
+    }
+    int rc = in ? green_wait(c, which) : poll_wait(c, which);
+    if (rc == 0) {
+        /* Closed meanwhile (by another thread): the next call fails with
+         * EBADF, as socket's calls do. */
+        int fd = sock_fd(c->st, c->sock);
+        if (fd == -2) {
+            return -1;
+        }
+        c->fd = fd;
+    }
+    return rc;
+}
+
+/* --- system calls, as socket makes them ------------------------------------ */
+
+/* >= 0 bytes, -2 for EAGAIN (no exception), -1 with OSError set.  Retried
+ * after EINTR once signal handlers ran, as socket does. */
+static Py_ssize_t
+do_recv(int fd, void *buf, Py_ssize_t len, int flags)
+{
+    for (;;) {
+        Py_ssize_t n = recv(fd, buf, (size_t)len, flags);
+        if (n >= 0) {
+            return n;
+        }
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            return -2;
+        }
+        if (errno != EINTR) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+        if (PyErr_CheckSignals() < 0) {
+            return -1;
+        }
+    }
+}
+
+static Py_ssize_t
+do_send(int fd, const void *buf, Py_ssize_t len, int flags)
+{
+    for (;;) {
+        Py_ssize_t n = send(fd, buf, (size_t)len, flags | MSG_NOSIGNAL);
+        if (n >= 0) {
+            return n;
+        }
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            return -2;
+        }
+        if (errno != EINTR) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+        if (PyErr_CheckSignals() < 0) {
+            return -1;
+        }
+    }
+}
+
+/* EAGAIN on a non-blocking socket: socket raises BlockingIOError. */
+static void
+set_eagain(void)
+{
+    errno = EAGAIN;
+    PyErr_SetFromErrno(PyExc_OSError);
+}
+
+/* recv into buf until something arrives: bytes read, or -1 with an
+ * exception. */
+static Py_ssize_t
+recv_until(waitctx *c, void *buf, Py_ssize_t len, int flags)
+{
+    if (c->timeout != 0 && len > 0) {
+        int in = ctx_in_vthread(c);
+        if (in < 0) {
+            return -1;
+        }
+        /* Armed for this socket and not reported readable since: nothing
+         * to read yet, so wait first. */
+        if (in && c->fd >= 0 && gh_io_armed_for(c->loop, c->fd, c->sock) &&
+            ctx_wait(c, GH_IO_READ) < 0) {
+            return -1;
+        }
+    }
+    for (;;) {
+        Py_ssize_t n = do_recv(c->fd, buf, len, flags);
+        if (n != -2) {
+            return n;
+        }
+        if (c->timeout == 0) {
+            set_eagain();
+            return -1;
+        }
+        if (ctx_wait(c, GH_IO_READ) < 0) {
+            return -1;
+        }
+    }
+}
+
+/* One send() that sends something: bytes sent, or -1 with an exception. */
+static Py_ssize_t
+send_until(waitctx *c, const char *buf, Py_ssize_t len, int flags)
+{
+    for (;;) {
+        Py_ssize_t n = do_send(c->fd, buf, len, flags);
+        if (n != -2) {
+            return n;
+        }
+        if (c->timeout == 0) {
+            set_eagain();
+            return -1;
+        }
+        if (ctx_wait(c, GH_IO_WRITE) < 0) {
+            return -1;
+        }
+    }
+}
+
+/* --- module functions -------------------------------------------------------- */
+
+/* _green_recv(sock, args): socket.recv(*args). */
+static PyObject *
+green_recv(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    gh_state *st = mod_state(mod);
+    Py_ssize_t len;
+    int flags = 0;
+    if (nargs != 2 || !PyTuple_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "_green_recv(sock, args)");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args[1], "n|i:recv", &len, &flags)) {
+        return NULL;
+    }
+    if (len < 0) {
+        PyErr_SetString(PyExc_ValueError, "negative buffersize in recv");
+        return NULL;
+    }
+    waitctx c;
+    if (ctx_init(&c, st, args[0]) < 0) {
+        return NULL;
+    }
+    /* Reads of up to GH_RBUF_SIZE go through the module's buffer (as the
+     * transports' do), copied out before anything else can run. */
+    char *big = NULL, *buf = st->rbuf;
+    if (len > GH_RBUF_SIZE) {
+        buf = big = PyMem_Malloc(len);
+    }
+    else if (buf == NULL) {
+        buf = st->rbuf = PyMem_Malloc(GH_RBUF_SIZE);
+    }
+    if (buf == NULL) {
+        return PyErr_NoMemory();
+    }
+    Py_ssize_t n = recv_until(&c, buf, len, flags);
+    PyObject *res = n < 0 ? NULL : PyBytes_FromStringAndSize(buf, n);
+    PyMem_Free(big);
+    return res;
+}
+
+/* _green_recv_into(sock, args, kwargs): socket.recv_into(*args, **kwargs). */
+static PyObject *
+green_recv_into(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    static char *kwlist[] = {"buffer", "nbytes", "flags", NULL};
+    gh_state *st = mod_state(mod);
+    if (nargs != 3 || !PyTuple_Check(args[1]) || (args[2] != Py_None && !PyDict_Check(args[2]))) {
+        PyErr_SetString(PyExc_TypeError, "_green_recv_into(sock, args, kwargs)");
+        return NULL;
+    }
+    Py_buffer view;
+    Py_ssize_t len = 0;
+    int flags = 0;
+    PyObject *kw = args[2] == Py_None ? NULL : args[2];
+    if (!PyArg_ParseTupleAndKeywords(args[1], kw, "w*|ni:recv_into", kwlist, &view, &len, &flags)) {
+        return NULL;
+    }
+    PyObject *res = NULL;
+    if (len < 0) {
+        PyErr_SetString(PyExc_ValueError, "negative buffersize in recv_into");
+        goto done;
+    }
+    if (len == 0) {
+        len = view.len;
+    }
+    if (view.len < len) {
+        PyErr_SetString(PyExc_ValueError, "buffer too small for requested bytes");
+        goto done;
+    }
+    waitctx c;
+    if (ctx_init(&c, st, args[0]) < 0) {
+        goto done;
+    }
+    Py_ssize_t n = recv_until(&c, view.buf, len, flags);
+    res = n < 0 ? NULL : PyLong_FromSsize_t(n);
+done:
+    PyBuffer_Release(&view);
+    return res;
+}
+
+/* _green_send(sock, args): socket.send(*args). */
+static PyObject *
+green_send(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    gh_state *st = mod_state(mod);
+    if (nargs != 2 || !PyTuple_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "_green_send(sock, args)");
+        return NULL;
+    }
+    Py_buffer view;
+    int flags = 0;
+    if (!PyArg_ParseTuple(args[1], "y*|i:send", &view, &flags)) {
+        return NULL;
+    }
+    waitctx c;
+    PyObject *res = NULL;
+    if (ctx_init(&c, st, args[0]) == 0) {
+        Py_ssize_t n = send_until(&c, view.buf, view.len, flags);
+        res = n < 0 ? NULL : PyLong_FromSsize_t(n);
+    }
+    PyBuffer_Release(&view);
+    return res;
+}
+
+/* _green_sendall(sock, args): socket.sendall(*args); the timeout bounds
+ * the whole call, as socket's does. */
+static PyObject *
+green_sendall(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    gh_state *st = mod_state(mod);
+    if (nargs != 2 || !PyTuple_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "_green_sendall(sock, args)");
+        return NULL;
+    }
+    Py_buffer view;
+    int flags = 0;
+    if (!PyArg_ParseTuple(args[1], "y*|i:sendall", &view, &flags)) {
+        return NULL;
+    }
+    waitctx c;
+    PyObject *res = NULL;
+    if (ctx_init(&c, st, args[0]) == 0) {
+        const char *p = view.buf;
+        Py_ssize_t left = view.len;
+        while (left > 0) {
+            Py_ssize_t n = send_until(&c, p, left, flags);
+            if (n < 0) {
+                break;
+            }
+            p += n;
+            left -= n;
+            /* socket.sendall() runs signal handlers between sends. */
+            if (left > 0 && PyErr_CheckSignals() < 0) {
+                break;
+            }
+        }
+        if (left == 0 && !PyErr_Occurred()) {
+            res = Py_NewRef(Py_None);
+        }
+    }
+    PyBuffer_Release(&view);
+    return res;
+}
+
+/* _green_wait(sock, write, timeout): waits until the socket is readable
+ * (write false) or writable, for at most `timeout` seconds (None: no
+ * limit): in a virtual thread on the loop, elsewhere in poll().
+ * TimeoutError('timed out') when it expires. */
+static PyObject *
+green_wait_fn(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    gh_state *st = mod_state(mod);
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "_green_wait(sock, write, timeout)");
+        return NULL;
+    }
+    int write = PyObject_IsTrue(args[1]);
+    if (write < 0) {
+        return NULL;
+    }
+    waitctx c;
+    if (ctx_init(&c, st, args[0]) < 0) {
+        return NULL;
+    }
+    if (args[2] == Py_None) {
+        c.timeout = -1.0;
+    }
+    else {
+        c.timeout = PyFloat_AsDouble(args[2]);
+        if (c.timeout == -1.0 && PyErr_Occurred()) {
+            return NULL;
+        }
+        if (c.timeout <= 0) {
+            PyErr_SetString(PyExc_TimeoutError, "timed out");
+            return NULL;
+        }
+    }
+    if (ctx_wait(&c, write ? GH_IO_WRITE : GH_IO_READ) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* _green_closing(sock): the socket is about to be closed.  Wakes the
+ * virtual threads waiting on it in this thread's running loop (their call
+ * fails with EBADF) and stops the fd's green watchers while the fd is still
+ * open. */
+static PyObject *
+green_closing(PyObject *mod, PyObject *sock)
+{
+    gh_state *st = mod_state(mod);
+    gh_Loop *loop;
+    (void)gh_vthread_step(st, &loop);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    if (loop == NULL || loop->green_ready == NULL || loop->closed) {
+        Py_RETURN_NONE;
+    }
+    int fd = sock_fd(st, sock);
+    if (fd < 0) {
+        return fd == -2 ? NULL : Py_NewRef(Py_None);
+    }
+    for (int which = GH_IO_READ; which <= GH_IO_WRITE; which <<= 1) {
+        PyObject *h = gh_io_waiter(loop, fd, which);
+        gh_handle_data *d = h ? gh_hd(h) : NULL;
+        if (d == NULL || d->callback != loop->green_ready || d->args == NULL) {
+            continue;
+        }
+        PyObject *fut = PyTuple_GET_ITEM(d->args, 0);
+        PyObject *cargs[2] = {fut, RESULT_CLOSED};
+        PyObject *r = green_ready((PyObject *)loop, cargs, 2);
+        if (r == NULL) {
+            return NULL;
+        }
+        Py_DECREF(r);
+    }
+    if (gh_io_forget(loop, fd, sock) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef green_methods[] = {
+    {"_green_recv", (PyCFunction)(void (*)(void))green_recv, METH_FASTCALL,
+     "_green_recv(sock, args): greenhub.socket.recv(*args)"},
+    {"_green_recv_into", (PyCFunction)(void (*)(void))green_recv_into, METH_FASTCALL,
+     "_green_recv_into(sock, args, kwargs): greenhub.socket.recv_into(*args, **kwargs)"},
+    {"_green_send", (PyCFunction)(void (*)(void))green_send, METH_FASTCALL,
+     "_green_send(sock, args): greenhub.socket.send(*args)"},
+    {"_green_sendall", (PyCFunction)(void (*)(void))green_sendall, METH_FASTCALL,
+     "_green_sendall(sock, args): greenhub.socket.sendall(*args)"},
+    {"_green_wait", (PyCFunction)(void (*)(void))green_wait_fn, METH_FASTCALL,
+     "_green_wait(sock, write, timeout): wait until a green socket is ready"},
+    {"_green_closing", green_closing, METH_O,
+     "_green_closing(sock): wake the virtual threads waiting on a socket being closed"},
+    {NULL, NULL, 0, NULL},
+};
+
+int
+gh_green_sock_init(PyObject *mod, gh_state *st)
+{
+    st->gs.timeout_attr = PyUnicode_InternFromString("_gh_timeout");
+    st->gs.future_blocking = PyUnicode_InternFromString("_asyncio_future_blocking");
+    st->gs.result = PyUnicode_InternFromString("result");
+    /* The wait Handles only complete a Future: any context will do, so they
+     * share one instead of copying the current one per wait. */
+    st->gs.context = PyContext_New();
+    if (st->gs.timeout_attr == NULL || st->gs.future_blocking == NULL || st->gs.result == NULL ||
+        st->gs.context == NULL) {
+        return -1;
+    }
+    return PyModule_AddFunctions(mod, green_methods);
+}
+
+void
+gh_green_sock_clear(gh_state *st)
+{
+    Py_CLEAR(st->gs.timeout_attr);
+    Py_CLEAR(st->gs.future_blocking);
+    Py_CLEAR(st->gs.result);
+    Py_CLEAR(st->gs.context);
+}

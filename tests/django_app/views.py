@@ -1,0 +1,124 @@
+import asyncio
+import io
+
+from django.db import connection, transaction
+from django.http import FileResponse, JsonResponse, StreamingHttpResponse
+
+from greenhub import _core
+
+from .models import Item
+
+# Set by test_django before a request to /atomic/...: the view sets it once its row is
+# inserted (uncommitted), so the test knows when to look from another virtual thread.
+INSERTED = None
+
+
+def _pg_sleep(seconds):
+    with connection.cursor() as cur:
+        cur.execute("select pg_sleep(%s)", [float(seconds)])
+
+
+def sleep(request, seconds):
+    """A sync view whose ORM work waits on the server for `seconds`."""
+    _pg_sleep(seconds)
+    return JsonResponse({"items": Item.objects.filter(n=-1).count()})
+
+
+def lookup(request):
+    """Three indexed selects (the benchmark's second workload)."""
+    ks = [int(k) for k in request.GET.get("k", "1,2,3").split(",")]
+    names = [Item.objects.filter(n=k).values_list("name", flat=True).first() for k in ks]
+    return JsonResponse({"names": names})
+
+
+def backend_pid(request):
+    """The server process of this virtual thread's connection, read after a short
+    wait on the server so that concurrent requests overlap."""
+    with connection.cursor() as cur:
+        cur.execute("select pg_sleep(0.1), pg_backend_pid()")
+        pid = cur.fetchone()[1]
+    return JsonResponse({"pid": pid, "wrapper": id(connection.connection)})
+
+
+def items(request):
+    return JsonResponse({"names": sorted(Item.objects.values_list("name", flat=True))})
+
+
+class _Rollback(Exception):
+    pass
+
+
+def atomic_then_fail(request, name, seconds):
+    """Insert a row inside atomic(), wait on the server, then roll back."""
+    try:
+        with transaction.atomic():
+            Item.objects.create(name=name)
+            seen = Item.objects.filter(name=name).count()
+            if INSERTED is not None:
+                INSERTED.set()
+            _pg_sleep(seconds)
+            raise _Rollback
+    except _Rollback:
+        pass
+    return JsonResponse({"seen_inside": seen, "after": Item.objects.filter(name=name).count()})
+
+
+def commit(request, name):
+    with transaction.atomic():
+        Item.objects.create(name=name)
+    return JsonResponse({"ok": True})
+
+
+def count(request, name):
+    return JsonResponse({"count": Item.objects.filter(name=name).count()})
+
+
+def fail(request):
+    raise RuntimeError("boom")
+
+
+async def async_view(request):
+    await asyncio.sleep(0.01)
+    n = await Item.objects.filter(n=-1).acount()
+    return JsonResponse(
+        {
+            "count": n,
+            "in_vthread": _core.in_vthread(),
+            "middleware": getattr(request, "async_middleware_ran", False),
+        }
+    )
+
+
+async def async_view_sync_orm(request):
+    """Sync ORM called straight from an async view: refused by Django's async-unsafe
+    check on other loops, allowed in a virtual thread, where its waits are cooperative."""
+    _pg_sleep(0.01)
+    return JsonResponse({"count": Item.objects.filter(n=-1).count()})
+
+
+def stream(request):
+    """A sync streaming response whose iterator queries while it is being sent."""
+
+    def parts():
+        for i in range(3):
+            _pg_sleep(0.01)
+            yield f"part{i}:{Item.objects.filter(n=-1).count()};"
+
+    return StreamingHttpResponse(parts(), content_type="text/plain")
+
+
+def astream(request):
+    async def parts():
+        for i in range(3):
+            await asyncio.sleep(0)
+            yield f"apart{i};".encode()
+
+    return StreamingHttpResponse(parts(), content_type="text/plain")
+
+
+def file(request):
+    return FileResponse(io.BytesIO(b"x" * 200_000), filename="x.bin")
+
+
+def echo(request):
+    return JsonResponse({"method": request.method, "a": request.POST.get("a"), "len": len(request.body)})

@@ -1,0 +1,406 @@
+"""Django's sync views and sync ORM on virtual threads (greenhub.contrib.django), against
+a real PostgreSQL through psycopg 3.
+
+The project is tests/django_app (one model, sync and async views, an async-only
+middleware).  Requests go to the ASGI application either directly (httpx's ASGI
+transport, each request in its own task as a server would run it) or through a real
+uvicorn server on the same greenhub loop.  Overlap is shown with server-side sleeps
+(``pg_sleep``) and wide margins.
+"""
+
+import asyncio
+import threading
+import time
+
+import django
+import httpx
+import psycopg
+import pytest
+import support
+import uvicorn
+from django.conf import settings
+from django.core.exceptions import SynchronousOnlyOperation
+
+import greenhub
+import greenhub.contrib.django as ghdj
+
+pytestmark = pytest.mark.timeout(60)
+
+N = 10
+SLEEP = 0.3
+
+
+@pytest.fixture(scope="module")
+def app(pg_dsn):
+    """The ASGI application over this module's database, with the table created."""
+    import django_app
+
+    assert not settings.configured, "tests/test_django.py configures Django itself"
+    settings.configure(**django_app.settings(pg_dsn))
+    django.setup()
+    from django.core.management import call_command
+    from django.db import connections
+
+    call_command("migrate", run_syncdb=True, verbosity=0)  # outside any loop: plain Django
+    connections.close_all()
+    application = ghdj.get_asgi_application()
+    try:
+        yield application
+    finally:
+        ghdj.uninstall()
+        connections.close_all()
+
+
+@pytest.fixture
+def run(app, greenhub_leak_check):
+    """run(fn): run the coroutine function fn(client) on a fresh greenhub loop with an
+    httpx client bound to the application, and close the loop."""
+
+    def run(fn):
+        async def main():
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                return await fn(client)
+
+        loop = support.new_loop("greenhub")
+        try:
+            return loop.run_until_complete(main())
+        finally:
+            loop.close()
+
+    return run
+
+
+@pytest.fixture
+def clean_pool(app):
+    """Start and end with no pooled connection (and limits reset)."""
+    ghdj.close_idle_connections()
+    yield
+    ghdj.close_idle_connections()
+    ghdj.install(max_connections=None)
+
+
+def server_connections(dsn, expected):
+    """Connections to the test database other than the one asking: polled for up to
+    5 s until it is `expected` (a server process ends shortly after its client closes)."""
+    deadline = time.monotonic() + 5
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while True:
+            n = conn.execute(
+                "select count(*) from pg_stat_activity "
+                "where datname = current_database() and pid <> pg_backend_pid()"
+            ).fetchone()[0]
+            if n == expected or time.monotonic() > deadline:
+                return n
+            time.sleep(0.05)
+
+
+def test_concurrent_sync_views_overlap(run):
+    async def main(client):
+        await client.get("/sleep/0")  # connections made, nothing measured yet
+        t0 = time.perf_counter()
+        responses = await asyncio.gather(*(client.get(f"/sleep/{SLEEP}") for _ in range(N)))
+        return responses, time.perf_counter() - t0
+
+    responses, elapsed = run(main)
+    assert [r.status_code for r in responses] == [200] * N
+    assert all(r.json() == {"items": 0} for r in responses)
+    # Serially this takes N * SLEEP = 3 s; overlapped it is one SLEEP plus overhead.
+    assert elapsed < N * SLEEP / 3, elapsed
+
+
+def test_each_virtual_thread_has_its_own_connection(run, clean_pool, pg_dsn):
+    async def main(client):
+        first = await asyncio.gather(*(client.get("/pid") for _ in range(N)))
+        stats_between = ghdj.connection_stats()
+        second = await asyncio.gather(*(client.get("/pid") for _ in range(N)))
+        return first, stats_between, second
+
+    first, stats_between, second = run(main)
+    pids1 = {r.json()["pid"] for r in first}
+    pids2 = {r.json()["pid"] for r in second}
+    assert len(pids1) == N  # concurrent requests never share a server session
+    assert len({r.json()["wrapper"] for r in first}) == N
+    # Ended tasks gave their connections back (CONN_MAX_AGE=60 keeps them open) and
+    # the next round reused them instead of opening more: nothing leaked.
+    assert stats_between == {"default": {"idle": N, "in_use": 0}}
+    assert pids2 == pids1
+    assert ghdj.connection_stats() == {"default": {"idle": N, "in_use": 0}}
+    assert server_connections(pg_dsn, N) == N
+    ghdj.close_idle_connections()
+    assert server_connections(pg_dsn, 0) == 0
+
+
+def test_conn_max_age_zero_closes_at_request_end(run, clean_pool, pg_dsn, monkeypatch):
+    from django.db import connections
+
+    monkeypatch.setitem(connections.settings["default"], "CONN_MAX_AGE", 0)
+
+    async def main(client):
+        return await asyncio.gather(*(client.get("/pid") for _ in range(3)))
+
+    responses = run(main)
+    assert len({r.json()["pid"] for r in responses}) == 3
+    # request_finished closed them (Django's rule for CONN_MAX_AGE=0); the pool keeps
+    # only the closed wrappers.
+    assert server_connections(pg_dsn, 0) == 0
+    assert ghdj.connection_stats() == {"default": {"idle": 3, "in_use": 0}}
+
+
+def test_atomic_is_isolated_per_virtual_thread(run):
+    from django_app import views
+
+    async def main(client):
+        views.INSERTED = greenhub.Event()
+        try:
+            writer = asyncio.ensure_future(client.get(f"/atomic/uncommitted/{SLEEP}"))
+            await views.INSERTED.async_wait()
+            # The writer's row exists in its open transaction; another request must
+            # not see it (with a shared connection it would run inside that transaction).
+            during = await client.get("/count/uncommitted")
+            await client.get("/commit/committed")
+            return await writer, during, await client.get("/count/committed")
+        finally:
+            views.INSERTED = None
+
+    writer, during, committed = run(main)
+    assert writer.json() == {"seen_inside": 1, "after": 0}  # rolled back
+    assert during.json() == {"count": 0}
+    assert committed.json() == {"count": 1}
+
+
+def test_errors_give_djangos_responses(run, caplog):
+    async def main(client):
+        return await client.get("/fail"), await client.get("/no/such/page")
+
+    with caplog.at_level("ERROR", logger="django.request"):
+        fail, missing = run(main)
+    assert fail.status_code == 500
+    assert "Server Error (500)" in fail.text
+    assert any("boom" in str(rec.exc_info) for rec in caplog.records)
+    assert missing.status_code == 404
+    assert "Not Found" in missing.text
+
+
+def test_async_view_and_async_middleware(run):
+    async def main(client):
+        return await client.get("/async"), await client.get("/async-sync-orm")
+
+    r, sync_orm = run(main)
+    assert sync_orm.status_code == 200 and sync_orm.json() == {"count": 0}
+    assert r.status_code == 200
+    # acount() ran without a thread hop (its sync_to_async stayed in the task), and the
+    # async-only middleware was reached through async_to_sync from the sync chain.
+    assert r.json() == {"count": 0, "in_vthread": True, "middleware": True}
+    assert r.headers["x-async-middleware"] == "1"
+
+
+def test_streaming_and_file_responses(run):
+    async def main(client):
+        return await client.get("/stream"), await client.get("/astream"), await client.get("/file")
+
+    sync_stream, async_stream, file = run(main)
+    assert sync_stream.text == "part0:0;part1:0;part2:0;"  # queried while being sent
+    assert async_stream.text == "apart0;apart1;apart2;"
+    assert file.status_code == 200 and file.content == b"x" * 200_000
+    assert file.headers["content-disposition"] == 'inline; filename="x.bin"'
+
+
+def test_request_body_and_form(run):
+    async def main(client):
+        return await client.post("/echo", data={"a": "b" * 70_000})
+
+    r = run(main)
+    assert r.json() == {"method": "POST", "a": "b" * 70_000, "len": 70_002}
+
+
+def test_client_disconnect_cancels_the_view(app, run):
+    """A disconnect while a sync view waits on the server cancels the request: the view
+    sees CancelledError at its wait, the query is cancelled on the server, nothing is
+    sent, and the connection serves the next request."""
+
+    async def main(client):
+        sent = []
+        body_done = asyncio.Event()
+
+        async def receive():
+            if not body_done.is_set():
+                body_done.set()
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await asyncio.sleep(0.2)
+            return {"type": "http.disconnect"}
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": "/sleep/10",
+            "raw_path": b"/sleep/10",
+            "query_string": b"",
+            "headers": [(b"host", b"test")],
+            "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 80),
+        }
+        t0 = time.perf_counter()
+        await app(scope, receive, send)
+        elapsed = time.perf_counter() - t0
+        return sent, elapsed, await client.get("/sleep/0")
+
+    sent, elapsed, after = run(main)
+    assert sent == []
+    assert elapsed < 5, elapsed
+    assert after.status_code == 200
+
+
+def test_max_connections_makes_virtual_threads_wait(run, clean_pool):
+    ghdj.install(max_connections=2)
+    peak = []
+
+    async def main(client):
+        async def watch():
+            while True:
+                peak.append(ghdj.connection_stats().get("default", {}).get("in_use", 0))
+                await asyncio.sleep(0.02)
+
+        watcher = asyncio.ensure_future(watch())
+        t0 = time.perf_counter()
+        responses = await asyncio.gather(*(client.get("/sleep/0.2") for _ in range(6)))
+        elapsed = time.perf_counter() - t0
+        watcher.cancel()
+        return responses, elapsed
+
+    responses, elapsed = run(main)
+    assert [r.status_code for r in responses] == [200] * 6
+    assert max(peak) == 2
+    assert elapsed >= 0.55, elapsed  # three rounds of two, not one round of six
+    assert ghdj.connection_stats()["default"]["idle"] == 2
+
+
+def test_uvicorn_on_greenhub_serves_concurrently(app, greenhub_leak_check):
+    """A real server: uvicorn on a greenhub loop, requests over TCP."""
+
+    async def main():
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+        server = uvicorn.Server(config)
+        serving = asyncio.ensure_future(server.serve())
+        while not server.started:
+            await asyncio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+                await client.get("/sleep/0")
+                t0 = time.perf_counter()
+                responses = await asyncio.gather(
+                    *(client.get(f"/sleep/{SLEEP}") for _ in range(N))
+                )
+                elapsed = time.perf_counter() - t0
+                fail = await client.get("/fail")
+        finally:
+            server.should_exit = True
+            await serving
+        return responses, elapsed, fail
+
+    loop = support.new_loop("greenhub")
+    try:
+        responses, elapsed, fail = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert [r.status_code for r in responses] == [200] * N
+    assert elapsed < N * SLEEP / 3, elapsed
+    assert fail.status_code == 500
+
+
+def test_unchanged_outside_virtual_threads(app):
+    """On a stock asyncio loop the async-unsafe check still refuses the sync ORM, and an
+    OS thread keeps Django's own thread-local connection."""
+    from django.db import connection
+    from django_app.models import Item
+
+    async def on_stock_loop():
+        Item.objects.count()
+
+    with pytest.raises(SynchronousOnlyOperation):
+        asyncio.run(on_stock_loop())
+
+    seen = []
+
+    def in_thread():
+        seen.append((Item.objects.filter(n=-1).count(), id(connection.connection)))
+        seen.append(id(connection.connection))
+        connection.close()
+
+    t = threading.Thread(target=in_thread)
+    t.start()
+    t.join()
+    assert seen[0][0] == 0 and seen[0][1] == seen[1]  # one connection for the thread
+    assert ghdj.connection_stats().get("default", {}).get("in_use", 0) == 0
+
+
+def test_other_loops_get_djangos_own_handler(app, monkeypatch, caplog):
+    """On the stock loop the application hands requests to Django's ASGIHandler (sync
+    views in asgiref's threads, connections per OS thread) and still serves them."""
+    from django.db import connections
+
+    monkeypatch.setitem(connections.settings["default"], "CONN_MAX_AGE", 0)  # threads end
+    monkeypatch.setattr(app, "_stock", None)
+
+    async def main():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.get("/sleep/0"), await client.get("/async")
+
+    with caplog.at_level("WARNING", logger="greenhub.contrib.django"):
+        sync_view, async_view = asyncio.run(main())
+    assert sync_view.status_code == 200 and sync_view.json() == {"items": 0}
+    assert async_view.json() == {"count": 0, "in_vthread": False, "middleware": True}
+    assert "not running in a greenhub task" in caplog.text
+    assert ghdj.connection_stats().get("default", {}).get("in_use", 0) == 0
+
+
+def test_cancelled_virtual_thread_mid_transaction_leaks_nothing(
+    app, clean_pool, pg_dsn, greenhub_leak_check
+):
+    """A virtual thread cancelled inside atomic() while its query runs: the query is
+    cancelled on the server, atomic() rolls back, and the connection goes back to the
+    pool in a state the next virtual thread can use."""
+    from django.db import connection, transaction
+    from django_app.models import Item
+
+    started = greenhub.Event()
+
+    def writer():
+        with transaction.atomic():
+            Item.objects.create(name="cancelled")
+            started.set()
+            with connection.cursor() as cur:
+                cur.execute("select pg_sleep(10)")
+
+    def reader():
+        return Item.objects.filter(name="cancelled").count()
+
+    async def main():
+        task = greenhub.spawn(writer)
+        await started.async_wait()
+        await asyncio.sleep(0.1)
+        t0 = time.perf_counter()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        elapsed = time.perf_counter() - t0
+        stats = ghdj.connection_stats()
+        return elapsed, stats, await greenhub.spawn(reader)
+
+    loop = support.new_loop("greenhub")
+    try:
+        elapsed, stats, count = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert elapsed < 5, elapsed
+    assert stats == {"default": {"idle": 1, "in_use": 0}}
+    assert count == 0  # rolled back
+    assert server_connections(pg_dsn, 1) == 1  # the reader reused the writer's connection

@@ -1,0 +1,40 @@
+"""The example programs in examples/ run and print what their docstrings promise."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_example(name, timeout=60):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "examples" / name)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def test_sync_primitives_example():
+    out = run_example("sync_primitives.py")
+    assert out.count("finished job") == 20
+    assert "jobs per worker: [" in out
+
+
+def test_green_echo_example():
+    out = run_example("green_echo.py")
+    assert "50 clients echoed 10000 lines" in out
+
+
+@pytest.mark.timeout(120)
+def test_demo():
+    assert run_example("demo.py", timeout=110).strip()

@@ -1,0 +1,333 @@
+"""psycopg's sync API in virtual threads, against a real PostgreSQL (greenhub.contrib.psycopg).
+
+Inside a virtual thread a sync ``psycopg.Connection`` suspends only its task while it
+waits on the server; everywhere else it is psycopg's own blocking wait.  The tests use
+server-side sleeps (``pg_sleep``) so that overlap shows in wall time, with wide margins.
+"""
+
+import asyncio
+import os
+import threading
+import time
+
+import psycopg
+import pytest
+import support
+from psycopg import waiting
+
+import greenhub
+import greenhub.contrib.psycopg as ghpg
+
+pytestmark = pytest.mark.timeout(60)
+
+ghpg.install()
+
+N = 20
+SLEEP = 0.3
+
+
+@pytest.fixture
+def run(greenhub_leak_check):
+    """run(coro_fn): run coro_fn() on a fresh greenhub loop, close the loop."""
+
+    def run(coro_fn):
+        loop = support.new_loop("greenhub")
+        try:
+            return loop.run_until_complete(coro_fn())
+        finally:
+            loop.close()
+
+    return run
+
+
+@pytest.fixture
+def counted_waits(monkeypatch):
+    """Counts calls of psycopg's original wait functions (the blocking ones)."""
+    calls = {"wait": 0, "wait_conn": 0}
+    for name in calls:
+        orig = ghpg._saved[name]
+
+        def counting(*args, _orig=orig, _name=name, **kwargs):
+            calls[_name] += 1
+            return _orig(*args, **kwargs)
+
+        monkeypatch.setitem(ghpg._saved, name, counting)
+    return calls
+
+
+def sleepy_query(dsn, i, seconds=SLEEP):
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return conn.execute("select pg_sleep(%s), %s::int * 2", (seconds, i)).fetchone()[1]
+
+
+def test_install_replaces_the_c_wait_too():
+    assert ghpg.installed()
+    assert waiting.wait is ghpg.wait and waiting.wait_conn is ghpg.wait_conn
+    if getattr(waiting, "wait_c", None) is not None and "PSYCOPG_WAIT_FUNC" not in os.environ:
+        # psycopg picked its C-accelerated wait; install() must have replaced it.
+        assert ghpg._saved["wait"] is waiting.wait_c
+    ghpg.install()  # idempotent
+    assert ghpg._saved["wait"] is not ghpg.wait
+
+
+def test_uninstall_restores_psycopg():
+    original = ghpg._saved["wait"]
+    ghpg.uninstall()
+    try:
+        assert not ghpg.installed()
+        assert waiting.wait is original and psycopg.Connection.wait is not ghpg._connection_wait
+        assert psycopg.connection.Lock is threading.Lock
+    finally:
+        ghpg.install()
+    assert waiting.wait is ghpg.wait and psycopg.Connection.wait is ghpg._connection_wait
+
+
+def test_concurrent_queries_overlap(pg_dsn, run, counted_waits):
+    async def main():
+        t0 = time.perf_counter()
+        tasks = [greenhub.spawn(sleepy_query, pg_dsn, i) for i in range(N)]
+        results = await asyncio.gather(*tasks)
+        return results, time.perf_counter() - t0
+
+    results, elapsed = run(main)
+    assert results == [2 * i for i in range(N)]
+    serial = N * SLEEP
+    assert elapsed < 0.4 * serial, f"{N} queries took {elapsed:.2f}s (serial: {serial:.1f}s)"
+    # Every wait, connecting included, went through the cooperative path.
+    assert counted_waits == {"wait": 0, "wait_conn": 0}
+
+
+def test_same_code_outside_vthreads_uses_psycopgs_wait(pg_dsn, counted_waits):
+    # A program with no loop, an OS thread, a coroutine on the stock loop and a plain
+    # greenhub loop callback all block as psycopg always does.
+    assert sleepy_query(pg_dsn, 1, 0) == 2
+    out = []
+    t = threading.Thread(target=lambda: out.append(sleepy_query(pg_dsn, 2, 0)))
+    t.start()
+    t.join(30)
+    assert out == [4]
+
+    async def coro():
+        return sleepy_query(pg_dsn, 3, 0)
+
+    stock = support.new_loop("asyncio")
+    try:
+        assert stock.run_until_complete(coro()) == 6
+    finally:
+        stock.close()
+    assert counted_waits["wait"] >= 3 and counted_waits["wait_conn"] >= 3
+
+
+def test_loop_callback_is_not_a_vthread(pg_dsn, run, counted_waits):
+    async def main():
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        loop.call_soon(lambda: fut.set_result(sleepy_query(pg_dsn, 4, 0)))
+        return await fut
+
+    assert run(main) == 8
+    assert counted_waits["wait"] >= 1
+
+
+def test_other_tasks_run_while_a_query_waits(pg_dsn, run):
+    async def main():
+        ticks = 0
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        t = asyncio.create_task(ticker())
+        await greenhub.spawn(sleepy_query, pg_dsn, 0, 0.5)
+        t.cancel()
+        return ticks
+
+    assert run(main) >= 10
+
+
+def test_errors_are_psycopgs(pg_dsn, run):
+    def bad_sql():
+        with psycopg.connect(pg_dsn) as conn:
+            with pytest.raises(psycopg.errors.UndefinedTable):
+                conn.execute("select * from no_such_table")
+            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
+            conn.rollback()
+            with pytest.raises(psycopg.errors.SyntaxError):
+                conn.execute("selec 1")
+            conn.rollback()
+            return conn.execute("select 41 + 1").fetchone()[0]
+
+    def refused():
+        # A port nobody listens on: the connection attempt fails as psycopg reports it.
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(pg_dsn.rsplit(":", 1)[0] + ":1/x", connect_timeout=5)
+        return "refused"
+
+    async def main():
+        return await greenhub.spawn(bad_sql), await greenhub.spawn(refused)
+
+    assert run(main) == (42, "refused")
+
+
+def test_server_closing_the_connection(pg_dsn, run):
+    async def main():
+        admin = await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True)
+        try:
+            victim = psycopg.connect(pg_dsn, autocommit=True)
+            pid = victim.info.backend_pid
+            task = greenhub.spawn(lambda: victim.execute("select pg_sleep(30)"))
+            await asyncio.sleep(0.3)
+            await admin.execute("select pg_terminate_backend(%s)", (pid,))
+            t0 = time.perf_counter()
+            with pytest.raises(psycopg.OperationalError):
+                await task
+            assert time.perf_counter() - t0 < 10
+            assert victim.closed or victim.broken
+            victim.close()
+        finally:
+            await admin.close()
+
+    run(main)
+
+
+def test_cancelling_the_task_cancels_the_query(pg_dsn, run):
+    conn = psycopg.connect(pg_dsn, autocommit=True)
+    pid = conn.info.backend_pid
+
+    async def main():
+        t0 = time.perf_counter()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(greenhub.spawn(conn.execute, "select pg_sleep(30)"), 0.3)
+        elapsed = time.perf_counter() - t0
+        # The connection was cleaned up, not left mid-query: usable, and the server runs
+        # nothing for it.
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        assert await greenhub.spawn(lambda: conn.execute("select 7").fetchone()[0]) == 7
+        with psycopg.connect(pg_dsn, autocommit=True) as other:
+            state = other.execute(
+                "select state from pg_stat_activity where pid = %s", (pid,)
+            ).fetchone()[0]
+        assert state == "idle"
+        return elapsed
+
+    try:
+        assert run(main) < 10
+    finally:
+        conn.close()
+
+
+def test_cancel_inside_a_transaction_leaves_it_failed(pg_dsn, run):
+    conn = psycopg.connect(pg_dsn)
+
+    async def main():
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(greenhub.spawn(conn.execute, "select pg_sleep(30)"), 0.3)
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
+
+        def recover():
+            conn.rollback()
+            return conn.execute("select 1").fetchone()[0]
+
+        return await greenhub.spawn(recover)
+
+    try:
+        assert run(main) == 1
+    finally:
+        conn.close()
+
+
+def test_one_connection_shared_by_vthreads(pg_dsn, run):
+    # psycopg serialises a connection's users with conn.lock; after install() that is a
+    # greenhub.Lock, so vthreads queue for it instead of blocking the loop (deadlock).
+    conn = psycopg.connect(pg_dsn, autocommit=True)
+    assert isinstance(conn.lock, greenhub.Lock)
+
+    def use(i):
+        return conn.execute("select pg_sleep(0.05), %s::int", (i,)).fetchone()[1]
+
+    async def main():
+        return await asyncio.gather(*(greenhub.spawn(use, i) for i in range(8)))
+
+    try:
+        assert run(main) == list(range(8))
+    finally:
+        conn.close()
+
+
+def test_transactions_copy_and_server_cursor(pg_dsn, run):
+    def work():
+        with psycopg.connect(pg_dsn) as conn:
+            conn.execute("create table if not exists t_copy (id int, name text)")
+            conn.execute("truncate t_copy")
+            with conn.cursor().copy("copy t_copy (id, name) from stdin") as cp:
+                for i in range(1000):
+                    cp.write_row((i, f"n{i}"))
+            with conn.transaction():
+                conn.execute("update t_copy set name = 'x' where id < 10")
+            try:
+                with conn.transaction():
+                    conn.execute("delete from t_copy")
+                    raise RuntimeError("roll back")
+            except RuntimeError:
+                pass
+            rows = []
+            with conn.cursor().copy("copy (select id, name from t_copy order by id) to stdout") as cp:
+                rows.extend(cp.rows())
+            with conn.cursor(name="srv") as cur:
+                cur.itersize = 100
+                cur.execute("select id from t_copy order by id")
+                total = sum(r[0] for r in cur)
+            with conn.pipeline():
+                for i in range(5):
+                    conn.execute("insert into t_copy values (%s, 'p')", (10_000 + i,))
+            n = conn.execute("select count(*) from t_copy").fetchone()[0]
+            conn.commit()
+            return len(rows), rows[0], rows[20], total, n
+
+    async def main():
+        return await greenhub.spawn(work)
+
+    assert run(main) == (1000, ("0", "x"), ("20", "n20"), sum(range(1000)), 1005)
+
+
+def test_notifies_with_timeout(pg_dsn, run):
+    def listen():
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute("listen chan")
+            t0 = time.perf_counter()
+            assert list(conn.notifies(timeout=0.2)) == []  # the timeout path
+            waited = time.perf_counter() - t0
+            got = [n.payload for n in conn.notifies(timeout=10, stop_after=1)]
+            return got, waited
+
+    def notify():
+        greenhub.sleep(0.5)
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute("notify chan, 'hello'")
+
+    async def main():
+        return await asyncio.gather(greenhub.spawn(listen), greenhub.spawn(notify))
+
+    (got, waited), _ = run(main)
+    assert got == ["hello"]
+    assert 0.15 < waited < 5
+
+
+def test_connection_closed_by_another_vthread(pg_dsn, run):
+    conn = psycopg.connect(pg_dsn, autocommit=True)
+
+    def closer():
+        greenhub.sleep(0.3)
+        conn.close()
+
+    async def main():
+        t0 = time.perf_counter()
+        victim = greenhub.spawn(conn.execute, "select pg_sleep(30)")
+        await greenhub.spawn(closer)
+        with pytest.raises(psycopg.OperationalError):
+            await victim
+        return time.perf_counter() - t0
+
+    assert run(main) < 10

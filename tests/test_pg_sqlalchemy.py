@@ -1,0 +1,317 @@
+"""SQLAlchemy on greenhub, against a real PostgreSQL.
+
+- SQLAlchemy's asyncio extension (``create_async_engine``, ``AsyncSession``) with asyncpg
+  and with psycopg's async driver, on the stock loop and on greenhub.
+- The ordinary sync ``Engine``/``Session`` API in virtual threads: over the same async
+  drivers through ``greenhub.contrib.sqlalchemy.run``/``spawn``, and over psycopg's sync
+  driver made cooperative by ``greenhub.contrib.psycopg`` with the cooperative
+  ``QueuePool``.  Concurrent sessions overlap their server-side sleeps.
+"""
+
+import asyncio
+import threading
+import time
+
+import pytest
+import sqlalchemy as sa
+import support
+from pg_fixtures import sqlalchemy_url
+from sqlalchemy import ForeignKey, select
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+
+import greenhub
+import greenhub.contrib.psycopg as ghpg
+import greenhub.contrib.sqlalchemy as ghsa
+
+pytestmark = pytest.mark.timeout(60)
+
+ghpg.install()
+
+ASYNC_DRIVERS = ("asyncpg", "psycopg_async")
+N = 10
+SLEEP = 0.3
+SLEEP_SQL = sa.text("select pg_sleep(:s), cast(:i as integer)")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class User(Base):
+    __tablename__ = "sa_users"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(unique=True)
+    addresses: Mapped[list["Address"]] = relationship(back_populates="user", lazy="selectin")
+
+
+class Address(Base):
+    __tablename__ = "sa_addresses"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("sa_users.id"))
+    email: Mapped[str]
+    user: Mapped[User] = relationship(back_populates="addresses")
+
+
+@pytest.fixture(scope="module")
+def schema(pg_dsn):
+    engine = sa.create_engine(sqlalchemy_url(pg_dsn, "psycopg"))
+    Base.metadata.create_all(engine)
+    engine.dispose()
+    return pg_dsn
+
+
+@pytest.fixture
+def run(greenhub_leak_check):
+    def run(coro_fn):
+        loop = support.new_loop("greenhub")
+        try:
+            return loop.run_until_complete(asyncio.wait_for(coro_fn(), 45))
+        finally:
+            loop.close()
+
+    return run
+
+
+def orm_roundtrip(session, tag):
+    """Sync ORM work: insert a user with addresses, read it back through a relationship."""
+    user = User(name=f"u-{tag}", addresses=[Address(email=f"{tag}-{i}@x") for i in range(3)])
+    session.add(user)
+    session.commit()
+    session.expunge_all()
+    got = session.scalars(select(User).where(User.name == f"u-{tag}")).one()
+    return sorted(a.email for a in got.addresses)
+
+
+def expected(tag):
+    return [f"{tag}-{i}@x" for i in range(3)]
+
+
+# --------------------------------------------------------------------------
+# (a) the asyncio extension, on both loops
+
+
+@pytest.mark.parametrize("driver", ASYNC_DRIVERS)
+def test_async_engine_orm_and_concurrency(loop, kind, schema, driver):
+    async def main():
+        engine = create_async_engine(sqlalchemy_url(schema, driver), pool_size=N)
+        try:
+            async with AsyncSession(engine) as s:
+                tag = f"a-{driver}-{kind}"
+                s.add(User(name=f"u-{tag}", addresses=[Address(email=f"{tag}@x")]))
+                await s.commit()
+                got = await s.scalar(select(User).where(User.name == f"u-{tag}"))
+                emails = [a.email for a in got.addresses]
+                with pytest.raises(sa.exc.IntegrityError):
+                    s.add(User(name=f"u-{tag}"))
+                    await s.commit()
+                await s.rollback()
+
+            async def one(i):
+                async with AsyncSession(engine) as s:
+                    return (await s.execute(SLEEP_SQL, {"s": SLEEP, "i": i})).one()[1]
+
+            t0 = time.perf_counter()
+            results = await asyncio.gather(*(one(i) for i in range(N)))
+            return emails, tag, results, time.perf_counter() - t0
+        finally:
+            await engine.dispose()
+
+    emails, tag, results, elapsed = support.run(loop, asyncio.wait_for(main(), 45))
+    assert emails == [f"{tag}@x"]
+    assert results == list(range(N))
+    assert elapsed < 0.4 * N * SLEEP
+
+
+# --------------------------------------------------------------------------
+# (b) the sync API in virtual threads over async drivers
+
+
+@pytest.mark.parametrize("driver", ASYNC_DRIVERS)
+def test_sync_session_over_async_driver_in_vthreads(run, schema, driver):
+    engine = sa.create_engine(sqlalchemy_url(schema, driver), pool_size=N)
+
+    def handler(i):  # plain sync SQLAlchemy code
+        with Session(engine) as s:
+            emails = orm_roundtrip(s, f"b-{driver}-{i}")
+            value = s.execute(SLEEP_SQL, {"s": SLEEP, "i": i}).one()[1]
+            return emails, value
+
+    async def main():
+        t0 = time.perf_counter()
+        results = await asyncio.gather(*(ghsa.spawn(handler, i) for i in range(N)))
+        elapsed = time.perf_counter() - t0
+        await ghsa.spawn(engine.dispose)
+        return results, elapsed
+
+    results, elapsed = run(main)
+    assert results == [(expected(f"b-{driver}-{i}"), i) for i in range(N)]
+    assert elapsed < 0.4 * N * SLEEP, f"{N} sessions took {elapsed:.2f}s"
+
+
+def test_run_inside_a_vthread_and_nested(run, schema):
+    engine = sa.create_engine(sqlalchemy_url(schema, "asyncpg"))
+
+    def inner():
+        with engine.connect() as c:
+            return c.execute(sa.text("select 1")).scalar()
+
+    def outer():
+        # run() nests: the inner call finds SQLAlchemy's marker and just calls.
+        return ghsa.run(inner) + ghsa.run(lambda: ghsa.run(inner))
+
+    async def main():
+        value = await greenhub.spawn(ghsa.run, outer)
+        await ghsa.spawn(engine.dispose)
+        return value
+
+    assert run(main) == 2
+
+
+def test_sync_errors_and_cancellation_over_async_driver(run, schema):
+    engine = sa.create_engine(sqlalchemy_url(schema, "asyncpg"), pool_size=2)
+
+    def duplicate():
+        with Session(engine) as s:
+            s.add(User(name="dup-b"))
+            s.commit()
+            s.add(User(name="dup-b"))
+            with pytest.raises(sa.exc.IntegrityError):
+                s.commit()
+            s.rollback()
+            return s.scalar(select(sa.func.count()).select_from(User).where(User.name == "dup-b"))
+
+    def slow():
+        with engine.connect() as c:
+            c.execute(sa.text("select pg_sleep(30)"))
+
+    def after():
+        with engine.connect() as c:
+            return c.execute(sa.text("select 3")).scalar()
+
+    async def main():
+        n = await ghsa.spawn(duplicate)
+        t0 = time.perf_counter()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(ghsa.spawn(slow), 0.3)
+        elapsed = time.perf_counter() - t0
+        value = await ghsa.spawn(after)  # the engine is still usable
+        await ghsa.spawn(engine.dispose)
+        return n, elapsed, value
+
+    n, elapsed, value = run(main)
+    assert n == 1 and elapsed < 10 and value == 3
+
+
+def test_run_with_no_loop_running(schema):
+    # In a plain thread with no loop, run() waits on the thread's own greenhub loop.
+    out = []
+
+    def thread():
+        engine = sa.create_engine(sqlalchemy_url(schema, "asyncpg"))
+
+        def work():
+            with Session(engine) as s:
+                emails = orm_roundtrip(s, "noloop")
+            engine.dispose()
+            return emails
+
+        out.append(ghsa.run(work))
+
+    t = threading.Thread(target=thread)
+    t.start()
+    t.join(30)
+    assert out == [expected("noloop")]
+
+
+# --------------------------------------------------------------------------
+# (c) the sync API over psycopg's sync driver, cooperative
+
+
+def test_sync_session_over_cooperative_psycopg(run, schema):
+    # A fresh engine: the first connections of all vthreads race to initialise the
+    # dialect under SQLAlchemy's first-connect mutex, which must be cooperative.
+    engine = sa.create_engine(
+        sqlalchemy_url(schema, "psycopg"), poolclass=ghsa.QueuePool, pool_size=N
+    )
+
+    def handler(i):
+        with Session(engine) as s:
+            emails = orm_roundtrip(s, f"c-{i}")
+            return emails, s.execute(SLEEP_SQL, {"s": SLEEP, "i": i}).one()[1]
+
+    async def main():
+        t0 = time.perf_counter()
+        results = await asyncio.gather(*(greenhub.spawn(handler, i) for i in range(N)))
+        return results, time.perf_counter() - t0
+
+    try:
+        results, elapsed = run(main)
+    finally:
+        engine.dispose()
+    assert results == [(expected(f"c-{i}"), i) for i in range(N)]
+    assert elapsed < 0.4 * N * SLEEP, f"{N} sessions took {elapsed:.2f}s"
+
+
+def test_cooperative_pool_waits_for_a_free_connection(run, schema):
+    # 12 vthreads, 3 connections: the others wait for the pool without blocking the loop.
+    engine = sa.create_engine(
+        sqlalchemy_url(schema, "psycopg"), poolclass=ghsa.QueuePool, pool_size=3, max_overflow=0
+    )
+
+    def handler(i):
+        with engine.connect() as c:
+            return c.execute(SLEEP_SQL, {"s": 0.1, "i": i}).one()[1]
+
+    async def main():
+        ticks = 0
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        t = asyncio.create_task(ticker())
+        results = await asyncio.gather(*(greenhub.spawn(handler, i) for i in range(12)))
+        t.cancel()
+        return results, ticks
+
+    try:
+        results, ticks = run(main)
+        assert engine.pool.checkedout() == 0 and engine.pool.size() == 3
+    finally:
+        engine.dispose()
+    assert results == list(range(12))
+    assert ticks >= 10  # the loop kept running while vthreads waited for connections
+
+
+def test_cooperative_pool_outside_vthreads(schema):
+    # The same engine used from plain OS threads: the pool blocks them as the stock one.
+    engine = sa.create_engine(
+        sqlalchemy_url(schema, "psycopg"), poolclass=ghsa.QueuePool, pool_size=2, max_overflow=0
+    )
+    out = []
+
+    def worker(i):
+        with engine.connect() as c:
+            out.append(c.execute(SLEEP_SQL, {"s": 0.05, "i": i}).one()[1])
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    engine.dispose()
+    assert sorted(out) == list(range(6))
+    with pytest.raises(sa.exc.TimeoutError):
+        engine2 = sa.create_engine(
+            sqlalchemy_url(schema, "psycopg"),
+            poolclass=ghsa.QueuePool,
+            pool_size=1,
+            max_overflow=0,
+            pool_timeout=0.2,
+        )
+        with engine2.connect(), engine2.connect():
+            pass
+    engine2.dispose()
