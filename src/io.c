@@ -426,10 +426,10 @@ gh_io_wait_write(gh_Loop *self, int fd, PyObject *handle)
     slot->writer = Py_NewRef(handle);
     Py_CLEAR(slot->armed_for); /* armed only while nothing else watches */
     if (gh_reactor_io_watch(self->reactor, fd, interest(slot)) < 0) {
+        PyErr_SetFromErrno(PyExc_OSError); /* before the restoring call changes errno */
         slot->writer = old;
         Py_DECREF(handle);
         (void)gh_reactor_io_watch(self->reactor, fd, interest(slot));
-        PyErr_SetFromErrno(PyExc_OSError);
         return -1;
     }
     if (old != NULL) {
