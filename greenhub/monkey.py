@@ -178,15 +178,19 @@ class _Batch:
         _rewrite_references(swaps)
 
 
+def _module_namespaces():
+    """The globals of every loaded module whose names patching may rewrite."""
+    for modname, module in list(sys.modules.items()):
+        if isinstance(module, types.ModuleType) and not _skip_module(modname):
+            yield module.__dict__
+
+
 def _rewrite_references(swaps):
     """Point module-level names that hold a patched original (``from time
     import sleep`` done before patching) at the replacement."""
     if not swaps:
         return
-    for modname, module in list(sys.modules.items()):
-        if not isinstance(module, types.ModuleType) or _skip_module(modname):
-            continue
-        namespace = module.__dict__
+    for namespace in _module_namespaces():
         for key, value in list(namespace.items()):
             swap = swaps.get(id(value))
             if swap is None or swap[0] is not value:
@@ -211,10 +215,7 @@ def _unpatch_group(group):
     }
     if not back:
         return
-    for modname, module in list(sys.modules.items()):
-        if not isinstance(module, types.ModuleType) or _skip_module(modname):
-            continue
-        namespace = module.__dict__
+    for namespace in _module_namespaces():
         for key, value in list(namespace.items()):
             item = back.get(id(value))
             if item is not None and item.replacement is value:
