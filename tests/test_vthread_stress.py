@@ -215,7 +215,9 @@ def _live_types():
     kinds = collections.Counter(
         type(o).__name__
         for o in objs
-        if isinstance(o, (asyncio.Future, greenlet.greenlet, greenhub.Loop))
+        # type(), not isinstance(): isinstance() reads o.__class__, which lazy
+        # proxies (Django's unconfigured settings) answer by raising.
+        if issubclass(type(o), (asyncio.Future, greenlet.greenlet, greenhub.Loop))
     )
     del objs
     return n, kinds
