@@ -11,8 +11,8 @@ PostgreSQL) served by uvicorn in one process, two ways:
   sync views reach the ORM through ``sync_to_async`` threads (Django's documented ASGI
   deployment), with Django's psycopg connection pool (``OPTIONS={"pool": ...}``, as big
   as the greenhub cap; Django asks for CONN_MAX_AGE=0 with it);
-- stock-nopool: the same with Django's defaults (CONN_MAX_AGE=0, no pool: a new database
-  connection per request).
+- greenhub-nopool and stock-nopool: the same two with Django's defaults (CONN_MAX_AGE=0,
+  no pool: a new database connection per request).
 
 Workloads (the same URLs for both): ``sleep`` - ``select pg_sleep(0.005)`` plus one
 indexed count, a request that mostly waits on the database; ``lookup`` - three indexed
@@ -48,7 +48,9 @@ sys.path[:0] = [REPO, os.path.join(REPO, "tests")]
 
 from bench_http import parse_wrk  # noqa: E402 - after the path set-up
 
-KINDS = ("greenhub", "stock", "stock-nopool")
+KINDS = ("greenhub", "stock", "greenhub-nopool", "stock-nopool")
+# greenhub's ratios are taken over the stock setup doing the same database work.
+PAIRS = (("greenhub", "stock"), ("greenhub-nopool", "stock-nopool"))
 WORKLOADS = {"sleep": "/sleep/0.02", "lookup": "/lookup?k=17,420,999"}
 ROWS = 1000
 HTTP = os.environ.get("BENCH_DJANGO_HTTP", "h11")
@@ -66,7 +68,7 @@ def django_settings(dsn, kind, conns):
     if kind == "stock":
         db["CONN_MAX_AGE"] = 0  # required with the pool
         db["OPTIONS"] = {"pool": {"min_size": 4, "max_size": conns}}
-    elif kind == "stock-nopool":
+    elif kind.endswith("-nopool"):
         db["CONN_MAX_AGE"] = 0  # Django's default: a new connection per request
     return conf
 
@@ -77,7 +79,7 @@ def serve(kind, port, dsn, conns):
     from django.conf import settings
 
     settings.configure(**django_settings(dsn, kind, conns))
-    if kind == "greenhub":
+    if kind.startswith("greenhub"):
         from greenhub.contrib.django import get_asgi_application
 
         app = get_asgi_application(max_connections=conns)
@@ -217,12 +219,11 @@ def report(results, args):
                 f"{r['cpu_per_req'] * 1e3:6.2f}ms {r['server_busy']:5.2f} "
                 f"{r['loop_starved']:7.2f}  {errors}"
             )
-        g = results.get((workload, "greenhub"))
-        for kind in KINDS[1:]:
-            s = results.get((workload, kind))
+        for gkind, kind in PAIRS:
+            g, s = results.get((workload, gkind)), results.get((workload, kind))
             if g and s and "failed" not in g and "failed" not in s:
                 print(
-                    f"{workload:8} greenhub / {kind}: {g['req_per_s'] / s['req_per_s']:.1f}x req/s, "
+                    f"{workload:8} {gkind} / {kind}: {g['req_per_s'] / s['req_per_s']:.1f}x req/s, "
                     f"{s['cpu_per_req'] / g['cpu_per_req']:.1f}x less server CPU per request"
                 )
 
@@ -253,6 +254,7 @@ def main():
     ap.add_argument("-d", "--duration", type=int, default=5, help="measured seconds (5)")
     ap.add_argument("-w", "--warmup", type=int, default=1, help="warm-up seconds (1)")
     ap.add_argument("--workloads", default="sleep,lookup", help="sleep,lookup")
+    ap.add_argument("--kinds", default=",".join(KINDS), help="servers to run: " + ",".join(KINDS))
     ap.add_argument("--pin", default="auto", help="SERVER_CPU,CLIENT_CPU, 'auto' or 'none'")
     ap.add_argument("--serve", choices=KINDS, help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -261,6 +263,9 @@ def main():
         serve(args.serve, args.port, args.dsn, args.conns)
         return
     args.workloads = args.workloads.split(",")
+    args.kinds = args.kinds.split(",")
+    if not set(args.kinds) <= set(KINDS):
+        ap.error(f"--kinds: choose from {','.join(KINDS)}")
     if not shutil.which("wrk"):
         sys.exit("bench_django.py needs wrk, the HTTP load generator: apt-get install wrk")
     if args.pin == "none" or (os.cpu_count() or 1) < 2:
@@ -282,7 +287,7 @@ def main():
         subprocess.run([sys.executable, __file__, "--seed", db_dsn], check=True)
         results = {}
         for workload in args.workloads:
-            for kind in KINDS:
+            for kind in args.kinds:
                 log(f"{workload}: {kind} ...")
                 try:
                     results[(workload, kind)] = measure(kind, workload, args, cpus)

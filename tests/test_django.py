@@ -131,10 +131,52 @@ def test_each_virtual_thread_has_its_own_connection(run, clean_pool, pg_dsn):
     assert server_connections(pg_dsn, 0) == 0
 
 
-def test_conn_max_age_zero_closes_at_request_end(run, clean_pool, pg_dsn, monkeypatch):
+def test_conn_max_age_zero_reuses_connections_by_default(run, clean_pool, pg_dsn, monkeypatch):
     from django.db import connections
 
     monkeypatch.setitem(connections.settings["default"], "CONN_MAX_AGE", 0)
+
+    async def main(client):
+        first = await asyncio.gather(*(client.get("/pid") for _ in range(3)))
+        between = server_connections(pg_dsn, 3)
+        second = await asyncio.gather(*(client.get("/pid") for _ in range(3)))
+        return first, between, second
+
+    first, between, second = run(main)
+    pids = {r.json()["pid"] for r in first}
+    assert len(pids) == 3
+    # Kept open across requests (as Django's pool option keeps them), for the next
+    # virtual threads: the second round ran on the same server sessions.
+    assert between == 3
+    assert {r.json()["pid"] for r in second} == pids
+    assert ghdj.connection_stats() == {"default": {"idle": 3, "in_use": 0}}
+    # ...for up to POOLED_MAX_AGE, then closed as Django closes an obsolete connection.
+    from greenhub.contrib.django import _db
+
+    idle = _db._pool("default").idle
+    now = time.monotonic()
+    assert all(
+        now < c.close_at <= now + _db.POOLED_MAX_AGE and c.connection is not None
+        for c in idle
+    )
+    for c in idle:
+        c.close_at = now - 1
+
+    async def again(client):
+        return await asyncio.gather(*(client.get("/pid") for _ in range(3)))
+
+    renewed = {r.json()["pid"] for r in run(again)}  # each taken one was closed first
+    assert len(renewed) == 3 and not renewed & pids
+    assert server_connections(pg_dsn, 3) == 3
+
+
+def test_conn_max_age_zero_closes_at_request_end_without_reuse(
+    run, clean_pool, pg_dsn, monkeypatch
+):
+    from django.db import connections
+
+    monkeypatch.setitem(connections.settings["default"], "CONN_MAX_AGE", 0)
+    ghdj.install(reuse_connections=False)
 
     async def main(client):
         return await asyncio.gather(*(client.get("/pid") for _ in range(3)))
@@ -145,6 +187,15 @@ def test_conn_max_age_zero_closes_at_request_end(run, clean_pool, pg_dsn, monkey
     # only the closed wrappers.
     assert server_connections(pg_dsn, 0) == 0
     assert ghdj.connection_stats() == {"default": {"idle": 3, "in_use": 0}}
+
+
+def test_install_checks_its_arguments(app):
+    with pytest.raises(ValueError, match="at least 1"):
+        ghdj.install(max_connections=0)
+    with pytest.raises(TypeError, match="max_connections"):
+        ghdj.install(max_connections="8")
+    with pytest.raises(TypeError, match="reuse_connections"):
+        ghdj.install(reuse_connections=None)
 
 
 def test_atomic_is_isolated_per_virtual_thread(run):

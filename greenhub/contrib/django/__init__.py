@@ -75,13 +75,19 @@ async def _sync_to_async_call(self, *args, **kwargs):
     return await _saved["SyncToAsync.__call__"](self, *args, **kwargs)
 
 
-def install(*, max_connections=None):
+def install(*, max_connections=None, reuse_connections=True):
     """Make Django's sync ORM and request path at home in virtual threads.
 
-    Idempotent (a later call only changes ``max_connections``); affects the whole
-    process, but only code running inside virtual threads behaves differently.
+    Idempotent (a later call only changes ``max_connections`` and
+    ``reuse_connections``); affects the whole process, but only code running inside
+    virtual threads behaves differently.
+
     `max_connections`: at most this many connections per database alias lent to
     virtual threads of one OS thread at once (others wait for one); None: no cap.
+    `reuse_connections`: with ``CONN_MAX_AGE=0`` (Django's default), keep a virtual
+    thread's connection open in the pool for the next one (for up to an hour) instead
+    of closing it at the end of each request, as Django's ``pool`` option does; False
+    closes it, exactly as Django does.  Other ``CONN_MAX_AGE`` values are Django's.
     """
     global _saved
     from asgiref import sync as asgiref_sync
@@ -97,7 +103,7 @@ def install(*, max_connections=None):
             gh_psycopg.install()
         except ImportError:
             pass  # psycopg itself is not installed: another database backend
-    _db.install(connections, max_connections)
+    _db.install(connections, max_connections, reuse_connections)
     if _saved is not None:
         return
     _saved = {
@@ -132,13 +138,14 @@ def installed():
     return _saved is not None
 
 
-def get_asgi_application(*, max_connections=None):
+def get_asgi_application(*, max_connections=None, reuse_connections=True):
     """Set Django up (as ``django.core.asgi.get_asgi_application`` does), call
-    ``install()`` and return the ASGI application (an ``ASGIHandler``)."""
+    ``install()`` with these arguments and return the ASGI application (an
+    ``ASGIHandler``)."""
     import django
 
     django.setup(set_prefix=False)
-    install(max_connections=max_connections)
+    install(max_connections=max_connections, reuse_connections=reuse_connections)
     from ._asgi import ASGIHandler
 
     return ASGIHandler()

@@ -19,10 +19,14 @@ class, so ``uninstall()`` simply puts them back):
 
 When the task ends (a done callback), its wrappers go back to the pool.  A wrapper
 goes back with its database connection open only if Django would have kept it open
-at the end of a request - not past ``CONN_MAX_AGE``, no errors since the last
+at the end of a request - not past its maximum age, no errors since the last
 commit, autocommit as configured, no transaction open on the server - otherwise the
 connection is closed first (the wrapper itself is reused: it reconnects on first
-use).  A wrapper left inside ``atomic()`` (its task died mid-transaction) is closed
+use).  The maximum age is ``CONN_MAX_AGE``, except that with ``reuse`` on (the
+default) ``CONN_MAX_AGE=0`` - Django's default, "close at the end of each request" -
+keeps the connection for up to ``POOLED_MAX_AGE`` seconds instead, as Django's own
+``pool`` option keeps its connections: a wrapper lent from the pool sets its
+``close_at`` that way each time it connects (``_connect_pooled``).  A wrapper left inside ``atomic()`` (its task died mid-transaction) is closed
 and dropped.  So connections are reused across requests exactly as Django's
 persistent connections are reused across requests on one OS thread, and a task that
 ends never leaks one.  The pool holds as many connections as virtual threads once
@@ -38,6 +42,7 @@ one that created it.
 import asyncio
 import threading
 import time
+from types import MethodType
 
 from ... import _core
 from ...sync import BoundedSemaphore
@@ -51,9 +56,15 @@ _monotonic = time.monotonic
 _local = threading.local()
 
 # Set by install(): the cap on wrappers lent out at once per alias and thread (None:
-# no cap), and the connection handler's original create_connection.
+# no cap), whether CONN_MAX_AGE=0 connections are kept for reuse, and the connection
+# handler's original create_connection.
 _max_connections = None
+_reuse = True
 _saved = None
+
+# How long a connection is reused when CONN_MAX_AGE is 0 and reuse is on: psycopg_pool's
+# default max_lifetime, so that a long-running server still renews its connections.
+POOLED_MAX_AGE = 3600.0
 
 
 def _state():
@@ -102,6 +113,7 @@ class _Pool:
                 conn.health_check_done = False
             else:
                 conn = _saved(alias)
+                conn.connect = MethodType(_connect_pooled, conn)
         except BaseException:
             if self.slots is not None:
                 self.slots.release()
@@ -127,6 +139,15 @@ class _Pool:
         idle, self.idle = self.idle, []
         for conn in idle:
             _close(conn)
+
+
+def _connect_pooled(conn):
+    """``DatabaseWrapper.connect`` of a pooled wrapper: Django's, then the pool's
+    maximum age when reuse is on and CONN_MAX_AGE is 0 (Django has just set close_at to
+    now, which would close the connection at the end of the request)."""
+    type(conn).connect(conn)
+    if _reuse and conn.settings_dict["CONN_MAX_AGE"] == 0:
+        conn.close_at = _monotonic() + POOLED_MAX_AGE
 
 
 def _expired(conn):
@@ -230,11 +251,18 @@ def _create_connection(alias):
     return _saved(alias)
 
 
-def install(connections, max_connections):
+def install(connections, max_connections, reuse=True):
     """Give each virtual thread its own connections (see the module docstring)."""
-    global _saved, _max_connections
+    global _saved, _max_connections, _reuse
+    if max_connections is not None and (
+        not isinstance(max_connections, int) or isinstance(max_connections, bool)
+    ):
+        raise TypeError(f"max_connections must be an int or None, not {max_connections!r}")
     if max_connections is not None and max_connections < 1:
         raise ValueError("max_connections must be at least 1 (or None)")
+    if not isinstance(reuse, bool):
+        raise TypeError(f"reuse_connections must be True or False, not {reuse!r}")
+    _reuse = reuse
     if max_connections != _max_connections:
         pools, _ = _state()
         for pool in pools.values():
