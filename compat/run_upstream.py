@@ -100,15 +100,7 @@ SUITES = {
 # entry's "signature" is reported under that entry, with its reason, and does not fail
 # the run.  Matched by how the test failed, not by its name, so the same test failing
 # any other way is still a regression.  Each entry is a documented greenhub limitation.
-KNOWN = [
-    {
-        "suite": "aiohttp",
-        "signature": ["web.AppKey(", "UnboundLocalError", "'module'"],
-        "why": "web.AppKey() walks f_back to a <module> frame to name itself; a greenhub "
-        "task's frame chain ends at its coroutine (docs/guide-vthreads.md, "
-        "docs/recipe-aiohttp.md: define keys at module level)",
-    },
-]
+KNOWN = []  # none at present (aiohttp's web.AppKey frame walk was one; now fixed)
 
 PASS, FAIL, ERROR, SKIP, XFAIL, XPASS = "pass", "fail", "error", "skip", "xfail", "xpass"
 CRASH, TIMEOUT, NOT_RUN = "crash", "timeout", "not-run"

@@ -24,6 +24,7 @@ import weakref
 from typing import Any, NamedTuple, Optional
 
 from . import _core
+from ._vthread import _WORKER_BASE
 
 __all__ = [
     "TaskStack",
@@ -63,9 +64,10 @@ def _summary(pairs):
 
 
 def _frames_from(frame):
-    """[(frame, lineno)] from `frame` outwards, reversed: outermost first."""
+    """[(frame, lineno)] from `frame` outwards, reversed: outermost first.  The
+    worker greenlet's base frames (``_vthread._WORKER_BASE``) are not the task's."""
     pairs = []
-    while frame is not None:
+    while frame is not None and frame.f_code is not _WORKER_BASE:
         pairs.append((frame, frame.f_lineno))
         frame = frame.f_back
     pairs.reverse()

@@ -7,6 +7,8 @@ is running, and ``spawn``.
 
 import asyncio
 import atexit
+import builtins
+import sys
 import threading
 
 from . import _core
@@ -15,6 +17,30 @@ __all__ = ["await_", "run_sync", "spawn"]
 
 await_ = _core.await_
 run_sync = _core.await_
+
+# The base of every worker greenlet's frame stack: module-level code, so that a task's
+# frames end in a ``<module>`` frame of ``__main__`` as they do on the stock loop, where
+# the step's caller frames lead down to the script that started the loop.  Code that
+# walks ``f_back`` to the nearest module frame (aiohttp's ``web.AppKey``, which names a
+# key after it) then finds one.  The worker's return value is kept: greenlet hands it
+# to the parent when a resumed await_() ends the greenlet.
+_WORKER_BASE = compile("_greenhub_result = _greenhub_worker()", "<greenhub virtual thread>", "exec")
+
+
+def _worker_entry(worker_main):
+    def virtual_thread():
+        main = sys.modules.get("__main__")
+        namespace = getattr(main, "__dict__", None)
+        if not isinstance(namespace, dict) or "__builtins__" not in namespace:
+            namespace = {"__name__": "__main__", "__builtins__": builtins}
+        local = {"_greenhub_worker": worker_main}
+        exec(_WORKER_BASE, namespace, local)
+        return local["_greenhub_result"]
+
+    return virtual_thread
+
+
+_core._wrap_worker_main(_worker_entry)
 
 
 class _ThreadLoop:

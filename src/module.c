@@ -101,6 +101,29 @@ register_green_socket(PyObject *mod, PyObject *cls)
     Py_RETURN_NONE;
 }
 
+/* _wrap_worker_main(wrap): from now on, worker greenlets run wrap(run)
+ * instead of run, the C function that steps task coroutines.  greenhub/
+ * _vthread.py uses it once, at import, to put a module-level frame under
+ * every task's frames (see _worker_entry there).  The state owns the new
+ * callable; the old one stays alive through the closure wrap made. */
+static PyObject *
+wrap_worker_main(PyObject *mod, PyObject *wrap)
+{
+    gh_state *st = module_state(mod);
+    PyObject *run = PyObject_CallOneArg(wrap, st->worker_main);
+    if (run == NULL) {
+        return NULL;
+    }
+    if (!PyCallable_Check(run)) {
+        PyErr_Format(PyExc_TypeError, "worker entry must be callable, not %.100s",
+                     Py_TYPE(run)->tp_name);
+        Py_DECREF(run);
+        return NULL;
+    }
+    Py_SETREF(st->worker_main, run);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
     {"debug_counters", debug_counters, METH_NOARGS,
      "Return live-object counters: handles, timers, loops and queued items.\n\n"
@@ -117,6 +140,7 @@ static PyMethodDef module_methods[] = {
      "thread: there, greenhub.await_() and greenhub's blocking calls suspend only\n"
      "that task.  False anywhere else (no loop, another loop, a loop callback)."},
     {"_register_green_socket", register_green_socket, METH_O, NULL},
+    {"_wrap_worker_main", wrap_worker_main, METH_O, NULL},
     {"_install_hooks", (PyCFunction)(void (*)(void))install_hooks, METH_VARARGS | METH_KEYWORDS,
      NULL},
     {"_install_tool_hooks", (PyCFunction)(void (*)(void))install_tool_hooks,
