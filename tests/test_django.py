@@ -156,8 +156,7 @@ def test_conn_max_age_zero_reuses_connections_by_default(run, clean_pool, pg_dsn
     idle = _db._pool("default").idle
     now = time.monotonic()
     assert all(
-        now < c.close_at <= now + _db.POOLED_MAX_AGE and c.connection is not None
-        for c in idle
+        now < c.close_at <= now + _db.POOLED_MAX_AGE and c.connection is not None for c in idle
     )
     for c in idle:
         c.close_at = now - 1
@@ -346,9 +345,7 @@ def test_uvicorn_on_greenhub_serves_concurrently(app, greenhub_leak_check):
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
                 await client.get("/sleep/0")
                 t0 = time.perf_counter()
-                responses = await asyncio.gather(
-                    *(client.get(f"/sleep/{SLEEP}") for _ in range(N))
-                )
+                responses = await asyncio.gather(*(client.get(f"/sleep/{SLEEP}") for _ in range(N)))
                 elapsed = time.perf_counter() - t0
                 fail = await client.get("/fail")
         finally:
