@@ -76,10 +76,10 @@ test-upstream: build
 	$(PY) compat/run_upstream.py --install-deps $(UPSTREAM_ARGS)
 
 # The peers the benchmarks compare with; each benchmark skips a missing one.
-BENCH_PEERS = uvloop sqlalchemy greenback asgiref gevent
+BENCH_PEERS = uvloop sqlalchemy greenback asgiref gevent httptools
 
 bench: build
-	@$(PY) -c "import uvloop, sqlalchemy, greenback, asgiref, gevent" 2>/dev/null || \
+	@$(PY) -c "import uvloop, sqlalchemy, greenback, asgiref, gevent, httptools" 2>/dev/null || \
 	    $(PIP) install -q --disable-pip-version-check --root-user-action=ignore $(BENCH_PEERS)
 	$(PY) benchmarks/bench_scheduling.py
 	$(PY) benchmarks/bench_vthread.py

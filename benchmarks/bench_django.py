@@ -29,8 +29,9 @@ means the server was CPU-bound, and CPU per request is the fairer comparison.
     python benchmarks/bench_django.py --dsn postgresql://user@host:port/db
 
 Without --dsn it uses $GREENHUB_TEST_PG_DSN, else starts a throwaway cluster with
-.ci/pg (and removes it afterwards).  uvicorn parses HTTP with h11 (its pure-Python
-default, always installed); BENCH_DJANGO_HTTP=httptools picks the C parser.
+.ci/pg (and removes it afterwards).  uvicorn parses HTTP as it does by default: with
+httptools (C) when it is installed, as ``uvicorn[standard]`` installs it, else with h11
+(pure Python); BENCH_DJANGO_HTTP=h11 or =httptools picks one.
 """
 
 import argparse
@@ -53,7 +54,18 @@ KINDS = ("greenhub", "stock", "greenhub-nopool", "stock-nopool")
 PAIRS = (("greenhub", "stock"), ("greenhub-nopool", "stock-nopool"))
 WORKLOADS = {"sleep": "/sleep/0.02", "lookup": "/lookup?k=17,420,999"}
 ROWS = 1000
-HTTP = os.environ.get("BENCH_DJANGO_HTTP", "h11")
+HTTP = os.environ.get("BENCH_DJANGO_HTTP", "auto")
+
+
+def http_parser():
+    """The HTTP implementation uvicorn uses with http=HTTP."""
+    if HTTP != "auto":
+        return HTTP
+    try:
+        import httptools  # noqa: F401 - uvicorn's "auto" prefers it
+    except ImportError:
+        return "h11"
+    return "httptools"
 
 
 def log(msg):
@@ -197,7 +209,7 @@ def fmt_ms(s):
 
 def report(results, args):
     print(
-        f"Django {django_version()} sync views, uvicorn (h11), wrk -t1 -c{args.conns} "
+        f"Django {django_version()} sync views, uvicorn ({http_parser()}), wrk -t1 -c{args.conns} "
         f"{args.duration}s after {args.warmup}s warm-up; PostgreSQL over loopback"
     )
     print(
