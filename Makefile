@@ -13,7 +13,7 @@ help:
 	@echo "make test-unit   pytest suite only;  make test-compat  CPython's suites only"
 	@echo "                 (COMPAT_GROUPS=default|io|all, default all)"
 	@echo "make test-pg     the database tests against a throwaway PostgreSQL (.ci/pg run CMD: any)"
-	@echo "make test-upstream  anyio's and aiohttp's own test suites, stock loop vs greenhub"
+	@echo "make test-upstream  anyio's, aiohttp's and others' own test suites, stock loop vs greenhub"
 	@echo "                 (UPSTREAM_ARGS=--quick for the subset CI runs)"
 	@echo "make bench       benchmarks: greenhub vs asyncio vs uvloop (and vthread peers), echo, HTTP"
 	@echo "make lint        ruff + clang-format checks;  make format  applies them"
@@ -70,7 +70,8 @@ test-pg: build
 
 # Upstream projects' own suites (from their sdists, cached in ~/.cache/greenhub/upstream):
 # stock loop vs greenhub, test by test.  The whole suites take about an hour on the
-# 2-core machine; CI runs UPSTREAM_ARGS=--quick on one Python (see compat/README.md).
+# 2-core machine (asgiref, starlette, httpx, aiofiles, janus and aiosqlite about 4 minutes
+# of it); CI runs UPSTREAM_ARGS=--quick (anyio, aiohttp) on one Python (compat/README.md).
 UPSTREAM_ARGS ?=
 test-upstream: build
 	$(PY) compat/run_upstream.py --install-deps $(UPSTREAM_ARGS)

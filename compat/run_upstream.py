@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Run upstream projects' own test suites on the stock loop and on greenhub.
 
-For each selected suite (anyio, aiohttp) the runner
+For each selected suite (anyio, aiohttp; asgiref, starlette, httpx, aiofiles, janus,
+aiosqlite) the runner
 
 1. finds the version of the project installed in the interpreter under test;
 2. downloads that version's source distribution from PyPI with pip (once; it is kept in
@@ -94,6 +95,84 @@ SUITES = {
             "tests/test_web_websocket_functional.py",
         ],
     },
+    # The suites below are not part of --quick (no "quick" entry): run them by name.
+    # websockets is not here: its sdist ships no tests.
+    "asgiref": {
+        # sync_to_async / async_to_sync (threads, executors, contextvars), Local, the
+        # stateless server, timeouts.  pytest-asyncio (strict mode, setup.cfg) asks the
+        # installed policy for its loops, so it stays loaded.
+        "args": ["tests"],
+        "asyncio_plugin": True,
+        "deps": {
+            "pytest_asyncio": "pytest-asyncio",
+            "packaging": "packaging",
+            "pytest_codspeed": "pytest-codspeed",  # the benchmark fixture of test_benchmark_local
+        },
+    },
+    "starlette": {
+        # Runs its apps through TestClient: an anyio blocking portal, that is an asyncio
+        # loop in a worker thread (anyio's asyncio backend, asyncio.Runner from the
+        # policy).  Its default anyio_backend is "asyncio"; pyproject's addopts and
+        # filterwarnings=error stay.  blockbuster (its dev group) is left out, as for
+        # anyio and aiohttp.
+        "args": ["tests"],
+        "deps": {
+            "httpx2": "httpx2",
+            "trio": "trio",  # imported by test_testclient
+            "itsdangerous": "itsdangerous",
+            "jinja2": "jinja2",
+            "python_multipart": "python-multipart",
+            "yaml": "pyyaml",
+            "opentelemetry.sdk": "opentelemetry-sdk",
+            "pytest_mock": "pytest-mock",
+            "zstandard": "zstandard",  # httpx2[zstd]: the tests expect "zstd" in accept-encoding
+        },
+    },
+    "httpx": {
+        # The async client against a uvicorn server that conftest runs in a thread
+        # (loop="asyncio": uvicorn asks asyncio for its loop), over real sockets, TLS
+        # (trustme) and timeouts; tests marked anyio run on its default "asyncio" backend.
+        # uvicorn's loop="asyncio" names asyncio.SelectorEventLoop: the plugin makes it
+        # take its loop from the policy, so that the server runs on greenhub too.
+        "args": ["tests"],
+        "env": {"GREENHUB_UPSTREAM_UVICORN_POLICY": "1"},
+        "deps": {
+            "uvicorn": "uvicorn",
+            "trustme": "trustme",
+            "chardet": "chardet",
+            "zstandard": "zstandard",
+            "brotli": "brotli",
+            "trio": "trio",
+            "cryptography": "cryptography",
+            "click": "click",
+            "pygments": "pygments",
+            "rich": "rich",
+            "h2": "h2",
+            "socksio": "socksio",
+        },
+    },
+    "aiofiles": {
+        # Thread-pool file I/O (run_in_executor), asyncio_mode=auto (pyproject).
+        "args": ["tests"],
+        "asyncio_plugin": True,
+        "deps": {"pytest_asyncio": "pytest-asyncio"},
+    },
+    "janus": {
+        # A queue shared by threads and tasks: call_soon_threadsafe from threads.
+        # setup.cfg's addopts need pytest-cov; dropped.
+        "args": ["-o", "addopts=", "tests"],
+        "asyncio_plugin": True,
+        "deps": {"pytest_asyncio": "pytest-asyncio",
+                 "pytest_codspeed": "pytest-codspeed"},  # test_benchmarks' fixture
+    },
+    "aiosqlite": {
+        # unittest IsolatedAsyncioTestCase (asyncio.Runner from the policy) over a
+        # worker thread per connection.  The tests live in the package, aiosqlite/tests
+        # (smoke.py, perf.py): unpacked as tests/ and named, as they match no test_*.py.
+        "args": ["tests/smoke.py", "tests/perf.py"],
+        "tests_from": "aiosqlite/tests",
+        "deps": {},
+    },
 }
 
 # Known differences: a regression whose failure on greenhub shows every string of an
@@ -143,8 +222,9 @@ def fetch_sdist(python, dist, version, cache):
     raise SystemExit(f"pip left no {names[0]} in {sdists}")
 
 
-def unpack_tests(sdist, dest):
-    """Unpack tests/ and the top-level files (pytest and project configuration) only."""
+def unpack_tests(sdist, dest, tests_from="tests"):
+    """Unpack the tests (tests_from, as tests/) and the top-level files (pytest and project
+    configuration) only."""
     if os.path.isdir(dest):
         return dest
     tmp = dest + ".partial"
@@ -156,7 +236,10 @@ def unpack_tests(sdist, dest):
             if len(parts) != 2 or not (m.isfile() or m.isdir()):
                 continue
             rel = parts[1]
-            if rel.startswith("tests/") or rel == "tests" or (m.isfile() and "/" not in rel):
+            if rel.startswith(tests_from + "/") or rel == tests_from:
+                m.name = "tests" + rel[len(tests_from):]
+                members.append(m)
+            elif m.isfile() and "/" not in rel:
                 m.name = rel
                 members.append(m)
         tar.extractall(tmp, members=members, filter="data")
@@ -214,9 +297,10 @@ def run_side(python, suite, side, srcdir, outdir, opts, label=None, only_ids=Non
     env["PYTHONPATH"] = os.pathsep.join(
         [HERE, opts.greenhub_path or REPO] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
     )
+    env.update(SUITES[suite].get("env", {}))
     env.pop("PYTEST_ADDOPTS", None)
     env.pop("PYTHONASYNCIODEBUG", None)
-    select = list(opts.tests) or (SUITES[suite]["quick"] if opts.quick else [])
+    select = list(opts.tests) or (SUITES[suite].get("quick", []) if opts.quick else [])
     if only_ids is not None:
         # Node ids go through a file (the plugin deselects every other test): some
         # parametrised ids do not survive the command line.
@@ -225,10 +309,12 @@ def run_side(python, suite, side, srcdir, outdir, opts, label=None, only_ids=Non
             f.write("\n".join(only_ids) + "\n")
         env["GREENHUB_UPSTREAM_ONLY"] = only
     base = [python, "-P", "-m", "pytest", "-p", "upstream_plugin", "-p", "no:cacheprovider",
-            "-p", "no:asyncio", "-q", "-rN", f"--timeout={opts.test_timeout}"]
+            "-q", "-rN", f"--timeout={opts.test_timeout}"]
+    if not SUITES[suite].get("asyncio_plugin"):  # suites whose tests do not use pytest-asyncio
+        base[6:6] = ["-p", "no:asyncio"]
     base += SUITES[suite]["args"]
-    if select:  # replace the suite's default path ("tests") by the selection
-        base = [a for a in base if a != "tests"] + select
+    if select:  # replace the suite's default paths (tests, tests/...) by the selection
+        base = [a for a in base if a != "tests" and not a.startswith("tests/")] + select
     ks = list(opts.k)
     if opts.quick and not opts.tests and SUITES[suite].get("quick_k"):
         ks.append(SUITES[suite]["quick_k"])
@@ -329,7 +415,8 @@ def compare(stock, gh):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("suites", nargs="*", help=f"suites to run: {', '.join(SUITES)} (default: all)")
+    ap.add_argument("suites", nargs="*", help=f"suites to run: {', '.join(SUITES)} (default: all; with --quick, "
+                         "those with a CI subset)")
     ap.add_argument("--quick", action="store_true", help="the subset CI runs")
     ap.add_argument("--tests", action="append", default=[],
                     help="test files or node ids to run instead (repeatable)")
@@ -353,7 +440,8 @@ def main(argv=None):
         ap.error(f"unknown suite {unknown[0]!r}; known: {', '.join(SUITES)}")
     if opts.tests and len(opts.suites) != 1:
         ap.error("--tests needs exactly one suite")
-    suites = opts.suites or list(SUITES)
+    # With --quick, the suites that have a CI subset; otherwise every suite.
+    suites = opts.suites or [s for s in SUITES if not opts.quick or "quick" in SUITES[s]]
     pyver = run_py(opts.python, "import sys; print('%d.%d.%d' % sys.version_info[:3])")
     if not pyver:
         raise SystemExit(f"cannot run {opts.python}")
@@ -367,6 +455,11 @@ def main(argv=None):
     rows, summary, status = [], {"python": pyver, "suites": {}}, 0
     for suite in suites:
         version = installed_version(opts.python, suite)
+        if version is None and opts.install_deps:
+            log(f"installing {suite}")
+            subprocess.run([opts.python, "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                            "--root-user-action=ignore", suite], check=True)
+            version = installed_version(opts.python, suite)
         if version is None:
             log(f"{suite}: not installed in {opts.python}; skipped")
             status = max(status, 1)
@@ -377,7 +470,8 @@ def main(argv=None):
             status = max(status, 1)
             continue
         sdist = fetch_sdist(opts.python, suite, version, opts.cache_dir)
-        srcdir = unpack_tests(sdist, os.path.join(opts.cache_dir, "src", f"{suite}-{version}"))
+        srcdir = unpack_tests(sdist, os.path.join(opts.cache_dir, "src", f"{suite}-{version}"),
+                              SUITES[suite].get("tests_from", "tests"))
         sides = ["stock", "greenhub"] if opts.side == "both" else [opts.side]
         res, facts, secs = {}, {}, {}
         for side in sides:

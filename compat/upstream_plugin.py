@@ -83,6 +83,21 @@ elif LOOP != "stock":
     sys.exit(3)
 
 
+def _uvicorn_loop_from_policy():
+    """uvicorn's loop="asyncio" builds ``asyncio.SelectorEventLoop`` by name, not through
+    the policy, so a server a suite runs with it (httpx's test server) would stay on the
+    stock loop on both sides.  ``GREENHUB_UPSTREAM_UVICORN_POLICY=1`` maps "asyncio" to
+    no factory, i.e. ``asyncio.Runner``'s loop from the policy: the same stock class on
+    the stock side, a greenhub loop on the greenhub side."""
+    import uvicorn.config
+
+    uvicorn.config.LOOP_FACTORIES["asyncio"] = None
+
+
+if os.environ.get("GREENHUB_UPSTREAM_UVICORN_POLICY") == "1":
+    _uvicorn_loop_from_policy()
+
+
 def _foreign_loop(item):
     """True for a parametrisation that names another loop or async library."""
     callspec = getattr(item, "callspec", None)
