@@ -35,7 +35,11 @@
  * first use; the Handles share the module's empty Context (st->gs.context).
  */
 #include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <poll.h>
 
+#include "clock.h"
 #include "compat.h"
 #include "fd_wait.h"
 #include "handle.h"
@@ -258,10 +262,157 @@ gh_fd_wait_wake_closed(gh_Loop *loop, int fd)
     return 0;
 }
 
+/* --- _core._wait_fd ------------------------------------------------------ */
+
+/* Outside a virtual thread, or with a zero timeout: poll() (with the GIL
+ * released when it may block), retried after EINTR once signal handlers
+ * ran, within the timeout (< 0: none).  The ready mask, 0 on timeout, -1
+ * with an exception. */
+static int
+poll_fd(int fd, int events, double timeout)
+{
+    double deadline = timeout > 0 ? gh_monotonic() + timeout : 0;
+    for (;;) {
+        int ms = -1;
+        if (timeout == 0) {
+            ms = 0;
+        }
+        else if (timeout > 0) {
+            double left = deadline - gh_monotonic();
+            ms = left <= 0 ? 0 : left * 1000 >= INT_MAX ? INT_MAX : (int)ceil(left * 1000);
+        }
+        struct pollfd p = {.fd = fd,
+                           .events = (short)((events & GH_IO_READ ? POLLIN : 0) |
+                                             (events & GH_IO_WRITE ? POLLOUT : 0))};
+        int n;
+        if (ms == 0) {
+            n = poll(&p, 1, 0);
+        }
+        else {
+            Py_BEGIN_ALLOW_THREADS n = poll(&p, 1, ms);
+            Py_END_ALLOW_THREADS
+        }
+        if (n > 0) {
+            if (p.revents & POLLNVAL) {
+                errno = EBADF;
+                PyErr_SetFromErrno(PyExc_OSError);
+                return -1;
+            }
+            /* An error or hang-up: whichever direction the caller waits for
+             * fails now, as libev reports it (reactor.c). */
+            if (p.revents & (POLLERR | POLLHUP)) {
+                return events;
+            }
+            return ((p.revents & POLLIN) ? GH_IO_READ : 0) |
+                   ((p.revents & POLLOUT) ? GH_IO_WRITE : 0);
+        }
+        if (n == 0) {
+            if (ms == 0) {
+                return 0;
+            }
+            continue; /* woke before the deadline: compute what is left */
+        }
+        if (errno != EINTR) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+        if (PyErr_CheckSignals() < 0) {
+            return -1;
+        }
+    }
+}
+
+/* An int argument in [lo, hi]: TypeError for a non-int, ValueError out of
+ * range. */
+static int
+int_arg(PyObject *obj, const char *name, long lo, long hi, const char *range, long *out)
+{
+    if (!PyLong_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "_wait_fd(): %s must be an int, not %.100s", name,
+                     Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    int overflow;
+    long v = PyLong_AsLongAndOverflow(obj, &overflow);
+    if (v == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (overflow || v < lo || v > hi) {
+        PyErr_Format(PyExc_ValueError, "_wait_fd(): %s must be %s, not %R", name, range, obj);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* _wait_fd(fd, events, timeout) -> ready mask; see the method doc below. */
+static PyObject *
+wait_fd(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    gh_state *st = (gh_state *)PyModule_GetState(mod);
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError, "_wait_fd(fd, events, timeout) takes 3 arguments (%zd given)",
+                     nargs);
+        return NULL;
+    }
+    long fd, events;
+    if (int_arg(args[0], "fd", 0, INT_MAX, "a file descriptor (>= 0)", &fd) < 0 ||
+        int_arg(args[1], "events", 1, 3, "1 (readable), 2 (writable) or 3 (either)", &events) < 0) {
+        return NULL;
+    }
+    double timeout = -1.0;
+    if (args[2] != Py_None) {
+        timeout = PyFloat_AsDouble(args[2]);
+        if (timeout == -1.0 && PyErr_Occurred()) {
+            if (PyErr_ExceptionMatches(PyExc_TypeError)) {
+                PyErr_Format(PyExc_TypeError,
+                             "_wait_fd(): timeout must be None or a number, not %.100s",
+                             Py_TYPE(args[2])->tp_name);
+            }
+            return NULL;
+        }
+        if (isnan(timeout) || timeout < 0) {
+            PyErr_Format(PyExc_ValueError,
+                         "_wait_fd(): timeout must be None or a number >= 0, not %R", args[2]);
+            return NULL;
+        }
+        if (isinf(timeout)) {
+            timeout = -1.0;
+        }
+    }
+    gh_Loop *loop;
+    gh_GreenCoro *w = gh_vthread_step(st, &loop);
+    if (w == NULL && PyErr_Occurred()) {
+        return NULL;
+    }
+    int ready;
+    if (w != NULL && timeout != 0) {
+        ready = gh_fd_wait(loop, w, (int)fd, NULL, (int)events,
+                           timeout < 0 ? -1.0 : gh_monotonic() + timeout);
+    }
+    else {
+        ready = poll_fd((int)fd, (int)events, timeout);
+    }
+    return ready < 0 ? NULL : PyLong_FromLong(ready);
+}
+
+static PyMethodDef fd_wait_methods[] = {
+    {"_wait_fd", (PyCFunction)(void (*)(void))wait_fd, METH_FASTCALL,
+     "_wait_fd(fd, events, timeout) -> int\n\n"
+     "Wait until the file descriptor fd (an int) is ready for `events` - 1 readable,\n"
+     "2 writable, 3 either - or `timeout` seconds pass (None: no limit; 0: only look).\n"
+     "Returns the ready mask (1 or 2: in a virtual thread, the direction that fired\n"
+     "first), 0 on timeout.  In a virtual thread only the calling task waits, on the\n"
+     "loop; cancelling it raises CancelledError and leaves no watcher behind.\n"
+     "Anywhere else the thread blocks in poll() with the GIL released.\n"
+     "RuntimeError if another virtual thread or callback waits on fd in the same\n"
+     "direction; OSError for an fd that cannot be watched (EBADF: not open)."},
+    {NULL, NULL, 0, NULL},
+};
+
 int
 gh_fd_wait_init(PyObject *mod, gh_state *st)
 {
-    (void)mod;
     st->gs.future_blocking = PyUnicode_InternFromString("_asyncio_future_blocking");
     st->gs.result = PyUnicode_InternFromString("result");
     /* The wait Handles only complete a Future: any context will do, so they
@@ -270,7 +421,7 @@ gh_fd_wait_init(PyObject *mod, gh_state *st)
     if (st->gs.future_blocking == NULL || st->gs.result == NULL || st->gs.context == NULL) {
         return -1;
     }
-    return 0;
+    return PyModule_AddFunctions(mod, fd_wait_methods);
 }
 
 void
