@@ -92,34 +92,36 @@ def _check_fd_open(fileno):
         raise _errors().OperationalError("connection socket closed") from ex
 
 
-def _wait_fd(fileno, state, interval, deadline):
-    """Suspend the calling virtual thread until `fileno` is ready for `state` (a
-    psycopg Wait: R, W or RW), the interval passes or the deadline comes.  Returns
-    the psycopg Ready flags (0: nothing became ready)."""
-    delay = interval if interval else None
-    if deadline is not None:
-        left = max(0.0, deadline - _monotonic())
-        delay = left if delay is None else min(delay, left)
-    try:
-        return _c_wait_fd(fileno, state, delay)
-    except ValueError:
-        if state not in (1, 2, 3):
-            raise _errors().InternalError(f"bad poll status: {state}") from None
-        raise
+def _bad_state(state):
+    return _errors().InternalError(f"bad poll status: {state}")
 
 
 def _drive(gen, fileno, interval, timeout, moves):
     """Run a psycopg generator to completion, waiting cooperatively.  `moves`: the
     generator yields (fileno, state) pairs (connection generators, whose socket may
-    change) rather than states."""
+    change) rather than states.
+
+    Each wait is ``_core._wait_fd(fileno, state, delay)``: it suspends this virtual
+    thread until the socket is ready for `state` (a psycopg Wait: R, W or RW) or
+    `delay` passes - the interval, or what is left before the deadline if that is
+    sooner - and returns the psycopg Ready flags (0: nothing became ready)."""
     deadline = None if timeout is None else _monotonic() + timeout
+    delay = interval or None
     try:
         if moves:
             fileno, state = next(gen)
         else:
             state = next(gen)
         while True:
-            ready = _wait_fd(fileno, state, interval, deadline)
+            if deadline is not None:
+                left = max(0.0, deadline - _monotonic())
+                delay = min(interval, left) if interval else left
+            try:
+                ready = _c_wait_fd(fileno, state, delay)
+            except ValueError:
+                if state not in (1, 2, 3):
+                    raise _bad_state(state) from None
+                raise
             if ready:
                 if moves:
                     fileno, state = gen.send(ready)
@@ -143,7 +145,7 @@ def wait(gen, fileno, interval=None, timeout=None):
     """``psycopg.waiting.wait`` as installed: cooperative in a virtual thread,
     psycopg's original wait anywhere else."""
     if _in_vthread():
-        return _drive(gen, fileno, interval, timeout, moves=False)
+        return _drive(gen, fileno, interval, timeout, False)
     if timeout is None:  # psycopg 3.2's waits take no timeout
         return _saved["wait"](gen, fileno, interval=interval)
     return _saved["wait"](gen, fileno, interval=interval, timeout=timeout)
@@ -152,7 +154,7 @@ def wait(gen, fileno, interval=None, timeout=None):
 def wait_conn(gen, interval=None, timeout=None):
     """``psycopg.waiting.wait_conn`` as installed (connecting, cancel requests)."""
     if _in_vthread():
-        return _drive(gen, None, interval, timeout, moves=True)
+        return _drive(gen, None, interval, timeout, True)
     if timeout is None:
         return _saved["wait_conn"](gen, interval=interval)
     return _saved["wait_conn"](gen, interval=interval, timeout=timeout)
