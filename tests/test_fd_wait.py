@@ -216,6 +216,23 @@ def test_int_subclasses_and_int_timeout_accepted(gloop, fds):
     assert vrun(gloop, wait_fd, a.fileno(), Wait.W, 1) == W
 
 
+def test_in_debug_mode(gloop, fds):
+    a, b = fds
+    gloop.set_debug(True)
+    gloop.slow_callback_duration = 10  # a busy machine must not make it log
+
+    async def main():
+        writable = await greenhub.spawn(wait_fd, a.fileno(), RW, 5)
+        timed_out = await greenhub.spawn(wait_fd, a.fileno(), R, 0.01)
+        task = greenhub.spawn(wait_fd, a.fileno(), R, None)
+        await asyncio.sleep(0.01)
+        b.send(b"x")
+        return writable, timed_out, await task
+
+    assert gloop.run_until_complete(asyncio.wait_for(main(), 10)) == (W, 0, R)
+    assert watched(gloop, a.fileno()) == 0
+
+
 # -- cancellation, closing, misuse -------------------------------------------------------
 
 
