@@ -3,7 +3,12 @@
  *
  * gh_fd_wait() is the one wait of synchronous code for fd readiness: the
  * blocking calls of greenhub.socket (green_sock.c) use it for their socket
- * and one direction.  It suspends only the calling task step:
+ * and one direction, and _core._wait_fd(fd, events, timeout) (below) for a
+ * bare fd and either or both directions - greenhub.contrib.psycopg's waits
+ * on libpq's socket and greenhub.monkey's on its epoll sets and pidfds.
+ * Outside a virtual thread _wait_fd waits in poll() instead, with the GIL
+ * released, as greenhub.socket does.  In a virtual thread gh_fd_wait
+ * suspends only the calling task step:
  *
  *   - a Future of the loop, marked _asyncio_future_blocking as
  *     Future.__await__ marks it, is what the step yields through
