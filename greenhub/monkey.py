@@ -32,8 +32,10 @@ fd and replaces a previous one, so a select() in a virtual thread must not
 register the caller's fds on the loop: a transport or another virtual thread
 may be watching the same fd.  It registers them in a private, short-lived
 ``epoll`` instead (an fd may sit in any number of epoll sets) and waits for
-*that* epoll fd to become readable on the loop.  An epoll selector waits on
-its own epoll fd the same way, and a child process on its pidfd.  After each
+*that* epoll fd to become readable on the loop (``_core._wait_fd``).  An
+epoll selector waits on its own epoll fd the same way (two virtual threads in
+one selector's select() at once: the second raises RuntimeError), and a child
+process on its pidfd.  After each
 wake-up the original call is repeated with a zero timeout, so the result is
 always the original function's own answer.
 """
@@ -76,6 +78,7 @@ __all__ = [
 
 _in_vthread = _core.in_vthread
 _await = _core.await_
+_wait_fd = _core._wait_fd
 _get_running_loop = asyncio.events._get_running_loop
 _current_task = asyncio.current_task
 _monotonic = _time_mod.monotonic
@@ -269,18 +272,12 @@ def _green_sleep(seconds):
 
 
 def _wait_readable(fd, timeout):
-    """Suspend this virtual thread until `fd` (one greenhub owns: an epoll or
-    a pidfd) is readable or `timeout` seconds (None: no limit) pass."""
-    loop = _get_running_loop()
-    fut = loop.create_future()
-    loop._add_reader(fd, _resolve, fut)
-    timer = None if timeout is None else loop.call_later(timeout, _resolve, fut)
-    try:
-        _await(fut)
-    finally:
-        loop._remove_reader(fd)
-        if timer is not None:
-            timer.cancel()
+    """Suspend this virtual thread until `fd` (an epoll or a pidfd: one nothing
+    else watches) is readable or `timeout` seconds (None: no limit; 0: only
+    look) pass.  A second virtual thread waiting on the same fd at once (two
+    calls of one selector's select()) raises RuntimeError instead of taking
+    the first one's wakeup."""
+    _wait_fd(fd, 1, timeout)
 
 
 def _remaining(deadline):

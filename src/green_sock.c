@@ -10,7 +10,7 @@
  *     this thread), on the loop's libev watcher for the fd: the task step
  *     suspends through gh_suspend() (bridge.c) on a Future that the reader
  *     or writer Handle completes; a timer completes it when the timeout
- *     expires.  Only this virtual thread waits.
+ *     expires (gh_fd_wait, fd_wait.c).  Only this virtual thread waits.
  *   - anywhere else, in poll() with the GIL released, exactly as socket's
  *     own calls wait when a timeout is set.
  *
@@ -27,15 +27,13 @@
  * Cancellation.  The Future is what the task waits on, so task.cancel()
  * cancels it and the CancelledError is thrown in at gh_suspend(); the wait
  * then takes its reader/writer and timer out before the error propagates,
- * whatever ended it, so no watcher or callback is left behind.  Nothing
- * here runs inside a libev callback: the Handles run in the loop's ready
- * pass and only complete the Future.
+ * whatever ended it, so no watcher or callback is left behind (fd_wait.c).
  *
  * Closing.  The kernel drops a closed fd from epoll without a word, so a
  * virtual thread waiting on it would never wake.  greenhub.socket's close
- * calls green_sock_closing() first, which completes the waits on the fd with
- * "closed"; their recv()/send() then fail with EBADF as they do on a
- * closed socket.
+ * calls _green_closing() first, which completes the waits on the fd with
+ * "closed" (gh_fd_wait_wake_closed: also those of _core._wait_fd() on it);
+ * their recv()/send() then fail with EBADF as they do on a closed socket.
  */
 #include <errno.h>
 #include <math.h>
@@ -44,9 +42,9 @@
 
 #include "clock.h"
 #include "compat.h"
-#include "handle.h"
-#include "loop.h"
+#include "fd_wait.h"
 #include "green_sock.h"
+#include "loop.h"
 #include "vthread.h"
 
 /* How a call waits: where, and until when. */
@@ -60,11 +58,6 @@ typedef struct {
     int fd;
     char where_known; /* w and loop looked up */
 } waitctx;
-
-/* What the wait's Future is completed with. */
-#define RESULT_READY Py_True
-#define RESULT_TIMEOUT Py_False
-#define RESULT_CLOSED Py_None
 
 static gh_state *
 mod_state(PyObject *mod)
@@ -188,154 +181,21 @@ poll_wait(waitctx *c, int which)
     }
 }
 
-/* The Handles' callback: ready(fut, result) completes the wait's Future
- * unless something else (cancellation, the other Handle) did first. */
-static PyObject *
-green_ready(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
-{
-    gh_Loop *loop = (gh_Loop *)op;
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "_gh_green_ready(fut, result)");
-        return NULL;
-    }
-    PyObject *r = PyObject_CallMethodNoArgs(args[0], loop->st->sk.done);
-    if (r == NULL) {
-        return NULL;
-    }
-    int done = PyObject_IsTrue(r);
-    Py_DECREF(r);
-    if (done != 0) {
-        return done < 0 ? NULL : Py_NewRef(Py_None);
-    }
-    return PyObject_CallMethodOneArg(args[0], loop->st->sk.set_result, args[1]);
-}
-
-static PyMethodDef green_ready_def = {"_gh_green_ready", (PyCFunction)(void (*)(void))green_ready,
-                                      METH_FASTCALL, NULL};
-
-/* The wait's end, whatever ended it: the timer and the reader/writer go
- * (a read watcher stays armed for the socket, see io.c). */
-static int
-end_wait(waitctx *c, int which, PyObject *handle, PyObject *timer)
-{
-    int rc = 0;
-    if (timer != NULL && gh_handle_cancel(timer) < 0) {
-        rc = -1;
-    }
-    if (!gh_hd(handle)->cancelled) { /* else replaced or closed: not ours any more */
-        if (which == GH_IO_READ ? gh_io_wait_done(c->loop, c->fd, c->sock, handle)
-                                : gh_io_wait_write_done(c->loop, c->fd, handle)) {
-            rc = -1;
-        }
-    }
-    return rc;
-}
-
+/* The wait on the loop (fd_wait.c): TimeoutError when the deadline passes,
+ * OSError(EBADF) when the socket is closed meanwhile. */
 static int
 green_wait(waitctx *c, int which)
 {
-    gh_state *st = c->st;
-    gh_Loop *loop = c->loop;
     double left;
     if (ctx_remaining(c, &left) < 0) {
         return -1;
     }
-    if (gh_io_waiter(loop, c->fd, which) != NULL) {
-        /* Two waits cannot share one watcher: one would never wake. */
-        PyErr_Format(PyExc_RuntimeError,
-                     "fd %d is already waited on for %s by another virtual thread or callback",
-                     c->fd, which == GH_IO_READ ? "reading" : "writing");
-        return -1;
-    }
-    if (loop->green_ready == NULL &&
-        (loop->green_ready = PyCFunction_New(&green_ready_def, (PyObject *)loop)) == NULL) {
-        return -1;
-    }
-    PyObject *loop_arg[1] = {(PyObject *)loop};
-    PyObject *fut = PyObject_Vectorcall(st->sk.future_type, loop_arg, 0, st->sk.kw_loop);
-    if (fut == NULL) {
-        return -1;
-    }
-    /* What Future.__await__ sets before yielding: the Task then waits on it. */
-    if (PyObject_SetAttr(fut, st->gs.future_blocking, Py_True) < 0) {
-        Py_DECREF(fut);
-        return -1;
-    }
-    PyObject *hargs[3] = {loop->green_ready, fut, RESULT_READY};
-    PyObject *handle =
-        gh_handle_new(st, st->HandleType, (PyObject *)loop, hargs[0], hargs + 1, 2, st->gs.context);
-    if (handle == NULL) {
-        Py_DECREF(fut);
-        return -1;
-    }
-    int armed = which == GH_IO_READ ? gh_io_wait_read(loop, c->fd, c->sock, handle)
-                                    : gh_io_wait_write(loop, c->fd, handle);
-    if (armed < 0) {
-        Py_DECREF(handle);
-        Py_DECREF(fut);
-        return -1;
-    }
-    PyObject *timer = NULL;
-    if (left >= 0) {
-        hargs[2] = RESULT_TIMEOUT;
-        timer = gh_loop_call_at(loop, c->deadline, hargs, 3, st->gs.context);
-        if (timer == NULL) {
-            PyObject *exc = gh_err_get_raised();
-            (void)end_wait(c, which, handle, NULL);
-            gh_err_set_raised(exc);
-            Py_DECREF(handle);
-            Py_DECREF(fut);
-            return -1;
-        }
-    }
-
-    gh_GreenCoro *w = (gh_GreenCoro *)Py_NewRef(c->w);
-    PyObject *value = NULL, *exc = NULL;
-    int rc = gh_suspend(w, Py_NewRef(fut), &value, &exc);
-    Py_DECREF(w);
-
-    PyObject *err = rc < 0 ? gh_err_get_raised() : NULL;
-    if (end_wait(c, which, handle, timer) < 0) {
-        if (err == NULL && exc == NULL) {
-            err = gh_err_get_raised();
-        }
-        else {
-            PyErr_WriteUnraisable((PyObject *)loop);
-        }
-    }
-    Py_XDECREF(timer);
-    Py_DECREF(handle);
-    if (err == NULL && exc == NULL) {
-        /* The Task resumes the step with None; the outcome is the Future's. */
-        Py_SETREF(value, PyObject_CallMethodNoArgs(fut, st->gs.result));
-        if (value == NULL) {
-            err = gh_err_get_raised();
-        }
-    }
-    Py_DECREF(fut);
-    if (err != NULL || exc != NULL) {
-        Py_XDECREF(value);
-        if (err != NULL) {
-            Py_XDECREF(exc);
-            gh_err_set_raised(err);
-        }
-        else {
-            gh_err_set_raised(exc); /* CancelledError, GeneratorExit */
-        }
-        return -1;
-    }
-    rc = 0;
-    if (value == RESULT_TIMEOUT) {
+    int ready = gh_fd_wait(c->loop, c->w, c->fd, c->sock, which, left >= 0 ? c->deadline : -1.0);
+    if (ready == 0) {
         PyErr_SetString(PyExc_TimeoutError, "timed out");
-        rc = -1;
+        return -1;
     }
-    else if (value == RESULT_CLOSED) {
-        errno = EBADF;
-        PyErr_SetFromErrno(PyExc_OSError);
-        rc = -1;
-    }
-    Py_XDECREF(value);
-    return rc;
+    return ready < 0 ? -1 : 0;
 }
 
 /* Waits until the fd is ready for `which` (or the call can fail for good:
@@ -673,19 +533,8 @@ green_closing(PyObject *mod, PyObject *sock)
     if (fd < 0) {
         return fd == -2 ? NULL : Py_NewRef(Py_None);
     }
-    for (int which = GH_IO_READ; which <= GH_IO_WRITE; which <<= 1) {
-        PyObject *h = gh_io_waiter(loop, fd, which);
-        gh_handle_data *d = h ? gh_hd(h) : NULL;
-        if (d == NULL || d->callback != loop->green_ready || d->args == NULL) {
-            continue;
-        }
-        PyObject *fut = PyTuple_GET_ITEM(d->args, 0);
-        PyObject *cargs[2] = {fut, RESULT_CLOSED};
-        PyObject *r = green_ready((PyObject *)loop, cargs, 2);
-        if (r == NULL) {
-            return NULL;
-        }
-        Py_DECREF(r);
+    if (gh_fd_wait_wake_closed(loop, fd) < 0) {
+        return NULL;
     }
     if (gh_io_forget(loop, fd, sock) < 0) {
         return NULL;
@@ -713,13 +562,7 @@ int
 gh_green_sock_init(PyObject *mod, gh_state *st)
 {
     st->gs.timeout_attr = PyUnicode_InternFromString("_gh_timeout");
-    st->gs.future_blocking = PyUnicode_InternFromString("_asyncio_future_blocking");
-    st->gs.result = PyUnicode_InternFromString("result");
-    /* The wait Handles only complete a Future: any context will do, so they
-     * share one instead of copying the current one per wait. */
-    st->gs.context = PyContext_New();
-    if (st->gs.timeout_attr == NULL || st->gs.future_blocking == NULL || st->gs.result == NULL ||
-        st->gs.context == NULL) {
+    if (st->gs.timeout_attr == NULL) {
         return -1;
     }
     return PyModule_AddFunctions(mod, green_methods);
@@ -729,7 +572,4 @@ void
 gh_green_sock_clear(gh_state *st)
 {
     Py_CLEAR(st->gs.timeout_attr);
-    Py_CLEAR(st->gs.future_blocking);
-    Py_CLEAR(st->gs.result);
-    Py_CLEAR(st->gs.context);
 }

@@ -12,7 +12,7 @@
 
 /* module.c: adds _green_recv, _green_recv_into, _green_send,
  * _green_sendall, _green_wait and _green_closing to the module, and fills
- * st->gs. */
+ * st->gs.timeout_attr. */
 int gh_green_sock_init(PyObject *mod, gh_state *st);
 void gh_green_sock_clear(gh_state *st);
 

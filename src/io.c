@@ -338,7 +338,9 @@ int
 gh_io_armed_for(gh_Loop *self, int fd, PyObject *sock)
 {
     gh_io_slot *slot = slot_for(self, fd, 0);
-    if (slot == NULL || slot->armed_for == NULL) {
+    /* No socket (a bare fd's wait, fd_wait.c): never armed for it.  (A dead
+     * weak reference must not match it either: its fd may be a new one.) */
+    if (sock == NULL || slot == NULL || slot->armed_for == NULL) {
         return 0;
     }
     PyObject *obj = gh_weakref_get(slot->armed_for);
@@ -386,7 +388,7 @@ gh_io_wait_done(gh_Loop *self, int fd, PyObject *sock, PyObject *handle)
     if (slot == NULL) {
         return 0;
     }
-    if (slot->reader != handle || slot->writer != NULL) {
+    if (sock == NULL || slot->reader != handle || slot->writer != NULL) {
         return remove_io(self, fd, GH_IO_READ) < 0 ? -1 : 0;
     }
     PyObject *ref = PyWeakref_NewRef(sock, NULL);
@@ -403,7 +405,7 @@ gh_io_wait_done(gh_Loop *self, int fd, PyObject *sock, PyObject *handle)
     return rc;
 }
 
-/* --- waits of green_sock.c ------------------------------------------------- */
+/* --- waits of fd_wait.c and green_sock.c ----------------------------------- */
 
 PyObject *
 gh_io_waiter(gh_Loop *self, int fd, int which)

@@ -42,7 +42,7 @@ typedef struct gh_Loop_s {
     struct gh_TransportState *wq_head, *wq_tail;
     /* sock.c's reader callbacks, bound to this loop; owned, made on first use. */
     PyObject *sock_recv_ready, *sock_recv_into_ready;
-    /* green_sock.c's reader/writer/timer callback, bound to this loop;
+    /* fd_wait.c's reader/writer/timer callback, bound to this loop;
      * owned, made on first use. */
     PyObject *green_ready;
 
@@ -117,14 +117,18 @@ void gh_loop_io_clear(gh_Loop *loop);
 
 /* io.c, for sock.c's waits: */
 /* 1 if fd's watcher is armed for reading on behalf of `sock` and has not
- * reported it readable since: a read now would only fail with EAGAIN. */
+ * reported it readable since: a read now would only fail with EAGAIN.
+ * 0 for sock NULL. */
 int gh_io_armed_for(gh_Loop *loop, int fd, PyObject *sock);
 /* Makes `handle` fd's reader, as add_reader() would; an armed watcher for
- * the same socket is reused as it is.  -1 with an exception on error. */
+ * the same socket is reused as it is.  `sock` is borrowed and may be NULL:
+ * a bare fd, which no armed watcher is ever for (fd_wait.c).  -1 with an
+ * exception on error. */
 int gh_io_wait_read(gh_Loop *loop, int fd, PyObject *sock, PyObject *handle);
 /* The wait with `handle` is over: removes the reader, as remove_reader()
  * would, but leaves the watcher armed for `sock` when nothing else uses
- * the fd.  -1 with an exception on error. */
+ * the fd (with sock NULL: never; the watcher stops as for remove_reader()).
+ * -1 with an exception on error. */
 int gh_io_wait_done(gh_Loop *loop, int fd, PyObject *sock, PyObject *handle);
 
 /* A new callback starts, or the loop is back from a blocking poll: the
@@ -137,7 +141,7 @@ gh_loop_tick(gh_Loop *loop)
     atomic_store_explicit(&loop->ticks, t + 1, memory_order_relaxed);
 }
 
-/* io.c, for green_sock.c's waits: */
+/* io.c, for the waits of fd_wait.c and green_sock.c: */
 /* fd's reader (GH_IO_READ) or writer (GH_IO_WRITE) Handle, borrowed, or NULL. */
 PyObject *gh_io_waiter(gh_Loop *loop, int fd, int which);
 /* Makes `handle` fd's writer, as add_writer() would.  -1 with an exception. */

@@ -4,6 +4,7 @@
  */
 #include <Python.h>
 
+#include "fd_wait.h"
 #include "green.h"
 #include "green_sock.h"
 #include "handle.h"
@@ -192,7 +193,7 @@ module_exec(PyObject *mod)
         add_type(mod, &gh_transport_base_spec, NULL, &st->TransportBaseType) < 0 ||
         add_type(mod, &gh_sockdone_spec, NULL, &st->SockDoneType) < 0 ||
         gh_transport_state_init(st) < 0 || gh_sock_state_init(st) < 0 ||
-        gh_green_sock_init(mod, st) < 0) {
+        gh_fd_wait_init(mod, st) < 0 || gh_green_sock_init(mod, st) < 0) {
         return -1;
     }
     if (gh_green_import() < 0) {
@@ -302,6 +303,7 @@ module_clear(PyObject *mod)
     gh_transport_state_clear(st);
     gh_sock_state_clear(st);
     gh_green_sock_clear(st);
+    gh_fd_wait_clear(st);
     Py_CLEAR(st->worker_main);
     Py_CLEAR(st->get_running_loop);
     Py_CLEAR(st->tasks_module);

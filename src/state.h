@@ -82,12 +82,13 @@ typedef struct {
         PyObject *done, *set_result, *set_exception, *add_done_callback;
     } sk;
 
-    /* green_sock.c's names; each owns a reference. */
+    /* The green waits' names: green_sock.c's (timeout_attr) and fd_wait.c's
+     * (the rest); each owns a reference. */
     struct {
         PyObject *timeout_attr;    /* "_gh_timeout" */
         PyObject *future_blocking; /* "_asyncio_future_blocking" */
         PyObject *result;          /* "result" */
-        PyObject *context;         /* the Context its wait Handles run in */
+        PyObject *context;         /* the Context the wait Handles run in */
     } gs;
 
     /* Live-object counters, checked by the tests (debug_counters()).  Plain

@@ -293,6 +293,35 @@ def test_cancelling_a_vthread_in_select_leaves_no_watcher_behind():
 
 
 @pytest.mark.timeout(60)
+def test_two_vthreads_in_one_epoll_selectors_select_the_second_is_refused():
+    # Both would wait on the selector's own epoll fd: one watcher, one waiter.  The
+    # second gets a RuntimeError at once; the first is still woken by its event.
+    r = run_child(
+        """
+        monkey.patch_selectors()
+        a, b = socket.socketpair()
+        async def main():
+            with selectors.EpollSelector() as sel:
+                sel.register(a, selectors.EVENT_READ)
+                first = greenhub.spawn(sel.select, 5)
+                await asyncio.sleep(0.02)
+                try:
+                    await greenhub.spawn(sel.select, 5)
+                    second = "returned"
+                except RuntimeError as exc:
+                    second = str(exc)
+                b.send(b"x")
+                events = await first
+                return second, [key.fileobj is a for key, _ in events]
+        second, first = greenhub.run(main())
+        emit(second=second, first=first)
+        """
+    )
+    assert "already waited on for reading" in r["second"], r
+    assert r["first"] == [True], r
+
+
+@pytest.mark.timeout(60)
 def test_subprocess_waits_are_cooperative_with_the_same_results():
     r = run_child(
         """

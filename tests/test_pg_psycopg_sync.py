@@ -147,6 +147,32 @@ def test_other_tasks_run_while_a_query_waits(pg_dsn, run):
     assert run(main) >= 10
 
 
+def test_a_query_larger_than_the_socket_buffers_waits_for_writing(pg_dsn, run, monkeypatch):
+    # psycopg flushes a big query in pieces, waiting for "readable or writable" (RW)
+    # between them: both of the loop's watchers armed at once, the ready direction
+    # passed back to psycopg's generator.
+    seen = []
+
+    def recording(fd, state, timeout, _wait=ghpg._c_wait_fd):
+        ready = _wait(fd, state, timeout)
+        seen.append((int(state), ready))
+        return ready
+
+    monkeypatch.setattr(ghpg, "_c_wait_fd", recording)
+    big = "x" * 32_000_000
+
+    def query():
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            return conn.execute("select length(%s)", (big,)).fetchone()[0]
+
+    async def main():
+        return await greenhub.spawn(query)
+
+    assert run(main) == len(big)
+    assert (waiting.WAIT_RW, waiting.READY_W) in seen, seen
+    assert all(ready in (0, 1, 2) for _, ready in seen), seen
+
+
 def test_errors_are_psycopgs(pg_dsn, run):
     def bad_sql():
         with psycopg.connect(pg_dsn) as conn:

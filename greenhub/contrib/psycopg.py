@@ -8,10 +8,11 @@
             return conn.execute("select pg_sleep(0.3)").fetchall()   # so does the query
 
 After ``install()``, every wait of a sync ``psycopg.Connection`` made inside a virtual
-thread (``greenhub._core.in_vthread()``) suspends only that task: the loop watches the
-libpq socket with ``add_reader``/``add_writer`` and the task waits on a future.  The same
-call anywhere else - an OS thread, a program with no loop, a stock asyncio loop - is
-psycopg's own wait, unchanged, whichever psycopg picked (the C ``wait_c`` included).
+thread (``greenhub._core.in_vthread()``) suspends only that task: ``_core._wait_fd``, in C,
+arms the loop's watchers on the libpq socket and a timer, suspends the task until one
+fires and removes them.  The same call anywhere else - an OS thread, a program with no
+loop, a stock asyncio loop - is psycopg's own wait, unchanged, whichever psycopg picked
+(the C ``wait_c`` included).
 
 The hook.  Every wait of psycopg's sync connections goes through two functions of
 ``psycopg.waiting``, looked up as module attributes at each call: ``wait`` (queries,
@@ -55,8 +56,7 @@ __all__ = ["install", "installed", "uninstall", "wait", "wait_conn"]
 logger = logging.getLogger(__name__)
 
 _in_vthread = _core.in_vthread
-_await = _core.await_
-_get_running_loop = asyncio.events._get_running_loop
+_c_wait_fd = _core._wait_fd
 _monotonic = time.monotonic
 
 # The server gets this long to answer a cancellation request before the connection is
@@ -65,8 +65,10 @@ CANCEL_TIMEOUT = 5.0
 
 _saved = None  # what install() replaced: {"wait": ..., "wait_conn": ..., ...}
 
-# psycopg's Wait/Ready flags, read by install() (psycopg is imported only then).
-WAIT_R = WAIT_W = READY_R = READY_W = None
+# psycopg's Wait and Ready flags are selectors' EVENT_READ (1) and EVENT_WRITE (2), and
+# WAIT_RW both: the masks _core._wait_fd takes and returns, so they pass through as they
+# are (install() checks).
+_FLAGS = {"WAIT_R": 1, "WAIT_W": 2, "WAIT_RW": 3, "READY_R": 1, "READY_W": 2}
 
 
 def _errors():
@@ -90,61 +92,36 @@ def _check_fd_open(fileno):
         raise _errors().OperationalError("connection socket closed") from ex
 
 
-def _set_done(fut):
-    if not fut.done():
-        fut.set_result(None)
-
-
-def _wait_fd(loop, fileno, state, interval, deadline):
-    """Suspend the calling virtual thread until `fileno` is ready for `state` (a
-    psycopg Wait: R, W or RW), the interval passes or the deadline comes.  Returns
-    the psycopg Ready flags (0: nothing became ready)."""
-    ready = 0
-    fut = loop.create_future()
-
-    def on_ready(flag):
-        nonlocal ready
-        ready |= flag
-        _set_done(fut)
-
-    reader = state & WAIT_R
-    writer = state & WAIT_W
-    if not (reader or writer):
-        raise _errors().InternalError(f"bad poll status: {state}")
-    if reader:
-        loop.add_reader(fileno, on_ready, READY_R)
-    if writer:
-        loop.add_writer(fileno, on_ready, READY_W)
-    delay = interval if interval else None
-    if deadline is not None:
-        left = max(0.0, deadline - _monotonic())
-        delay = left if delay is None else min(delay, left)
-    timer = None if delay is None else loop.call_later(delay, _set_done, fut)
-    try:
-        _await(fut)
-    finally:
-        if timer is not None:
-            timer.cancel()
-        if reader:
-            loop.remove_reader(fileno)
-        if writer:
-            loop.remove_writer(fileno)
-    return ready
+def _bad_state(state):
+    return _errors().InternalError(f"bad poll status: {state}")
 
 
 def _drive(gen, fileno, interval, timeout, moves):
     """Run a psycopg generator to completion, waiting cooperatively.  `moves`: the
     generator yields (fileno, state) pairs (connection generators, whose socket may
-    change) rather than states."""
-    loop = _get_running_loop()
+    change) rather than states.
+
+    Each wait is ``_core._wait_fd(fileno, state, delay)``: it suspends this virtual
+    thread until the socket is ready for `state` (a psycopg Wait: R, W or RW) or
+    `delay` passes - the interval, or what is left before the deadline if that is
+    sooner - and returns the psycopg Ready flags (0: nothing became ready)."""
     deadline = None if timeout is None else _monotonic() + timeout
+    delay = interval or None
     try:
         if moves:
             fileno, state = next(gen)
         else:
             state = next(gen)
         while True:
-            ready = _wait_fd(loop, fileno, state, interval, deadline)
+            if deadline is not None:
+                left = max(0.0, deadline - _monotonic())
+                delay = min(interval, left) if interval else left
+            try:
+                ready = _c_wait_fd(fileno, state, delay)
+            except ValueError:
+                if state not in (1, 2, 3):
+                    raise _bad_state(state) from None
+                raise
             if ready:
                 if moves:
                     fileno, state = gen.send(ready)
@@ -168,7 +145,7 @@ def wait(gen, fileno, interval=None, timeout=None):
     """``psycopg.waiting.wait`` as installed: cooperative in a virtual thread,
     psycopg's original wait anywhere else."""
     if _in_vthread():
-        return _drive(gen, fileno, interval, timeout, moves=False)
+        return _drive(gen, fileno, interval, timeout, False)
     if timeout is None:  # psycopg 3.2's waits take no timeout
         return _saved["wait"](gen, fileno, interval=interval)
     return _saved["wait"](gen, fileno, interval=interval, timeout=timeout)
@@ -177,7 +154,7 @@ def wait(gen, fileno, interval=None, timeout=None):
 def wait_conn(gen, interval=None, timeout=None):
     """``psycopg.waiting.wait_conn`` as installed (connecting, cancel requests)."""
     if _in_vthread():
-        return _drive(gen, None, interval, timeout, moves=True)
+        return _drive(gen, None, interval, timeout, True)
     if timeout is None:
         return _saved["wait_conn"](gen, interval=interval)
     return _saved["wait_conn"](gen, interval=interval, timeout=timeout)
@@ -222,22 +199,22 @@ def install():
     threads change behaviour.  Connections made before the call keep a
     ``threading.Lock``: make them after it.  Needs psycopg >= 3.2.
     """
-    global _saved, WAIT_R, WAIT_W, READY_R, READY_W
+    global _saved
     if _saved is not None:
         return
     import psycopg
     from psycopg import connection, waiting
 
-    WAIT_R, WAIT_W, READY_R, READY_W = (
-        waiting.WAIT_R,
-        waiting.WAIT_W,
-        waiting.READY_R,
-        waiting.READY_W,
-    )
-    if getattr(connection, "waiting", None) is not waiting or not hasattr(connection, "Lock"):
+    flags = {name: getattr(waiting, name, None) for name in _FLAGS}
+    if (
+        getattr(connection, "waiting", None) is not waiting
+        or not hasattr(connection, "Lock")
+        or flags != _FLAGS
+    ):
         raise RuntimeError(
             f"greenhub.contrib.psycopg does not support psycopg {psycopg.__version__}: "
-            "psycopg.connection no longer waits through psycopg.waiting"
+            "psycopg.connection no longer waits through psycopg.waiting with the "
+            f"selectors flags (Wait/Ready: {flags})"
         )
     saved = {
         "wait": waiting.wait,
