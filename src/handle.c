@@ -283,14 +283,16 @@ static void
 handle_dealloc(PyObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
-    gh_state *st = handle_state(self);
+    gh_state *st = gh_state_in_dealloc(tp); /* NULL late in shutdown */
     PyObject_GC_UnTrack(self);
     /* the weak reference list is the base class's __weakref__ slot */
     PyObject_ClearWeakRefs(self);
     handle_clear(self);
-    st->live_handles--;
-    if (tp == st->TimerHandleType) {
-        st->live_timers--;
+    if (st != NULL) {
+        st->live_handles--;
+        if (tp == st->TimerHandleType) {
+            st->live_timers--;
+        }
     }
     tp->tp_free(self);
     Py_DECREF(tp);

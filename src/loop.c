@@ -1041,6 +1041,8 @@ loop_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwds
     }
     /* tp_alloc zeroed the struct; set what is not zero. */
     self->st = st;
+    self->module = PyType_GetModuleByDef(type, &gh_moduledef); /* borrowed: found above */
+    Py_INCREF(self->module);
     self->debug_obj = Py_NewRef(Py_False);
     self->thread_id_obj = Py_NewRef(Py_None);
     st->live_loops++;
@@ -1064,6 +1066,7 @@ loop_traverse(PyObject *op, visitproc visit, void *arg)
 {
     gh_Loop *self = (gh_Loop *)op;
     Py_VISIT(Py_TYPE(op));
+    Py_VISIT(self->module);
     Py_VISIT(self->debug_obj);
     Py_VISIT(self->thread_id_obj);
     Py_VISIT(self->current_handle);
@@ -1121,8 +1124,10 @@ loop_dealloc(PyObject *op)
     gh_reactor_free(self->reactor);
     self->reactor = NULL;
     self->st->live_loops--;
+    PyObject *module = self->module;
     tp->tp_free(op);
     Py_DECREF(tp);
+    Py_XDECREF(module); /* last: the state may go with it */
 }
 
 #define FASTKW (METH_FASTCALL | METH_KEYWORDS)

@@ -20,7 +20,10 @@
 #include "vthread.h"
 
 typedef struct gh_Loop_s {
-    PyObject_HEAD gh_state *st;       /* borrowed: module state; our type keeps the module alive */
+    PyObject_HEAD gh_state *st;       /* module state, valid while `module` is held */
+    PyObject *module;                 /* owned, released last in dealloc: keeps `st` valid even
+                                       * when shutdown's garbage collection has cleared our type's
+                                       * reference to the module; never cleared by tp_clear */
     gh_reactor *reactor;              /* owned (malloc); NULL only if creation failed */
     gh_readyq ready;                  /* owns one reference to each queued handle */
     gh_timerq timers;                 /* owns one reference to each scheduled TimerHandle */

@@ -8,6 +8,8 @@
 
 #include <Python.h>
 
+#include "compat.h"
+
 /* asyncio's max_size for one read of a socket transport. */
 #define GH_RBUF_SIZE (256 * 1024)
 
@@ -110,6 +112,25 @@ gh_state_from_type(PyTypeObject *tp)
 {
     /* Works for subclasses too: finds the module of our defining base. */
     PyObject *mod = PyType_GetModuleByDef(tp, &gh_moduledef);
+    return mod ? (gh_state *)PyModule_GetState(mod) : NULL;
+}
+
+/* The module state for a dealloc function, or NULL once it is gone.  At
+ * interpreter shutdown the last garbage collection may clear a type (and with
+ * it the type's reference to our module) before the type's last instance is
+ * deallocated; counters kept in the state are then skipped.  Never leaves an
+ * exception set, and keeps one that is in flight. */
+static inline gh_state *
+gh_state_in_dealloc(PyTypeObject *tp)
+{
+    PyObject *exc = PyErr_Occurred() ? gh_err_get_raised() : NULL;
+    PyObject *mod = PyType_GetModuleByDef(tp, &gh_moduledef);
+    if (mod == NULL) {
+        PyErr_Clear();
+    }
+    if (exc != NULL) {
+        gh_err_set_raised(exc);
+    }
     return mod ? (gh_state *)PyModule_GetState(mod) : NULL;
 }
 

@@ -860,7 +860,10 @@ wq_dealloc(PyObject *op)
     assert(!wq->queued); /* the loop's reference kept it alive otherwise */
     wq_clear(op);
     PyMem_Free(wq->items);
-    ((gh_state *)PyType_GetModuleState(tp))->live_transport_states--;
+    gh_state *st = gh_state_in_dealloc(tp); /* NULL late in shutdown */
+    if (st != NULL) {
+        st->live_transport_states--;
+    }
     Py_CLEAR(wq->loop);
     tp->tp_free(op);
     Py_DECREF(tp);

@@ -517,3 +517,56 @@ def test_is_running_seen_from_another_thread(loop):
     loop.call_soon(check_from_thread)
     run_once(loop)
     assert seen == [True]
+
+
+# -- interpreter exit with greenhub objects still alive -------------------------------
+
+EXIT_WITH_LIVE_OBJECTS = r"""
+import asyncio, socket, sys
+sys.path.insert(0, {repo!r})
+import greenhub, greenhub._core as core, greenhub.contrib.psycopg as gp
+
+loop = greenhub.new_event_loop()
+loop.call_later(30, print)          # a TimerHandle and a Handle still queued
+loop.call_soon(print)
+fut = loop.create_future()
+
+async def parked():
+    greenhub.await_(fut)            # a virtual thread parked in await_()
+
+task = loop.create_task(parked())
+loop.run_until_complete(asyncio.sleep(0))
+a, b = socket.socketpair()
+transport = loop.run_until_complete(loop.connect_accepted_socket(asyncio.Protocol, a))[0]
+
+class Holder:
+    pass
+
+holder = Holder()
+holder.self, holder.loop, holder.task, holder.transport = holder, loop, task, transport
+core.holder = gp.holder = holder    # cycles through the modules themselves
+def user_function():
+    pass
+gp.anything = user_function
+gp.install()
+print("exiting")
+"""
+
+
+def test_interpreter_exit_with_live_loop_objects_does_not_crash(tmp_path):
+    """Exit with an unclosed loop, queued handles, a parked virtual thread and a
+    transport reachable from cycles through greenhub's modules: shutdown's last
+    garbage collection may clear our types before their instances, and deallocating
+    those must not touch freed module state."""
+    import os
+    import subprocess
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = tmp_path / "exit_live.py"
+    script.write_text(EXIT_WITH_LIVE_OBJECTS.format(repo=repo))
+    for _ in range(3):
+        p = subprocess.run(
+            [sys.executable, "-X", "dev", str(script)], capture_output=True, text=True, timeout=60
+        )
+        assert p.returncode == 0, (p.returncode, p.stderr[-2000:])
+        assert "exiting" in p.stdout
