@@ -276,14 +276,18 @@ class _Home(Executor):
             else:
                 done.set_result(task.result())
 
+        done.add_done_callback(lambda _: self._work.put(None))
+        # Counted before the task can start: once start() is scheduled the loop may run
+        # the awaitable, and a thread-sensitive call it makes must find this thread
+        # waiting (submit() here), not queue behind it on the busy shared executor.
+        self.waiting += 1
         try:
             self.loop.call_soon_threadsafe(start)
         except RuntimeError:
+            self.waiting -= 1
             if inspect.iscoroutine(awaitable):
                 awaitable.close()
             raise
-        done.add_done_callback(lambda _: self._work.put(None))
-        self.waiting += 1
         try:
             while not done.done():
                 self._run_one(self._work.get())
