@@ -15,6 +15,14 @@ the candidate.  The exit status is non-zero if there is any regression, or if
 a module crashed / timed out / failed to set up on the candidate but not on
 the stock loop.
 
+With ``--baseline on-demand`` (what ``make test-compat`` and CI use) the
+candidate runs first and the stock side runs only what it did not pass: the
+whole module if anything failed, crashed or hung (then everything above holds
+as is), only the skipped tests if it merely skipped some, nothing if it passed
+every test.  The regressions found are the same; the stock side's own counts
+(and tests that only the candidate passes) are reported only with the default,
+``--baseline full``.
+
 The candidate is installed as the event loop policy and, for the I/O suites
 that build their loops from ``asyncio.SelectorEventLoop`` themselves, also
 built in place of that class inside the tests' loop factories (``--group io``;
@@ -988,6 +996,8 @@ def run_child(opts, python, module, side, outdir, tests_file=None, tag=""):
             pass
     res["elapsed"] = round(res["elapsed"], 2)
     res["loops"] = loops_total
+    # Loaded but never reported (a crash with no resume left, a killed child).
+    res["missing"] = [t for t in all_ids or () if t not in res["tests"]]
     if res["incidents"]:
         first = res["incidents"][0]
         res["hung_in" if first["kind"] == ST_TIMEOUT else "crashed_in"] = first["test"]
@@ -997,6 +1007,45 @@ def run_child(opts, python, module, side, outdir, tests_file=None, tag=""):
     res["counts"] = _count(res["tests"])
     with open(base + ".json", "w", encoding="utf-8") as f:
         json.dump(res, f, indent=1, sort_keys=True)
+    return res
+
+
+# Ids that name a test loadTestsFromNames() can load on its own (not a subtest record,
+# a module or class fixture error like "setUpClass (test.test_asyncio.x.Tests)").
+_LOADABLE_ID = re.compile(r"^[\w.]+$")
+
+
+def _baseline_on_demand(opts, python, module, cand, outdir):
+    """The stock side for --baseline on-demand, after the candidate ran.
+
+    A test that passes on the candidate cannot be a regression, so the stock side
+    runs only what the candidate did not pass.  If the candidate had anything worse
+    than a skip or an expected failure (a failure, an error, an unexpected success, a
+    crash, a timeout, a test not run, a module that did not set up), the whole stock
+    module runs, exactly as with --baseline full: the comparison, the crash check and
+    the report are then the same.  If it only skipped some tests, just those run on
+    the stock loop (a test that greenhub skips but the stock loop passes is a
+    regression).  If it passed everything, nothing runs."""
+    worse = [t for t, r in cand["tests"].items() if r["outcome"] not in (PASS, SKIP, XFAIL)]
+    unpassed = [t for t, r in cand["tests"].items() if r["outcome"] != PASS]
+    if (cand["status"] != ST_OK or worse or cand.get("missing") or not cand["tests"]
+            or not all(_LOADABLE_ID.match(t) for t in unpassed)):
+        res = run_child(opts, python, module, "stock", outdir)
+        res["baseline"] = "full"
+        return res
+    if not unpassed:
+        return {"module": module, "side": "stock", "label": "stock", "status": ST_OK,
+                "returncode": None, "elapsed": 0.0, "tests": {}, "checks": [],
+                "loops": None, "setup_error": None, "incidents": [], "segments": 0,
+                "counts": _count({}), "baseline": "none"}
+    fd, path = tempfile.mkstemp(prefix="compat-baseline-", suffix=".txt")
+    with os.fdopen(fd, "w") as f:
+        f.write("\n".join(sorted(unpassed)) + "\n")
+    try:
+        res = run_child(opts, python, module, "stock", outdir, tests_file=path)
+    finally:
+        os.remove(path)
+    res["baseline"] = "partial"
     return res
 
 
@@ -1012,10 +1061,14 @@ def _count(tests):
 
 
 def compare(stock, cand):
-    """Test-by-test comparison.  Returns (regressions, improvements, other_diffs)."""
+    """Test-by-test comparison.  Returns (regressions, improvements, other_diffs).
+
+    With an on-demand baseline (stock["baseline"] != "full") the stock side ran only
+    the tests the candidate did not pass; the candidate's passes are not compared."""
     regressions, improvements, diffs = [], [], []
     st, ct = stock["tests"], cand["tests"]
-    for tid in sorted(set(st) | set(ct)):
+    ids = set(st) | set(ct) if stock.get("baseline", "full") == "full" else set(st)
+    for tid in sorted(ids):
         so = st.get(tid, {}).get("outcome", NOT_RUN)
         co = ct.get(tid, {}).get("outcome", NOT_RUN)
         if so == co:
@@ -1056,7 +1109,7 @@ def _short_id(tid):
 
 
 def _fmt_side(r):
-    if r is None:
+    if r is None or r.get("baseline", "full") != "full":
         return ("-", "-", "-")
     c = r["counts"]
     return (str(c[PASS]), str(c[FAIL] + c[ERROR] + c[XPASS] + c[CRASHED] + c[TIMEDOUT]),
@@ -1167,14 +1220,19 @@ def parent_main(opts):
             except OSError:
                 pass
 
-    print("compat: modules: %s; timeout %ss per module and side; results in %s\n"
-          % (" ".join(modules), opts.timeout, os.path.relpath(outdir)))
+    print("compat: modules: %s; timeout %ss per module and side; stock baseline %s; "
+          "results in %s\n"
+          % (" ".join(modules), opts.timeout, opts.baseline, os.path.relpath(outdir)))
 
     rows = []
 
     def run_module(m):
-        stock = run_child(opts, python, m, "stock", outdir)
-        cand = run_child(opts, python, m, "candidate", outdir)
+        if opts.baseline == "full":
+            stock = run_child(opts, python, m, "stock", outdir)
+            cand = run_child(opts, python, m, "candidate", outdir)
+        else:
+            cand = run_child(opts, python, m, "candidate", outdir)
+            stock = _baseline_on_demand(opts, python, m, cand, outdir)
         return m, stock, cand
 
     results = []
@@ -1210,6 +1268,8 @@ def parent_main(opts):
         tests_using = len(on_cand)
         on_cand_pass = sum(1 for t in on_cand if t["outcome"] == PASS)
         notes = []
+        if stock.get("baseline") == "partial":
+            notes.append("stock ran %d test(s) %s skipped" % (len(stock["tests"]), cand_label))
         if stock["status"] != ST_OK:
             notes.append("stock %s" % _status_word(stock))
         if cand["status"] != ST_OK:
@@ -1240,6 +1300,7 @@ def parent_main(opts):
         all_regressions.extend(regs)
         summary_modules[m] = {
             "stock": {"status": stock["status"], "counts": stock["counts"],
+                      "baseline": stock.get("baseline", "full"),
                       "elapsed": stock["elapsed"], "incidents": stock.get("incidents"),
                       "setup_error": stock.get("setup_error")},
             cand_label: {"status": cand["status"], "counts": cand["counts"],
@@ -1279,6 +1340,8 @@ def parent_main(opts):
 
 def _progress(m, stock, cand):
     def one(r):
+        if r.get("baseline") == "none":
+            return "%s: not run (%s passed every test)" % (r["label"], cand["label"])
         c = r["counts"]
         s = "%s: %d pass, %d fail, %d error, %d skip" % (
             r["label"], c[PASS], c[FAIL], c[ERROR], c[SKIP])
@@ -1286,6 +1349,8 @@ def _progress(m, stock, cand):
             s += ", %d xfail, %d xpass" % (c[XFAIL], c[XPASS])
         if r["status"] != ST_OK:
             s += " [%s]" % _status_word(r)
+        if r.get("baseline") == "partial":
+            s += " [only what %s did not pass]" % cand["label"]
         return s + " (%.1fs)" % r["elapsed"]
     extra = ""
     if cand["checks"]:
@@ -1325,7 +1390,10 @@ def _print_table(pyver, cand_label, rows, absent):
         tsec = [tsec[0] + secs[0], tsec[1] + secs[1]]
         table.append([r["module"]] + vals + ["%.1f" % x for x in secs]
                      + [", ".join(r["notes"])])
-    table.append(["TOTAL"] + [str(x) for x in tot] + ["%.1f" % x for x in tsec] + [""])
+    # A column that no row filled (stock counts under --baseline on-demand) totals "-".
+    filled = [any(r[i + 1] != "-" for r in table) for i in range(len(tot))]
+    table.append(["TOTAL"] + [str(x) if f else "-" for x, f in zip(tot, filled, strict=True)]
+                 + ["%.1f" % x for x in tsec] + [""])
     for m in absent:
         table.append([m] + ["-"] * (ncols - 2) + ["absent in Python %s" % pyver])
     widths = [max(len(hdr[i]), *(len(r[i]) for r in table)) for i in range(ncols)]
@@ -1347,7 +1415,9 @@ def _print_table(pyver, cand_label, rows, absent):
           " redir = of those, built in place of asyncio.SelectorEventLoop(...) in a test's\n"
           "   create_event_loop/new_loop/setUp;\n"
           " on %(s)s = tests that built or ran a %(c)s loop; pass = of those, passed;\n"
-          " stock s, %(s)s s = seconds per side)" % {"c": cand_label, "s": short})
+          " stock s, %(s)s s = seconds per side;\n"
+          " stock columns '-': --baseline on-demand, the stock side ran only what %(c)s\n"
+          "   did not pass)" % {"c": cand_label, "s": short})
 
 
 def _final_line(item):
@@ -1507,6 +1577,13 @@ def main(argv=None):
     ap.add_argument("-j", "--jobs", type=int, default=1,
                     help="modules to run in parallel (default 1; >1 can make "
                          "timing-sensitive tests flaky)")
+    ap.add_argument("--baseline", choices=("full", "on-demand"), default="full",
+                    help="full: run every module on the stock loop too (the whole "
+                         "comparison table); on-demand: run the candidate first and, on "
+                         "the stock loop, only what it did not pass - the whole module "
+                         "if anything failed, crashed or hung, just the tests if it only "
+                         "skipped some, nothing if it passed all (the same regressions, "
+                         "about half the time; make test-compat; default %(default)s)")
     ap.add_argument("--rerun", type=int, default=0, metavar="N",
                     help="re-run regressed tests up to N times on the candidate; those "
                          "that pass are reported as flaky and not counted (default 0)")
