@@ -104,12 +104,18 @@ def assert_greenhub_counters_zero(where, baseline=None):
         return
     detail = ""
     if leaked.get("loops"):
+        # conftest freezes the objects alive after collection (gc.freeze()); a frozen
+        # holder would be invisible to gc.get_referrers().
+        frozen = gc.get_freeze_count()
+        gc.unfreeze()
         loops = live_greenhub_loops()
         held = []
         for i in range(min(3, len(loops))):
             held.append(f"{loops[i]!r} held by [{describe_referrers(loops[i], (loops,))}]")
         detail = "; live loops: " + " | ".join(held)
         del loops
+        if frozen:
+            gc.freeze()
     earlier = {k: v for k, v in baseline.items() if v}
     note = f" ({earlier} were already alive before this test)" if earlier else ""
     raise AssertionError(
