@@ -478,10 +478,10 @@ asyncio.unix_events.DefaultEventLoopPolicy = Policy
 asyncio.set_event_loop_policy(Policy())
 from test.test_asyncio import test_subprocess as ts
 
-suite = unittest.TestSuite()
-for name in ("SubprocessThreadedWatcherTests", "SubprocessPidfdWatcherTests"):
-    if hasattr(ts, name):
-        suite.addTests(unittest.TestLoader().loadTestsFromTestCase(getattr(ts, name)))
+# One class of SubprocessMixin's tests: with the watchers ignored, every watcher class
+# (Threaded, Pidfd, ...) runs the same tests on the same greenhub path, only with a
+# different unused watcher attached.
+suite = unittest.TestLoader().loadTestsFromTestCase(ts.SubprocessThreadedWatcherTests)
 result = unittest.TextTestRunner(verbosity=0).run(suite)
 assert isinstance(asyncio.new_event_loop(), greenhub.Loop)
 print("RAN", result.testsRun, flush=True)
@@ -507,4 +507,5 @@ def test_cpython_subprocess_suite_on_greenhubs_own_path(tmp_path):
         [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=50
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    assert "RAN" in proc.stdout and int(proc.stdout.split("RAN")[1].split()[0]) > 40
+    # SubprocessMixin has 29 tests on 3.11, 35 on 3.13.
+    assert "RAN" in proc.stdout and int(proc.stdout.split("RAN")[1].split()[0]) >= 25
