@@ -67,7 +67,12 @@ SUITES = {
         ],
         # Where "localhost" has no IPv6 address (CI's machine), every IPv6 case of
         # test_sockets fails on both loops after a slow lookup: most of the subset's time.
-        "quick_k": "not ipv6",
+        # The two send tests of TestUDPSocketBackpressure fail on the stock loop too
+        # (anyio 4.16.0 on CPython 3.13.0, CI's Python here: the blocked send is never
+        # woken, so each of the 8 cases runs into its 5 s fail_after): they cannot show
+        # a regression, and took 40 s of each side.  The class's other tests stay.
+        "quick_k": "not ipv6 and not test_send_waits_for_the_os_to_accept_the_datagram"
+        " and not test_cancelled_send_does_not_buffer_the_next_datagram",
     },
     "aiohttp": {
         # aiohttp's pytest.ini addopts need pytest-xdist and pytest-cov; they are replaced
