@@ -12,7 +12,6 @@ import asyncio
 import errno
 import gc
 import os
-import socket
 import sys
 import threading
 import time
@@ -65,22 +64,11 @@ def drain(sock):
         pass
 
 
-@pytest.fixture
-def fds():
-    """A connected socket pair (plain sockets: the fds are what the tests use)."""
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
-    yield a, b
-    a.close()
-    b.close()
-
-
 # -- in a virtual thread -----------------------------------------------------------------
 
 
-def test_readable_waits_only_this_virtual_thread(gloop, fds):
-    a, b = fds
+def test_readable_waits_only_this_virtual_thread(gloop, pair):
+    a, b = pair
     ticks = []
 
     def waiter():
@@ -102,8 +90,8 @@ def test_readable_waits_only_this_virtual_thread(gloop, fds):
     assert a.recv(10) == b"x"
 
 
-def test_writable(gloop, fds):
-    a, b = fds
+def test_writable(gloop, pair):
+    a, b = pair
     assert vrun(gloop, wait_fd, a.fileno(), W, None) == W
     fill(a)
 
@@ -123,8 +111,8 @@ def test_writable(gloop, fds):
     assert watched(gloop, a.fileno()) == 0
 
 
-def test_either_direction_reports_the_one_that_fired(gloop, fds):
-    a, b = fds
+def test_either_direction_reports_the_one_that_fired(gloop, pair):
+    a, b = pair
     # writable at once, nothing to read
     assert vrun(gloop, wait_fd, a.fileno(), RW, None) == W
     # not writable (buffer full): data arriving wakes it for reading
@@ -141,8 +129,8 @@ def test_either_direction_reports_the_one_that_fired(gloop, fds):
     assert watched(gloop, a.fileno()) == 0
 
 
-def test_timeout_returns_zero_and_leaves_nothing(gloop, fds):
-    a, _ = fds
+def test_timeout_returns_zero_and_leaves_nothing(gloop, pair):
+    a, _ = pair
 
     def waiter():
         t0 = time.monotonic()
@@ -158,8 +146,8 @@ def test_timeout_returns_zero_and_leaves_nothing(gloop, fds):
     assert watched(gloop, a.fileno()) == 0
 
 
-def test_zero_timeout_only_looks(gloop, fds):
-    a, b = fds
+def test_zero_timeout_only_looks(gloop, pair):
+    a, b = pair
     ticks = []
 
     def looker():
@@ -180,8 +168,8 @@ def test_zero_timeout_only_looks(gloop, fds):
     assert gloop.run_until_complete(asyncio.wait_for(main(), 10)) == (0, RW, [])
 
 
-def test_no_timeout_waits_as_long_as_it_takes(gloop, fds):
-    a, b = fds
+def test_no_timeout_waits_as_long_as_it_takes(gloop, pair):
+    a, b = pair
 
     async def main():
         task = greenhub.spawn(wait_fd, a.fileno(), R, None)
@@ -193,8 +181,8 @@ def test_no_timeout_waits_as_long_as_it_takes(gloop, fds):
     assert gloop.run_until_complete(asyncio.wait_for(main(), 10)) == R
 
 
-def test_infinite_timeout_is_no_limit(gloop, fds):
-    a, b = fds
+def test_infinite_timeout_is_no_limit(gloop, pair):
+    a, b = pair
 
     async def main():
         task = greenhub.spawn(wait_fd, a.fileno(), R, float("inf"))
@@ -205,19 +193,19 @@ def test_infinite_timeout_is_no_limit(gloop, fds):
     assert gloop.run_until_complete(asyncio.wait_for(main(), 10)) == R
 
 
-def test_int_subclasses_and_int_timeout_accepted(gloop, fds):
+def test_int_subclasses_and_int_timeout_accepted(gloop, pair):
     import enum
 
     class Wait(enum.IntEnum):  # psycopg passes its Wait enum
         R = 1
         W = 2
 
-    a, _ = fds
+    a, _ = pair
     assert vrun(gloop, wait_fd, a.fileno(), Wait.W, 1) == W
 
 
-def test_in_debug_mode(gloop, fds):
-    a, b = fds
+def test_in_debug_mode(gloop, pair):
+    a, b = pair
     gloop.set_debug(True)
     gloop.slow_callback_duration = 10  # a busy machine must not make it log
 
@@ -237,8 +225,8 @@ def test_in_debug_mode(gloop, fds):
 
 
 @pytest.mark.parametrize("events", [R, RW])
-def test_cancel_while_waiting_then_wait_again(gloop, fds, events):
-    a, b = fds
+def test_cancel_while_waiting_then_wait_again(gloop, pair, events):
+    a, b = pair
     if events == RW:
         fill(a)
     seen = []
@@ -270,8 +258,8 @@ def test_cancel_while_waiting_then_wait_again(gloop, fds, events):
     assert watched(gloop, a.fileno()) == 0
 
 
-def test_asyncio_timeout_around_the_wait(gloop, fds):
-    a, b = fds
+def test_asyncio_timeout_around_the_wait(gloop, pair):
+    a, b = pair
 
     async def main():
         with pytest.raises(TimeoutError):
@@ -284,8 +272,8 @@ def test_asyncio_timeout_around_the_wait(gloop, fds):
     assert gloop.run_until_complete(asyncio.wait_for(main(), 10)) == R
 
 
-def test_two_waiters_on_one_fd(gloop, fds):
-    a, b = fds
+def test_two_waiters_on_one_fd(gloop, pair):
+    a, b = pair
     fill(a)
 
     async def main():
@@ -307,8 +295,8 @@ def test_two_waiters_on_one_fd(gloop, fds):
     assert watched(gloop, a.fileno()) == 0
 
 
-def test_an_add_reader_callback_on_the_fd_is_another_waiter(gloop, fds):
-    a, _ = fds
+def test_an_add_reader_callback_on_the_fd_is_another_waiter(gloop, pair):
+    a, _ = pair
 
     async def main():
         gloop.add_reader(a.fileno(), lambda: None)
@@ -344,8 +332,8 @@ def test_closing_a_green_socket_wakes_its_waiters(gloop):
     assert fd not in gloop._io_watchers()
 
 
-def test_loop_close_unwinds_a_parked_wait(greenhub_leak_check, fds):
-    a, _ = fds
+def test_loop_close_unwinds_a_parked_wait(greenhub_leak_check, pair):
+    a, _ = pair
     loop = greenhub.new_event_loop()
     seen = []
 
@@ -366,8 +354,8 @@ def test_loop_close_unwinds_a_parked_wait(greenhub_leak_check, fds):
     assert seen == [asyncio.CancelledError] and task.cancelled()
 
 
-def test_inside_no_switch_refused_and_nothing_left(gloop, fds):
-    a, _ = fds
+def test_inside_no_switch_refused_and_nothing_left(gloop, pair):
+    a, _ = pair
 
     def critical():
         with greenhub.no_switch():
@@ -430,8 +418,8 @@ def test_keyword_arguments_refused():
 # -- outside a virtual thread: poll() ----------------------------------------------------
 
 
-def test_outside_in_an_os_thread_blocks_in_poll(fds):
-    a, b = fds
+def test_outside_in_an_os_thread_blocks_in_poll(pair):
+    a, b = pair
     assert in_thread(wait_fd, a.fileno(), R, 0.02) == 0
     assert in_thread(wait_fd, a.fileno(), W, None) == W
     threading.Timer(0.02, b.send, (b"late",)).start()
@@ -441,15 +429,15 @@ def test_outside_in_an_os_thread_blocks_in_poll(fds):
     assert wait_fd(a.fileno(), RW, 0) == RW  # data to read and room to write
 
 
-def test_outside_a_hang_up_reports_what_was_asked(fds):
-    a, b = fds
+def test_outside_a_hang_up_reports_what_was_asked(pair):
+    a, b = pair
     b.close()
     assert wait_fd(a.fileno(), R, 1) == R
     assert wait_fd(a.fileno(), RW, 1) & R
 
 
-def test_outside_the_gil_is_released_while_polling(fds):
-    a, b = fds
+def test_outside_the_gil_is_released_while_polling(pair):
+    a, b = pair
     progress = []
 
     def spin():
@@ -468,8 +456,8 @@ def test_outside_the_gil_is_released_while_polling(fds):
     assert len(progress) > 5
 
 
-def test_in_a_loop_callback_blocks_in_poll(gloop, fds):
-    a, b = fds
+def test_in_a_loop_callback_blocks_in_poll(gloop, pair):
+    a, b = pair
     box = {}
 
     def callback():
@@ -484,10 +472,10 @@ def test_in_a_loop_callback_blocks_in_poll(gloop, fds):
     assert watched(gloop, a.fileno()) == 0
 
 
-def test_in_a_task_on_either_loop(loop, kind, fds):
+def test_in_a_task_on_either_loop(loop, kind, pair):
     """Same results in a task of either loop (a virtual thread on greenhub; on the stock
     loop the task is no virtual thread and the call blocks in poll())."""
-    a, b = fds
+    a, b = pair
 
     async def main():
         empty = wait_fd(a.fileno(), R, 0.01)
@@ -502,10 +490,10 @@ def test_in_a_task_on_either_loop(loop, kind, fds):
 # -- references ----------------------------------------------------------------------------
 
 
-def test_no_leaked_references(gloop, fds):
+def test_no_leaked_references(gloop, pair):
     """Many waits of every kind: the counters go back and the arguments' reference
     counts and the number of gc-tracked objects do not grow."""
-    a, b = fds
+    a, b = pair
     fd = a.fileno()
     timeout = 5.0
     short = 0.0001
