@@ -452,3 +452,59 @@ def test_cancelled_virtual_thread_mid_transaction_leaks_nothing(
     assert stats == {"default": {"idle": 1, "in_use": 0}}
     assert count == 0  # rolled back
     assert server_connections(pg_dsn, 1) == 1  # the reader reused the writer's connection
+
+
+DJANGO_POOL_SCRIPT = r"""
+import asyncio, json, sys, time
+sys.path[:0] = [{repo!r}, {tests!r}]
+import django, httpx
+from django.conf import settings
+import django_app
+
+conf = django_app.settings({dsn!r})
+db = conf["DATABASES"]["default"]
+db["CONN_MAX_AGE"] = 0  # Django requires it with its pool
+db["OPTIONS"] = {{"pool": {{"min_size": 1, "max_size": 2, "timeout": 10}}}}
+settings.configure(**conf)
+import greenhub
+from greenhub.contrib.django import get_asgi_application
+
+app = get_asgi_application()
+
+async def main():
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        t0 = time.perf_counter()
+        rs = await asyncio.gather(*(client.get("/pid") for _ in range(6)))
+        return [r.status_code for r in rs], [r.json()["pid"] for r in rs], time.perf_counter() - t0
+
+loop = greenhub.new_event_loop()
+codes, pids, elapsed = loop.run_until_complete(main())
+loop.close()
+print(json.dumps({{"codes": codes, "pids": pids, "elapsed": elapsed}}))
+"""
+
+
+def test_djangos_own_pool_option_waits_cooperatively(app, pg_dsn, tmp_path):
+    """OPTIONS={"pool": ...} (Django's psycopg_pool): more virtual threads than pooled
+    connections wait for one cooperatively, and closing at the end of the request
+    returns it to Django's pool (greenhub's reuse stands aside).  In a fresh process,
+    because Django's pool is made once per alias and process."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    tests = os.path.dirname(os.path.abspath(__file__))
+    script = tmp_path / "django_pool.py"
+    script.write_text(
+        DJANGO_POOL_SCRIPT.format(repo=os.path.dirname(tests), tests=tests, dsn=pg_dsn)
+    )
+    p = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=50)
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert out["codes"] == [200] * 6
+    # Two server sessions served all six (each /pid waits 0.1 s on the server):
+    # three rounds, not six, and no 10 s pool timeout.
+    assert len(set(out["pids"])) <= 2
+    assert out["elapsed"] < 5, out

@@ -97,6 +97,64 @@ def test_concurrent_queries_overlap(pg_dsn, run, counted_waits):
     assert counted_waits == {"wait": 0, "wait_conn": 0}
 
 
+def test_connection_pool_waits_cooperatively(pg_dsn, run):
+    """More virtual threads than a psycopg_pool.ConnectionPool has connections: those
+    that find none wait for one without blocking the loop (threading's Condition would
+    block it, and with it the holders' queries: a deadlock until the pool's timeout)."""
+    from psycopg_pool import ConnectionPool
+
+    n, size = 6, 2
+    pool = ConnectionPool(pg_dsn, min_size=1, max_size=size, open=False, timeout=20)
+    pool.open(wait=True)  # outside any loop: the pool's own threads connect
+
+    def use(i):
+        with pool.connection() as conn:
+            conn.execute("select pg_sleep(%s)", (SLEEP,))
+            return conn.execute("select %s::int + 1", (i,)).fetchone()[0]
+
+    async def main():
+        ticks = 0
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        t = asyncio.create_task(ticker())
+        t0 = time.perf_counter()
+        results = await asyncio.gather(*(greenhub.spawn(use, i) for i in range(n)))
+        elapsed = time.perf_counter() - t0
+        t.cancel()
+        return results, elapsed, ticks
+
+    try:
+        results, elapsed, ticks = run(main)
+    finally:
+        pool.close()
+    assert results == [i + 1 for i in range(n)]
+    # n / size rounds of SLEEP each, overlapped within a round; the loop kept running.
+    assert (n // size) * SLEEP * 0.9 < elapsed < 10, elapsed
+    assert ticks >= elapsed / 0.01 / 4, (ticks, elapsed)
+    stats = pool.get_stats()
+    assert stats.get("requests_waiting", 0) == 0
+
+
+def test_uninstall_restores_psycopg_pools_primitives():
+    import threading
+
+    from psycopg_pool import pool as pool_module
+
+    assert pool_module.Condition is greenhub.Condition
+    ghpg.uninstall()
+    try:
+        assert pool_module.Condition is threading.Condition
+        assert pool_module.Lock is threading.RLock and pool_module.Event is threading.Event
+    finally:
+        ghpg.install()
+    assert pool_module.Lock is greenhub.RLock and pool_module.Event is greenhub.Event
+
+
 def test_same_code_outside_vthreads_uses_psycopgs_wait(pg_dsn, counted_waits):
     # A program with no loop, an OS thread, a coroutine on the stock loop and a plain
     # greenhub loop callback all block as psycopg always does.

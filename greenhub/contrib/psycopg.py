@@ -24,7 +24,12 @@ enough; replacing the two attributes is, because psycopg never calls ``wait_c`` 
 through them.  ``install()`` replaces them with functions that decide per call, and
 keeps the originals for every caller outside virtual threads.
 
-Two more things a shared process needs:
+More things a shared process needs:
+
+- ``psycopg_pool.ConnectionPool`` hands connections to waiting clients through
+  ``threading`` primitives; ``install()`` gives its module greenhub's (see
+  ``_POOL_PRIMITIVES``), so a virtual thread waiting for a connection suspends only
+  its task.
 
 - ``Connection.lock`` (psycopg serialises the users of one connection with it) is a
   ``threading.Lock``.  A virtual thread that blocked on it while another held it across
@@ -49,6 +54,7 @@ import os
 import time
 
 from .. import _core
+from .. import sync as _sync
 from ..sync import Lock as _CoopLock
 
 __all__ = ["install", "installed", "uninstall", "wait", "wait_conn"]
@@ -192,6 +198,32 @@ def _cancel_running_query(conn, gen):
             raise  # cancelled again, or another interruption: let it through
 
 
+# psycopg_pool's sync ConnectionPool takes its primitives from these names of its
+# ``pool`` module when it makes a pool (its ``_lock``), a waiting client (a Condition it
+# waits on until a connection is handed over) and its "pool full" event.  install()
+# replaces them with greenhub's, which are the threading ones outside virtual threads
+# and suspend only the task inside; the pool's own workers and scheduler stay OS threads
+# (greenhub's primitives may be shared by both).  Pools made before install() keep
+# threading's.
+_POOL_PRIMITIVES = {"Lock": _sync.RLock, "Condition": _sync.Condition, "Event": _sync.Event}
+
+
+def _pool_module():
+    """psycopg_pool.pool if psycopg_pool is installed and names the primitives there."""
+    try:
+        from psycopg_pool import pool
+    except ImportError:
+        return None
+    if not all(hasattr(pool, name) for name in _POOL_PRIMITIVES):
+        logger.warning(
+            "psycopg_pool %s does not name its primitives as expected: its waits stay "
+            "blocking in virtual threads",
+            getattr(__import__("psycopg_pool"), "__version__", "?"),
+        )
+        return None
+    return pool
+
+
 def install():
     """Make psycopg's sync connections wait cooperatively in virtual threads.
 
@@ -222,11 +254,17 @@ def install():
         "Connection.wait": psycopg.Connection.__dict__["wait"],
         "Lock": connection.Lock,
     }
+    pool_module = _pool_module()
+    if pool_module is not None:
+        saved["pool"] = {name: getattr(pool_module, name) for name in _POOL_PRIMITIVES}
     _saved = saved
     waiting.wait = wait
     waiting.wait_conn = wait_conn
     psycopg.Connection.wait = _connection_wait
     connection.Lock = _CoopLock
+    if pool_module is not None:
+        for name, coop in _POOL_PRIMITIVES.items():
+            setattr(pool_module, name, coop)
 
 
 def uninstall():
@@ -241,6 +279,10 @@ def uninstall():
     waiting.wait_conn = _saved["wait_conn"]
     psycopg.Connection.wait = _saved["Connection.wait"]
     connection.Lock = _saved["Lock"]
+    if "pool" in _saved:
+        pool_module = _pool_module()
+        for name, original in _saved["pool"].items():
+            setattr(pool_module, name, original)
     _saved = None
 
 

@@ -144,9 +144,12 @@ class _Pool:
 def _connect_pooled(conn):
     """``DatabaseWrapper.connect`` of a pooled wrapper: Django's, then the pool's
     maximum age when reuse is on and CONN_MAX_AGE is 0 (Django has just set close_at to
-    now, which would close the connection at the end of the request)."""
+    now, which would close the connection at the end of the request).  Not with
+    Django's own pool (``OPTIONS["pool"]``): there closing is how the connection goes
+    back to that pool."""
     type(conn).connect(conn)
-    if _reuse and conn.settings_dict["CONN_MAX_AGE"] == 0:
+    settings = conn.settings_dict
+    if _reuse and settings["CONN_MAX_AGE"] == 0 and not settings.get("OPTIONS", {}).get("pool"):
         conn.close_at = _monotonic() + POOLED_MAX_AGE
 
 
