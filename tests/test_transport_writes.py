@@ -9,6 +9,7 @@ stock loop, which sends inside write().
 
 import asyncio
 import socket
+import sys
 import threading
 
 import pytest
@@ -276,6 +277,18 @@ class WriteOnResume(FlowProtocol):
             self.transport.write(b"<written in resume_writing>")
 
 
+# CPython gh-115514 (fixed in 3.12.9 and 3.13.2): a write from resume_writing() after
+# close() can register a writer whose callback is None, and the peer never sees EOF.
+# greenhub's transports inherit asyncio's close(), so both loops show it, now and then,
+# on the 3.12 and 3.13 releases before the fix.
+_GH_115514 = (3, 12) <= sys.version_info[:2] and (
+    sys.version_info[:3] < (3, 12, 9)
+    if sys.version_info[:2] == (3, 12)
+    else sys.version_info[:3] < (3, 13, 2)
+)
+
+
+@pytest.mark.xfail(_GH_115514, reason="CPython gh-115514, on both loops", strict=False)
 def test_data_written_in_resume_writing_before_close_is_delivered(loop):
     transport, protocol, peer = peer_pair(loop, WriteOnResume)
     transport.set_write_buffer_limits(high=1, low=0)
