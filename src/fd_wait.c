@@ -269,12 +269,10 @@ gh_fd_wait_wake_closed(gh_Loop *loop, int fd)
 
 /* --- _core._wait_fd ------------------------------------------------------ */
 
-/* Outside a virtual thread, or with a zero timeout: poll() (with the GIL
- * released when it may block), retried after EINTR once signal handlers
- * ran, within the timeout (< 0: none).  The ready mask, 0 on timeout, -1
- * with an exception. */
-static int
-poll_fd(int fd, int events, double timeout)
+/* See fd_wait.h.  _wait_fd's wait outside a virtual thread or with a zero
+ * timeout, and greenhub.socket's outside virtual threads. */
+int
+gh_fd_poll(int fd, int events, double timeout)
 {
     double deadline = timeout > 0 ? gh_monotonic() + timeout : 0;
     for (;;) {
@@ -396,7 +394,7 @@ wait_fd(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
                            timeout < 0 ? -1.0 : gh_monotonic() + timeout);
     }
     else {
-        ready = poll_fd((int)fd, (int)events, timeout);
+        ready = gh_fd_poll((int)fd, (int)events, timeout);
     }
     return ready < 0 ? NULL : PyLong_FromLong(ready);
 }

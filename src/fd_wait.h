@@ -26,6 +26,14 @@
  * before it returns, whatever the outcome. */
 int gh_fd_wait(gh_Loop *loop, gh_GreenCoro *w, int fd, PyObject *sock, int events, double deadline);
 
+/* Waits in poll() (with the GIL released when it may block; retried after
+ * EINTR once signal handlers ran) until fd is ready for `events` or
+ * `timeout` seconds pass (< 0: no limit; 0: only looks).  For callers
+ * outside virtual threads: it blocks the OS thread.  The ready mask (an
+ * error or hang-up on fd counts as every direction asked for), 0 on
+ * timeout, -1 with an exception (OSError(EBADF) for a closed fd). */
+int gh_fd_poll(int fd, int events, double timeout);
+
 /* fd is about to be closed: completes the waits of gh_fd_wait() on it in
  * `loop` with "closed" (they raise OSError(EBADF) when their task resumes).
  * -1 with an exception on error. */

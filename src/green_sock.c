@@ -36,8 +36,6 @@
  * their recv()/send() then fail with EBADF as they do on a closed socket.
  */
 #include <errno.h>
-#include <math.h>
-#include <poll.h>
 #include <sys/socket.h>
 
 #include "clock.h"
@@ -151,34 +149,19 @@ ctx_remaining(waitctx *c, double *left)
 
 /* --- the two ways to wait ------------------------------------------------- */
 
+/* Outside virtual threads: poll() in this OS thread, as socket waits. */
 static int
 poll_wait(waitctx *c, int which)
 {
-    for (;;) {
-        double left;
-        if (ctx_remaining(c, &left) < 0) {
-            return -1;
-        }
-        struct pollfd p = {.fd = c->fd, .events = which == GH_IO_READ ? POLLIN : POLLOUT};
-        int ms = left < 0 ? -1 : left * 1000 > INT_MAX ? INT_MAX : (int)ceil(left * 1000);
-        int n;
-        Py_BEGIN_ALLOW_THREADS n = poll(&p, 1, ms);
-        Py_END_ALLOW_THREADS if (n > 0)
-        {
-            return 0;
-        }
-        if (n == 0) {
-            PyErr_SetString(PyExc_TimeoutError, "timed out");
-            return -1;
-        }
-        if (errno != EINTR) {
-            PyErr_SetFromErrno(PyExc_OSError);
-            return -1;
-        }
-        if (PyErr_CheckSignals() < 0) {
-            return -1;
-        }
+    double left;
+    if (ctx_remaining(c, &left) < 0) {
+        return -1;
     }
+    int ready = gh_fd_poll(c->fd, which, left);
+    if (ready == 0) {
+        PyErr_SetString(PyExc_TimeoutError, "timed out");
+    }
+    return ready > 0 ? 0 : -1;
 }
 
 /* The wait on the loop (fd_wait.c): TimeoutError when the deadline passes,
