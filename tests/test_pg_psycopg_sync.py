@@ -113,20 +113,11 @@ def test_connection_pool_waits_cooperatively(pg_dsn, run):
             return conn.execute("select %s::int + 1", (i,)).fetchone()[0]
 
     async def main():
-        ticks = 0
-
-        async def ticker():
-            nonlocal ticks
-            while True:
-                await asyncio.sleep(0.01)
-                ticks += 1
-
-        t = asyncio.create_task(ticker())
-        t0 = time.perf_counter()
-        results = await asyncio.gather(*(greenhub.spawn(use, i) for i in range(n)))
-        elapsed = time.perf_counter() - t0
-        t.cancel()
-        return results, elapsed, ticks
+        async with support.LoopTicks() as ticks:
+            t0 = time.perf_counter()
+            results = await asyncio.gather(*(greenhub.spawn(use, i) for i in range(n)))
+            elapsed = time.perf_counter() - t0
+        return results, elapsed, ticks.count
 
     try:
         results, elapsed, ticks = run(main)
@@ -189,18 +180,9 @@ def test_loop_callback_is_not_a_vthread(pg_dsn, run, counted_waits):
 
 def test_other_tasks_run_while_a_query_waits(pg_dsn, run):
     async def main():
-        ticks = 0
-
-        async def ticker():
-            nonlocal ticks
-            while True:
-                await asyncio.sleep(0.01)
-                ticks += 1
-
-        t = asyncio.create_task(ticker())
-        await greenhub.spawn(sleepy_query, pg_dsn, 0, 0.5)
-        t.cancel()
-        return ticks
+        async with support.LoopTicks() as ticks:
+            await greenhub.spawn(sleepy_query, pg_dsn, 0, 0.5)
+        return ticks.count
 
     assert run(main) >= 10
 
@@ -357,7 +339,9 @@ def test_transactions_copy_and_server_cursor(pg_dsn, run):
             except RuntimeError:
                 pass
             rows = []
-            with conn.cursor().copy("copy (select id, name from t_copy order by id) to stdout") as cp:
+            with conn.cursor().copy(
+                "copy (select id, name from t_copy order by id) to stdout"
+            ) as cp:
                 rows.extend(cp.rows())
             with conn.cursor(name="srv") as cur:
                 cur.itersize = 100

@@ -264,18 +264,9 @@ def test_cooperative_pool_waits_for_a_free_connection(run, schema):
             return c.execute(SLEEP_SQL, {"s": 0.1, "i": i}).one()[1]
 
     async def main():
-        ticks = 0
-
-        async def ticker():
-            nonlocal ticks
-            while True:
-                await asyncio.sleep(0.01)
-                ticks += 1
-
-        t = asyncio.create_task(ticker())
-        results = await asyncio.gather(*(greenhub.spawn(handler, i) for i in range(12)))
-        t.cancel()
-        return results, ticks
+        async with support.LoopTicks() as ticks:
+            results = await asyncio.gather(*(greenhub.spawn(handler, i) for i in range(12)))
+        return results, ticks.count
 
     try:
         results, ticks = run(main)

@@ -288,7 +288,12 @@ _GH_115514 = (3, 12) <= sys.version_info[:2] and (
 )
 
 
-@pytest.mark.xfail(_GH_115514, reason="CPython gh-115514, on both loops", strict=False)
+@pytest.mark.xfail(
+    _GH_115514,
+    reason="CPython bug gh-115514 in asyncio's transport close(), which greenhub's transports "
+    "inherit: fails now and then on both loops before 3.12.9 / 3.13.2",
+    strict=False,
+)
 def test_data_written_in_resume_writing_before_close_is_delivered(loop):
     transport, protocol, peer = peer_pair(loop, WriteOnResume)
     transport.set_write_buffer_limits(high=1, low=0)
