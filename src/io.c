@@ -364,9 +364,9 @@ gh_io_wait_read(gh_Loop *self, int fd, PyObject *sock, PyObject *handle)
     else {
         Py_CLEAR(slot->armed_for);
         if (gh_reactor_io_watch(self->reactor, fd, interest(slot)) < 0) {
+            PyErr_SetFromErrno(PyExc_OSError); /* before a dealloc can change errno */
             slot->reader = old;
             Py_DECREF(handle);
-            PyErr_SetFromErrno(PyExc_OSError);
             return -1;
         }
     }

@@ -124,7 +124,7 @@ static inline gh_state *
 gh_state_in_dealloc(PyTypeObject *tp)
 {
     PyObject *exc = PyErr_Occurred() ? gh_err_get_raised() : NULL;
-    PyObject *mod = PyType_GetModuleByDef(tp, &gh_moduledef);
+    PyObject *mod = PyType_GetModule(tp); /* `tp` is one of ours: no subclasses */
     if (mod == NULL) {
         PyErr_Clear();
     }
