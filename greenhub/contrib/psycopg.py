@@ -211,6 +211,7 @@ _POOL_PRIMITIVES = {"Lock": _sync.RLock, "Condition": _sync.Condition, "Event": 
 def _pool_module():
     """psycopg_pool.pool if psycopg_pool is installed and names the primitives there."""
     try:
+        import psycopg_pool
         from psycopg_pool import pool
     except ImportError:
         return None
@@ -218,7 +219,7 @@ def _pool_module():
         logger.warning(
             "psycopg_pool %s does not name its primitives as expected: its waits stay "
             "blocking in virtual threads",
-            getattr(__import__("psycopg_pool"), "__version__", "?"),
+            getattr(psycopg_pool, "__version__", "?"),
         )
         return None
     return pool
