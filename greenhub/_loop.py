@@ -17,6 +17,7 @@ which is what a drop-in loop must do.  The selector itself is never used.
 import asyncio
 import collections.abc
 import functools
+import os as _os
 import selectors
 import sys
 import threading
@@ -345,3 +346,8 @@ _core._install_hooks(
     extract_stack=format_helpers.extract_stack,
     run_sync=_vthread._run_sync,
 )
+
+# A forked child gets kernel state of its own for every loop (epoll set and wakeup fd):
+# sharing the parent's epoll set would let each process change what the other watches.
+if hasattr(_os, "register_at_fork"):
+    _os.register_at_fork(after_in_child=_core._after_fork_child)

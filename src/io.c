@@ -108,6 +108,29 @@ disarm(gh_Loop *self, int fd, gh_io_slot *slot)
     }
 }
 
+/* The fd failed a registration as a selector key does when its epoll_ctl()
+ * fails: the key is gone - both handles dropped, not cancelled - and the
+ * watcher stopped.  -1 only if a decref's Python code raised (never: kept
+ * for symmetry with the callers' error paths). */
+static int
+drop_slot(gh_Loop *self, int fd)
+{
+    gh_io_slot *slot = slot_for(self, fd, 0);
+    if (slot == NULL) {
+        return 0;
+    }
+    PyObject *reader = slot->reader, *writer = slot->writer, *armed = slot->armed_for;
+    PyObject *fileobj = slot->fileobj;
+    slot->reader = slot->writer = slot->armed_for = slot->fileobj = NULL;
+    (void)gh_reactor_io_watch(self->reactor, fd, 0);
+    /* Decrefs last: they can run Python code that moves the slots. */
+    Py_XDECREF(reader);
+    Py_XDECREF(writer);
+    Py_XDECREF(armed);
+    Py_XDECREF(fileobj);
+    return 0;
+}
+
 /* add_reader / add_writer; `which` is GH_IO_READ or GH_IO_WRITE. */
 static PyObject *
 add_io(PyObject *op, PyObject *const *args, Py_ssize_t nargs, int which, const char *name)
@@ -137,8 +160,24 @@ add_io(PyObject *op, PyObject *const *args, Py_ssize_t nargs, int which, const c
     if (h == NULL) {
         return NULL;
     }
-    Py_CLEAR(slot->armed_for); /* the watcher is set from scratch below */
     int was_idle = slot->reader == NULL && slot->writer == NULL;
+    int old_interest = interest(slot);
+    /* The selector loop registers a new fd, or changes the events of a
+     * registered one, with a system call that fails if the fd was closed
+     * meanwhile; replacing a callback costs it nothing and cannot fail.  A
+     * new watcher is checked by the reactor; the other two cases here (a
+     * watcher left armed by sock_recv() counts as new to the user). */
+    int check = slot->armed_for != NULL || (!was_idle && (old_interest | which) != old_interest);
+    if (check && gh_reactor_fd_usable(self->reactor, (int)fd) < 0) {
+        int err = errno;
+        Py_DECREF(h);
+        if (drop_slot(self, (int)fd) < 0) {
+            return NULL;
+        }
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    Py_CLEAR(slot->armed_for); /* the watcher is set from scratch below */
     PyObject **place = which == GH_IO_READ ? &slot->reader : &slot->writer;
     PyObject *old = *place;
     *place = h;
@@ -177,6 +216,18 @@ remove_io(gh_Loop *self, int fd, int which)
     PyObject *old = *place;
     if (old == NULL) {
         return 0;
+    }
+    PyObject *other = which == GH_IO_READ ? slot->writer : slot->reader;
+    if (other != NULL && gh_reactor_fd_usable(self->reactor, fd) < 0) {
+        /* The selector changes the events of a key that keeps the other
+         * callback, with a system call that fails on a closed fd and drops
+         * the key (removing a whole key ignores that failure). */
+        PyErr_SetFromErrno(PyExc_OSError);
+        PyObject *exc = gh_err_get_raised();
+        int rc = drop_slot(self, fd);
+        gh_err_set_raised(exc);
+        (void)rc;
+        return -1;
     }
     *place = NULL;
     /* Stopping a watcher does not fail (errno only matters when starting). */

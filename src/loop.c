@@ -335,7 +335,7 @@ acquire_gil(void *arg)
 static void
 wake_if_sleeping(gh_Loop *self)
 {
-    if (self->sleeping && !self->wakeup_sent) {
+    if (self->sleeping && !self->wakeup_sent && self->reactor != NULL) {
         self->wakeup_sent = 1;
         gh_reactor_wakeup(self->reactor);
     }
@@ -466,7 +466,13 @@ run_once(gh_Loop *self)
          * burst; come back soon for the rest. */
         timeout = POOL_TRIM_INTERVAL;
     }
-    gh_reactor_poll(self->reactor, timeout);
+    if (gh_reactor_poll(self->reactor, timeout) < 0) {
+        /* epoll_wait() failed: as an exception from selector.select() */
+        if (!PyErr_Occurred()) {
+            PyErr_SetFromErrno(PyExc_OSError);
+        }
+        return -1;
+    }
     if (PyErr_Occurred()) {
         return -1; /* MemoryError while queueing ready I/O handles */
     }
@@ -757,7 +763,7 @@ static PyObject *
 loop_run(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
     gh_Loop *self = (gh_Loop *)op;
-    if (gh_watchdog_run_begin(self) < 0) {
+    if (check_closed(self) < 0 || gh_watchdog_run_begin(self) < 0) {
         return NULL;
     }
     int rc;
@@ -774,7 +780,7 @@ loop_run(PyObject *op, PyObject *Py_UNUSED(ignored))
 static PyObject *
 loop_run_once(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
-    if (run_once((gh_Loop *)op) < 0) {
+    if (check_closed((gh_Loop *)op) < 0 || run_once((gh_Loop *)op) < 0) {
         return NULL;
     }
     Py_RETURN_NONE;
@@ -870,6 +876,12 @@ loop_close_core(PyObject *op, PyObject *Py_UNUSED(ignored))
     gh_loop_clear_writes(self);
     clear_queues(self);
     gh_pool_clear(&self->pool);
+    /* The epoll set and wakeup fd go now, as the stock loop closes its
+     * selector and self-pipe in close(): a closed loop holds no fd.  Every
+     * use of the reactor checks for NULL (a closed loop refuses new work
+     * before it gets there). */
+    gh_reactor_free(self->reactor);
+    self->reactor = NULL;
     Py_RETURN_NONE;
 }
 
@@ -1023,10 +1035,23 @@ set_task_factory(PyObject *op, PyObject *value, void *Py_UNUSED(closure))
 static PyObject *
 get_backend(PyObject *op, void *Py_UNUSED(closure))
 {
-    return PyUnicode_FromString(gh_reactor_backend_name(((gh_Loop *)op)->reactor));
+    gh_reactor *r = ((gh_Loop *)op)->reactor;
+    return PyUnicode_FromString(r ? gh_reactor_backend_name(r) : "closed");
 }
 
 /* --- type slots ----------------------------------------------------------- */
+
+PyObject *
+gh_loop_after_fork_child(PyObject *module, PyObject *Py_UNUSED(ignored))
+{
+    gh_state *st = PyModule_GetState(module);
+    for (gh_Loop *lp = st->loops; lp != NULL; lp = lp->next_loop) {
+        if (lp->reactor != NULL) {
+            gh_reactor_after_fork(lp->reactor);
+        }
+    }
+    Py_RETURN_NONE;
+}
 
 static PyObject *
 loop_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwds))
@@ -1046,6 +1071,11 @@ loop_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwds
     self->debug_obj = Py_NewRef(Py_False);
     self->thread_id_obj = Py_NewRef(Py_None);
     st->live_loops++;
+    self->next_loop = st->loops;
+    if (st->loops != NULL) {
+        st->loops->prev_loop = self;
+    }
+    st->loops = self;
     self->reactor = gh_reactor_new();
     if (self->reactor == NULL) {
         PyErr_SetFromErrno(PyExc_OSError);
@@ -1124,6 +1154,15 @@ loop_dealloc(PyObject *op)
     gh_reactor_free(self->reactor);
     self->reactor = NULL;
     self->st->live_loops--;
+    if (self->prev_loop != NULL) {
+        self->prev_loop->next_loop = self->next_loop;
+    }
+    else if (self->st->loops == self) {
+        self->st->loops = self->next_loop;
+    }
+    if (self->next_loop != NULL) {
+        self->next_loop->prev_loop = self->prev_loop;
+    }
     PyObject *module = self->module;
     tp->tp_free(op);
     Py_DECREF(tp);

@@ -20,11 +20,14 @@
 #include "vthread.h"
 
 typedef struct gh_Loop_s {
-    PyObject_HEAD gh_state *st;       /* module state, valid while `module` is held */
-    PyObject *module;                 /* owned, released last in dealloc: keeps `st` valid even
-                                       * when shutdown's garbage collection has cleared our type's
-                                       * reference to the module; never cleared by tp_clear */
-    gh_reactor *reactor;              /* owned (malloc); NULL only if creation failed */
+    PyObject_HEAD gh_state *st; /* module state, valid while `module` is held */
+    PyObject *module;           /* owned, released last in dealloc: keeps `st` valid even
+                                 * when shutdown's garbage collection has cleared our type's
+                                 * reference to the module; never cleared by tp_clear */
+    gh_reactor *reactor;        /* owned (malloc); NULL if creation failed or closed */
+    /* Borrowed: the module's list of live loops (st->loops), which a forked
+     * child walks to give each loop kernel state of its own. */
+    struct gh_Loop_s *next_loop, *prev_loop;
     gh_readyq ready;                  /* owns one reference to each queued handle */
     gh_timerq timers;                 /* owns one reference to each scheduled TimerHandle */
     Py_ssize_t timer_cancelled_count; /* cancelled handles still in `timers` */
@@ -86,6 +89,11 @@ typedef struct gh_Loop_s {
 } gh_Loop;
 
 extern PyType_Spec gh_loop_spec;
+
+/* _core._after_fork_child(): in a child process after fork(), each live
+ * loop gets an epoll set and wakeup fd of its own (os.register_at_fork in
+ * greenhub/_loop.py calls it). */
+PyObject *gh_loop_after_fork_child(PyObject *module, PyObject *ignored);
 
 typedef struct gh_io_slot {
     PyObject *reader; /* owned Handle or NULL */

@@ -147,6 +147,7 @@ static PyMethodDef module_methods[] = {
     {"_install_tool_hooks", (PyCFunction)(void (*)(void))install_tool_hooks,
      METH_VARARGS | METH_KEYWORDS, NULL},
     {"_watchdog_atexit", gh_watchdog_atexit, METH_NOARGS, NULL},
+    {"_after_fork_child", gh_loop_after_fork_child, METH_NOARGS, NULL},
     {"_check_watchdog_threshold", gh_check_watchdog_threshold, METH_O, NULL},
     {"_no_switch_enter", gh_no_switch_enter, METH_O, NULL},
     {"_no_switch_exit", gh_no_switch_exit, METH_O, NULL},

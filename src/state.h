@@ -41,6 +41,7 @@ typedef struct {
     PyObject *SwitchError;         /* owned: greenhub.SwitchError */
     PyObject *current_task;        /* owned: asyncio.current_task */
     struct gh_watchdog *watchdogs; /* borrowed: running watchdogs (watchdog.c) */
+    struct gh_Loop_s *loops;       /* borrowed: every live loop (loop.c), linked */
     char wd_exiting;               /* the interpreter is exiting: no new watchdog */
     char log_switches;             /* set_switch_log(True): gh_await calls hook_log_switch */
 
