@@ -140,24 +140,30 @@ gh_suspend(gh_GreenCoro *w, PyObject *yielded, PyObject **value, PyObject **exc)
     w->out = yielded; /* the step's outcome owns it now */
     w->out_status = PYGEN_NEXT;
     gh_coro_park(w, here);
-    PyObject *driver = Py_NewRef(w->driver);
     Py_DECREF(here);
-    PyObject *r = gh_green_switch(driver);
-    Py_DECREF(driver);
-    /* Normally coro_step() resumed us: it unparked the step, set
-     * in_value/in_exc and is now the step's driver (w->running).  Anything
-     * else is a foreign greenlet switching or throwing into a parked
-     * virtual thread: there is no driver to yield to any more, so the wait
-     * fails and the stack unwinds. */
-    if (!w->running) {
-        gh_coro_unpark(w);
-        if (r != NULL) {
-            Py_DECREF(r);
-            PyErr_SetString(PyExc_RuntimeError,
-                            "a virtual thread suspended in greenhub.await_() was resumed "
-                            "by a foreign greenlet switch");
+    w->step_over = 1;
+    PyObject *r = gh_green_switch(w->driver);
+    /* coro_step() resumes us after unparking the step, setting in_value /
+     * in_exc and becoming the step's driver (w->running).  Anything else is
+     * a switch or throw into a parked virtual thread that bypassed its
+     * greenlet's switch() (see gh_refuse_resume): refused, and the step
+     * stays parked until the Task resumes it. */
+    while (!w->running) {
+        if (r == NULL) {
+            PyErr_Clear();
         }
-        return -1;
+        Py_XDECREF(r);
+        int nobody;
+        r = gh_refuse_resume(st, NULL,
+                             "cannot switch into the greenlet of a virtual thread suspended in "
+                             "greenhub.await_(): only its event loop resumes it",
+                             &nobody);
+        if (nobody) {
+            /* No greenlet to give control back to: the wait fails and
+             * the stack unwinds (greenlet.error from await_()). */
+            gh_coro_unpark(w);
+            return -1;
+        }
     }
     if (r == NULL) {
         /* Thrown into while being resumed: deliver it as the outcome. */
@@ -207,6 +213,21 @@ gh_in_vthread(gh_state *st)
     return r;
 }
 
+/* The step of a closed greenhub loop running on this thread: a virtual
+ * thread that loop.close() is unwinding, or NULL. */
+static gh_GreenCoro *
+closing_step(gh_state *st)
+{
+    unsigned long here = PyThread_get_thread_ident();
+    for (gh_Loop *lp = st->loops; lp != NULL; lp = lp->next_loop) {
+        gh_GreenCoro *w = lp->current_step;
+        if (w != NULL && lp->closed && w->thread_id == here) {
+            return w;
+        }
+    }
+    return NULL;
+}
+
 PyObject *
 gh_await(gh_state *st, PyObject *awaitable)
 {
@@ -215,9 +236,38 @@ gh_await(gh_state *st, PyObject *awaitable)
         return NULL;
     }
     if (loop_obj == Py_None) {
-        /* A plain synchronous program: run it to completion on this
-         * thread's greenhub loop (greenhub/_vthread.py). */
         Py_DECREF(loop_obj);
+        gh_GreenCoro *unwinding = closing_step(st);
+        if (unwinding != NULL) {
+            /* loop.close() is unwinding this virtual thread (GeneratorExit
+             * at its await_()), and its finally blocks wait again: with no
+             * loop running that would start one of its own and could wait
+             * forever, so close() would never return.  Refuse, as `await`
+             * in a coroutine being closed is refused. */
+            PyErr_SetString(PyExc_RuntimeError,
+                            "greenhub.await_() cannot wait here: the event loop of this "
+                            "virtual thread is closed (loop.close() is unwinding it)");
+            discard_awaitable(awaitable);
+            return NULL;
+        }
+        /* A plain synchronous program: run it to completion on this
+         * thread's greenhub loop (greenhub/_vthread.py, which installs the
+         * hook when greenhub is imported). */
+        if (st->hook_run_sync == NULL) {
+            PyObject *pkg = PyImport_ImportModule("greenhub");
+            Py_XDECREF(pkg);
+            if (pkg == NULL) {
+                discard_awaitable(awaitable);
+                return NULL;
+            }
+        }
+        if (st->hook_run_sync == NULL) {
+            PyErr_SetString(PyExc_RuntimeError,
+                            "greenhub.await_() with no event loop running needs the greenhub "
+                            "package: import greenhub first");
+            discard_awaitable(awaitable);
+            return NULL;
+        }
         return PyObject_CallOneArg(st->hook_run_sync, awaitable);
     }
     gh_Loop *loop = gh_as_loop(st, loop_obj);

@@ -434,3 +434,12 @@ gh_fd_wait_clear(gh_state *st)
     Py_CLEAR(st->gs.result);
     Py_CLEAR(st->gs.context);
 }
+
+int
+gh_fd_wait_traverse(gh_state *st, visitproc visit, void *arg)
+{
+    Py_VISIT(st->gs.future_blocking);
+    Py_VISIT(st->gs.result);
+    Py_VISIT(st->gs.context);
+    return 0;
+}

@@ -43,5 +43,6 @@ int gh_fd_wait_wake_closed(gh_Loop *loop, int fd);
  * st->gs. */
 int gh_fd_wait_init(PyObject *mod, gh_state *st);
 void gh_fd_wait_clear(gh_state *st);
+int gh_fd_wait_traverse(gh_state *st, visitproc visit, void *arg);
 
 #endif /* GH_FD_WAIT_H */

@@ -51,6 +51,12 @@ gh_green_active(PyObject *g)
 }
 
 int
+gh_green_started(PyObject *g)
+{
+    return PyGreenlet_STARTED((PyGreenlet *)g);
+}
+
+int
 gh_green_set_context(PyObject *g, PyObject *attr_name, PyObject *context)
 {
     return PyObject_SetAttr(g, attr_name, context);
@@ -63,11 +69,9 @@ gh_green_get_context(PyObject *g, PyObject *attr_name)
 }
 
 PyObject *
-gh_green_new_under_main(PyObject *run)
+gh_green_main(void)
 {
-    /* Parent: the thread's main greenlet, found by walking up from the
-     * current one.  A worker created while another task's worker runs must
-     * not hold that worker alive (a parent link is a strong reference). */
+    /* Found by walking up from the current greenlet. */
     PyGreenlet *g = PyGreenlet_GetCurrent();
     while (g != NULL) {
         PyGreenlet *parent = PyGreenlet_GetParent(g);
@@ -77,12 +81,126 @@ gh_green_new_under_main(PyObject *run)
         Py_DECREF(g);
         g = parent;
     }
-    if (g == NULL) {
+    return (PyObject *)g;
+}
+
+PyObject *
+gh_green_new_under_main(PyTypeObject *type, PyObject *run)
+{
+    /* Parent: the thread's main greenlet.  A worker created while another
+     * task's worker runs must not hold that worker alive (a parent link is
+     * a strong reference). */
+    PyObject *main = gh_green_main();
+    if (main == NULL) {
         return NULL;
     }
-    PyObject *res = (PyObject *)PyGreenlet_New(run, g);
-    Py_DECREF(g);
+    PyObject *res;
+    if (type == NULL) {
+        res = (PyObject *)PyGreenlet_New(run, (PyGreenlet *)main);
+    }
+    else {
+        /* greenlet(run, parent): a subclass is made by calling it. */
+        res = PyObject_CallFunctionObjArgs((PyObject *)type, run, main, NULL);
+    }
+    Py_DECREF(main);
     return res;
+}
+
+/* --- a subclass with one C field ------------------------------------------- */
+
+/* greenlet's instance size: our subclass's field lives right after it. */
+static Py_ssize_t extra_offset;
+
+PyTypeObject *
+gh_green_subclass(PyObject *module, PyType_Spec *spec)
+{
+    PyTypeObject *base = &PyGreenlet_Type;
+    extra_offset = base->tp_basicsize;
+    spec->basicsize = (int)(base->tp_basicsize + sizeof(void *));
+    return (PyTypeObject *)PyType_FromModuleAndSpec(module, spec, (PyObject *)base);
+}
+
+void **
+gh_green_extra(PyObject *g)
+{
+    return (void **)((char *)g + extra_offset);
+}
+
+void
+gh_green_subclass_dealloc(PyObject *self)
+{
+    /* As CPython's subtype_dealloc does for a heap subclass of a static
+     * type: the base's dealloc, then the instance's reference to its type
+     * (greenlet takes a new one if it resurrects the greenlet). */
+    PyTypeObject *tp = Py_TYPE(self);
+    PyGreenlet_Type.tp_dealloc(self);
+    Py_DECREF(tp);
+}
+
+int
+gh_green_subclass_traverse(PyObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self)); /* a heap type's instances own a reference to it */
+    return PyGreenlet_Type.tp_traverse(self, visit, arg);
+}
+
+int
+gh_green_subclass_clear(PyObject *self)
+{
+    return PyGreenlet_Type.tp_clear(self);
+}
+
+int
+gh_green_subclass_is_gc(PyObject *self)
+{
+    return PyGreenlet_Type.tp_is_gc ? PyGreenlet_Type.tp_is_gc(self) : 1;
+}
+
+PyObject *
+gh_green_base_switch(PyObject *g, PyObject *args, PyObject *kwargs)
+{
+    return PyGreenlet_Switch((PyGreenlet *)g, args, kwargs);
+}
+
+PyObject *
+gh_green_base_method(PyObject *g, const char *name, PyObject *args)
+{
+    PyObject *meth = PyObject_GetAttrString((PyObject *)&PyGreenlet_Type, name);
+    if (meth == NULL) {
+        return NULL;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(args);
+    PyObject *full = PyTuple_New(n + 1);
+    if (full == NULL) {
+        Py_DECREF(meth);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(full, 0, Py_NewRef(g));
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyTuple_SET_ITEM(full, i + 1, Py_NewRef(PyTuple_GET_ITEM(args, i)));
+    }
+    PyObject *res = PyObject_Call(meth, full, NULL);
+    Py_DECREF(full);
+    Py_DECREF(meth);
+    return res;
+}
+
+PyObject *
+gh_green_throw_error(PyObject *g, const char *msg)
+{
+    PyObject *val = PyUnicode_FromString(msg);
+    if (val == NULL) {
+        return NULL;
+    }
+    PyObject *res = PyGreenlet_Throw((PyGreenlet *)g, PyExc_GreenletError, val, NULL);
+    Py_DECREF(val);
+    return res;
+}
+
+PyObject *
+gh_green_error_type(void)
+{
+    return PyExc_GreenletError;
 }
 
 int

@@ -32,8 +32,41 @@ int gh_green_check(PyObject *op);
 /* Is the greenlet started and not dead? */
 int gh_green_active(PyObject *g);
 
-/* A new, unstarted greenlet whose parent is the thread's main greenlet. */
-PyObject *gh_green_new_under_main(PyObject *run);
+/* Has the greenlet ever started (dead ones too)? */
+int gh_green_started(PyObject *g);
+
+/* The thread's main greenlet: a new reference. */
+PyObject *gh_green_main(void);
+
+/* A new, unstarted greenlet whose parent is the thread's main greenlet: an
+ * instance of `type` (a gh_green_subclass()), or a plain greenlet when type
+ * is NULL. */
+PyObject *gh_green_new_under_main(PyTypeObject *type, PyObject *run);
+
+/* A heap subclass of greenlet made from `spec` (its basicsize is set here)
+ * whose instances carry one pointer-sized C field, gh_green_extra().  The
+ * spec's Py_tp_dealloc must be gh_green_subclass_dealloc; its methods may
+ * replace greenlet's (the worker greenlets replace switch and throw, see
+ * task_step.c). */
+PyTypeObject *gh_green_subclass(PyObject *module, PyType_Spec *spec);
+void **gh_green_extra(PyObject *g);
+void gh_green_subclass_dealloc(PyObject *self);
+int gh_green_subclass_traverse(PyObject *self, visitproc visit, void *arg);
+int gh_green_subclass_clear(PyObject *self);
+int gh_green_subclass_is_gc(PyObject *self);
+
+/* greenlet's own switch(*args, **kwargs), and any other greenlet method by
+ * name called with (g, *args): what a subclass's replacement calls. */
+PyObject *gh_green_base_switch(PyObject *g, PyObject *args, PyObject *kwargs);
+PyObject *gh_green_base_method(PyObject *g, const char *name, PyObject *args);
+
+/* g.throw(greenlet.error(msg)): resumes g with that exception; returns what
+ * the greenlet that switches back here passes (NULL with an exception set
+ * if it throws). */
+PyObject *gh_green_throw_error(PyObject *g, const char *msg);
+
+/* greenlet.error (borrowed). */
+PyObject *gh_green_error_type(void);
 
 /* The contextvars.Context a suspended greenlet resumes with (greenlet's
  * gr_context; `attr_name` is the interned "gr_context").  For the current

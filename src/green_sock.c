@@ -556,3 +556,10 @@ gh_green_sock_clear(gh_state *st)
 {
     Py_CLEAR(st->gs.timeout_attr);
 }
+
+int
+gh_green_sock_traverse(gh_state *st, visitproc visit, void *arg)
+{
+    Py_VISIT(st->gs.timeout_attr);
+    return 0;
+}

@@ -15,5 +15,6 @@
  * st->gs.timeout_attr. */
 int gh_green_sock_init(PyObject *mod, gh_state *st);
 void gh_green_sock_clear(gh_state *st);
+int gh_green_sock_traverse(gh_state *st, visitproc visit, void *arg);
 
 #endif /* GH_GREEN_SOCK_H */

@@ -1119,6 +1119,9 @@ loop_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(self->sock_recv_ready);
     Py_VISIT(self->sock_recv_into_ready);
     Py_VISIT(self->green_ready);
+    for (Py_ssize_t i = 0; i < self->pool.len; i++) {
+        Py_VISIT(self->pool.greenlets[i]);
+    }
     return 0;
 }
 
@@ -1135,6 +1138,7 @@ loop_clear(PyObject *op)
     Py_CLEAR(self->current_handle);
     Py_CLEAR(self->task_factory);
     Py_CLEAR(self->wd_handler);
+    gh_pool_clear(&self->pool);
     return 0;
 }
 

@@ -200,6 +200,12 @@ module_exec(PyObject *mod)
     if (gh_green_import() < 0) {
         return -1;
     }
+    st->VThreadGreenletType = gh_green_subclass(mod, &gh_vthread_greenlet_spec);
+    if (st->VThreadGreenletType == NULL ||
+        PyModule_AddObjectRef(mod, "VirtualThreadGreenlet", (PyObject *)st->VThreadGreenletType) <
+            0) {
+        return -1;
+    }
     st->worker_main = gh_make_worker_main(mod);
     st->get_running_loop = import_attr("asyncio.events", "_get_running_loop");
     st->str_gr_context = PyUnicode_InternFromString("gr_context");
@@ -270,8 +276,8 @@ module_traverse(PyObject *mod, visitproc visit, void *arg)
     Py_VISIT(st->TransportStateType);
     Py_VISIT(st->TransportBaseType);
     Py_VISIT(st->SockDoneType);
+    Py_VISIT(st->VThreadGreenletType);
     Py_VISIT(st->worker_main);
-    Py_VISIT(st->tr.green_socket_type);
     Py_VISIT(st->get_running_loop);
     Py_VISIT(st->tasks_module);
     Py_VISIT(st->base_create_task);
@@ -286,8 +292,26 @@ module_traverse(PyObject *mod, visitproc visit, void *arg)
     Py_VISIT(st->hook_log_switch);
     Py_VISIT(st->SwitchError);
     Py_VISIT(st->current_task);
-    Py_VISIT(st->gs.context);
-    return 0;
+    Py_VISIT(st->kw_task_init);
+    Py_VISIT(st->str_Task);
+    Py_VISIT(st->str_gr_context);
+    Py_VISIT(st->str_throw);
+    Py_VISIT(st->str_close);
+    Py_VISIT(st->str_context);
+    Py_VISIT(st->str_slow_callback_duration);
+    Py_VISIT(st->str_time);
+    /* Each subsystem visits the part of the state it owns. */
+    int rc = gh_transport_state_traverse(st, visit, arg);
+    if (rc == 0) {
+        rc = gh_sock_state_traverse(st, visit, arg);
+    }
+    if (rc == 0) {
+        rc = gh_green_sock_traverse(st, visit, arg);
+    }
+    if (rc == 0) {
+        rc = gh_fd_wait_traverse(st, visit, arg);
+    }
+    return rc;
 }
 
 static int
@@ -301,6 +325,7 @@ module_clear(PyObject *mod)
     Py_CLEAR(st->TransportStateType);
     Py_CLEAR(st->TransportBaseType);
     Py_CLEAR(st->SockDoneType);
+    Py_CLEAR(st->VThreadGreenletType);
     gh_transport_state_clear(st);
     gh_sock_state_clear(st);
     gh_green_sock_clear(st);

@@ -566,15 +566,28 @@ gh_sock_state_init(gh_state *st)
     return st->sk.future_type == NULL ? -1 : 0;
 }
 
+/* Every object the sock part of the module state owns. */
+#define SK_FIELDS(st)                                                                              \
+    {                                                                                              \
+        &(st)->sk.gettimeout, &(st)->sk.transports, &(st)->sk.data, &(st)->sk.recv,                \
+            &(st)->sk.recv_into, &(st)->sk.done, &(st)->sk.set_result, &(st)->sk.set_exception,    \
+            &(st)->sk.kw_loop, &(st)->sk.future_type, &(st)->sk.add_done_callback,                 \
+    }
+
+int
+gh_sock_state_traverse(gh_state *st, visitproc visit, void *arg)
+{
+    PyObject **fields[] = SK_FIELDS(st);
+    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
+        Py_VISIT(*fields[i]);
+    }
+    return 0;
+}
+
 void
 gh_sock_state_clear(gh_state *st)
 {
-    PyObject **fields[] = {
-        &st->sk.gettimeout,  &st->sk.transports,        &st->sk.data,
-        &st->sk.recv,        &st->sk.recv_into,         &st->sk.done,
-        &st->sk.set_result,  &st->sk.set_exception,     &st->sk.kw_loop,
-        &st->sk.future_type, &st->sk.add_done_callback,
-    };
+    PyObject **fields[] = SK_FIELDS(st);
     for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
         Py_CLEAR(*fields[i]);
     }

@@ -25,5 +25,6 @@ Py_ssize_t gh_sock_try_recv(int fd, char *buf, Py_ssize_t size);
 /* module.c: the interned names and imports sock.c uses. */
 int gh_sock_state_init(gh_state *st);
 void gh_sock_state_clear(gh_state *st);
+int gh_sock_state_traverse(gh_state *st, visitproc visit, void *arg);
 
 #endif /* GH_SOCK_H */

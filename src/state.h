@@ -19,11 +19,12 @@ typedef struct {
     PyTypeObject *HandleType;
     PyTypeObject *TimerHandleType;
     PyTypeObject *GreenCoroType;
-    PyTypeObject *TransportStateType; /* transport.c */
-    PyTypeObject *TransportBaseType;  /* transport.c */
-    PyTypeObject *SockDoneType;       /* sock.c */
-    PyObject *worker_main;            /* owned: what every worker greenlet runs */
-    struct gh_GreenCoro *handoff;     /* borrowed: the coro a worker must step next */
+    PyTypeObject *TransportStateType;  /* transport.c */
+    PyTypeObject *TransportBaseType;   /* transport.c */
+    PyTypeObject *SockDoneType;        /* sock.c */
+    PyTypeObject *VThreadGreenletType; /* task_step.c: the workers' greenlet subclass */
+    PyObject *worker_main;             /* owned: what every worker greenlet runs */
+    struct gh_GreenCoro *handoff;      /* borrowed: the coro a worker must step next */
 
     /* Hooks into the Python layer, installed by greenhub/_loop.py through
      * _core._install_hooks(); each owns a reference, NULL until installed.

@@ -51,6 +51,14 @@ coro_loop(gh_GreenCoro *w)
     return (gh_Loop *)w->loop;
 }
 
+/* The task a worker greenlet is bound to (borrowed), or NULL while it is
+ * idle in the pool: the one C field of the worker type. */
+static inline gh_GreenCoro **
+worker_owner(PyObject *g)
+{
+    return (gh_GreenCoro **)gh_green_extra(g);
+}
+
 /* --- the pool ------------------------------------------------------------- */
 
 static int
@@ -128,12 +136,13 @@ bind_worker(gh_state *st, gh_Loop *loop, gh_GreenCoro *w)
         g = loop->pool.greenlets[--loop->pool.len];
     }
     else {
-        g = gh_green_new_under_main(st->worker_main);
+        g = gh_green_new_under_main(st->VThreadGreenletType, st->worker_main);
         if (g == NULL) {
             return -1;
         }
         st->live_workers++;
     }
+    *worker_owner(g) = w;
     w->worker = g;
     w->thread_id = here;
     loop->bound_workers++;
@@ -157,6 +166,7 @@ maybe_unbind_worker(gh_Loop *loop, gh_GreenCoro *w)
         return;
     }
     w->worker = NULL;
+    *worker_owner(g) = NULL;
     loop->bound_workers--;
     if (loop->pool.len == 0) {
         loop->pool.thread_id = w->thread_id;
@@ -258,15 +268,24 @@ worker_main(PyObject *module, PyObject *Py_UNUSED(ignored))
 {
     gh_state *st = (gh_state *)PyModule_GetState(module);
     PyObject *ctx = NULL; /* owned: the context this greenlet is in */
+    PyObject *r;
     for (;;) {
         gh_GreenCoro *w = st->handoff; /* the driver holds a reference */
         st->handoff = NULL;
         if (w == NULL) {
-            st->live_workers--;
-            Py_XDECREF(ctx);
-            PyErr_SetString(PyExc_RuntimeError,
-                            "a greenhub worker greenlet was switched to outside a task step");
-            return NULL;
+            /* Started or resumed by something other than a step: refuse,
+             * and wait for a real step. */
+            int nobody;
+            r = gh_refuse_resume(st, NULL,
+                                 "cannot switch into an idle greenhub worker greenlet: only "
+                                 "the event loop starts task steps on it",
+                                 &nobody);
+            if (nobody) {
+                st->live_workers--;
+                Py_XDECREF(ctx);
+                return NULL; /* nothing else to do: end this greenlet */
+            }
+            goto resumed;
         }
         if (w->context != ctx) {
             if (adopt_context(st, w->context) < 0) {
@@ -294,35 +313,176 @@ worker_main(PyObject *module, PyObject *Py_UNUSED(ignored))
             Py_CLEAR(ctx);
         }
     step_done:
-        if (w->driver == NULL) {
-            /* The step was resumed by a foreign switch into a parked
-             * await_() (see bridge.c); nobody waits for its outcome.  End
-             * this greenlet; control goes to its parent. */
-            PyObject *out = w->out;
-            w->out = NULL;
-            st->live_workers--;
-            Py_XDECREF(ctx);
-            if (w->out_status == PYGEN_ERROR) {
-                gh_err_set_raised(out);
-                return NULL;
-            }
-            return out;
-        }
-        PyObject *r = gh_green_switch(w->driver);
+        w->step_over = 1;
+        r = gh_green_switch(w->driver);
+    resumed:
         if (r == NULL) {
-            /* Killed (GreenletExit from dealloc) or thrown into by a
-             * stranger: this worker's life ends here. */
-            st->live_workers--;
-            Py_XDECREF(ctx);
             if (PyErr_ExceptionMatches(gh_green_exit_type())) {
+                /* Killed (GreenletExit: the pool let it go): this worker's
+                 * life ends here. */
                 PyErr_Clear();
+                st->live_workers--;
+                Py_XDECREF(ctx);
                 Py_RETURN_NONE;
             }
-            return NULL;
+            PyErr_Clear(); /* thrown into by a stranger: refused above */
         }
-        Py_DECREF(r);
+        else {
+            Py_DECREF(r);
+        }
     }
 }
+
+/* The loop running in this thread whose step is in progress, or NULL. */
+static gh_GreenCoro *
+running_step(gh_state *st)
+{
+    unsigned long here = PyThread_get_thread_ident();
+    for (gh_Loop *lp = st->loops; lp != NULL; lp = lp->next_loop) {
+        if (lp->current_step != NULL && lp->current_step->thread_id == here) {
+            return lp->current_step;
+        }
+    }
+    return NULL;
+}
+
+/*
+ * The current greenlet was switched or thrown into while it must not run: a
+ * virtual thread parked in await_(), an idle worker, or the loop's greenlet
+ * while a step it drives is away.  greenhub's own workers refuse user
+ * switch() and throw() calls up front (vthread_greenlet_switch below); this
+ * catches what bypasses that: greenlet.greenlet.switch(g) on the base class,
+ * a switch from C, a finished child greenlet whose parent this is.
+ *
+ * greenlet does not tell who switched, so the refusal - greenlet.error - goes
+ * to the greenlet that most likely did it: `hint` if given (the step the
+ * loop's greenlet drives), else the greenlet running the current task step,
+ * else the thread's main greenlet; it raises there, at the switch call when
+ * that greenlet made it.  Returns once something switches back here (what it
+ * passed, or NULL with its exception set); the caller checks again whether
+ * it may go on.  If no greenlet can take the refusal, returns NULL with
+ * greenlet.error set and *nobody set, and the caller gives up waiting.
+ */
+PyObject *
+gh_refuse_resume(gh_state *st, PyObject *hint, const char *msg, int *nobody)
+{
+    *nobody = 0;
+    PyObject *here = gh_green_current();
+    if (here == NULL) {
+        return NULL;
+    }
+    PyObject *target = NULL;
+    if (hint != NULL && hint != here && gh_green_active(hint)) {
+        target = Py_NewRef(hint);
+    }
+    if (target == NULL) {
+        gh_GreenCoro *step = running_step(st);
+        if (step != NULL && step->stepping != NULL && step->stepping != here &&
+            gh_green_active(step->stepping)) {
+            target = Py_NewRef(step->stepping);
+        }
+    }
+    if (target == NULL) {
+        target = gh_green_main();
+        if (target == here) {
+            Py_CLEAR(target);
+        }
+    }
+    Py_DECREF(here);
+    if (target == NULL) {
+        *nobody = 1;
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(gh_green_error_type(), msg);
+        }
+        return NULL;
+    }
+    PyObject *r = gh_green_throw_error(target, msg);
+    Py_DECREF(target);
+    return r;
+}
+
+/* The worker greenlets' own switch() and throw(): a virtual thread's
+ * greenlet may be switched to by code of its own step (a child greenlet
+ * switching back to its parent: SQLAlchemy's greenlet_spawn does), never
+ * while it is parked in await_(), idle between steps or idle in the pool,
+ * where only the event loop may resume it. */
+static int
+vthread_greenlet_may_switch(PyObject *g)
+{
+    PyObject *here = gh_green_current();
+    if (here == NULL) {
+        return -1;
+    }
+    Py_DECREF(here);
+    if (here == g) {
+        return 0; /* a switch to oneself does nothing */
+    }
+    gh_GreenCoro *w = *worker_owner(g);
+    const char *why = NULL;
+    if (w == NULL) {
+        why = "an idle greenhub worker greenlet";
+    }
+    else if (w->parked_in != NULL) {
+        why = "the greenlet of a virtual thread suspended in greenhub.await_()";
+    }
+    else if (!w->running) {
+        why = "the greenlet of a virtual thread between two steps of its task";
+    }
+    if (why == NULL) {
+        return 0;
+    }
+    PyErr_Format(gh_green_error_type(),
+                 "cannot switch into %s: only its event loop resumes it (to wake a "
+                 "virtual thread, complete the future it waits on)",
+                 why);
+    return -1;
+}
+
+static PyObject *
+vthread_greenlet_switch(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    if (vthread_greenlet_may_switch(self) < 0) {
+        return NULL;
+    }
+    return gh_green_base_switch(self, args, kwargs);
+}
+
+static PyObject *
+vthread_greenlet_throw(PyObject *self, PyObject *args)
+{
+    if (vthread_greenlet_may_switch(self) < 0) {
+        return NULL;
+    }
+    return gh_green_base_method(self, "throw", args);
+}
+
+static PyMethodDef vthread_greenlet_methods[] = {
+    {"switch", (PyCFunction)(void (*)(void))vthread_greenlet_switch, METH_VARARGS | METH_KEYWORDS,
+     "switch(*args, **kwargs): greenlet.switch, refused while the virtual thread waits."},
+    {"throw", vthread_greenlet_throw, METH_VARARGS,
+     "throw(...): greenlet.throw, refused while the virtual thread waits."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot vthread_greenlet_slots[] = {
+    {Py_tp_doc, "The greenlet of a greenhub virtual thread (a worker that runs task steps).\n\n"
+                "A greenlet.greenlet in every respect, except that switch() and throw()\n"
+                "refuse (greenlet.error) while its task waits: only the event loop\n"
+                "resumes a waiting virtual thread."},
+    {Py_tp_dealloc, gh_green_subclass_dealloc},
+    {Py_tp_traverse, gh_green_subclass_traverse},
+    {Py_tp_clear, gh_green_subclass_clear},
+    {Py_tp_is_gc, gh_green_subclass_is_gc},
+    {Py_tp_methods, vthread_greenlet_methods},
+    {0, NULL},
+};
+
+PyType_Spec gh_vthread_greenlet_spec = {
+    .name = "greenhub._core.VirtualThreadGreenlet",
+    .basicsize = 0, /* set by gh_green_subclass() */
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = vthread_greenlet_slots,
+};
 
 static PyMethodDef worker_main_def = {
     "greenhub_worker",
@@ -415,8 +575,24 @@ coro_step(gh_GreenCoro *w, PyObject *value, PyObject *exc, PyObject **presult)
         target = w->parked_in; /* take the reference */
         w->parked_in = NULL;
         park_unlink(loop, w);
+        if (!gh_green_active(target)) {
+            /* Killed from outside (greenlet.greenlet.throw() on the base
+             * class); its stack is gone, and the step with it. */
+            Py_DECREF(target);
+            w->finished = 1;
+            PyErr_SetString(PyExc_RuntimeError,
+                            "the greenlet of this virtual thread was killed while it waited "
+                            "in greenhub.await_()");
+            return PYGEN_ERROR;
+        }
     }
     else {
+        if (w->worker != NULL && gh_green_started(w->worker) && !gh_green_active(w->worker)) {
+            /* An idle bound worker killed from outside: bind another one. */
+            *worker_owner(w->worker) = NULL;
+            Py_CLEAR(w->worker);
+            loop->bound_workers--;
+        }
         if (w->worker == NULL && bind_worker(st, loop, w) < 0) {
             return PYGEN_ERROR;
         }
@@ -434,11 +610,32 @@ coro_step(gh_GreenCoro *w, PyObject *value, PyObject *exc, PyObject **presult)
     w->in_exc = Py_XNewRef(exc);
     w->driver = driver;
     w->running = 1;
+    w->step_over = 0;
+    w->stepping = target;
     w->prev_step = loop->current_step;
     loop->current_step = w;
     Py_INCREF(w); /* alive across the switch, whatever the step does */
 
     PyObject *r = switch_in(target, fresh);
+    while (!w->step_over) {
+        /* The loop's greenlet was resumed while the step is away: by a
+         * greenlet the step switched to (greenlet.getcurrent().parent, a
+         * child greenlet whose parent is the loop's greenlet finishing).
+         * Refuse it and keep waiting for the step (gh_refuse_resume). */
+        if (r == NULL) {
+            PyErr_Clear();
+        }
+        Py_XDECREF(r);
+        int nobody;
+        r = gh_refuse_resume(st, w->stepping,
+                             "cannot switch into the greenlet running the event loop while "
+                             "it waits for a task step",
+                             &nobody);
+        if (nobody) {
+            break; /* give up on the step (below) */
+        }
+    }
+    w->stepping = NULL;
 
     Py_DECREF(target);
     loop->current_step = w->prev_step;
@@ -448,9 +645,16 @@ coro_step(gh_GreenCoro *w, PyObject *value, PyObject *exc, PyObject **presult)
     Py_CLEAR(w->in_value);
     Py_CLEAR(w->in_exc);
     PySendResult status;
-    if (r == NULL) {
-        /* Something threw into the driver greenlet while the step was
-         * away; the step's own outcome, if any, is dropped. */
+    if (!w->step_over) {
+        /* Unreachable in practice (gh_refuse_resume() found no greenlet
+         * to refuse to); the step's outcome is lost, say so. */
+        Py_XDECREF(r);
+        Py_CLEAR(w->out);
+        status = PYGEN_ERROR;
+    }
+    else if (r == NULL) {
+        /* The step's greenlet switched back with an exception instead of
+         * an outcome (greenlet cannot switch: a dead stack).  Report it. */
         Py_CLEAR(w->out);
         status = PYGEN_ERROR;
     }
@@ -705,6 +909,9 @@ coro_traverse(PyObject *self, visitproc visit, void *arg)
     Py_VISIT(w->coro);
     Py_VISIT(w->loop);
     Py_VISIT(w->context);
+    Py_VISIT(w->worker);
+    Py_VISIT(w->parked_in);
+    Py_VISIT(w->driver);
     Py_VISIT(w->in_value);
     Py_VISIT(w->in_exc);
     Py_VISIT(w->out);
@@ -712,17 +919,33 @@ coro_traverse(PyObject *self, visitproc visit, void *arg)
     return 0;
 }
 
+/* Breaks cycles through an idle task.  A running or parked step is left
+ * whole: a greenlet stack uses it (and holds a reference the collector
+ * cannot see, so it is never found unreachable; see gh_await()).  `loop` is
+ * kept: the dealloc reaches the module state through it, and a loop does
+ * not refer to an idle task. */
 static int
 coro_clear(PyObject *self)
 {
     gh_GreenCoro *w = (gh_GreenCoro *)self;
     if (w->running || w->parked_in != NULL) {
-        return 0; /* a greenlet stack still uses it; see gh_await() */
+        return 0;
+    }
+    if (w->worker != NULL) {
+        gh_Loop *loop = coro_loop(w);
+        w->finished = 1;
+        maybe_unbind_worker(loop, w);
+        if (w->worker != NULL) {
+            loop->bound_workers--;
+            *worker_owner(w->worker) = NULL;
+            Py_CLEAR(w->worker);
+        }
     }
     Py_CLEAR(w->in_value);
     Py_CLEAR(w->in_exc);
     Py_CLEAR(w->out);
     Py_CLEAR(w->coro);
+    Py_CLEAR(w->context);
     Py_CLEAR(w->no_switch_block);
     return 0;
 }
@@ -745,6 +968,7 @@ coro_dealloc(PyObject *self)
         maybe_unbind_worker(loop, w);
         if (w->worker != NULL) { /* kept: someone else observes it */
             loop->bound_workers--;
+            *worker_owner(w->worker) = NULL;
             Py_CLEAR(w->worker);
         }
     }

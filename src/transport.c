@@ -1044,25 +1044,30 @@ gh_transport_state_init(gh_state *st)
     return 0;
 }
 
+/* Every object the transport part of the module state owns. */
+#define TR_FIELDS(st)                                                                              \
+    {                                                                                              \
+        &(st)->tr.socket_type, &(st)->tr.stock_write, &(st)->tr.stock_data_received,               \
+            &(st)->tr.stock_get_buffer, &(st)->tr.state, &(st)->tr.fileno, &(st)->tr.max_size,     \
+            &(st)->tr.data_received, &(st)->tr.get_buffer, &(st)->tr.buffer_updated,               \
+            &(st)->tr.fatal_error, &(st)->tr.on_eof, &(st)->tr.recv_into,                          \
+            &(st)->tr.green_socket_type,                                                           \
+    }
+
+int
+gh_transport_state_traverse(gh_state *st, visitproc visit, void *arg)
+{
+    PyObject **fields[] = TR_FIELDS(st);
+    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
+        Py_VISIT(*fields[i]);
+    }
+    return 0;
+}
+
 void
 gh_transport_state_clear(gh_state *st)
 {
-    PyObject **fields[] = {
-        &st->tr.socket_type,
-        &st->tr.stock_write,
-        &st->tr.stock_data_received,
-        &st->tr.stock_get_buffer,
-        &st->tr.state,
-        &st->tr.fileno,
-        &st->tr.max_size,
-        &st->tr.data_received,
-        &st->tr.get_buffer,
-        &st->tr.buffer_updated,
-        &st->tr.fatal_error,
-        &st->tr.on_eof,
-        &st->tr.recv_into,
-        &st->tr.green_socket_type,
-    };
+    PyObject **fields[] = TR_FIELDS(st);
     for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
         Py_CLEAR(*fields[i]);
     }

@@ -47,6 +47,7 @@ gh_is_plain_socket(gh_state *st, PyObject *sock)
             Py_IS_TYPE(sock, (PyTypeObject *)st->tr.green_socket_type));
 }
 void gh_transport_state_clear(gh_state *st);
+int gh_transport_state_traverse(gh_state *st, visitproc visit, void *arg);
 
 /* Sends the data of every queued transport (end of a loop iteration).
  * Returns -1 with an exception set if sending raised one that must

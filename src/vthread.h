@@ -35,6 +35,8 @@ typedef struct gh_GreenCoro {
     PyObject *worker;      /* owned or NULL: the greenlet bound to this task */
     PyObject *parked_in;   /* owned or NULL: the greenlet suspended inside await_() */
     PyObject *driver;      /* owned while a step runs: the greenlet that called send/throw */
+    PyObject *stepping;    /* borrowed while a step runs: the greenlet it was switched to
+                              (coro_step's reference keeps it alive) */
     PyObject *in_value;    /* owned or NULL: what the resumed step receives */
     PyObject *in_exc;      /* owned or NULL: the exception to throw into the step */
     PyObject *out;         /* owned or NULL: what the step produced */
@@ -51,6 +53,8 @@ typedef struct gh_GreenCoro {
     char running;            /* a step is in progress (switched away from the driver) */
     char finished;           /* the coroutine returned or raised */
     char parked;             /* in the loop's parked list */
+    char step_over;          /* set by the step's greenlet right before it switches back to
+                                the driver: what resumes the driver otherwise is refused */
 } gh_GreenCoro;
 
 /* Idle worker greenlets of one loop. */
@@ -87,6 +91,17 @@ int gh_suspend(gh_GreenCoro *w, PyObject *yielded, PyObject **value, PyObject **
  * PyErr_Occurred(). */
 struct gh_Loop_s;
 gh_GreenCoro *gh_vthread_step(gh_state *st, struct gh_Loop_s **loop);
+
+/* The current greenlet was resumed while it must wait (see task_step.c):
+ * refuses the switch with greenlet.error, thrown to the greenlet most
+ * likely to have made it (`hint` first, if given), and returns when
+ * something switches back.  *nobody is set (NULL returned, greenlet.error
+ * set) when no greenlet can take the refusal. */
+PyObject *gh_refuse_resume(gh_state *st, PyObject *hint, const char *msg, int *nobody);
+
+/* The greenlet type of the workers (switch() and throw() refuse while the
+ * virtual thread waits); module.c makes it with gh_green_subclass(). */
+extern PyType_Spec gh_vthread_greenlet_spec;
 
 /* Wraps a coroutine for a task of `loop`: a new GreenCoro for a coroutine,
  * a new reference to anything else (asyncio.Task rejects what it must). */

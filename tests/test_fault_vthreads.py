@@ -1,0 +1,359 @@
+"""Misuse of greenlets against virtual threads, and close / garbage collection with
+virtual threads in every state.
+
+A virtual thread waiting in ``greenhub.await_()`` (or idle between two steps, or a worker
+greenlet idle in the pool) may only be resumed by its event loop.  A ``switch()`` or
+``throw()`` into one from anywhere else - another virtual thread, a plain task, a foreign
+greenlet, a finished child greenlet whose parent it is, greenlet's base-class methods -
+must raise ``greenlet.error`` in the code that tried, and leave the waiting virtual thread
+and every other task intact.  (Before, the victim's stack ran on with the intruder's
+value and its result went to the intruder's task: a hijack, a leak, and on 3.13 a
+segfault at garbage collection.)  The same holds for the greenlet running the loop while
+it waits for a step.
+
+Then ``loop.close()`` and the garbage collector meet virtual threads in each state they
+can be in: it must return (bounded), run their finally blocks, and leave greenhub's live
+counters at zero.
+"""
+
+import asyncio
+import gc
+import subprocess
+import sys
+import textwrap
+import time
+
+import greenlet
+import pytest
+import support
+
+import greenhub
+from greenhub import _core
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def _attempt(fn):
+    try:
+        return ("returned", fn())
+    except greenlet.error as exc:
+        return ("refused", "cannot switch into" in str(exc))
+    except Exception as exc:  # noqa: BLE001 - what happened is the point
+        return ("raised", type(exc).__name__)
+
+
+def _main_greenlet():
+    g = greenlet.getcurrent()
+    while g.parent is not None:
+        g = g.parent
+    return g
+
+
+# How an intruder may try to resume a greenlet `g`.
+_ATTACKS = {
+    "switch": lambda g: g.switch("intruder"),
+    "switch-kwargs": lambda g: g.switch(value="intruder"),
+    "throw": lambda g: g.throw(ValueError("intruder")),
+    "throw-default": lambda g: g.throw(),
+    "base-switch": lambda g: greenlet.greenlet.switch(g, "intruder"),
+    "base-throw": lambda g: greenlet.greenlet.throw(g, ValueError("intruder")),
+    "base-kill": lambda g: greenlet.greenlet.throw(g),  # GreenletExit: a kill
+    "dying-child": lambda g: greenlet.greenlet(lambda: "child's result", parent=g).switch(),
+}
+
+
+@pytest.mark.parametrize("attack", sorted(_ATTACKS))
+@pytest.mark.parametrize("intruder", ["vthread", "task", "foreign-greenlet"])
+def test_resume_parked_vthread_is_refused(attack, intruder, greenhub_leak_check):
+    """A virtual thread parked in await_(): the intruder gets greenlet.error, the victim
+    keeps waiting and later gets its real result; no object is leaked."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        seen = {}
+
+        def victim():
+            seen["g"] = greenlet.getcurrent()
+            try:
+                return ("victim got", greenhub.await_(fut))
+            finally:
+                seen["finally"] = True
+
+        v = greenhub.spawn(victim)
+        await asyncio.sleep(0)
+        hit = _ATTACKS[attack]
+        if intruder == "vthread":
+            outcome = await greenhub.spawn(_attempt, lambda: hit(seen["g"]))
+        elif intruder == "task":
+            outcome = _attempt(lambda: hit(seen["g"]))
+        else:
+            # From a greenlet of the intruder's own: refused there, or - when the
+            # attempt bypasses the greenlet's switch() - at the intruder's switch into it.
+            outcome = await greenhub.spawn(
+                _attempt,
+                lambda: greenlet.greenlet(lambda: _attempt(lambda: hit(seen["g"]))).switch(),
+            )
+            if outcome[0] == "returned":
+                outcome = outcome[1]
+        await asyncio.sleep(0)
+        fut.set_result("the real result")
+        try:
+            result = await asyncio.wait_for(v, 5)
+        except RuntimeError as exc:
+            result = ("victim failed", str(exc)[:40])
+        return outcome, result, seen.get("finally")
+
+    outcome, result, finally_ran = greenhub.run(main())
+    assert outcome == ("refused", True)
+    assert result == ("victim got", "the real result")
+    assert finally_ran
+
+
+@pytest.mark.parametrize("attack", sorted(_ATTACKS))
+def test_resume_idle_worker_is_refused(attack, greenhub_leak_check):
+    """A virtual thread's greenlet after its task finished (back in the pool or
+    dropped), and between two steps of a task still running."""
+
+    async def main():
+        seen = {}
+        gate = asyncio.Event()
+
+        def first():
+            seen["done"] = greenlet.getcurrent()
+
+        await greenhub.spawn(first)
+
+        async def between():
+            seen["between"] = greenlet.getcurrent()
+            await gate.wait()  # a native await: the task waits between steps
+            return "second step ran"
+
+        t = asyncio.get_running_loop().create_task(between())
+        await asyncio.sleep(0)
+        hit = _ATTACKS[attack]
+        out = []
+        for name in ("done", "between"):
+            out.append(await greenhub.spawn(_attempt, lambda n=name: hit(seen[n])))
+        gate.set()
+        out.append(await t)
+        out.append(await greenhub.spawn(greenhub.await_, asyncio.sleep(0, "still works")))
+        return out
+
+    first, between, second, works = greenhub.run(main())
+    assert first == ("refused", True)
+    assert between == ("refused", True)
+    assert second == "second step ran"
+    assert works == "still works"
+
+
+@pytest.mark.parametrize("attack", ["switch", "throw", "base-switch", "dying-child"])
+def test_resume_loop_greenlet_from_a_step_is_refused(attack, greenhub_leak_check):
+    """The greenlet running the loop waits for the step it drives: a step that
+    switches into it (getcurrent().parent, walking up) is refused."""
+
+    async def main():
+        hit = _ATTACKS[attack]
+        outcome = await greenhub.spawn(_attempt, lambda: hit(_main_greenlet()))
+        later = await greenhub.spawn(greenhub.await_, asyncio.sleep(0.001, "loop fine"))
+        return outcome, later
+
+    assert greenhub.run(main()) == (("refused", True), "loop fine")
+
+
+def test_child_greenlet_switching_back_to_its_vthread_still_works(greenhub_leak_check):
+    """What is allowed: code of a running step switching between its own greenlets
+    (SQLAlchemy's greenlet_spawn pattern), await_() from the child included."""
+
+    async def main():
+        def child():
+            parent = greenlet.getcurrent().parent
+            value = greenhub.await_(asyncio.sleep(0, 21))
+            return parent.switch(value * 2)
+
+        def vthread():
+            c = greenlet.greenlet(child)
+            got = c.switch()
+            return got
+
+        return await greenhub.spawn(vthread)
+
+    assert greenhub.run(main()) == 42
+
+
+def test_vthread_greenlet_is_a_greenlet():
+    async def main():
+        return await greenhub.spawn(greenlet.getcurrent)
+
+    g = greenhub.run(main())
+    assert isinstance(g, greenlet.greenlet)
+    assert type(g) is _core.VirtualThreadGreenlet
+
+
+# --- await_ before the Python layer is loaded ---------------------------------------
+
+
+def test_core_await_before_python_layer():
+    """greenhub._core loaded on its own (no greenhub package imported): await_() with
+    no loop raises a clear RuntimeError instead of calling a hook that is not there."""
+    script = textwrap.dedent(
+        f"""
+        import importlib.util, sys
+        spec = importlib.util.spec_from_file_location("greenhub._core", {_core.__file__!r})
+        core = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(core)
+        async def coro():
+            return 1
+        try:
+            core.await_(coro())
+        except RuntimeError as exc:
+            print("RuntimeError", "import greenhub first" in str(exc))
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "RuntimeError True"
+
+
+# --- close with virtual threads in every state ----------------------------------------
+
+_STATES = [
+    "not-started",
+    "native-await",
+    "parked",
+    "parked-in-child-greenlet",
+    "parked-green-socket",
+    "parked-cancel-pending",
+    "finally-awaits-again",
+    "finally-awaits-forever",
+    "ignores-cancel",
+    "in-no-switch",
+    "finished",
+]
+
+
+def _start(loop, state, log):
+    """Puts a virtual thread in `state` on `loop` (not running); returns its task."""
+    fut = loop.create_future()
+
+    def body():
+        try:
+            if state == "parked":
+                greenhub.await_(fut)
+            elif state == "parked-in-child-greenlet":
+
+                def child():
+                    return greenlet.getcurrent().parent.switch(greenhub.await_(fut))
+
+                greenlet.greenlet(child).switch()
+            elif state == "parked-green-socket":
+                import greenhub.socket as gsocket
+
+                a, b = gsocket.socketpair()
+                log.append(b)  # kept open: the wait never ends by itself
+                try:
+                    a.recv(10)
+                finally:
+                    a.close()
+            elif state in ("parked-cancel-pending",):
+                greenhub.await_(fut)
+            elif state == "finally-awaits-again":
+                try:
+                    greenhub.await_(fut)
+                finally:
+                    greenhub.await_(asyncio.sleep(0))
+                    log.append("second await_ done")
+            elif state == "finally-awaits-forever":
+                try:
+                    greenhub.await_(fut)
+                finally:
+                    greenhub.await_(asyncio.sleep(3600))
+            elif state == "ignores-cancel":
+                while True:
+                    try:
+                        greenhub.await_(loop.create_future())  # a new one: fut is cancelled
+                    except asyncio.CancelledError:
+                        log.append("ignored a cancel")
+            elif state == "in-no-switch":
+                try:
+                    with greenhub.no_switch():
+                        pass
+                    greenhub.await_(fut)
+                except greenhub.SwitchError:
+                    pass
+            elif state == "finished":
+                return "done"
+        finally:
+            log.append(f"finally {state}")
+
+    if state == "native-await":
+
+        async def native():
+            try:
+                await fut
+            finally:
+                log.append(f"finally {state}")
+
+        task = loop.create_task(native())
+    else:
+        task = loop.create_task(greenhub._vthread._call_sync(body, (), {}))  # spawn()'s task
+    if state != "not-started":
+        support.run_once(loop)
+        support.run_once(loop)
+    if state == "parked-cancel-pending":
+        task.cancel()  # requested; the loop does not run again before close()
+    return task
+
+
+@pytest.mark.parametrize("state", _STATES)
+def test_close_with_vthread(state, greenhub_leak_check):
+    with support.warnings_ignored():
+        _close_with_vthread(state)
+        gc.collect()
+
+
+def _close_with_vthread(state):
+    loop = greenhub.new_event_loop()
+    loop.set_exception_handler(lambda lp, ctx: None)
+    log = []
+    _start(loop, state, log)
+    t0 = time.monotonic()
+    loop.close()
+    took = time.monotonic() - t0
+    assert took < 10, f"close() took {took:.1f} s"
+    if state not in ("not-started", "native-await", "finished"):
+        # On a greenlet stack: close() unwinds it.  (A task with nothing on a greenlet
+        # stack is left as the stock loop leaves it; its coroutine is closed when it is
+        # collected.)
+        assert f"finally {state}" in log, log
+    for item in log:
+        if hasattr(item, "close"):
+            item.close()
+
+
+@pytest.mark.parametrize("state", _STATES)
+def test_vthread_dropped_without_close(state, greenhub_leak_check):
+    """The loop and its tasks dropped without close(): collected without a crash;
+    the leak check then finds nothing alive (greenlet kills what is suspended)."""
+
+    def make():
+        loop = greenhub.new_event_loop()
+        loop.set_exception_handler(lambda lp, ctx: None)
+        log = []
+        _start(loop, state, log)
+        if state in ("not-started", "native-await", "finished"):
+            loop.close()  # the stock loop would warn about an unclosed loop otherwise
+        for item in log:
+            if hasattr(item, "close"):
+                item.close()
+        return loop
+
+    with support.warnings_ignored():
+        loop = make()
+        if not loop.is_closed():
+            # A loop with virtual threads parked in await_() cannot be collected (their
+            # stacks hold it); closing is the only way out, and must work afterwards too.
+            gc.collect()
+            loop.close()
+        del loop
+        gc.collect()
