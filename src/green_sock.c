@@ -313,6 +313,13 @@ send_until(waitctx *c, const char *buf, Py_ssize_t len, int flags)
 
 /* --- module functions -------------------------------------------------------- */
 
+/* recv_nothing: socket.recv(0) returns b'' and recv_into() of zero bytes (an
+ * empty buffer, or nbytes=0 with one) returns 0 without a system call or a
+ * wait - at once on a blocking socket with no data, on a closed socket, and
+ * without consuming a datagram.  A green socket does the same, rather than
+ * wait for readability (recv(fd, buf, 0) on the non-blocking fd fails with
+ * EAGAIN until data arrives). */
+
 /* _green_recv(sock, args): socket.recv(*args). */
 static PyObject *
 green_recv(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
@@ -334,6 +341,9 @@ green_recv(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     waitctx c;
     if (ctx_init(&c, st, args[0]) < 0) {
         return NULL;
+    }
+    if (len == 0) {
+        return PyBytes_FromStringAndSize(NULL, 0); /* see recv_nothing() */
     }
     /* Reads of up to GH_RBUF_SIZE go through the module's buffer (as the
      * transports' do), copied out before anything else can run. */
@@ -386,7 +396,8 @@ green_recv_into(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     if (ctx_init(&c, st, args[0]) < 0) {
         goto done;
     }
-    Py_ssize_t n = recv_until(&c, view.buf, len, flags);
+    /* socket.recv_into() reads nothing into nothing: see recv_nothing(). */
+    Py_ssize_t n = len == 0 ? 0 : recv_until(&c, view.buf, len, flags);
     res = n < 0 ? NULL : PyLong_FromSsize_t(n);
 done:
     PyBuffer_Release(&view);
@@ -437,7 +448,9 @@ green_sendall(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     if (ctx_init(&c, st, args[0]) == 0) {
         const char *p = view.buf;
         Py_ssize_t left = view.len;
-        while (left > 0) {
+        /* At least one send(), as socket.sendall() makes even for no data
+         * (on a closed socket, sendall(b'') fails with EBADF). */
+        do {
             Py_ssize_t n = send_until(&c, p, left, flags);
             if (n < 0) {
                 break;
@@ -448,7 +461,7 @@ green_sendall(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
             if (left > 0 && PyErr_CheckSignals() < 0) {
                 break;
             }
-        }
+        } while (left > 0);
         if (left == 0 && !PyErr_Occurred()) {
             res = Py_NewRef(Py_None);
         }

@@ -135,15 +135,27 @@ recv_bytes(gh_state *st, int fd, Py_ssize_t n, int *again)
     return PyBytes_FromStringAndSize(st->rbuf, got);
 }
 
-/* recv_into(fd, buf): bytes read, -2 for EAGAIN, -1 with an exception. */
+/* recv_into() could not borrow the buffer: socket.recv_into() must raise
+ * its own error (its argument parser rewords PyObject_GetBuffer's). */
+#define NOT_BORROWED (-3)
+
+/* recv_into(fd, buf): bytes read, -2 for EAGAIN, -1 with an exception,
+ * NOT_BORROWED without one.  The buffer is borrowed as socket.recv_into()
+ * borrows it ("w*": writable, C-contiguous, any shape or format, its size in
+ * bytes), only for the recv() - a wait that follows borrows it again, as
+ * asyncio calls recv_into() again, so a buffer released or resized
+ * meanwhile is seen as it is then - and into zero bytes nothing is read,
+ * with no system call, as socket.recv_into() does (recv(fd, buf, 0) on the
+ * non-blocking fd would fail with EAGAIN until data arrives). */
 static Py_ssize_t
 recv_into(int fd, PyObject *buf)
 {
     Py_buffer view;
     if (PyObject_GetBuffer(buf, &view, PyBUF_WRITABLE) < 0) {
-        return -1;
+        PyErr_Clear();
+        return NOT_BORROWED;
     }
-    Py_ssize_t got = gh_sock_try_recv(fd, view.buf, view.len);
+    Py_ssize_t got = view.len == 0 ? 0 : gh_sock_try_recv(fd, view.buf, view.len);
     PyBuffer_Release(&view);
     return got;
 }
@@ -348,7 +360,10 @@ sock_recv_into_ready(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyObject *value;
-    if (fd < 0) {
+    Py_ssize_t got = fd < 0 ? NOT_BORROWED : recv_into(fd, args[2]);
+    if (got == NOT_BORROWED) {
+        /* Closed meanwhile, its timeout changed, or the buffer is no longer
+         * one (released, say): socket's call, and its result or error. */
         value = PyObject_CallMethodOneArg(args[1], st->sk.recv_into, args[2]);
         if (value == NULL && (PyErr_ExceptionMatches(PyExc_BlockingIOError) ||
                               PyErr_ExceptionMatches(PyExc_InterruptedError))) {
@@ -356,11 +371,10 @@ sock_recv_into_ready(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
             Py_RETURN_NONE;
         }
     }
+    else if (got == -2) {
+        Py_RETURN_NONE;
+    }
     else {
-        Py_ssize_t got = recv_into(fd, args[2]);
-        if (got == -2) {
-            Py_RETURN_NONE;
-        }
         value = got < 0 ? NULL : PyLong_FromSsize_t(got);
     }
     return complete(st, args[0], value);
@@ -391,8 +405,14 @@ gh_loop_sock_recv_into(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
     if (fd < 0) {
         return fd == -2 ? NULL : Py_NewRef(Py_None);
     }
-    if (len == 0 || !gh_io_armed_for(self, fd, sock)) {
+    if (len == 0) {
+        return PyLong_FromLong(0); /* socket.recv_into() reads nothing, at once */
+    }
+    if (!gh_io_armed_for(self, fd, sock)) {
         Py_ssize_t got = recv_into(fd, buf);
+        if (got == NOT_BORROWED) {
+            Py_RETURN_NONE; /* changed since the check above: asyncio's call */
+        }
         if (got != -2) {
             return got < 0 ? NULL : PyLong_FromSsize_t(got);
         }

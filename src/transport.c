@@ -351,8 +351,12 @@ tr_get_buffer(PyObject *self, PyTypeObject *cls, PyObject *const *args, size_t n
     }
     Py_ssize_t n;
     Py_buffer view;
+    /* Borrowed as socket.recv_into() borrows it, only for the recv(): the
+     * protocol may do what it likes with it in buffer_updated().  A buffer
+     * of no bytes (len() counts items or rows) reads nothing, as
+     * socket.recv_into() does, which asyncio takes for EOF. */
     if (PyObject_GetBuffer(buf, &view, PyBUF_WRITABLE) == 0) {
-        n = gh_sock_try_recv(fd, view.buf, view.len);
+        n = view.len == 0 ? 0 : gh_sock_try_recv(fd, view.buf, view.len);
         PyBuffer_Release(&view);
     }
     else {
@@ -619,54 +623,66 @@ wq_append(gh_TransportState *wq, PyObject *bytes)
     return 0;
 }
 
-/* The data to queue, as bytes nobody can change (bytes are kept, anything
- * else copied), or NULL without an exception if asyncio's write() must
- * handle it (empty data is NOT handled here: the caller checks first). */
-static PyObject *
-immutable_copy(PyObject *data)
+/* Borrows write()'s data for the fast path through the buffer protocol
+ * (never by reading a memoryview's fields: a released view's pointer is
+ * dangling).  Returns 1 with *view filled in (the caller releases it) for
+ * exact bytes, exact bytearray and one-dimensional C-contiguous
+ * memoryviews; 0, without an exception, for everything else, which
+ * asyncio's write() handles: it rejects what is not bytes-like, its len()
+ * raises ValueError for a released memoryview at the point stock raises it,
+ * it slices strided and multi-dimensional views its own way, and a subclass
+ * may override __len__ or __buffer__. */
+static int
+borrow_data(PyObject *data, Py_buffer *view)
 {
-    if (PyBytes_Check(data)) {
-        return Py_NewRef(data);
+    if (PyBytes_CheckExact(data) || PyByteArray_CheckExact(data)) {
+        return PyObject_GetBuffer(data, view, PyBUF_SIMPLE) == 0 ? 1 : -1;
     }
-    if (PyByteArray_Check(data)) {
-        return PyBytes_FromStringAndSize(PyByteArray_AS_STRING(data), PyByteArray_GET_SIZE(data));
+    if (!PyMemoryView_Check(data)) {
+        return 0;
     }
-    Py_buffer *view = PyMemoryView_GET_BUFFER(data);
+    if (PyObject_GetBuffer(data, view, PyBUF_FULL_RO) < 0) {
+        PyErr_Clear(); /* released: asyncio's write() raises it in its place */
+        return 0;
+    }
     if (view->ndim != 1 || !PyBuffer_IsContiguous(view, 'C')) {
-        return NULL;
+        PyBuffer_Release(view);
+        return 0;
     }
-    return PyBytes_FromStringAndSize(view->buf, view->len);
+    return 1;
 }
 
-/* The length of bytes-like data, or -1 for kinds the fast path leaves to
- * asyncio (and anything that is not bytes, bytearray or memoryview). */
-static Py_ssize_t
-data_len(PyObject *data)
+/* Sends what the queue holds now (the flush list's references dropped).
+ * Returns -1 only for exceptions that must propagate. */
+static int
+wq_flush_now(gh_state *st, gh_TransportState *wq)
 {
-    if (PyBytes_Check(data)) {
-        return PyBytes_GET_SIZE(data);
+    if (!wq->queued) {
+        return 0;
     }
-    if (PyByteArray_Check(data)) {
-        return PyByteArray_GET_SIZE(data);
-    }
-    if (PyMemoryView_Check(data)) {
-        Py_buffer *view = PyMemoryView_GET_BUFFER(data);
-        if (view->ndim == 1 && PyBuffer_IsContiguous(view, 'C')) {
-            return view->len;
-        }
-    }
-    return -1;
+    PyObject *tr = wq_unlink(wq);
+    int rc = wq_send(st, wq, tr);
+    Py_DECREF(tr);
+    Py_DECREF(wq); /* the flush list's reference */
+    return rc;
 }
 
 /* write(data): queued for the end of the iteration when asyncio would send
- * it at once; everything else is asyncio's write(). */
+ * it at once; everything else is asyncio's write(), after what is queued
+ * was sent (asyncio would have sent it already, and its write() may send
+ * now: the bytes must reach the peer in the order they were written).
+ *
+ * A queued write holds bytes nobody can change: an exact bytes object is
+ * kept, any other buffer copied while it is borrowed, so the peer gets the
+ * data as it was when write() was called (as with asyncio, which sends it
+ * there and then) and no buffer export outlives the call (a bytearray
+ * written can be resized at once, as with asyncio). */
 static PyObject *
 tr_write(PyObject *self, PyTypeObject *cls, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
     gh_state *st = PyType_GetModuleState(cls);
-    Py_ssize_t len;
-    if (PyVectorcall_NARGS(nargsf) != 1 || kwnames != NULL || (len = data_len(args[0])) < 0) {
-        return call_stock(st->tr.stock_write, self, args, nargsf, kwnames);
+    if (PyVectorcall_NARGS(nargsf) != 1 || kwnames != NULL) {
+        return call_stock(st->tr.stock_write, self, args, nargsf, kwnames); /* TypeError */
     }
     gh_TransportState *wq = state_of(st, self);
     if (wq == NULL) {
@@ -675,11 +691,16 @@ tr_write(PyObject *self, PyTypeObject *cls, PyObject *const *args, size_t nargsf
     }
     PyObject *res = NULL;
     int slow = 1;
+    Py_buffer view;
+    int borrowed = borrow_data(args[0], &view);
+    if (borrowed <= 0) {
+        goto decided;
+    }
     int t = field_true(wq->eof, "_eof");
     if (t != 0 || wq->empty_waiter != Py_None) {
         goto decided; /* asyncio raises; or the lookup failed */
     }
-    if (len == 0) {
+    if (view.len == 0) {
         slow = 0;
         res = Py_NewRef(Py_None);
         goto decided;
@@ -699,33 +720,30 @@ tr_write(PyObject *self, PyTypeObject *cls, PyObject *const *args, size_t nargsf
     if (loop == NULL || !loop->has_thread_id || loop->thread_id != PyThread_get_thread_ident()) {
         goto decided; /* not running here: send now, as asyncio does */
     }
-    PyObject *bytes = immutable_copy(args[0]);
-    if (bytes == NULL) {
-        goto decided;
-    }
+    PyObject *bytes = PyBytes_CheckExact(args[0]) ? Py_NewRef(args[0])
+                                                  : PyBytes_FromStringAndSize(view.buf, view.len);
     slow = 0;
-    if (wq_append(wq, bytes) < 0) {
-        Py_DECREF(bytes);
+    if (bytes == NULL || wq_append(wq, bytes) < 0) {
+        Py_XDECREF(bytes);
         goto decided;
     }
     if (!wq->queued) {
         wq_link(loop, wq, self);
     }
-    if (wq->size >= GH_WQ_FLUSH_AT) {
-        PyObject *tr = wq_unlink(wq);
-        int rc = wq_send(st, wq, tr);
-        Py_DECREF(tr);
-        Py_DECREF(wq); /* the flush list's reference */
-        if (rc < 0) {
-            goto decided;
-        }
+    if (wq->size >= GH_WQ_FLUSH_AT && wq_flush_now(st, wq) < 0) {
+        goto decided;
     }
     res = Py_NewRef(Py_None);
 decided:
-    Py_DECREF(wq);
-    if (slow && !PyErr_Occurred()) {
-        return call_stock(st->tr.stock_write, self, args, nargsf, kwnames);
+    if (borrowed > 0) {
+        PyBuffer_Release(&view);
     }
+    if (slow && !PyErr_Occurred()) {
+        if (wq_flush_now(st, wq) == 0) {
+            res = call_stock(st->tr.stock_write, self, args, nargsf, kwnames);
+        }
+    }
+    Py_DECREF(wq);
     return res;
 }
 
@@ -743,13 +761,7 @@ tr_flush(PyObject *self, PyTypeObject *cls, PyObject *const *args, size_t nargsf
     if (wq == NULL) {
         return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
     }
-    int rc = 0;
-    if (wq->queued) {
-        PyObject *tr = wq_unlink(wq);
-        rc = wq_send(st, wq, tr);
-        Py_DECREF(tr);
-        Py_DECREF(wq); /* the flush list's reference */
-    }
+    int rc = wq_flush_now(st, wq);
     Py_DECREF(wq);
     return rc < 0 ? NULL : Py_NewRef(Py_None);
 }
