@@ -318,6 +318,106 @@ def test_transport_fd_closed_underneath(both_loops, action):
     assert results["greenhub"] == results["asyncio"]
 
 
+async def _server_fd_closed_under():
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+    sock = server.sockets[0]
+    os.close(sock.fileno())  # the listening fd, under the server's accept reader
+    await asyncio.sleep(0.01)
+    closing = _outcome(server.close)  # closes the socket object: EBADF
+    await asyncio.sleep(0)
+    return closing, server.is_serving()
+
+
+async def _datagram_fd_closed_under():
+    loop = asyncio.get_running_loop()
+    errors = []
+
+    class Proto(asyncio.DatagramProtocol):
+        def error_received(self, exc):
+            errors.append(type(exc).__name__)
+
+    transport, _ = await loop.create_datagram_endpoint(Proto, local_addr=("127.0.0.1", 0))
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.1", 0))
+    os.close(transport.get_extra_info("socket").fileno())
+    transport.sendto(b"x", peer.getsockname())
+    await asyncio.sleep(0.01)
+    transport.abort()
+    await asyncio.sleep(0)
+    peer.close()
+    return errors
+
+
+async def _read_pipe_fd_closed_under():
+    loop = asyncio.get_running_loop()
+    r, w = os.pipe()
+    proto = _Recorder()
+    transport, _ = await loop.connect_read_pipe(lambda: proto, os.fdopen(r, "rb", 0))
+    os.close(r)
+    wrote = _outcome(os.write, w, b"data")  # EPIPE: no reader left
+    await asyncio.sleep(0.01)
+    state = [wrote] + list(proto.events)
+    transport.close()
+    await asyncio.sleep(0)
+    os.close(w)
+    return state
+
+
+async def _write_pipe_fd_closed_under():
+    loop = asyncio.get_running_loop()
+    r, w = os.pipe()
+    proto = _Recorder()
+    transport, _ = await loop.connect_write_pipe(lambda: proto, os.fdopen(w, "wb", 0))
+    os.close(w)
+    outcome = _outcome(transport.write, b"y" * (1 << 20))
+    await asyncio.sleep(0.01)
+    state = list(proto.events)
+    transport.abort()
+    await asyncio.sleep(0)
+    os.close(r)
+    return outcome, state
+
+
+async def _sock_recvfrom_then_close():
+    loop = asyncio.get_running_loop()
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    s.setblocking(False)
+    task = asyncio.ensure_future(loop.sock_recvfrom(s, 100))
+    await asyncio.sleep(0)
+    os.close(s.detach())
+    await asyncio.sleep(0.01)
+    state = _future_state(task)
+    task.cancel()
+    try:
+        await task
+    except (asyncio.CancelledError, OSError):
+        pass
+    return state
+
+
+_MORE = {
+    "server": _server_fd_closed_under,
+    "datagram": _datagram_fd_closed_under,
+    "read-pipe": _read_pipe_fd_closed_under,
+    "write-pipe": _write_pipe_fd_closed_under,
+}
+if sys.version_info >= (3, 11):
+    _MORE["sock_recvfrom"] = _sock_recvfrom_then_close
+
+
+@pytest.mark.parametrize("what", sorted(_MORE))
+def test_more_fd_closed_underneath(both_loops, what):
+    """The listening socket of a server, a datagram endpoint, pipe transports and a
+    pending sock_recvfrom(), each with its fd closed under it."""
+    results = {}
+    for kind, loop in both_loops.items():
+        loop.set_exception_handler(lambda lp, ctx: None)
+        results[kind] = (loop.run_until_complete(_MORE[what]()), _healthy(loop))
+    assert results["greenhub"] == results["asyncio"]
+
+
 # --- duplicated fds: the kernel keeps reporting a closed number ------------------------
 
 
