@@ -146,18 +146,12 @@ gh_suspend(gh_GreenCoro *w, PyObject *yielded, PyObject **value, PyObject **exc)
     /* coro_step() resumes us after unparking the step, setting in_value /
      * in_exc and becoming the step's driver (w->running).  Anything else is
      * a switch or throw into a parked virtual thread that bypassed its
-     * greenlet's switch() (see gh_refuse_resume): refused, and the step
-     * stays parked until the Task resumes it. */
+     * greenlet's switch() - a child greenlet of ours finishing, say: it is
+     * passed on (gh_pass_on_resume), and the step stays parked until the
+     * Task resumes it. */
     while (!w->running) {
-        if (r == NULL) {
-            PyErr_Clear();
-        }
-        Py_XDECREF(r);
         int nobody;
-        r = gh_refuse_resume(st, NULL,
-                             "cannot switch into the greenlet of a virtual thread suspended in "
-                             "greenhub.await_(): only its event loop resumes it",
-                             &nobody);
+        r = gh_pass_on_resume(st, NULL, r, &nobody);
         if (nobody) {
             /* No greenlet to give control back to: the wait fails and
              * the stack unwinds (greenlet.error from await_()). */

@@ -186,15 +186,15 @@ gh_green_base_method(PyObject *g, const char *name, PyObject *args)
 }
 
 PyObject *
-gh_green_throw_error(PyObject *g, const char *msg)
+gh_green_switch_args(PyObject *g, PyObject *args)
 {
-    PyObject *val = PyUnicode_FromString(msg);
-    if (val == NULL) {
-        return NULL;
-    }
-    PyObject *res = PyGreenlet_Throw((PyGreenlet *)g, PyExc_GreenletError, val, NULL);
-    Py_DECREF(val);
-    return res;
+    return PyGreenlet_Switch((PyGreenlet *)g, args, NULL);
+}
+
+PyObject *
+gh_green_throw(PyObject *g, PyObject *exc)
+{
+    return PyGreenlet_Throw((PyGreenlet *)g, (PyObject *)Py_TYPE(exc), exc, NULL);
 }
 
 PyObject *

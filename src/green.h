@@ -60,10 +60,12 @@ int gh_green_subclass_is_gc(PyObject *self);
 PyObject *gh_green_base_switch(PyObject *g, PyObject *args, PyObject *kwargs);
 PyObject *gh_green_base_method(PyObject *g, const char *name, PyObject *args);
 
-/* g.throw(greenlet.error(msg)): resumes g with that exception; returns what
- * the greenlet that switches back here passes (NULL with an exception set
- * if it throws). */
-PyObject *gh_green_throw_error(PyObject *g, const char *msg);
+/* g.switch(*args) / g.throw(exc): g's pending switch() call returns the
+ * arguments or raises exc.  Both are borrowed (greenlet takes its own
+ * references for the transfer).  Returns what the greenlet that switches
+ * back here passes (NULL with an exception set if it throws). */
+PyObject *gh_green_switch_args(PyObject *g, PyObject *args);
+PyObject *gh_green_throw(PyObject *g, PyObject *exc);
 
 /* greenlet.error (borrowed). */
 PyObject *gh_green_error_type(void);

@@ -1050,6 +1050,20 @@ gh_loop_after_fork_child(PyObject *module, PyObject *Py_UNUSED(ignored))
             gh_reactor_after_fork(lp->reactor);
         }
     }
+    /* Data socket transports queued for the end of the iteration belongs to
+     * the parent, which sends it: the stock loop sent it in write(), before
+     * the fork, so the child has none to send.  (Dropping can run Python
+     * code that frees loops: find the next loop from the start each time.) */
+    for (;;) {
+        gh_Loop *lp = st->loops;
+        while (lp != NULL && lp->wq_head == NULL) {
+            lp = lp->next_loop;
+        }
+        if (lp == NULL) {
+            break;
+        }
+        gh_loop_clear_writes(lp);
+    }
     Py_RETURN_NONE;
 }
 

@@ -292,6 +292,7 @@ module_traverse(PyObject *mod, visitproc visit, void *arg)
     Py_VISIT(st->hook_log_switch);
     Py_VISIT(st->SwitchError);
     Py_VISIT(st->current_task);
+    Py_VISIT(st->in_transit);
     Py_VISIT(st->kw_task_init);
     Py_VISIT(st->str_Task);
     Py_VISIT(st->str_gr_context);
@@ -353,6 +354,7 @@ module_clear(PyObject *mod)
     Py_CLEAR(st->hook_log_switch);
     Py_CLEAR(st->SwitchError);
     Py_CLEAR(st->current_task);
+    Py_CLEAR(st->in_transit);
     return 0;
 }
 

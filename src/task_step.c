@@ -267,26 +267,45 @@ static PyObject *
 worker_main(PyObject *module, PyObject *Py_UNUSED(ignored))
 {
     gh_state *st = (gh_state *)PyModule_GetState(module);
-    PyObject *ctx = NULL; /* owned: the context this greenlet is in */
-    PyObject *r;
+    PyObject *ctx = NULL;             /* owned: the context this greenlet is in */
+    PyObject *r = Py_NewRef(Py_None); /* what resumed this greenlet last */
+    PyObject *self = gh_green_current();
+    if (self == NULL) {
+        st->live_workers--;
+        return NULL;
+    }
+    Py_DECREF(self); /* borrowed: a running greenlet is alive */
     for (;;) {
-        gh_GreenCoro *w = st->handoff; /* the driver holds a reference */
-        st->handoff = NULL;
-        if (w == NULL) {
-            /* Started or resumed by something other than a step: refuse,
-             * and wait for a real step. */
+        /* Only coro_step() starts a step here: it sets `handoff` to a task
+         * bound to this greenlet first.  Anything else resumed this
+         * greenlet (see gh_pass_on_resume()); a handoff for another worker
+         * can be pending when that happens inside its resume. */
+        for (;;) {
+            if (r == NULL && PyErr_ExceptionMatches(gh_green_exit_type())) {
+                /* Killed (GreenletExit: the pool let it go, or greenlet
+                 * collected it): this worker's life ends here. */
+                PyErr_Clear();
+                st->live_workers--;
+                Py_XDECREF(ctx);
+                Py_RETURN_NONE;
+            }
+            if (st->handoff != NULL && st->handoff->worker == self) {
+                break;
+            }
             int nobody;
-            r = gh_refuse_resume(st, NULL,
-                                 "cannot switch into an idle greenhub worker greenlet: only "
-                                 "the event loop starts task steps on it",
-                                 &nobody);
+            r = gh_pass_on_resume(st, NULL, r, &nobody);
             if (nobody) {
                 st->live_workers--;
                 Py_XDECREF(ctx);
                 return NULL; /* nothing else to do: end this greenlet */
             }
-            goto resumed;
         }
+        if (r == NULL) {
+            PyErr_Clear();
+        }
+        Py_XDECREF(r);
+        gh_GreenCoro *w = st->handoff; /* the driver holds a reference */
+        st->handoff = NULL;
         if (w->context != ctx) {
             if (adopt_context(st, w->context) < 0) {
                 /* Report it as the step's outcome. */
@@ -315,21 +334,6 @@ worker_main(PyObject *module, PyObject *Py_UNUSED(ignored))
     step_done:
         w->step_over = 1;
         r = gh_green_switch(w->driver);
-    resumed:
-        if (r == NULL) {
-            if (PyErr_ExceptionMatches(gh_green_exit_type())) {
-                /* Killed (GreenletExit: the pool let it go): this worker's
-                 * life ends here. */
-                PyErr_Clear();
-                st->live_workers--;
-                Py_XDECREF(ctx);
-                Py_RETURN_NONE;
-            }
-            PyErr_Clear(); /* thrown into by a stranger: refused above */
-        }
-        else {
-            Py_DECREF(r);
-        }
     }
 }
 
@@ -351,53 +355,82 @@ running_step(gh_state *st)
  * virtual thread parked in await_(), an idle worker, or the loop's greenlet
  * while a step it drives is away.  greenhub's own workers refuse user
  * switch() and throw() calls up front (vthread_greenlet_switch below); this
- * catches what bypasses that: greenlet.greenlet.switch(g) on the base class,
- * a switch from C, a finished child greenlet whose parent this is.
+ * handles what bypasses that: a finished child greenlet whose parent this
+ * is (greenlet returns to the parent), greenlet's base-class methods, a
+ * switch from C, and any switch into the loop's greenlet.
  *
- * greenlet does not tell who switched, so the refusal - greenlet.error - goes
- * to the greenlet that most likely did it: `hint` if given (the step the
- * loop's greenlet drives), else the greenlet running the current task step,
- * else the thread's main greenlet; it raises there, at the switch call when
- * that greenlet made it.  Returns once something switches back here (what it
- * passed, or NULL with its exception set); the caller checks again whether
- * it may go on.  If no greenlet can take the refusal, returns NULL with
- * greenlet.error set and *nobody set, and the caller gives up waiting.
+ * The resume is passed on - `resumed` (taken; NULL when an exception is
+ * set) becomes what the pending switch() call of the greenlet most likely
+ * to have made it returns or raises - and this greenlet goes on waiting.
+ * greenlet does not say who switched; the likely one is `hint` if given (the
+ * greenlet the driver's step runs on), else the greenlet running the
+ * loop's current task step, else the thread's main greenlet.  That is the
+ * stock loop's behaviour, where every task runs on the main greenlet: a
+ * greenlet made in one task and finished by another returns to the one
+ * running, and a switch into the main greenlet from a task is a switch to
+ * itself, which returns its own arguments.
+ *
+ * Returns once something switches back here (what it passed, or NULL with
+ * its exception set); the caller checks again whether it may go on.  If no
+ * greenlet can take it, returns NULL with greenlet.error set and *nobody
+ * set, and the caller gives up waiting.
  */
 PyObject *
-gh_refuse_resume(gh_state *st, PyObject *hint, const char *msg, int *nobody)
+gh_pass_on_resume(gh_state *st, PyObject *hint, PyObject *resumed, int *nobody)
 {
+    /* Nothing may stay referenced from this C frame while the greenlet is
+     * suspended below: the collector cannot see such a reference, and the
+     * value (or the exception's traceback) can refer back to this very
+     * greenlet - an uncollectable cycle.  So the target is borrowed (it is
+     * alive: the greenlet of a running step, or the thread's main
+     * greenlet) and what is passed on waits in st->in_transit, which the
+     * module state owns and traverses, until the next step clears it. */
     *nobody = 0;
     PyObject *here = gh_green_current();
     if (here == NULL) {
+        Py_XDECREF(resumed);
         return NULL;
     }
+    Py_DECREF(here); /* borrowed: the running greenlet is alive */
     PyObject *target = NULL;
     if (hint != NULL && hint != here && gh_green_active(hint)) {
-        target = Py_NewRef(hint);
+        target = hint;
     }
     if (target == NULL) {
         gh_GreenCoro *step = running_step(st);
         if (step != NULL && step->stepping != NULL && step->stepping != here &&
             gh_green_active(step->stepping)) {
-            target = Py_NewRef(step->stepping);
+            target = step->stepping;
         }
     }
     if (target == NULL) {
-        target = gh_green_main();
-        if (target == here) {
-            Py_CLEAR(target);
+        PyObject *main = gh_green_main();
+        if (main == NULL) {
+            PyErr_Clear();
         }
+        Py_XDECREF(main); /* borrowed: the thread's main greenlet lives as long as it */
+        target = main != here ? main : NULL;
     }
-    Py_DECREF(here);
     if (target == NULL) {
         *nobody = 1;
-        if (!PyErr_Occurred()) {
-            PyErr_SetString(gh_green_error_type(), msg);
+        if (resumed == NULL) {
+            PyErr_Clear();
         }
+        Py_XDECREF(resumed);
+        PyErr_SetString(gh_green_error_type(),
+                        "a waiting greenhub greenlet was resumed from outside, and no greenlet "
+                        "can take the switch back");
         return NULL;
     }
-    PyObject *r = gh_green_throw_error(target, msg);
-    Py_DECREF(target);
+    int thrown = resumed == NULL;
+    PyObject *payload = thrown ? gh_err_get_raised() : PyTuple_Pack(1, resumed);
+    Py_XDECREF(resumed);
+    if (payload == NULL) {
+        return NULL;
+    }
+    Py_XSETREF(st->in_transit, payload); /* held there, not here */
+    PyObject *r = thrown ? gh_green_throw(target, payload) : gh_green_switch_args(target, payload);
+    Py_CLEAR(st->in_transit); /* delivered long ago, if it is still there */
     return r;
 }
 
@@ -558,6 +591,9 @@ coro_step(gh_GreenCoro *w, PyObject *value, PyObject *exc, PyObject **presult)
         PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited coroutine");
         return PYGEN_ERROR;
     }
+    if (st->in_transit != NULL) {
+        Py_CLEAR(st->in_transit); /* delivered: see gh_pass_on_resume() */
+    }
     unsigned long here = PyThread_get_thread_ident();
     if ((loop->has_thread_id && here != loop->thread_id) ||
         ((w->worker != NULL || w->parked_in != NULL) && here != w->thread_id)) {
@@ -618,19 +654,13 @@ coro_step(gh_GreenCoro *w, PyObject *value, PyObject *exc, PyObject **presult)
 
     PyObject *r = switch_in(target, fresh);
     while (!w->step_over) {
-        /* The loop's greenlet was resumed while the step is away: by a
-         * greenlet the step switched to (greenlet.getcurrent().parent, a
-         * child greenlet whose parent is the loop's greenlet finishing).
-         * Refuse it and keep waiting for the step (gh_refuse_resume). */
-        if (r == NULL) {
-            PyErr_Clear();
-        }
-        Py_XDECREF(r);
+        /* The loop's greenlet was resumed while the step is away: by the
+         * step (a switch up to the main greenlet) or a greenlet it switched
+         * to (a child greenlet whose parent is the loop's greenlet
+         * finishing).  Pass it on and keep waiting for the step
+         * (gh_pass_on_resume). */
         int nobody;
-        r = gh_refuse_resume(st, w->stepping,
-                             "cannot switch into the greenlet running the event loop while "
-                             "it waits for a task step",
-                             &nobody);
+        r = gh_pass_on_resume(st, w->stepping, r, &nobody);
         if (nobody) {
             break; /* give up on the step (below) */
         }
@@ -646,7 +676,7 @@ coro_step(gh_GreenCoro *w, PyObject *value, PyObject *exc, PyObject **presult)
     Py_CLEAR(w->in_exc);
     PySendResult status;
     if (!w->step_over) {
-        /* Unreachable in practice (gh_refuse_resume() found no greenlet
+        /* Unreachable in practice (gh_pass_on_resume() found no greenlet
          * to refuse to); the step's outcome is lost, say so. */
         Py_XDECREF(r);
         Py_CLEAR(w->out);

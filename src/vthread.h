@@ -93,11 +93,11 @@ struct gh_Loop_s;
 gh_GreenCoro *gh_vthread_step(gh_state *st, struct gh_Loop_s **loop);
 
 /* The current greenlet was resumed while it must wait (see task_step.c):
- * refuses the switch with greenlet.error, thrown to the greenlet most
- * likely to have made it (`hint` first, if given), and returns when
- * something switches back.  *nobody is set (NULL returned, greenlet.error
- * set) when no greenlet can take the refusal. */
-PyObject *gh_refuse_resume(gh_state *st, PyObject *hint, const char *msg, int *nobody);
+ * passes the resume on - `resumed` (taken; NULL when an exception is set)
+ * goes to the greenlet most likely to have made it (`hint` first, if
+ * given) - and returns when something switches back.  *nobody is set (NULL
+ * returned, greenlet.error set) when no greenlet can take it. */
+PyObject *gh_pass_on_resume(gh_state *st, PyObject *hint, PyObject *resumed, int *nobody);
 
 /* The greenlet type of the workers (switch() and throw() refuse while the
  * virtual thread waits); module.c makes it with gh_green_subclass(). */
