@@ -136,14 +136,33 @@ def test_uninstall_restores_psycopg_pools_primitives():
 
     from psycopg_pool import pool as pool_module
 
-    assert pool_module.Condition is greenhub.Condition
+    def patched():
+        return (
+            pool_module.Condition,
+            pool_module.Lock,
+            pool_module.Event,
+            pool_module.CLIENT_EXCEPTIONS,
+            *(pool_module.ConnectionPool.__dict__[m] for m in ghpg._POOL_METHODS),
+        )
+
+    ours = (
+        ghpg._PoolCondition,
+        ghpg._PoolLock,
+        greenhub.Event,
+        (Exception, asyncio.CancelledError),
+        *ghpg._POOL_METHODS.values(),
+    )
+    assert patched() == ours
+    assert issubclass(ghpg._PoolCondition, greenhub.Condition)
+    assert issubclass(ghpg._PoolLock, greenhub.RLock)
     ghpg.uninstall()
     try:
-        assert pool_module.Condition is threading.Condition
-        assert pool_module.Lock is threading.RLock and pool_module.Event is threading.Event
+        originals = patched()
+        assert originals[:4] == (threading.Condition, threading.RLock, threading.Event, Exception)
+        assert not set(originals[4:]) & set(ghpg._POOL_METHODS.values())
     finally:
         ghpg.install()
-    assert pool_module.Lock is greenhub.RLock and pool_module.Event is greenhub.Event
+    assert patched() == ours
 
 
 def test_same_code_outside_vthreads_uses_psycopgs_wait(pg_dsn, counted_waits):

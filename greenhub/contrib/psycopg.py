@@ -29,7 +29,11 @@ More things a shared process needs:
 - ``psycopg_pool.ConnectionPool`` hands connections to waiting clients through
   ``threading`` primitives; ``install()`` gives its module greenhub's (see
   ``_POOL_PRIMITIVES``), so a virtual thread waiting for a connection suspends only
-  its task.
+  its task.  The sync pool was written for threads, which nothing interrupts, and its
+  clean-ups catch ``Exception`` only: a virtual thread cancelled while it waited for a
+  connection stayed queued, and the next connection returned was handed to it and
+  lost.  ``install()`` makes the pool cancellation-safe (see "The pool and
+  cancellation" below).
 
 - ``Connection.lock`` (psycopg serialises the users of one connection with it) is a
   ``threading.Lock``.  A virtual thread that blocked on it while another held it across
@@ -46,6 +50,33 @@ More things a shared process needs:
   transaction that must be rolled back - as after psycopg's own async cancellation.  If
   the server does not answer within 5 s, or the task is cancelled again meanwhile, the
   connection is closed instead.  Either way it is never left mid-query.
+
+The pool and cancellation (docs/guide-cancellation.md has the general rule).  A
+cancellation may land in a virtual thread at any wait of the pool's code; ``install()``
+makes each such place either handle it or not see it:
+
+- Waiting for a connection must stay interruptible (the pool's timeout is 30 s).  The
+  sync pool's module names the exceptions its clean-ups catch ``CLIENT_EXCEPTIONS``;
+  the async pool, whose tasks get ``CancelledError``, catches ``(Exception,
+  CancelledError)``.  ``install()`` gives the sync module the async pool's tuple, so
+  a cancelled ``getconn()`` does what psycopg's own async pool does: the waiting
+  client is marked failed (no connection is handed to it any more), a connection
+  handed over just before is returned to the pool, and ``CancelledError`` propagates.
+- The pool's locks guard a few statements each, never a wait: a cancellation that
+  arrives while a virtual thread waits for one (held by the pool's worker thread, say)
+  is deferred (``greenhub.defer_cancellation()``) to the next wait, so no hand-over
+  between a waiting client and the pool is ever cut in half.
+- Giving a connection back (``_return_connection``: the rollback of an unfinished
+  transaction, the ``reset`` callback, the hand-over to a waiting client) and
+  ``check()`` run in deferred blocks: they finish, then the task is cancelled.
+  Interrupted, they dropped a connection the pool still counted, or swallowed the
+  cancellation.
+- ``wait()`` interrupted left the pool's "full" event set, and every later ``wait()``
+  failed an assertion; the wrapper clears it.
+
+The clean-ups that now also catch ``CancelledError`` and do not re-raise it (the
+rollback in ``_reset_connection``, ``check()``'s probe) run only inside those deferred
+blocks or in the pool's worker threads, where nothing is cancelled.
 """
 
 import asyncio
@@ -55,6 +86,7 @@ import time
 
 from .. import _core
 from .. import sync as _sync
+from .._cancel import defer_cancellation as _defer_cancellation
 from ..sync import Lock as _CoopLock
 
 __all__ = ["install", "installed", "uninstall", "wait", "wait_conn"]
@@ -198,6 +230,32 @@ def _cancel_running_query(conn, gen):
             raise  # cancelled again, or another interruption: let it through
 
 
+class _PoolLock(_sync.RLock):
+    """The pool's lock (and each waiting client's Condition's): a greenhub RLock whose
+    blocking acquire defers a cancellation to the task's next wait.  psycopg_pool holds
+    these locks for a few statements, never across a wait, so the acquire ends soon;
+    cancelled there, the pool's hand-over of a connection to a waiting client could be
+    cut in half (the client gone, the connection handed to it)."""
+
+    __slots__ = ()
+
+    def acquire(self, blocking=True, timeout=-1):
+        if blocking and super().acquire(False):
+            return True  # not contended: nothing to defer
+        with _defer_cancellation():
+            return super().acquire(blocking, timeout)
+
+    __enter__ = acquire
+
+
+class _PoolCondition(_sync.Condition):
+    """greenhub's Condition over a _PoolLock: its wait() stays interruptible (the pool
+    handles the cancellation there), taking its lock defers it."""
+
+    def __init__(self, lock=None):
+        super().__init__(_PoolLock() if lock is None else lock)
+
+
 # psycopg_pool's sync ConnectionPool takes its primitives from these names of its
 # ``pool`` module when it makes a pool (its ``_lock``), a waiting client (a Condition it
 # waits on until a connection is handed over) and its "pool full" event.  install()
@@ -205,20 +263,64 @@ def _cancel_running_query(conn, gen):
 # and suspend only the task inside; the pool's own workers and scheduler stay OS threads
 # (greenhub's primitives may be shared by both).  Pools made before install() keep
 # threading's.
-_POOL_PRIMITIVES = {"Lock": _sync.RLock, "Condition": _sync.Condition, "Event": _sync.Event}
+_POOL_PRIMITIVES = {"Lock": _PoolLock, "Condition": _PoolCondition, "Event": _sync.Event}
+
+# What the sync pool's clean-ups catch after install(): psycopg_pool's async pool's
+# tuple (see the module docstring).
+_POOL_CLIENT_EXCEPTIONS = (Exception, asyncio.CancelledError)
+
+
+def _pool_return_connection(self, conn, from_getconn):
+    """``ConnectionPool._return_connection`` as installed: the original, run to its
+    end even if the task is cancelled meanwhile (the cancellation follows)."""
+    with _defer_cancellation():
+        return _saved["pool"]["_return_connection"](self, conn, from_getconn)
+
+
+def _pool_check(self):
+    """``ConnectionPool.check`` as installed: the connections it took out of the pool
+    all go back (or are replaced) before a cancellation is delivered."""
+    with _defer_cancellation():
+        return _saved["pool"]["check"](self)
+
+
+def _pool_wait(self, timeout=30.0):
+    """``ConnectionPool.wait`` as installed: cancelled, it leaves no "pool full" event
+    behind (psycopg_pool's own would make every later wait() fail an assertion)."""
+    try:
+        return _saved["pool"]["wait"](self, timeout)
+    except asyncio.CancelledError:
+        with self._lock:
+            self._pool_full_event = None
+        raise
+
+
+_POOL_METHODS = {
+    "_return_connection": _pool_return_connection,
+    "check": _pool_check,
+    "wait": _pool_wait,
+}
 
 
 def _pool_module():
-    """psycopg_pool.pool if psycopg_pool is installed and names the primitives there."""
+    """psycopg_pool.pool if psycopg_pool is installed and names the primitives, the
+    clean-ups' exceptions and the methods install() wraps as expected."""
     try:
         import psycopg_pool
         from psycopg_pool import pool
     except ImportError:
         return None
-    if not all(hasattr(pool, name) for name in _POOL_PRIMITIVES):
+    cls = getattr(pool, "ConnectionPool", None)
+    if (
+        not all(hasattr(pool, name) for name in _POOL_PRIMITIVES)
+        or getattr(pool, "CLIENT_EXCEPTIONS", None) is not Exception
+        or cls is None
+        or not all(name in cls.__dict__ for name in _POOL_METHODS)
+    ):
         logger.warning(
-            "psycopg_pool %s does not name its primitives as expected: its waits stay "
-            "blocking in virtual threads",
+            "psycopg_pool %s does not name its primitives, clean-ups and methods as "
+            "expected: its waits stay blocking in virtual threads, and are not safe to "
+            "cancel there",
             getattr(psycopg_pool, "__version__", "?"),
         )
         return None
@@ -257,7 +359,10 @@ def install():
     }
     pool_module = _pool_module()
     if pool_module is not None:
+        cls = pool_module.ConnectionPool
         saved["pool"] = {name: getattr(pool_module, name) for name in _POOL_PRIMITIVES}
+        saved["pool"]["CLIENT_EXCEPTIONS"] = pool_module.CLIENT_EXCEPTIONS
+        saved["pool"].update((name, cls.__dict__[name]) for name in _POOL_METHODS)
     _saved = saved
     waiting.wait = wait
     waiting.wait_conn = wait_conn
@@ -266,6 +371,9 @@ def install():
     if pool_module is not None:
         for name, coop in _POOL_PRIMITIVES.items():
             setattr(pool_module, name, coop)
+        pool_module.CLIENT_EXCEPTIONS = _POOL_CLIENT_EXCEPTIONS
+        for name, method in _POOL_METHODS.items():
+            setattr(pool_module.ConnectionPool, name, method)
 
 
 def uninstall():
@@ -281,9 +389,11 @@ def uninstall():
     psycopg.Connection.wait = _saved["Connection.wait"]
     connection.Lock = _saved["Lock"]
     if "pool" in _saved:
-        pool_module = _pool_module()
+        from psycopg_pool import pool as pool_module
+
         for name, original in _saved["pool"].items():
-            setattr(pool_module, name, original)
+            target = pool_module.ConnectionPool if name in _POOL_METHODS else pool_module
+            setattr(target, name, original)
     _saved = None
 
 
