@@ -303,6 +303,37 @@ def test_cancelling_the_task_cancels_the_query(pg_dsn, run):
         conn.close()
 
 
+def test_cancel_at_the_implicit_begin(pg_dsn, run):
+    """Outside autocommit psycopg first sends BEGIN, then the query, from one generator.
+    A task cancelled at BEGIN's wait had its cancel request answered by BEGIN, and the
+    clean-up, driving the generator on, then sent the query, which ran in full; after
+    5 s the connection was closed.  The request is now repeated until the query itself
+    is cancelled: the connection stays open, its transaction failed."""
+    conn = psycopg.connect(pg_dsn)
+    pid = conn.info.backend_pid
+
+    def body():
+        asyncio.current_task().cancel()  # lands at the first wait: BEGIN's
+        conn.execute("select pg_sleep(30)")
+
+    def rollback_and_ask():
+        conn.rollback()
+        return conn.execute("select pg_backend_pid()").fetchone()[0]
+
+    async def main():
+        for _ in range(3):
+            with pytest.raises(asyncio.CancelledError):
+                await greenhub.spawn(body)
+            assert not conn.closed
+            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
+            assert await greenhub.spawn(rollback_and_ask) == pid
+
+    try:
+        run(main)
+    finally:
+        conn.close()
+
+
 def test_cancel_inside_a_transaction_leaves_it_failed(pg_dsn, run):
     conn = psycopg.connect(pg_dsn)
 

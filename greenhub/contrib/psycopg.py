@@ -47,9 +47,11 @@ More things a shared process needs:
   ``Connection.wait`` to do the same for it: a query cancelled while it runs is cancelled
   on the server (``cancel_safe()``), its ``QueryCanceled`` reply is consumed, and the
   ``CancelledError`` propagates.  The connection is then idle (autocommit) or in a failed
-  transaction that must be rolled back - as after psycopg's own async cancellation.  If
-  the server does not answer within 5 s, or the task is cancelled again meanwhile, the
-  connection is closed instead.  Either way it is never left mid-query.
+  transaction that must be rolled back - as after psycopg's own async cancellation.  The
+  request is repeated while no reply comes (one may miss: cancelled at the BEGIN psycopg
+  sends before a query, the query follows it).  If the server does not answer within
+  5 s, or the task is cancelled again meanwhile, the connection is closed instead.
+  Either way it is never left mid-query.
 
 The pool and cancellation (docs/guide-cancellation.md has the general rule).  A
 cancellation may land in a virtual thread at any wait of the pool's code; ``install()``
@@ -100,6 +102,9 @@ _monotonic = time.monotonic
 # The server gets this long to answer a cancellation request before the connection is
 # closed instead (psycopg's own Ctrl-C handling waits as long).
 CANCEL_TIMEOUT = 5.0
+# Without a reply after this long, the cancel request is sent again (then after twice
+# as long, ...): the server ignores one that comes before it has read the query.
+CANCEL_RETRY = 0.1
 
 _saved = None  # what install() replaced: {"wait": ..., "wait_conn": ..., ...}
 
@@ -210,14 +215,32 @@ def _connection_wait(self, gen, *args, **kwargs):
 
 
 def _cancel_running_query(conn, gen):
+    """Cancel the query `gen` runs on the server and read its reply (see the module
+    docstring).  One cancel request may miss it: outside autocommit `gen` first runs
+    BEGIN and then sends the query, so a task cancelled at BEGIN's wait has BEGIN answer
+    the request and the query, sent when `gen` is driven on, runs in full; and the
+    server ignores a request that arrives before it has read the query.  So the request
+    is sent again when no reply has come after CANCEL_RETRY seconds, then after twice
+    that, and so on until CANCEL_TIMEOUT.  A repeated request is as harmless as the
+    first: the backend ignores it unless a query of this connection runs."""
     import psycopg
-    from psycopg import waiting
 
     if conn.pgconn.transaction_status != psycopg.pq.TransactionStatus.ACTIVE:
         return  # nothing is running (e.g. cancelled in notifies()): state is defined
+    deadline = _monotonic() + CANCEL_TIMEOUT
+    retry = CANCEL_RETRY
+    timed_out = _wait_timeout_error()
     try:
-        conn.cancel_safe(timeout=CANCEL_TIMEOUT)
-        waiting.wait(gen, conn.pgconn.socket, interval=0.1, timeout=CANCEL_TIMEOUT)
+        while True:
+            conn.cancel_safe(timeout=max(0.1, deadline - _monotonic()))
+            try:
+                # Ends with QueryCanceled; normally only if the query ended first.
+                _drive(gen, conn.pgconn.socket, 0.1, min(retry, deadline - _monotonic()), False)
+                break
+            except timed_out:
+                if _monotonic() >= deadline:
+                    raise
+                retry *= 2
     except psycopg.errors.QueryCanceled:
         pass  # the expected reply: the connection is usable again
     except BaseException as ex:
