@@ -131,6 +131,44 @@ def test_connection_pool_waits_cooperatively(pg_dsn, run):
     assert stats.get("requests_waiting", 0) == 0
 
 
+def test_pool_check_back_off_lets_the_loop_run(pg_dsn, run):
+    """getconn() retries after a connection fails the pool's ``check``, sleeping
+    between attempts (about 1 s the second time): that sleep suspends only the virtual
+    thread (it was time.sleep, which stopped the loop).  A coroutine waiting for the
+    second failure must run before the third check."""
+    from psycopg_pool import ConnectionPool
+
+    checks = []
+    failed_twice = greenhub.Event()
+    ran_meanwhile = []
+
+    def check(conn):
+        checks.append(bool(ran_meanwhile))
+        if len(checks) <= 2:
+            if len(checks) == 2:
+                failed_twice.set()
+            raise psycopg.OperationalError("check failed")
+
+    pool = ConnectionPool(pg_dsn, min_size=1, max_size=1, open=False, check=check, timeout=20)
+    pool.open(wait=True)
+
+    async def main():
+        async def other():
+            await failed_twice.async_wait()
+            ran_meanwhile.append(True)
+
+        other_task = asyncio.ensure_future(other())
+        conn = await greenhub.spawn(pool.getconn)
+        pool.putconn(conn)
+        await other_task
+
+    try:
+        run(main)
+    finally:
+        pool.close()
+    assert checks == [False, False, True]
+
+
 def test_uninstall_restores_psycopg_pools_primitives():
     import threading
 
@@ -141,6 +179,7 @@ def test_uninstall_restores_psycopg_pools_primitives():
             pool_module.Condition,
             pool_module.Lock,
             pool_module.Event,
+            pool_module.sleep,
             pool_module.CLIENT_EXCEPTIONS,
             *(pool_module.ConnectionPool.__dict__[m] for m in ghpg._POOL_METHODS),
         )
@@ -149,6 +188,7 @@ def test_uninstall_restores_psycopg_pools_primitives():
         ghpg._PoolCondition,
         ghpg._PoolLock,
         greenhub.Event,
+        greenhub.sleep,
         (Exception, asyncio.CancelledError),
         *ghpg._POOL_METHODS.values(),
     )
@@ -158,8 +198,14 @@ def test_uninstall_restores_psycopg_pools_primitives():
     ghpg.uninstall()
     try:
         originals = patched()
-        assert originals[:4] == (threading.Condition, threading.RLock, threading.Event, Exception)
-        assert not set(originals[4:]) & set(ghpg._POOL_METHODS.values())
+        assert originals[:5] == (
+            threading.Condition,
+            threading.RLock,
+            threading.Event,
+            time.sleep,
+            Exception,
+        )
+        assert not set(originals[5:]) & set(ghpg._POOL_METHODS.values())
     finally:
         ghpg.install()
     assert patched() == ours

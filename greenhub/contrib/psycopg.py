@@ -281,12 +281,18 @@ class _PoolCondition(_sync.Condition):
 
 # psycopg_pool's sync ConnectionPool takes its primitives from these names of its
 # ``pool`` module when it makes a pool (its ``_lock``), a waiting client (a Condition it
-# waits on until a connection is handed over) and its "pool full" event.  install()
+# waits on until a connection is handed over) and its "pool full" event, and sleeps
+# with ``sleep`` when a connection fails its ``check`` (time.sleep: it blocked the loop).  install()
 # replaces them with greenhub's, which are the threading ones outside virtual threads
 # and suspend only the task inside; the pool's own workers and scheduler stay OS threads
 # (greenhub's primitives may be shared by both).  Pools made before install() keep
 # threading's.
-_POOL_PRIMITIVES = {"Lock": _PoolLock, "Condition": _PoolCondition, "Event": _sync.Event}
+_POOL_PRIMITIVES = {
+    "Lock": _PoolLock,
+    "Condition": _PoolCondition,
+    "Event": _sync.Event,
+    "sleep": _sync.sleep,  # getconn()'s back-off after a failed ``check``
+}
 
 # What the sync pool's clean-ups catch after install(): psycopg_pool's async pool's
 # tuple (see the module docstring).
