@@ -174,6 +174,44 @@ def test_cancelled_while_giving_a_connection_back(pool, run):
     assert log == ["given back"]
 
 
+def test_cancelled_while_a_connection_that_failed_its_check_goes_back(pg_dsn, run):
+    """getconn() gives back a connection that failed the pool's ``check`` (rolling back
+    what the check left open) and tries another.  A cancellation landing in that
+    rollback used to make the pool discard the connection and swallow the
+    cancellation; now the connection goes back whole and getconn() raises
+    CancelledError at its next wait."""
+    from psycopg_pool import ConnectionPool
+
+    checks = []
+
+    def check(conn):
+        checks.append(conn)
+        if len(checks) == 1:
+            conn.execute("select 1")  # leaves a transaction open
+            asyncio.current_task().cancel()  # lands at the rollback that follows
+            raise psycopg.OperationalError("check failed")
+
+    p = ConnectionPool(pg_dsn, min_size=SIZE, max_size=SIZE, open=False, check=check, timeout=10)
+    p.open(wait=True)
+    log = []
+
+    def body():
+        p.getconn()
+        log.append("got a connection")
+
+    async def main():
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(greenhub.spawn(body), 20)
+        assert len(checks) == 1  # cancelled at the back-off, before a second attempt
+        await assert_whole(p)
+
+    try:
+        run(main)
+    finally:
+        p.close()
+    assert log == []
+
+
 def test_cancelled_while_waiting_for_the_pools_lock(pool, run):
     """putconn() waits for the pool's lock, held by another thread (the pool's own
     workers take it): cancelled there, the connection used to be dropped."""
@@ -207,6 +245,51 @@ def test_cancelled_while_waiting_for_the_pools_lock(pool, run):
 
     run(main)
     assert log == ["given back"]
+
+
+def test_null_pool_cancelled_while_giving_a_connection_back(pg_dsn, run):
+    """A NullConnectionPool decides under its lock, in putconn(), whether to close the
+    connection: cancelled while waiting for that lock, the connection was neither closed
+    nor counted out, and the pool (max_size=1) could never lend one again."""
+    from psycopg_pool import NullConnectionPool
+
+    p = NullConnectionPool(pg_dsn, max_size=1, open=False, timeout=5)
+    p.open()
+    holding, release = threading.Event(), threading.Event()
+
+    def other_thread():
+        with p._lock:
+            holding.set()
+            release.wait(20)
+
+    def body(conn):
+        p.putconn(conn)
+        greenhub.sleep(3600)
+
+    def use_again():
+        with p.connection() as conn:
+            return conn.execute("select 1").fetchone()[0]
+
+    async def main():
+        conn = await greenhub.spawn(p.getconn)
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        await asyncio.to_thread(holding.wait, 20)
+        t = greenhub.spawn(body, conn)
+        await parked(t)  # waiting for the pool's lock
+        t.cancel()
+        await asyncio.sleep(0)
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(t, 20)
+        await asyncio.to_thread(thread.join)
+        assert conn.closed and p._nconns == 0
+        return await greenhub.spawn(use_again)
+
+    try:
+        assert run(main) == 1
+    finally:
+        p.close()
 
 
 def test_handover_cut_by_a_cancel_at_the_clients_lock(pool, run, monkeypatch):
@@ -320,26 +403,25 @@ def test_cancelled_check_puts_every_connection_back(pool, run):
     assert log == ["checked"]
 
 
-def test_pool_lock_acquire_defers_cancellation(pool, run):
-    """The primitives install() gives psycopg_pool: its locks' acquire defers a
-    cancellation to the next wait; a client's Condition.wait() stays interruptible."""
+def test_client_condition_defers_cancellation_at_its_lock(run):
+    """The Condition install() gives psycopg_pool for its queued clients: taking its
+    lock defers a cancellation to the next wait (the hand-over above relies on it), and
+    its wait() stays interruptible."""
     from psycopg_pool import pool as pool_module
 
-    assert isinstance(pool._lock, ghpg._PoolLock)
     assert pool_module.CLIENT_EXCEPTIONS == (Exception, asyncio.CancelledError)
+    cond = pool_module.Condition()
     log = []
     holding, release = threading.Event(), threading.Event()
 
     def other_thread():
-        with pool._lock:
+        with cond:
             holding.set()
             release.wait(20)
 
     def body():
-        with pool._lock:
-            log.append("locked")
-        cond = pool_module.Condition()
         with cond:
+            log.append("locked")
             try:
                 cond.wait(3600)
             except asyncio.CancelledError:
@@ -351,7 +433,7 @@ def test_pool_lock_acquire_defers_cancellation(pool, run):
         thread.start()
         await asyncio.to_thread(holding.wait, 20)
         t = greenhub.spawn(body)
-        await parked(t)
+        await parked(t)  # waiting for the lock the thread holds
         t.cancel()
         await asyncio.sleep(0)
         release.set()
@@ -361,6 +443,7 @@ def test_pool_lock_acquire_defers_cancellation(pool, run):
 
     run(main)
     assert log == ["locked", "wait interrupted"]
+    assert not cond._lock.locked()
 
 
 def test_rounds_of_cancelled_clients_under_load(pool, run):

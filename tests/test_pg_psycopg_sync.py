@@ -185,16 +185,16 @@ def test_uninstall_restores_psycopg_pools_primitives():
         )
 
     ours = (
-        ghpg._PoolCondition,
-        ghpg._PoolLock,
+        ghpg._ClientCondition,
+        greenhub.RLock,
         greenhub.Event,
         greenhub.sleep,
         (Exception, asyncio.CancelledError),
         *ghpg._POOL_METHODS.values(),
     )
     assert patched() == ours
-    assert issubclass(ghpg._PoolCondition, greenhub.Condition)
-    assert issubclass(ghpg._PoolLock, greenhub.RLock)
+    assert issubclass(ghpg._ClientCondition, greenhub.Condition)
+    assert issubclass(ghpg._ClientLock, greenhub.RLock)
     ghpg.uninstall()
     try:
         originals = patched()

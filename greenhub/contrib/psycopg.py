@@ -64,15 +64,16 @@ makes each such place either handle it or not see it:
   a cancelled ``getconn()`` does what psycopg's own async pool does: the waiting
   client is marked failed (no connection is handed to it any more), a connection
   handed over just before is returned to the pool, and ``CancelledError`` propagates.
-- The pool's locks guard a few statements each, never a wait: a cancellation that
-  arrives while a virtual thread waits for one (held by the pool's worker thread, say)
-  is deferred (``greenhub.defer_cancellation()``) to the next wait, so no hand-over
-  between a waiting client and the pool is ever cut in half.
-- Giving a connection back (``_return_connection``: the rollback of an unfinished
-  transaction, the ``reset`` callback, the hand-over to a waiting client) and
-  ``check()`` run in deferred blocks: they finish, then the task is cancelled.
-  Interrupted, they dropped a connection the pool still counted, or swallowed the
-  cancellation.
+- A queued client's lock is held for a few statements at a time, by the client or
+  by whoever hands it a connection (often the pool's worker thread): a cancellation
+  that arrives while a virtual thread waits for it is deferred
+  (``greenhub.defer_cancellation()``) to the next wait, so no hand-over is ever cut in
+  half.
+- Giving a connection back (``putconn()``, and ``_return_connection()``, which
+  ``getconn()`` also uses: the pool's lock, the rollback of an unfinished transaction,
+  the ``reset`` callback, the hand-over to a queued client) and ``check()`` run in
+  deferred blocks: they finish, then the task is cancelled.  Interrupted, they dropped
+  a connection the pool still counted, or swallowed the cancellation.
 - ``wait()`` interrupted left the pool's "full" event set, and every later ``wait()``
   failed an assertion; the wrapper clears it.
 
@@ -253,12 +254,15 @@ def _cancel_running_query(conn, gen):
             raise  # cancelled again, or another interruption: let it through
 
 
-class _PoolLock(_sync.RLock):
-    """The pool's lock (and each waiting client's Condition's): a greenhub RLock whose
-    blocking acquire defers a cancellation to the task's next wait.  psycopg_pool holds
-    these locks for a few statements, never across a wait, so the acquire ends soon;
-    cancelled there, the pool's hand-over of a connection to a waiting client could be
-    cut in half (the client gone, the connection handed to it)."""
+class _ClientLock(_sync.RLock):
+    """The lock of a queued client's Condition: a greenhub RLock whose blocking acquire
+    defers a cancellation to the task's next wait.  psycopg_pool hands a connection to
+    a queued client under this lock: the giver (often one of the pool's worker threads)
+    stores the connection unless the client has failed; the client, arriving at its
+    wait, takes the connection or marks itself failed.  Cancelled while it waited for
+    this lock, a client gave up before the giver had stored the connection, and the
+    giver then handed it to nobody.  The lock is held for a few statements at a time, so
+    the deferred acquire ends soon."""
 
     __slots__ = ()
 
@@ -271,27 +275,30 @@ class _PoolLock(_sync.RLock):
     __enter__ = acquire
 
 
-class _PoolCondition(_sync.Condition):
-    """greenhub's Condition over a _PoolLock: its wait() stays interruptible (the pool
-    handles the cancellation there), taking its lock defers it."""
+class _ClientCondition(_sync.Condition):
+    """greenhub's Condition over a _ClientLock: its wait() stays interruptible (the
+    pool withdraws the client then), taking its lock defers a cancellation."""
 
     def __init__(self, lock=None):
-        super().__init__(_PoolLock() if lock is None else lock)
+        super().__init__(_ClientLock() if lock is None else lock)
 
 
 # psycopg_pool's sync ConnectionPool takes its primitives from these names of its
-# ``pool`` module when it makes a pool (its ``_lock``), a waiting client (a Condition it
+# ``pool`` module when it makes a pool (its ``_lock``), a queued client (a Condition it
 # waits on until a connection is handed over) and its "pool full" event, and sleeps
-# with ``sleep`` when a connection fails its ``check`` (time.sleep: it blocked the loop).  install()
-# replaces them with greenhub's, which are the threading ones outside virtual threads
-# and suspend only the task inside; the pool's own workers and scheduler stay OS threads
-# (greenhub's primitives may be shared by both).  Pools made before install() keep
-# threading's.
+# with ``sleep`` when a connection fails its ``check`` (time.sleep: it stopped the
+# loop).  install() replaces them with greenhub's, which are the threading ones outside
+# virtual threads and suspend only the task inside; the pool's own workers and
+# scheduler stay OS threads (greenhub's primitives may be shared by both).  Pools made
+# before install() keep threading's.  The pool's own lock is a plain RLock: a cancel
+# while taking it is harmless at the start of getconn(), and everywhere a connection is
+# being given back the acquire runs in a deferred block anyway (_POOL_METHODS); a
+# NullConnectionPool holds it while it connects, which a deferred acquire would wait out.
 _POOL_PRIMITIVES = {
-    "Lock": _PoolLock,
-    "Condition": _PoolCondition,
+    "Lock": _sync.RLock,
+    "Condition": _ClientCondition,
     "Event": _sync.Event,
-    "sleep": _sync.sleep,  # getconn()'s back-off after a failed ``check``
+    "sleep": _sync.sleep,
 }
 
 # What the sync pool's clean-ups catch after install(): psycopg_pool's async pool's
@@ -299,9 +306,18 @@ _POOL_PRIMITIVES = {
 _POOL_CLIENT_EXCEPTIONS = (Exception, asyncio.CancelledError)
 
 
+def _pool_putconn(self, conn):
+    """``ConnectionPool.putconn`` as installed: the original, run to its end even if
+    the task is cancelled meanwhile (the cancellation follows).  Cut short - taking the
+    pool's lock, rolling back the connection's transaction - it lost the connection."""
+    with _defer_cancellation():
+        return _saved["pool"]["putconn"](self, conn)
+
+
 def _pool_return_connection(self, conn, from_getconn):
-    """``ConnectionPool._return_connection`` as installed: the original, run to its
-    end even if the task is cancelled meanwhile (the cancellation follows)."""
+    """``ConnectionPool._return_connection`` as installed, deferring cancellation as
+    putconn() does: getconn() also gives a connection back through it, when the
+    connection fails the pool's ``check``."""
     with _defer_cancellation():
         return _saved["pool"]["_return_connection"](self, conn, from_getconn)
 
@@ -319,12 +335,13 @@ def _pool_wait(self, timeout=30.0):
     try:
         return _saved["pool"]["wait"](self, timeout)
     except asyncio.CancelledError:
-        with self._lock:
+        with _defer_cancellation(), self._lock:
             self._pool_full_event = None
         raise
 
 
 _POOL_METHODS = {
+    "putconn": _pool_putconn,
     "_return_connection": _pool_return_connection,
     "check": _pool_check,
     "wait": _pool_wait,
