@@ -83,6 +83,18 @@ def _rearm(cancelled):
     task.cancel(msg)
 
 
+def call_deferring(fn, /, *args):
+    """``fn(*args)`` in a defer_cancellation() block, without the context manager's
+    object: for wrappers on hot paths (greenhub.contrib.psycopg's pool methods)."""
+    token = _enter()
+    try:
+        return fn(*args)
+    finally:
+        cancelled = _exit(token)
+        if cancelled is not None:
+            _rearm(cancelled)
+
+
 class _DeferCancellation:
     """What ``greenhub.defer_cancellation()`` returns: a context manager, and a
     decorator that opens a block around every call."""

@@ -89,6 +89,7 @@ import time
 
 from .. import _core
 from .. import sync as _sync
+from .._cancel import call_deferring as _call_deferring
 from .._cancel import defer_cancellation as _defer_cancellation
 from ..sync import Lock as _CoopLock
 
@@ -310,23 +311,20 @@ def _pool_putconn(self, conn):
     """``ConnectionPool.putconn`` as installed: the original, run to its end even if
     the task is cancelled meanwhile (the cancellation follows).  Cut short - taking the
     pool's lock, rolling back the connection's transaction - it lost the connection."""
-    with _defer_cancellation():
-        return _saved["pool"]["putconn"](self, conn)
+    return _call_deferring(_saved["pool"]["putconn"], self, conn)
 
 
 def _pool_return_connection(self, conn, from_getconn):
     """``ConnectionPool._return_connection`` as installed, deferring cancellation as
     putconn() does: getconn() also gives a connection back through it, when the
     connection fails the pool's ``check``."""
-    with _defer_cancellation():
-        return _saved["pool"]["_return_connection"](self, conn, from_getconn)
+    return _call_deferring(_saved["pool"]["_return_connection"], self, conn, from_getconn)
 
 
 def _pool_check(self):
     """``ConnectionPool.check`` as installed: the connections it took out of the pool
     all go back (or are replaced) before a cancellation is delivered."""
-    with _defer_cancellation():
-        return _saved["pool"]["check"](self)
+    return _call_deferring(_saved["pool"]["check"], self)
 
 
 def _pool_wait(self, timeout=30.0):
