@@ -12,6 +12,7 @@ An asyncio event loop written in C on libev.  Use it as any asyncio loop::
 import asyncio as _asyncio
 
 from . import _core, _vthread, _watchdog, vthread  # noqa: F401 - _core: diagnostics
+from ._cancel import defer_cancellation
 from ._colours import async_to_sync, sync_to_async, to_thread
 from ._dump import disable_dump_on_signal, dump_tasks, enable_dump_on_signal, task_stacks
 from ._loop import Loop
@@ -45,6 +46,7 @@ __all__ = [
     "SwitchError",
     "async_to_sync",
     "await_",
+    "defer_cancellation",
     "disable_dump_on_signal",
     "dump_tasks",
     "enable_dump_on_signal",

@@ -18,6 +18,7 @@
  * does this for every parked step when it closes.
  */
 #include "compat.h"
+#include "defer.h"
 #include "green.h"
 #include "loop.h"
 #include "switches.h"
@@ -132,6 +133,18 @@ gh_suspend(gh_GreenCoro *w, PyObject *yielded, PyObject **value, PyObject **exc)
     if (st->log_switches) {
         gh_switch_log(st, yielded);
     }
+    if (w->defer_cancel > 0) {
+        /* Inside greenhub.defer_cancellation() (defer.c): the Task waits on
+         * a stand-in, so that cancelling the task leaves this wait alone. */
+        return gh_suspend_deferring(st, w, yielded, value, exc);
+    }
+    return gh_switch_out(w, yielded, value, exc);
+}
+
+int
+gh_switch_out(gh_GreenCoro *w, PyObject *yielded, PyObject **value, PyObject **exc)
+{
+    *value = *exc = NULL;
     PyObject *here = gh_green_current();
     if (here == NULL) {
         Py_DECREF(yielded);

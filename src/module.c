@@ -4,6 +4,7 @@
  */
 #include <Python.h>
 
+#include "defer.h"
 #include "fd_wait.h"
 #include "green.h"
 #include "green_sock.h"
@@ -54,15 +55,16 @@ install_hooks(PyObject *mod, PyObject *args, PyObject *kwargs)
     Py_RETURN_NONE;
 }
 
-/* Called once by greenhub/_watchdog.py and _switches.py (each passes its
- * own hook) with the Python helpers of the debugging tools. */
+/* Called once by greenhub/_watchdog.py, _switches.py and _cancel.py (each
+ * passes its own hook) with the Python helpers of the debugging tools and of
+ * defer_cancellation(). */
 static PyObject *
 install_tool_hooks(PyObject *mod, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"watchdog", "log_switch", NULL};
-    PyObject *watchdog = NULL, *log_switch = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$OO:_install_tool_hooks", kwlist, &watchdog,
-                                     &log_switch)) {
+    static char *kwlist[] = {"watchdog", "log_switch", "deferred_wait", NULL};
+    PyObject *watchdog = NULL, *log_switch = NULL, *deferred_wait = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$OOO:_install_tool_hooks", kwlist, &watchdog,
+                                     &log_switch, &deferred_wait)) {
         return NULL;
     }
     gh_state *st = module_state(mod);
@@ -71,6 +73,9 @@ install_tool_hooks(PyObject *mod, PyObject *args, PyObject *kwargs)
     }
     if (log_switch != NULL) {
         Py_XSETREF(st->hook_log_switch, Py_NewRef(log_switch));
+    }
+    if (deferred_wait != NULL) {
+        Py_XSETREF(st->hook_deferred_wait, Py_NewRef(deferred_wait));
     }
     Py_RETURN_NONE;
 }
@@ -152,6 +157,8 @@ static PyMethodDef module_methods[] = {
     {"_no_switch_enter", gh_no_switch_enter, METH_O, NULL},
     {"_no_switch_exit", gh_no_switch_exit, METH_O, NULL},
     {"_set_switch_log", gh_set_switch_log, METH_O, NULL},
+    {"_defer_enter", gh_defer_enter, METH_NOARGS, NULL},
+    {"_defer_exit", gh_defer_exit, METH_O, NULL},
     {"check_switch", gh_check_switch, METH_NOARGS,
      "check_switch()\n\n"
      "Raise greenhub.SwitchError if the caller is a virtual thread inside a\n"
@@ -228,6 +235,11 @@ module_exec(PyObject *mod)
         return -1;
     }
     st->current_task = import_attr("asyncio.tasks", "current_task");
+    st->CancelledError = import_attr("asyncio.exceptions", "CancelledError");
+    st->str_standin = PyUnicode_InternFromString("standin");
+    if (st->CancelledError == NULL || st->str_standin == NULL) {
+        return -1;
+    }
     st->SwitchError = PyErr_NewExceptionWithDoc(
         "greenhub.SwitchError",
         "A virtual thread tried to suspend (greenhub.await_(), a cooperative blocking\n"
@@ -293,6 +305,9 @@ module_traverse(PyObject *mod, visitproc visit, void *arg)
     Py_VISIT(st->SwitchError);
     Py_VISIT(st->current_task);
     Py_VISIT(st->in_transit);
+    Py_VISIT(st->CancelledError);
+    Py_VISIT(st->hook_deferred_wait);
+    Py_VISIT(st->str_standin);
     Py_VISIT(st->kw_task_init);
     Py_VISIT(st->str_Task);
     Py_VISIT(st->str_gr_context);
@@ -355,6 +370,9 @@ module_clear(PyObject *mod)
     Py_CLEAR(st->SwitchError);
     Py_CLEAR(st->current_task);
     Py_CLEAR(st->in_transit);
+    Py_CLEAR(st->CancelledError);
+    Py_CLEAR(st->hook_deferred_wait);
+    Py_CLEAR(st->str_standin);
     return 0;
 }
 

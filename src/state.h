@@ -40,8 +40,10 @@ typedef struct {
      * installed through _core._install_tool_hooks(); owned, NULL until then. */
     PyObject *hook_watchdog;       /* (loop, task, handle, stack, since, threshold, handler) */
     PyObject *hook_log_switch;     /* (awaitable, yielded) -> None: the switch log */
+    PyObject *hook_deferred_wait;  /* (yielded) -> _DeferredWait or None (defer.c) */
     PyObject *SwitchError;         /* owned: greenhub.SwitchError */
     PyObject *current_task;        /* owned: asyncio.current_task */
+    PyObject *CancelledError;      /* owned: asyncio.CancelledError */
     struct gh_watchdog *watchdogs; /* borrowed: running watchdogs (watchdog.c) */
     struct gh_Loop_s *loops;       /* borrowed: every live loop (loop.c), linked */
     char wd_exiting;               /* the interpreter is exiting: no new watchdog */
@@ -63,6 +65,7 @@ typedef struct {
     PyObject *str_close;
     PyObject *str_Task;
     PyObject *str_time;
+    PyObject *str_standin;
 
     /* The socket transport's hot paths (transport.c); each owns a
      * reference: names they look up, and what the fallbacks call. */

@@ -24,6 +24,7 @@
 #include <structmember.h>
 
 #include "compat.h"
+#include "defer.h"
 #include "green.h"
 #include "switches.h"
 #include "vthread.h"
@@ -227,15 +228,16 @@ step_coroutine(gh_state *st, gh_GreenCoro *w)
 }
 
 /* A native `await` yielded inside a greenhub.no_switch() block: instead of
- * suspending the task, raise SwitchError at that await (switches.c).  The
+ * suspending the task, raise SwitchError at that await (switches.c); inside
+ * a greenhub.defer_cancellation() block, RuntimeError (defer.c).  The
  * future it yielded is dropped unwaited, as when a waiting task is
  * cancelled; the coroutine may catch the error and go on. */
 static void
 refuse_native_switches(gh_state *st, gh_GreenCoro *w)
 {
-    while (w->out_status == PYGEN_NEXT && w->no_switch > 0) {
+    while (w->out_status == PYGEN_NEXT && (w->no_switch > 0 || w->defer_cancel > 0)) {
         Py_CLEAR(w->out);
-        w->in_exc = gh_switch_error(st, w, "`await`");
+        w->in_exc = w->no_switch > 0 ? gh_switch_error(st, w, "`await`") : gh_defer_await_error();
         if (w->in_exc == NULL) {
             w->out = gh_err_get_raised();
             w->out_status = PYGEN_ERROR;
@@ -320,7 +322,7 @@ worker_main(PyObject *module, PyObject *Py_UNUSED(ignored))
         }
         assert(w->running && w->out == NULL);
         step_coroutine(st, w);
-        if (w->no_switch > 0) {
+        if (w->no_switch > 0 || w->defer_cancel > 0) {
             refuse_native_switches(st, w);
         }
         if (w->finished) {
@@ -946,6 +948,7 @@ coro_traverse(PyObject *self, visitproc visit, void *arg)
     Py_VISIT(w->in_exc);
     Py_VISIT(w->out);
     Py_VISIT(w->no_switch_block);
+    Py_VISIT(w->deferred_cancel);
     return 0;
 }
 
@@ -977,6 +980,7 @@ coro_clear(PyObject *self)
     Py_CLEAR(w->coro);
     Py_CLEAR(w->context);
     Py_CLEAR(w->no_switch_block);
+    Py_CLEAR(w->deferred_cancel);
     return 0;
 }
 
@@ -1010,6 +1014,7 @@ coro_dealloc(PyObject *self)
     Py_CLEAR(w->coro);
     Py_CLEAR(w->context);
     Py_CLEAR(w->no_switch_block);
+    Py_CLEAR(w->deferred_cancel);
     st->live_coros--;
     Py_CLEAR(w->loop);
     tp->tp_free(self);

@@ -44,11 +44,14 @@ typedef struct gh_GreenCoro {
     PyObject *no_switch_block; /* owned or NULL: describes the innermost no_switch() block */
     PyObject *awaiting;        /* borrowed or NULL: the awaitable of the innermost await_() call
                                   running in this task; that call's caller owns it */
+    PyObject *deferred_cancel; /* owned or NULL: the CancelledError a defer_cancellation()
+                                  block held back (defer.c) */
     struct gh_GreenCoro *prev_step; /* borrowed: the loop's current step before this one */
     struct gh_GreenCoro *park_prev; /* borrowed: links in the loop's list of parked coros */
     struct gh_GreenCoro *park_next;
     PySendResult out_status;
     int no_switch;           /* depth of greenhub.no_switch() blocks in this task */
+    int defer_cancel;        /* depth of greenhub.defer_cancellation() blocks in this task */
     unsigned long thread_id; /* thread of the greenlets, while one is held */
     char running;            /* a step is in progress (switched away from the driver) */
     char finished;           /* the coroutine returned or raised */
@@ -84,6 +87,11 @@ int gh_in_vthread(gh_state *st);
  * (a foreign greenlet switched into it).  The caller holds a reference to
  * w.  bridge.c. */
 int gh_suspend(gh_GreenCoro *w, PyObject *yielded, PyObject **value, PyObject **exc);
+
+/* gh_suspend() without its checks: the switch to the step's driver and back,
+ * with the same contract.  For defer.c, which may suspend several times for
+ * one wait.  bridge.c. */
+int gh_switch_out(gh_GreenCoro *w, PyObject *yielded, PyObject **value, PyObject **exc);
 
 /* The task step running now on this thread's running greenhub loop
  * (borrowed), or NULL: not in a virtual thread (*loop is the running

@@ -454,6 +454,56 @@ def test_cancelled_virtual_thread_mid_transaction_leaks_nothing(
     assert server_connections(pg_dsn, 1) == 1  # the reader reused the writer's connection
 
 
+def test_cancel_while_connecting_leaves_no_half_set_up_connection(
+    app, clean_pool, monkeypatch, greenhub_leak_check
+):
+    """A virtual thread cancelled inside Django's connect(), after the database
+    connection was made but before Django finished setting it up (its session time zone,
+    the connection_created signal): the wrapper goes back to greenhub's pool, and the next
+    virtual thread must not get that half-set-up connection, but a new, complete one."""
+    from django.db import connection
+    from django.db.backends.postgresql.base import DatabaseWrapper
+    from django.db.backends.signals import connection_created
+
+    created, cut_short = [], []
+
+    def on_created(sender, connection, **kwargs):
+        created.append(connection.connection.info.backend_pid)
+
+    init = DatabaseWrapper.init_connection_state
+
+    def cancelled_init(self):
+        if not cut_short:  # the first connection: its set-up is cut short
+            cut_short.append(self.connection.info.backend_pid)
+            asyncio.current_task().cancel()  # lands at the set-up's first query
+        init(self)
+
+    monkeypatch.setattr(DatabaseWrapper, "init_connection_state", cancelled_init)
+    connection_created.connect(on_created)
+
+    def use():
+        with connection.cursor() as cur:
+            cur.execute("show timezone")
+            return cur.fetchone()[0], connection.connection.info.backend_pid
+
+    async def main():
+        with pytest.raises(asyncio.CancelledError):
+            await greenhub.spawn(use)
+        await asyncio.sleep(0)  # the task's done callbacks (the wrapper's return) run
+        assert ghdj.connection_stats() == {"default": {"idle": 1, "in_use": 0}}
+        return await greenhub.spawn(use)
+
+    loop = support.new_loop("greenhub")
+    try:
+        timezone, pid = loop.run_until_complete(main())
+    finally:
+        loop.close()
+        connection_created.disconnect(on_created)
+    assert created == [pid]  # the connection used was set up completely ...
+    assert pid != cut_short[0]  # ... and is not the one whose set-up was cut short
+    assert timezone == "UTC"
+
+
 DJANGO_POOL_SCRIPT = r"""
 import asyncio, json, sys, time
 sys.path[:0] = [{repo!r}, {tests!r}]

@@ -131,19 +131,84 @@ def test_connection_pool_waits_cooperatively(pg_dsn, run):
     assert stats.get("requests_waiting", 0) == 0
 
 
+def test_pool_check_back_off_lets_the_loop_run(pg_dsn, run):
+    """getconn() retries after a connection fails the pool's ``check``, sleeping
+    between attempts (about 1 s the second time): that sleep suspends only the virtual
+    thread (it was time.sleep, which stopped the loop).  A coroutine waiting for the
+    second failure must run before the third check."""
+    from psycopg_pool import ConnectionPool
+
+    checks = []
+    failed_twice = greenhub.Event()
+    ran_meanwhile = []
+
+    def check(conn):
+        checks.append(bool(ran_meanwhile))
+        if len(checks) <= 2:
+            if len(checks) == 2:
+                failed_twice.set()
+            raise psycopg.OperationalError("check failed")
+
+    pool = ConnectionPool(pg_dsn, min_size=1, max_size=1, open=False, check=check, timeout=20)
+    pool.open(wait=True)
+
+    async def main():
+        async def other():
+            await failed_twice.async_wait()
+            ran_meanwhile.append(True)
+
+        other_task = asyncio.ensure_future(other())
+        conn = await greenhub.spawn(pool.getconn)
+        pool.putconn(conn)
+        await other_task
+
+    try:
+        run(main)
+    finally:
+        pool.close()
+    assert checks == [False, False, True]
+
+
 def test_uninstall_restores_psycopg_pools_primitives():
     import threading
 
     from psycopg_pool import pool as pool_module
 
-    assert pool_module.Condition is greenhub.Condition
+    def patched():
+        return (
+            pool_module.Condition,
+            pool_module.Lock,
+            pool_module.Event,
+            pool_module.sleep,
+            pool_module.CLIENT_EXCEPTIONS,
+            *(pool_module.ConnectionPool.__dict__[m] for m in ghpg._POOL_METHODS),
+        )
+
+    ours = (
+        ghpg._ClientCondition,
+        greenhub.RLock,
+        greenhub.Event,
+        greenhub.sleep,
+        (Exception, asyncio.CancelledError),
+        *ghpg._POOL_METHODS.values(),
+    )
+    assert patched() == ours
+    assert issubclass(ghpg._ClientCondition, greenhub.Condition)
+    assert issubclass(ghpg._ClientLock, greenhub.RLock)
     ghpg.uninstall()
     try:
-        assert pool_module.Condition is threading.Condition
-        assert pool_module.Lock is threading.RLock and pool_module.Event is threading.Event
+        originals = patched()
+        assert originals[:5] == (
+            threading.Condition,
+            threading.RLock,
+            threading.Event,
+            time.sleep,
+            Exception,
+        )
+        assert not set(originals[5:]) & set(ghpg._POOL_METHODS.values())
     finally:
         ghpg.install()
-    assert pool_module.Lock is greenhub.RLock and pool_module.Event is greenhub.Event
+    assert patched() == ours
 
 
 def test_same_code_outside_vthreads_uses_psycopgs_wait(pg_dsn, counted_waits):
@@ -280,6 +345,37 @@ def test_cancelling_the_task_cancels_the_query(pg_dsn, run):
 
     try:
         assert run(main) < 10
+    finally:
+        conn.close()
+
+
+def test_cancel_at_the_implicit_begin(pg_dsn, run):
+    """Outside autocommit psycopg first sends BEGIN, then the query, from one generator.
+    A task cancelled at BEGIN's wait had its cancel request answered by BEGIN, and the
+    clean-up, driving the generator on, then sent the query, which ran in full; after
+    5 s the connection was closed.  The request is now repeated until the query itself
+    is cancelled: the connection stays open, its transaction failed."""
+    conn = psycopg.connect(pg_dsn)
+    pid = conn.info.backend_pid
+
+    def body():
+        asyncio.current_task().cancel()  # lands at the first wait: BEGIN's
+        conn.execute("select pg_sleep(30)")
+
+    def rollback_and_ask():
+        conn.rollback()
+        return conn.execute("select pg_backend_pid()").fetchone()[0]
+
+    async def main():
+        for _ in range(3):
+            with pytest.raises(asyncio.CancelledError):
+                await greenhub.spawn(body)
+            assert not conn.closed
+            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
+            assert await greenhub.spawn(rollback_and_ask) == pid
+
+    try:
+        run(main)
     finally:
         conn.close()
 

@@ -306,3 +306,118 @@ def test_cooperative_pool_outside_vthreads(schema):
         with engine2.connect(), engine2.connect():
             pass
     engine2.dispose()
+
+
+# --------------------------------------------------------------------------
+# (c) cancelled virtual threads and the cooperative QueuePool
+
+
+def queue_waiters(engine):
+    """Virtual threads waiting in the pool's queue for a connection."""
+    return len(engine.pool._pool._q._not_empty)
+
+
+def cancelled_engine(schema):
+    return sa.create_engine(
+        sqlalchemy_url(schema, "psycopg"),
+        poolclass=ghsa.QueuePool,
+        pool_size=3,
+        max_overflow=0,
+        pool_timeout=10,
+    )
+
+
+async def until(predicate, what):
+    deadline = time.monotonic() + 10
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        await asyncio.sleep(0.005)
+
+
+def assert_pool_whole(engine):
+    """Nothing checked out or waiting, and the pool counts exactly the connections it
+    holds (its overflow counter starts at -pool_size and counts connections made)."""
+    pool = engine.pool
+    assert pool.checkedout() == 0 and queue_waiters(engine) == 0, pool.status()
+    assert pool.overflow() == pool.checkedin() - 3, pool.status()
+
+
+def hold_all(engine):
+    """All three connections at once (a lost one would time the third out)."""
+    conns = [engine.connect() for _ in range(3)]
+    try:
+        return [c.execute(sa.text("select 1")).scalar() for c in conns]
+    finally:
+        for c in conns:
+            c.close()
+
+
+def test_rounds_of_cancelled_sessions_lose_no_connection(run, schema):
+    """Sync Sessions in virtual threads, more than the pool has connections: three in a
+    query, the rest waiting in the pool's queue; all cancelled at once, three rounds.
+    The pool's counts come back every time (SQLAlchemy invalidates a connection whose
+    query was interrupted by a BaseException: the next checkout reconnects), and all
+    connections serve at once."""
+    engine = cancelled_engine(schema)
+    n = 16
+
+    def session_work():
+        with Session(engine) as s:
+            return s.execute(sa.text("select pg_sleep(30), 1")).one()[1]
+
+    async def main():
+        for _ in range(3):
+            tasks = [greenhub.spawn(session_work) for _ in range(n)]
+            await until(
+                lambda: engine.pool.checkedout() == 3 and queue_waiters(engine) == n - 3,
+                "the pool saturated",
+            )
+            for t in tasks:
+                t.cancel()
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            assert all(isinstance(r, asyncio.CancelledError) for r in results), results
+            assert_pool_whole(engine)
+            assert await greenhub.spawn(hold_all, engine) == [1, 1, 1]
+
+        def quick():
+            with Session(engine) as s:
+                return s.execute(sa.text("select 1")).scalar()
+
+        return await asyncio.gather(*(greenhub.spawn(quick) for _ in range(n)))
+
+    try:
+        assert run(main) == [1] * n
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("where", ["connect", "checkin"])
+def test_cancel_while_connecting_or_checking_in(run, schema, where):
+    """Cancelled at the first wait of a new connection (the pool's overflow count must
+    come back), or at the rollback of a session's close (the connection goes back to
+    the pool, invalidated by SQLAlchemy, and is reconnected on next use)."""
+    engine = cancelled_engine(schema)
+
+    def body():
+        if where == "connect":
+            asyncio.current_task().cancel()  # lands while connecting
+            with engine.connect() as c:
+                c.execute(sa.text("select 1"))
+        else:
+            s = Session(engine)
+            s.execute(sa.text("select 1"))  # a transaction is open: close() rolls back
+            asyncio.current_task().cancel()  # lands at the rollback
+            s.close()
+        greenhub.sleep(3600)
+
+    async def main():
+        with pytest.raises(asyncio.CancelledError):
+            await greenhub.spawn(body)
+        assert_pool_whole(engine)
+        return await greenhub.spawn(hold_all, engine)
+
+    try:
+        assert run(main) == [1, 1, 1]
+    finally:
+        engine.dispose()

@@ -567,3 +567,213 @@ def test_reprs():
     assert "unset" in repr(greenhub.Event())
     assert "value=2" in repr(greenhub.Semaphore(2))
     assert "value=1/1" in repr(greenhub.BoundedSemaphore(1))
+
+
+# --- cancellation never loses a lock, a slot, an item or a wakeup ---------------------
+#
+# Two callers wait on one primitive; one unit is made available (a release, an item, a
+# notify), which wakes the first; the first is cancelled before it runs again.  The
+# second must get the unit, the first must end cancelled holding nothing, and the
+# primitive's state must be what one successful wait leaves.  The same with a caller
+# cancelled while still queued (nothing to pass on: it only leaves the queue).  Virtual
+# threads on greenhub; the async API on both loops.
+
+
+class _Case:
+    """A primitive made unavailable, one wait on it (sync and async), what makes one
+    unit available, and the state one successful wait leaves."""
+
+    def __init__(self, name):
+        self.name = name
+        self.q = None
+        if name in ("Lock", "RLock"):
+            self.p = getattr(greenhub, name)()
+        elif name == "Semaphore":
+            self.p = greenhub.Semaphore(0)
+        elif name == "BoundedSemaphore":
+            self.p = greenhub.BoundedSemaphore(1)
+        elif name == "Condition":
+            self.p = greenhub.Condition()
+        elif name.endswith("Queue.get"):
+            self.p = getattr(greenhub, name.split(".")[0])()
+        elif name == "Queue.put":
+            self.p = greenhub.Queue(1)
+            self.p.put("old")
+        else:
+            raise ValueError(name)
+
+    def take(self):
+        """Called by the test's task: an RLock is owned by whoever takes it."""
+        if self.name in ("Lock", "RLock", "BoundedSemaphore"):
+            self.p.acquire()
+
+    def wait(self, tag):
+        p = self.p
+        if self.name in ("Lock", "RLock", "Semaphore", "BoundedSemaphore"):
+            p.acquire()
+            p.release()  # the unit goes back: the other caller's turn
+            return tag
+        if self.name == "Condition":
+            with p:
+                return tag if p.wait() else None
+        if self.name == "Queue.put":
+            p.put(tag)
+            return tag
+        return p.get()
+
+    async def async_wait(self, tag):
+        p = self.p
+        if self.name in ("Lock", "RLock", "Semaphore", "BoundedSemaphore"):
+            async with p:
+                return tag
+        if self.name == "Condition":
+            async with p:
+                return tag if await p.async_wait() else None
+        if self.name == "Queue.put":
+            await p.async_put(tag)
+            return tag
+        return await p.async_get()
+
+    def queued(self):
+        """How many callers wait on the primitive now."""
+        p = self.p
+        if self.name == "RLock":
+            return len(p._block._waiters)
+        if self.name == "Queue.put":
+            return len(p._not_full)
+        if self.name.endswith("Queue.get"):
+            return len(p._not_empty)
+        return len(p._waiters)
+
+    def make_one_available(self):
+        p = self.p
+        if self.name == "Condition":
+            with p:
+                p.notify()
+        elif self.name == "Queue.put":
+            assert p.get() == "old"
+        elif self.name.endswith("Queue.get"):
+            p.put("item")
+        else:
+            p.release()
+
+    def expected(self, second):
+        """What the second caller returns."""
+        return "item" if self.name.endswith("Queue.get") else second
+
+    def assert_settled(self, second):
+        p = self.p
+        if self.name in ("Lock", "RLock"):
+            assert not p.locked()
+        elif self.name in ("Semaphore", "BoundedSemaphore"):
+            assert p._value == 1
+        elif self.name == "Condition":
+            assert not p._lock.locked() and len(p._waiters) == 0
+        elif self.name == "Queue.put":
+            assert list(p.queue) == [second]
+        else:
+            assert p.qsize() == 0
+        for attr in ("_waiters", "_not_empty", "_not_full"):
+            waiters = getattr(p, attr, None)
+            if waiters is not None:
+                assert len(waiters) == 0, attr
+
+
+CASES = [
+    "Lock",
+    "RLock",
+    "Semaphore",
+    "BoundedSemaphore",
+    "Condition",
+    "Queue.get",
+    "LifoQueue.get",
+    "PriorityQueue.get",
+    "Queue.put",
+]
+
+
+async def until(predicate):
+    while not predicate():
+        await asyncio.sleep(0)
+
+
+async def _two_waiters_one_unit(case, spawn, when):
+    case.take()
+    fn = case.wait if spawn is greenhub.spawn else case.async_wait
+    first = spawn(fn, "first")
+    await until(lambda: case.queued() == 1)  # `first` queues before `second`
+    second = spawn(fn, "second")
+    await until(lambda: case.queued() == 2)
+    if when == "woken":
+        case.make_one_available()  # wakes `first` ...
+        first.cancel()  # ... which is cancelled before it has run
+    else:
+        first.cancel()  # still queued
+        await until(lambda: case.queued() == 1)
+        case.make_one_available()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    return await asyncio.wait_for(second, 5)
+
+
+def _spawn_async(fn, tag):
+    return asyncio.ensure_future(fn(tag))
+
+
+@pytest.mark.parametrize("when", ["woken", "queued"])
+@pytest.mark.parametrize("name", CASES)
+def test_cancelled_vthread_waiter_loses_nothing(gloop, name, when):
+    case = _Case(name)
+    second = gloop.run_until_complete(_two_waiters_one_unit(case, greenhub.spawn, when))
+    assert second == case.expected("second")
+    case.assert_settled("second")
+
+
+@pytest.mark.parametrize("when", ["woken", "queued"])
+@pytest.mark.parametrize("name", CASES)
+def test_cancelled_async_waiter_loses_nothing(loop, name, when):
+    case = _Case(name)
+    second = loop.run_until_complete(_two_waiters_one_unit(case, _spawn_async, when))
+    assert second == case.expected("second")
+    case.assert_settled("second")
+
+
+def test_condition_wait_cancelled_returns_with_the_lock_held(gloop):
+    """Cancelled while it waits to take the lock back (another virtual thread holds it
+    across a wait): wait() still returns holding the lock, as threading's and asyncio's
+    do, so the caller's `with` releases what it holds, and nothing else."""
+    cond = greenhub.Condition()
+    log = []
+
+    def waiter():
+        with cond:
+            try:
+                cond.wait()
+            except asyncio.CancelledError:
+                log.append(("cancelled, lock owned", cond._is_owned()))
+                raise
+
+    def holder(release):
+        with cond:
+            cond.notify()
+            release.wait()  # holds the lock across a wait
+
+    async def main():
+        w = greenhub.spawn(waiter)
+        await until(lambda: len(cond._waiters) == 1)
+        release = greenhub.Event()
+        h = greenhub.spawn(holder, release)
+        # `w` is notified, and waits to take the lock back from `h`
+        await until(lambda: len(release._waiters) == 1 and len(cond._lock._block._waiters) == 1)
+        w.cancel()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not w.done()  # it cannot return without the lock
+        release.set()
+        await h
+        with pytest.raises(asyncio.CancelledError):
+            await w
+
+    gloop.run_until_complete(main())
+    assert log == [("cancelled, lock owned", True)]
+    assert not cond._lock.locked()

@@ -29,7 +29,11 @@ More things a shared process needs:
 - ``psycopg_pool.ConnectionPool`` hands connections to waiting clients through
   ``threading`` primitives; ``install()`` gives its module greenhub's (see
   ``_POOL_PRIMITIVES``), so a virtual thread waiting for a connection suspends only
-  its task.
+  its task.  The sync pool was written for threads, which nothing interrupts, and its
+  clean-ups catch ``Exception`` only: a virtual thread cancelled while it waited for a
+  connection stayed queued, and the next connection returned was handed to it and
+  lost.  ``install()`` makes the pool cancellation-safe (see "The pool and
+  cancellation" below).
 
 - ``Connection.lock`` (psycopg serialises the users of one connection with it) is a
   ``threading.Lock``.  A virtual thread that blocked on it while another held it across
@@ -43,9 +47,39 @@ More things a shared process needs:
   ``Connection.wait`` to do the same for it: a query cancelled while it runs is cancelled
   on the server (``cancel_safe()``), its ``QueryCanceled`` reply is consumed, and the
   ``CancelledError`` propagates.  The connection is then idle (autocommit) or in a failed
-  transaction that must be rolled back - as after psycopg's own async cancellation.  If
-  the server does not answer within 5 s, or the task is cancelled again meanwhile, the
-  connection is closed instead.  Either way it is never left mid-query.
+  transaction that must be rolled back - as after psycopg's own async cancellation.  The
+  request is repeated while no reply comes (one may miss: cancelled at the BEGIN psycopg
+  sends before a query, the query follows it).  If the server does not answer within
+  5 s, or the task is cancelled again meanwhile, the connection is closed instead.
+  Either way it is never left mid-query.
+
+The pool and cancellation (docs/guide-cancellation.md has the general rule).  A
+cancellation may land in a virtual thread at any wait of the pool's code; ``install()``
+makes each such place either handle it or not see it:
+
+- Waiting for a connection must stay interruptible (the pool's timeout is 30 s).  The
+  sync pool's module names the exceptions its clean-ups catch ``CLIENT_EXCEPTIONS``;
+  the async pool, whose tasks get ``CancelledError``, catches ``(Exception,
+  CancelledError)``.  ``install()`` gives the sync module the async pool's tuple, so
+  a cancelled ``getconn()`` does what psycopg's own async pool does: the waiting
+  client is marked failed (no connection is handed to it any more), a connection
+  handed over just before is returned to the pool, and ``CancelledError`` propagates.
+- A queued client's lock is held for a few statements at a time, by the client or
+  by whoever hands it a connection (often the pool's worker thread): a cancellation
+  that arrives while a virtual thread waits for it is deferred
+  (``greenhub.defer_cancellation()``) to the next wait, so no hand-over is ever cut in
+  half.
+- Giving a connection back (``putconn()``, and ``_return_connection()``, which
+  ``getconn()`` also uses: the pool's lock, the rollback of an unfinished transaction,
+  the ``reset`` callback, the hand-over to a queued client) and ``check()`` run in
+  deferred blocks: they finish, then the task is cancelled.  Interrupted, they dropped
+  a connection the pool still counted, or swallowed the cancellation.
+- ``wait()`` interrupted left the pool's "full" event set, and every later ``wait()``
+  failed an assertion; the wrapper clears it.
+
+The clean-ups that now also catch ``CancelledError`` and do not re-raise it (the
+rollback in ``_reset_connection``, ``check()``'s probe) run only inside those deferred
+blocks or in the pool's worker threads, where nothing is cancelled.
 """
 
 import asyncio
@@ -55,6 +89,8 @@ import time
 
 from .. import _core
 from .. import sync as _sync
+from .._cancel import call_deferring as _call_deferring
+from .._cancel import defer_cancellation as _defer_cancellation
 from ..sync import Lock as _CoopLock
 
 __all__ = ["install", "installed", "uninstall", "wait", "wait_conn"]
@@ -68,6 +104,9 @@ _monotonic = time.monotonic
 # The server gets this long to answer a cancellation request before the connection is
 # closed instead (psycopg's own Ctrl-C handling waits as long).
 CANCEL_TIMEOUT = 5.0
+# Without a reply after this long, the cancel request is sent again (then after twice
+# as long, ...): the server ignores one that comes before it has read the query.
+CANCEL_RETRY = 0.1
 
 _saved = None  # what install() replaced: {"wait": ..., "wait_conn": ..., ...}
 
@@ -178,14 +217,32 @@ def _connection_wait(self, gen, *args, **kwargs):
 
 
 def _cancel_running_query(conn, gen):
+    """Cancel the query `gen` runs on the server and read its reply (see the module
+    docstring).  One cancel request may miss it: outside autocommit `gen` first runs
+    BEGIN and then sends the query, so a task cancelled at BEGIN's wait has BEGIN answer
+    the request and the query, sent when `gen` is driven on, runs in full; and the
+    server ignores a request that arrives before it has read the query.  So the request
+    is sent again when no reply has come after CANCEL_RETRY seconds, then after twice
+    that, and so on until CANCEL_TIMEOUT.  A repeated request is as harmless as the
+    first: the backend ignores it unless a query of this connection runs."""
     import psycopg
-    from psycopg import waiting
 
     if conn.pgconn.transaction_status != psycopg.pq.TransactionStatus.ACTIVE:
         return  # nothing is running (e.g. cancelled in notifies()): state is defined
+    deadline = _monotonic() + CANCEL_TIMEOUT
+    retry = CANCEL_RETRY
+    timed_out = _wait_timeout_error()
     try:
-        conn.cancel_safe(timeout=CANCEL_TIMEOUT)
-        waiting.wait(gen, conn.pgconn.socket, interval=0.1, timeout=CANCEL_TIMEOUT)
+        while True:
+            conn.cancel_safe(timeout=max(0.1, deadline - _monotonic()))
+            try:
+                # Ends with QueryCanceled; normally only if the query ended first.
+                _drive(gen, conn.pgconn.socket, 0.1, min(retry, deadline - _monotonic()), False)
+                break
+            except timed_out:
+                if _monotonic() >= deadline:
+                    raise
+                retry *= 2
     except psycopg.errors.QueryCanceled:
         pass  # the expected reply: the connection is usable again
     except BaseException as ex:
@@ -198,27 +255,116 @@ def _cancel_running_query(conn, gen):
             raise  # cancelled again, or another interruption: let it through
 
 
+class _ClientLock(_sync.RLock):
+    """The lock of a queued client's Condition: a greenhub RLock whose blocking acquire
+    defers a cancellation to the task's next wait.  psycopg_pool hands a connection to
+    a queued client under this lock: the giver (often one of the pool's worker threads)
+    stores the connection unless the client has failed; the client, arriving at its
+    wait, takes the connection or marks itself failed.  Cancelled while it waited for
+    this lock, a client gave up before the giver had stored the connection, and the
+    giver then handed it to nobody.  The lock is held for a few statements at a time, so
+    the deferred acquire ends soon."""
+
+    __slots__ = ()
+
+    def acquire(self, blocking=True, timeout=-1):
+        if blocking and super().acquire(False):
+            return True  # not contended: nothing to defer
+        with _defer_cancellation():
+            return super().acquire(blocking, timeout)
+
+    __enter__ = acquire
+
+
+class _ClientCondition(_sync.Condition):
+    """greenhub's Condition over a _ClientLock: its wait() stays interruptible (the
+    pool withdraws the client then), taking its lock defers a cancellation."""
+
+    def __init__(self, lock=None):
+        super().__init__(_ClientLock() if lock is None else lock)
+
+
 # psycopg_pool's sync ConnectionPool takes its primitives from these names of its
-# ``pool`` module when it makes a pool (its ``_lock``), a waiting client (a Condition it
-# waits on until a connection is handed over) and its "pool full" event.  install()
-# replaces them with greenhub's, which are the threading ones outside virtual threads
-# and suspend only the task inside; the pool's own workers and scheduler stay OS threads
-# (greenhub's primitives may be shared by both).  Pools made before install() keep
-# threading's.
-_POOL_PRIMITIVES = {"Lock": _sync.RLock, "Condition": _sync.Condition, "Event": _sync.Event}
+# ``pool`` module when it makes a pool (its ``_lock``), a queued client (a Condition it
+# waits on until a connection is handed over) and its "pool full" event, and sleeps
+# with ``sleep`` when a connection fails its ``check`` (time.sleep: it stopped the
+# loop).  install() replaces them with greenhub's, which are the threading ones outside
+# virtual threads and suspend only the task inside; the pool's own workers and
+# scheduler stay OS threads (greenhub's primitives may be shared by both).  Pools made
+# before install() keep threading's.  The pool's own lock is a plain RLock: a cancel
+# while taking it is harmless at the start of getconn(), and everywhere a connection is
+# being given back the acquire runs in a deferred block anyway (_POOL_METHODS); a
+# NullConnectionPool holds it while it connects, which a deferred acquire would wait out.
+_POOL_PRIMITIVES = {
+    "Lock": _sync.RLock,
+    "Condition": _ClientCondition,
+    "Event": _sync.Event,
+    "sleep": _sync.sleep,
+}
+
+# What the sync pool's clean-ups catch after install(): psycopg_pool's async pool's
+# tuple (see the module docstring).
+_POOL_CLIENT_EXCEPTIONS = (Exception, asyncio.CancelledError)
+
+
+def _pool_putconn(self, conn):
+    """``ConnectionPool.putconn`` as installed: the original, run to its end even if
+    the task is cancelled meanwhile (the cancellation follows).  Cut short - taking the
+    pool's lock, rolling back the connection's transaction - it lost the connection."""
+    return _call_deferring(_saved["pool"]["putconn"], self, conn)
+
+
+def _pool_return_connection(self, conn, from_getconn):
+    """``ConnectionPool._return_connection`` as installed, deferring cancellation as
+    putconn() does: getconn() also gives a connection back through it, when the
+    connection fails the pool's ``check``."""
+    return _call_deferring(_saved["pool"]["_return_connection"], self, conn, from_getconn)
+
+
+def _pool_check(self):
+    """``ConnectionPool.check`` as installed: the connections it took out of the pool
+    all go back (or are replaced) before a cancellation is delivered."""
+    return _call_deferring(_saved["pool"]["check"], self)
+
+
+def _pool_wait(self, timeout=30.0):
+    """``ConnectionPool.wait`` as installed: cancelled, it leaves no "pool full" event
+    behind (psycopg_pool's own would make every later wait() fail an assertion)."""
+    try:
+        return _saved["pool"]["wait"](self, timeout)
+    except asyncio.CancelledError:
+        with _defer_cancellation(), self._lock:
+            self._pool_full_event = None
+        raise
+
+
+_POOL_METHODS = {
+    "putconn": _pool_putconn,
+    "_return_connection": _pool_return_connection,
+    "check": _pool_check,
+    "wait": _pool_wait,
+}
 
 
 def _pool_module():
-    """psycopg_pool.pool if psycopg_pool is installed and names the primitives there."""
+    """psycopg_pool.pool if psycopg_pool is installed and names the primitives, the
+    clean-ups' exceptions and the methods install() wraps as expected."""
     try:
         import psycopg_pool
         from psycopg_pool import pool
     except ImportError:
         return None
-    if not all(hasattr(pool, name) for name in _POOL_PRIMITIVES):
+    cls = getattr(pool, "ConnectionPool", None)
+    if (
+        not all(hasattr(pool, name) for name in _POOL_PRIMITIVES)
+        or getattr(pool, "CLIENT_EXCEPTIONS", None) is not Exception
+        or cls is None
+        or not all(name in cls.__dict__ for name in _POOL_METHODS)
+    ):
         logger.warning(
-            "psycopg_pool %s does not name its primitives as expected: its waits stay "
-            "blocking in virtual threads",
+            "psycopg_pool %s does not name its primitives, clean-ups and methods as "
+            "expected: its waits stay blocking in virtual threads, and are not safe to "
+            "cancel there",
             getattr(psycopg_pool, "__version__", "?"),
         )
         return None
@@ -257,7 +403,10 @@ def install():
     }
     pool_module = _pool_module()
     if pool_module is not None:
+        cls = pool_module.ConnectionPool
         saved["pool"] = {name: getattr(pool_module, name) for name in _POOL_PRIMITIVES}
+        saved["pool"]["CLIENT_EXCEPTIONS"] = pool_module.CLIENT_EXCEPTIONS
+        saved["pool"].update((name, cls.__dict__[name]) for name in _POOL_METHODS)
     _saved = saved
     waiting.wait = wait
     waiting.wait_conn = wait_conn
@@ -266,6 +415,9 @@ def install():
     if pool_module is not None:
         for name, coop in _POOL_PRIMITIVES.items():
             setattr(pool_module, name, coop)
+        pool_module.CLIENT_EXCEPTIONS = _POOL_CLIENT_EXCEPTIONS
+        for name, method in _POOL_METHODS.items():
+            setattr(pool_module.ConnectionPool, name, method)
 
 
 def uninstall():
@@ -281,9 +433,11 @@ def uninstall():
     psycopg.Connection.wait = _saved["Connection.wait"]
     connection.Lock = _saved["Lock"]
     if "pool" in _saved:
-        pool_module = _pool_module()
+        from psycopg_pool import pool as pool_module
+
         for name, original in _saved["pool"].items():
-            setattr(pool_module, name, original)
+            target = pool_module.ConnectionPool if name in _POOL_METHODS else pool_module
+            setattr(target, name, original)
     _saved = None
 
 

@@ -17,4 +17,5 @@ urlpatterns = [
     path("astream", views.astream),
     path("file", views.file),
     path("echo", views.echo),
+    path("stats", views.stats),
 ]

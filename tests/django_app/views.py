@@ -122,3 +122,25 @@ def file(request):
 
 def echo(request):
     return JsonResponse({"method": request.method, "a": request.POST.get("a"), "len": len(request.body)})
+
+
+def stats(request):
+    """The connection pools, read without taking a connection for this request:
+    Django's psycopg pool (``OPTIONS["pool"]``) if there is one, and greenhub's
+    per-virtual-thread pool (tests/test_pg_disconnects.py)."""
+    from django.db.backends.postgresql.base import DatabaseWrapper
+
+    import greenhub.contrib.django as ghdj
+    from greenhub.contrib.django import _db
+
+    pool = DatabaseWrapper._connection_pools.get("default")
+    ours = ghdj.connection_stats().get("default", {"idle": 0, "in_use": 0})
+    slots = _db._pool("default").slots
+    ours["waiting"] = len(slots._waiters) if slots is not None else 0
+    return JsonResponse(
+        {
+            "pool": pool.get_stats() if pool is not None else None,
+            "pool_nconns": pool._nconns if pool is not None else None,
+            "greenhub": ours,
+        }
+    )

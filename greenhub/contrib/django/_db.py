@@ -26,8 +26,9 @@ use).  The maximum age is ``CONN_MAX_AGE``, except that with ``reuse`` on (the
 default) ``CONN_MAX_AGE=0`` - Django's default, "close at the end of each request" -
 keeps the connection for up to ``POOLED_MAX_AGE`` seconds instead, as Django's own
 ``pool`` option keeps its connections: a wrapper lent from the pool sets its
-``close_at`` that way each time it connects (``_connect_pooled``).  A wrapper left inside ``atomic()`` (its task died mid-transaction) is closed
-and dropped.  So connections are reused across requests exactly as Django's
+``close_at`` that way each time it connects (``_connect_pooled``, which also closes a
+connection whose set-up a cancellation cut short).  A wrapper left inside ``atomic()``
+(its task died mid-transaction) is closed and dropped.  So connections are reused across requests exactly as Django's
 persistent connections are reused across requests on one OS thread, and a task that
 ends never leaks one.  The pool holds as many connections as virtual threads once
 used the database at the same time; ``max_connections`` caps the number lent out at
@@ -45,6 +46,7 @@ import time
 from types import MethodType
 
 from ... import _core
+from ..._cancel import defer_cancellation
 from ...sync import BoundedSemaphore
 
 _in_vthread = _core.in_vthread
@@ -146,8 +148,21 @@ def _connect_pooled(conn):
     maximum age when reuse is on and CONN_MAX_AGE is 0 (Django has just set close_at to
     now, which would close the connection at the end of the request).  Not with
     Django's own pool (``OPTIONS["pool"]``): there closing is how the connection goes
-    back to that pool."""
-    type(conn).connect(conn)
+    back to that pool.
+
+    Django's connect() stores the new database connection before it sets it up (the
+    session time zone and role, the connection_created signal).  A virtual thread
+    cancelled in between - at one of those queries - would leave the wrapper holding a
+    connection Django never finished, which greenhub's pool would lend to the next
+    task; so an interrupted connect() closes it first (handing it back to Django's pool
+    if it came from there), and the wrapper connects afresh on next use."""
+    try:
+        type(conn).connect(conn)
+    except BaseException:
+        if conn.connection is not None:
+            with defer_cancellation():
+                _close(conn)
+        raise
     settings = conn.settings_dict
     if _reuse and settings["CONN_MAX_AGE"] == 0 and not settings.get("OPTIONS", {}).get("pool"):
         conn.close_at = _monotonic() + POOLED_MAX_AGE
