@@ -145,6 +145,7 @@ int
 gh_switch_out(gh_GreenCoro *w, PyObject *yielded, PyObject **value, PyObject **exc)
 {
     *value = *exc = NULL;
+    gh_state *st = ((gh_Loop *)w->loop)->st;
     PyObject *here = gh_green_current();
     if (here == NULL) {
         Py_DECREF(yielded);
