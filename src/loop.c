@@ -307,11 +307,45 @@ clear_queues(gh_Loop *self)
 
 /* --- the run loop --------------------------------------------------------- */
 
+/*
+ * The wakeup invariant.  call_soon_threadsafe() runs on another thread with
+ * the GIL held; it must never queue a callback that the loop then fails to
+ * notice while it blocks in the poll, and it must not pay a system call when
+ * the loop is busy.  Two flags, read and written only with the GIL held:
+ *
+ *   sleeping     the loop has decided that nothing is ready and is on its
+ *                way to a poll that may block, or is in it.  Set in
+ *                run_once() at that decision, before any Python code of the
+ *                iteration's remaining steps can run (time() overridden,
+ *                greenlet teardown in gh_pool_trim(), finalizers, weakref
+ *                callbacks: each may give the GIL to another thread); cleared
+ *                once the poll has returned.
+ *   wakeup_sent  a wakeup was sent since `sleeping` was set: later pushes in
+ *                the same window need not send another.  Cleared with
+ *                `sleeping`.
+ *
+ * Why no wakeup is lost.  A push from another thread happens either
+ *   - before `sleeping` is set: the GIL is held from the "nothing ready" test
+ *     to setting the flag (no Python code in between), so the push happened
+ *     before the test, which sees it and does not block; or
+ *   - after it: wake_if_sleeping() calls ev_async_send().  libev makes that
+ *     race-free against its own poll: sent before ev_run() reaches the
+ *     system call, it marks the loop (pipe_write_skipped) so that the poll
+ *     does not wait; sent during the poll, it writes the eventfd, which ends
+ *     it.  Either way the poll returns at once and the callback runs in that
+ *     iteration.
+ * Same-thread pushes made by that Python code (a call_soon() inside an
+ * overridden time()) send no wakeup; run_once() looks at the ready queue
+ * again right before the poll instead.
+ *
+ * A busy loop pays nothing: while callbacks are ready `sleeping` stays 0,
+ * so call_soon_threadsafe() tests one flag and never touches libev.
+ */
 static void
 release_gil(void *arg)
 {
     gh_Loop *self = arg;
-    self->sleeping = 1;
+    assert(self->sleeping);
     atomic_store_explicit(&self->polling, 1, memory_order_relaxed);
     self->poll_tstate = PyEval_SaveThread();
 }
@@ -322,16 +356,15 @@ acquire_gil(void *arg)
     gh_Loop *self = arg;
     PyEval_RestoreThread(self->poll_tstate);
     self->poll_tstate = NULL;
-    self->sleeping = 0;
-    self->wakeup_sent = 0;
     gh_loop_tick(self);
     atomic_store_explicit(&self->polling, 0, memory_order_relaxed);
 }
 
-/* Wakes the poll if it may be sleeping.  A loop that is not polling checks
- * the ready queue before it next blocks (with the GIL held, so after this
- * thread's push), so it needs no wakeup; that saves libev's memory fence
- * and system call on every call_soon_threadsafe() to a busy loop. */
+/* Wakes the poll if the loop may be sleeping (see the invariant above).  A
+ * loop that is not sleeping checks the ready queue before it next blocks
+ * (with the GIL held, so after this thread's push), so it needs no wakeup;
+ * that saves libev's memory fence and system call on every
+ * call_soon_threadsafe() to a busy loop. */
 static void
 wake_if_sleeping(gh_Loop *self)
 {
@@ -388,11 +421,22 @@ run_handle_debug(gh_Loop *self, PyObject *h)
  * (unittest.mock.patch.object(loop, "time"), as aiohttp's keep-alive tests
  * do), so when the instance's __dict__ holds a `time`, or a subclass
  * overrides the method, it is called; otherwise gh_monotonic(), with no
- * Python call.  -1 with an exception set if that call fails. */
+ * Python call.  -1 with an exception set if that call fails.
+ *
+ * `*obj` (may be NULL) receives a new reference to what an overridden time()
+ * returned when that is not exactly a float (an int, a Decimal...), else
+ * NULL: call_later() then computes `time() + delay` with Python arithmetic,
+ * as asyncio does, so when() has asyncio's value and type.  Such a value
+ * must also pass asyncio's `self.time() + self._clock_resolution` (a float),
+ * which _run_once() computes every iteration: a Decimal fails there with
+ * asyncio's TypeError. */
 static int
-loop_now(gh_Loop *self, double *now)
+loop_now_obj(gh_Loop *self, double *now, PyObject **obj)
 {
     PyObject *op = (PyObject *)self;
+    if (obj != NULL) {
+        *obj = NULL;
+    }
     if (self->time_kind == 0) {
         /* The type's `time` is our method descriptor unless a subclass
          * defines its own. */
@@ -428,45 +472,108 @@ loop_now(gh_Loop *self, double *now)
     if (t == NULL) {
         return -1;
     }
-    *now = PyFloat_AsDouble(t);
-    Py_DECREF(t);
-    return *now == -1. && PyErr_Occurred() ? -1 : 0;
+    if (PyFloat_CheckExact(t)) {
+        *now = PyFloat_AS_DOUBLE(t);
+        Py_DECREF(t);
+        return 0;
+    }
+    PyObject *zero = PyFloat_FromDouble(0.);
+    PyObject *sum = zero ? PyNumber_Add(t, zero) : NULL; /* asyncio's end_time */
+    Py_XDECREF(zero);
+    *now = sum ? PyFloat_AsDouble(sum) : -1.;
+    Py_XDECREF(sum);
+    if (sum == NULL || (*now == -1. && PyErr_Occurred())) {
+        Py_DECREF(t);
+        return -1;
+    }
+    if (obj != NULL) {
+        *obj = t;
+    }
+    else {
+        Py_DECREF(t);
+    }
+    return 0;
+}
+
+static int
+loop_now(gh_Loop *self, double *now)
+{
+    return loop_now_obj(self, now, NULL);
+}
+
+/*
+ * Step 2's timeout: how long the poll may wait, -1 for no limit, else in
+ * [0, MAX_POLL_TIMEOUT]; never NaN or another negative value.  Called with
+ * `sleeping` set: the Python code it may run (an overridden time(), the
+ * greenlets gh_pool_trim() frees and the finalizers either may trigger) can
+ * let other threads in, which the wakeup invariant covers, and can queue
+ * callbacks on this thread, which the last test here catches.
+ */
+static int
+poll_timeout(gh_Loop *self, double *timeout)
+{
+    *timeout = -1.;
+    if (self->timers.len) {
+        double now;
+        if (loop_now(self, &now) < 0) {
+            return -1;
+        }
+        /* Read the top after time(): its code may have added a timer (and
+         * the heap array may have moved). */
+        const gh_timer_entry *top = gh_timerq_top(&self->timers);
+        double wait = top->when - now; /* NaN if now is NaN, or for inf - inf */
+        if (!(wait > 0.)) {
+            /* Due (or time() is NaN): don't wait.  Step 4 agrees: it takes
+             * every timer whose deadline is not after `now`. */
+            *timeout = 0.;
+        }
+        else {
+            *timeout = wait > MAX_POLL_TIMEOUT ? MAX_POLL_TIMEOUT : wait;
+        }
+    }
+    if (*timeout != 0. && gh_pool_trim(&self->pool) &&
+        (*timeout < 0. || *timeout > POOL_TRIM_INTERVAL)) {
+        /* About to wait: a good time to free idle workers left from a
+         * burst; come back soon for the rest. */
+        *timeout = POOL_TRIM_INTERVAL;
+    }
+    if (PyErr_Occurred()) {
+        return -1;
+    }
+    if (self->ready.len) {
+        /* Queued by the code above on this thread (asyncio would block in
+         * select() until the next timer or event here; nothing is gained
+         * by that, and the callback must not wait for a far timer). */
+        *timeout = 0.;
+    }
+    return 0;
 }
 
 static int
 run_once(gh_Loop *self)
 {
     assert(!PyErr_Occurred());
+    assert(!self->sleeping);
     assert(self->timer_cancelled_count >= 0 &&
            (size_t)self->timer_cancelled_count <= self->timers.len);
     if (drop_cancelled_timers(self) < 0) {
         return -1;
     }
 
-    double timeout = -1.; /* no limit */
-    if (self->ready.len || self->stopping) {
-        timeout = 0.;
-    }
-    else if (self->timers.len) {
-        double now;
-        if (loop_now(self, &now) < 0) {
+    double timeout = 0.;
+    if (!self->ready.len && !self->stopping) {
+        /* Nothing is ready: from here until the poll returns, pushes from
+         * other threads wake the poll (the wakeup invariant above).  No
+         * Python code runs between the test and these two stores. */
+        self->sleeping = 1;
+        self->wakeup_sent = 0;
+        if (poll_timeout(self, &timeout) < 0) {
+            self->sleeping = 0;
             return -1;
         }
-        timeout = gh_timerq_top(&self->timers)->when - now;
-        if (timeout > MAX_POLL_TIMEOUT) {
-            timeout = MAX_POLL_TIMEOUT;
-        }
-        else if (timeout < 0.) {
-            timeout = 0.;
-        }
-    }
-    if (timeout != 0. && gh_pool_trim(&self->pool) &&
-        (timeout < 0. || timeout > POOL_TRIM_INTERVAL)) {
-        /* About to wait: a good time to free idle workers left from a
-         * burst; come back soon for the rest. */
-        timeout = POOL_TRIM_INTERVAL;
     }
     gh_reactor_poll(self->reactor, timeout);
+    self->sleeping = 0;
     if (PyErr_Occurred()) {
         return -1; /* MemoryError while queueing ready I/O handles */
     }
@@ -477,14 +584,16 @@ run_once(gh_Loop *self)
     }
 
     if (self->timers.len) {
-        /* A timer is due once its deadline is not in the future: never
-         * early, and no later than this iteration. */
+        /* A timer is due once its deadline is not after now: never early,
+         * and no later than this iteration.  Written as "not after" so that
+         * a NaN clock (time() overridden) makes every timer due, as asyncio's
+         * `when >= end_time` test does; keys are never NaN (timerq.h). */
         double now;
         if (loop_now(self, &now) < 0) {
             return -1;
         }
         const gh_timer_entry *top;
-        while ((top = gh_timerq_top(&self->timers)) != NULL && top->when <= now) {
+        while ((top = gh_timerq_top(&self->timers)) != NULL && !(top->when > now)) {
             if (gh_loop_push_ready(self, pop_timer(self)) < 0) {
                 return -1;
             }
