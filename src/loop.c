@@ -501,6 +501,48 @@ loop_now(gh_Loop *self, double *now)
     return loop_now_obj(self, now, NULL);
 }
 
+/* A timer whose when() is not a plain float (an int, a Fraction...): see
+ * deadline_from_object().  The run loop does asyncio's arithmetic on the
+ * object itself when the timer is the earliest, so results and exceptions
+ * are asyncio's; the float key only orders the heap. */
+static inline PyObject *
+exotic_when(const gh_timer_entry *e)
+{
+    PyObject *w = gh_hd(e->data)->when_obj;
+    return w != NULL && !PyFloat_CheckExact(w) ? w : NULL;
+}
+
+/* asyncio's `when - self.time()` as a float (NaN if it is not a number). */
+static int
+exotic_wait(PyObject *when_obj, double now, double *wait)
+{
+    PyObject *n = PyFloat_FromDouble(now);
+    PyObject *d = n ? PyNumber_Subtract(when_obj, n) : NULL;
+    Py_XDECREF(n);
+    if (d == NULL) {
+        return -1;
+    }
+    *wait = PyFloat_AsDouble(d);
+    Py_DECREF(d);
+    if (*wait == -1. && PyErr_Occurred()) {
+        return -1;
+    }
+    return 0;
+}
+
+/* asyncio's "not due yet" test, `when >= end_time`: 1, 0, or -1. */
+static int
+exotic_later(PyObject *when_obj, double now)
+{
+    PyObject *n = PyFloat_FromDouble(now);
+    if (n == NULL) {
+        return -1;
+    }
+    int later = PyObject_RichCompareBool(when_obj, n, Py_GE);
+    Py_DECREF(n);
+    return later;
+}
+
 /*
  * Step 2's timeout: how long the poll may wait, -1 for no limit, else in
  * [0, MAX_POLL_TIMEOUT]; never NaN or another negative value.  Called with
@@ -522,6 +564,20 @@ poll_timeout(gh_Loop *self, double *timeout)
          * the heap array may have moved). */
         const gh_timer_entry *top = gh_timerq_top(&self->timers);
         double wait = top->when - now; /* NaN if now is NaN, or for inf - inf */
+        PyObject *when_obj = exotic_when(top);
+        if (when_obj != NULL) {
+            PyObject *t = Py_NewRef(top->data); /* alive across the Python code */
+            Py_INCREF(when_obj);
+            int rc = exotic_wait(when_obj, now, &wait);
+            Py_DECREF(when_obj);
+            if (rc == 0 && gh_timerq_top(&self->timers)->data != t) {
+                wait = 0.; /* that code scheduled an earlier timer: look again */
+            }
+            Py_DECREF(t);
+            if (rc < 0) {
+                return -1;
+            }
+        }
         if (!(wait > 0.)) {
             /* Due (or time() is NaN): don't wait.  Step 4 agrees: it takes
              * every timer whose deadline is not after `now`. */
@@ -593,7 +649,30 @@ run_once(gh_Loop *self)
             return -1;
         }
         const gh_timer_entry *top;
-        while ((top = gh_timerq_top(&self->timers)) != NULL && !(top->when > now)) {
+        while ((top = gh_timerq_top(&self->timers)) != NULL) {
+            PyObject *when_obj = exotic_when(top);
+            if (when_obj == NULL) {
+                if (top->when > now) {
+                    break;
+                }
+            }
+            else {
+                PyObject *t = Py_NewRef(top->data); /* alive across the Python code */
+                Py_INCREF(when_obj);
+                int later = exotic_later(when_obj, now);
+                Py_DECREF(when_obj);
+                int moved = later >= 0 && gh_timerq_top(&self->timers)->data != t;
+                Py_DECREF(t);
+                if (later < 0) {
+                    return -1;
+                }
+                if (moved) {
+                    continue; /* that code scheduled an earlier timer */
+                }
+                if (later) {
+                    break;
+                }
+            }
             if (gh_loop_push_ready(self, pop_timer(self)) < 0) {
                 return -1;
             }
@@ -680,8 +759,13 @@ schedule_timer(gh_Loop *self, double when, PyObject *when_obj, PyObject *const *
         return NULL;
     }
     gh_hd(t)->when = when;
-    gh_hd(t)->when_obj = Py_XNewRef(when_obj);
-    if (self->debug && attach_source_traceback(st, t) < 0) {
+    /* A NaN deadline keeps one float object, as asyncio's handle does:
+     * hash(nan) depends on the object, so a fresh float per when() call
+     * would give the handle a different hash each time. */
+    gh_hd(t)->when_obj =
+        when_obj ? Py_NewRef(when_obj) : (Py_IS_NAN(when) ? PyFloat_FromDouble(when) : NULL);
+    if ((when_obj == NULL && Py_IS_NAN(when) && gh_hd(t)->when_obj == NULL) ||
+        (self->debug && attach_source_traceback(st, t) < 0)) {
         Py_DECREF(t);
         return NULL;
     }
@@ -700,6 +784,75 @@ gh_loop_call_at(gh_Loop *self, double when, PyObject *const *args, Py_ssize_t na
                 PyObject *context)
 {
     return schedule_timer(self, when, NULL, args, nargs, context);
+}
+
+/*
+ * The heap key of call_at(when).  asyncio stores `when` as given and uses it
+ * as it is: heapq compares it with the other timers' deadlines (`when <
+ * other`, at once in heappush() when the heap is not empty), and
+ * _run_once() computes `when - self.time()` while it is the earliest timer
+ * and the loop is idle, and `when >= end_time` to see whether it is due.
+ * greenhub keeps the object for when() and those two run-loop operations
+ * (exotic_wait() and exotic_later() below: the same arithmetic, so the same
+ * results and exceptions, at the same point), and files the timer under a
+ * float key:
+ *   - int and float (subclasses and bool too) are converted; an int beyond
+ *     the float range is filed under +/-inf, and raises asyncio's
+ *     OverflowError once the loop computes `when - time()` with it;
+ *   - anything else first gets heappush()'s comparison when the heap holds
+ *     a timer (TypeError for an object with only __float__ or __index__,
+ *     InvalidOperation for a Decimal NaN), then float(when), or else
+ *     `when - 0.0`: what has neither fails with the exception that
+ *     _run_once()'s subtraction would raise.
+ * asyncio leaves a timer whose heappush() comparison failed in its heap,
+ * where it breaks every later iteration; greenhub does not schedule it.
+ * NaN and the infinities are valid keys (timerq.h).
+ */
+static int
+deadline_from_object(gh_Loop *self, PyObject *when_obj, double *when)
+{
+    if (PyFloat_Check(when_obj) || PyLong_Check(when_obj)) {
+        *when = PyFloat_AsDouble(when_obj);
+        if (*when == -1. && PyErr_Occurred()) {
+            if (!PyLong_Check(when_obj) || !PyErr_ExceptionMatches(PyExc_OverflowError)) {
+                return -1;
+            }
+            PyErr_Clear();
+            int overflow; /* the sign of an int too large for a long */
+            (void)PyLong_AsLongAndOverflow(when_obj, &overflow);
+            *when = overflow > 0 ? INFINITY : -INFINITY;
+        }
+        return 0;
+    }
+    PyObject *zero = PyFloat_FromDouble(0.);
+    if (zero == NULL) {
+        return -1;
+    }
+    int rc = -1;
+    if (self->timers.len) {
+        PyObject *lt = PyObject_RichCompare(when_obj, zero, Py_LT);
+        if (lt == NULL) {
+            goto done;
+        }
+        Py_DECREF(lt);
+    }
+    *when = PyFloat_AsDouble(when_obj);
+    if (*when == -1. && PyErr_Occurred()) {
+        PyErr_Clear();
+        PyObject *diff = PyNumber_Subtract(when_obj, zero);
+        if (diff == NULL) {
+            goto done;
+        }
+        *when = PyFloat_AsDouble(diff);
+        Py_DECREF(diff);
+        if (*when == -1. && PyErr_Occurred()) {
+            goto done;
+        }
+    }
+    rc = 0;
+done:
+    Py_DECREF(zero);
+    return rc;
 }
 
 static PyObject *
@@ -721,8 +874,8 @@ loop_call_at(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnam
         PyErr_SetString(PyExc_TypeError, "when cannot be None");
         return NULL;
     }
-    double when = PyFloat_AsDouble(when_obj);
-    if (when == -1. && PyErr_Occurred()) {
+    double when;
+    if (deadline_from_object(self, when_obj, &when) < 0) {
         return NULL;
     }
     return schedule_timer(self, when, PyFloat_CheckExact(when_obj) ? NULL : when_obj, args + 1,
@@ -750,29 +903,34 @@ loop_call_later(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kw
         return NULL;
     }
     double now;
-    if (loop_now(self, &now) < 0) {
+    PyObject *now_obj; /* owned or NULL: an overridden time()'s non-float result */
+    if (loop_now_obj(self, &now, &now_obj) < 0) {
         return NULL;
     }
-    if (PyFloat_CheckExact(delay) || PyLong_CheckExact(delay)) {
+    if (now_obj == NULL && (PyFloat_CheckExact(delay) || PyLong_CheckExact(delay))) {
         double d = PyFloat_AsDouble(delay);
         if (d == -1. && PyErr_Occurred()) {
             return NULL;
         }
+        /* Same IEEE sum as asyncio's `self.time() + delay`: 1e308 stays
+         * finite, NaN stays NaN, inf - inf would be NaN. */
         return schedule_timer(self, now + d, NULL, args + 1, nargs - 1, context);
     }
-    /* Anything else: exactly asyncio's `self.time() + delay`. */
-    PyObject *nowobj = PyFloat_FromDouble(now);
-    if (nowobj == NULL) {
-        return NULL;
+    /* Anything else: exactly asyncio's `self.time() + delay`, then call_at(). */
+    if (now_obj == NULL) {
+        now_obj = PyFloat_FromDouble(now);
+        if (now_obj == NULL) {
+            return NULL;
+        }
     }
-    PyObject *when_obj = PyNumber_Add(nowobj, delay);
-    Py_DECREF(nowobj);
+    PyObject *when_obj = PyNumber_Add(now_obj, delay);
+    Py_DECREF(now_obj);
     if (when_obj == NULL) {
         return NULL;
     }
     PyObject *res = NULL;
-    double when = PyFloat_AsDouble(when_obj);
-    if (!(when == -1. && PyErr_Occurred())) {
+    double when;
+    if (deadline_from_object(self, when_obj, &when) == 0) {
         res = schedule_timer(self, when, PyFloat_CheckExact(when_obj) ? NULL : when_obj, args + 1,
                              nargs - 1, context);
     }
@@ -892,7 +1050,17 @@ loop_run_once(PyObject *op, PyObject *Py_UNUSED(ignored))
 static PyObject *
 loop_stop(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
-    ((gh_Loop *)op)->stopping = 1;
+    gh_Loop *self = (gh_Loop *)op;
+    self->stopping = 1;
+    /* stop() is not thread-safe in asyncio (call_soon_threadsafe(loop.stop)
+     * is), but one made from another thread while the loop sleeps should
+     * not wait for the next event either.  On the loop's own thread
+     * `sleeping` is only set while Python code runs in run_once()'s window
+     * (an overridden time()): there asyncio's select() would not see the
+     * flag before its timeout, and neither does greenhub's poll. */
+    if (!self->has_thread_id || PyThread_get_thread_ident() != self->thread_id) {
+        wake_if_sleeping(self);
+    }
     Py_RETURN_NONE;
 }
 
