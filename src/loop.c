@@ -530,16 +530,23 @@ exotic_wait(PyObject *when_obj, double now, double *wait)
     return 0;
 }
 
-/* asyncio's "not due yet" test, `when >= end_time`: 1, 0, or -1. */
+/* asyncio's "not due yet" test, `when >= end_time` with end_time =
+ * `self.time() + self._clock_resolution`: 1, 0, or -1.  (The float path's
+ * "after now" differs only within the clock's resolution; here the object
+ * may be an int compared with an integer clock, where that matters.) */
 static int
-exotic_later(PyObject *when_obj, double now)
+exotic_later(gh_Loop *self, PyObject *when_obj, double now)
 {
-    PyObject *n = PyFloat_FromDouble(now);
-    if (n == NULL) {
+    PyObject *res = PyObject_GetAttrString((PyObject *)self, "_clock_resolution");
+    PyObject *n = res ? PyFloat_FromDouble(now) : NULL;
+    PyObject *end = n ? PyNumber_Add(n, res) : NULL;
+    Py_XDECREF(res);
+    Py_XDECREF(n);
+    if (end == NULL) {
         return -1;
     }
-    int later = PyObject_RichCompareBool(when_obj, n, Py_GE);
-    Py_DECREF(n);
+    int later = PyObject_RichCompareBool(when_obj, end, Py_GE);
+    Py_DECREF(end);
     return later;
 }
 
@@ -659,7 +666,7 @@ run_once(gh_Loop *self)
             else {
                 PyObject *t = Py_NewRef(top->data); /* alive across the Python code */
                 Py_INCREF(when_obj);
-                int later = exotic_later(when_obj, now);
+                int later = exotic_later(self, when_obj, now);
                 Py_DECREF(when_obj);
                 int moved = later >= 0 && gh_timerq_top(&self->timers)->data != t;
                 Py_DECREF(t);
