@@ -15,9 +15,12 @@
  * Threads.  The ready queue has no lock of its own: every access - including
  * call_soon_threadsafe() from other threads and Python-level signal handlers
  * - happens with the GIL held, and no Python code runs between the reads and
- * writes of one queue operation.  The GIL is released only inside the poll,
- * where the loop does not touch the queue.  After queueing,
- * call_soon_threadsafe() wakes a sleeping poll through the reactor.
+ * writes of one queue operation.  The loop releases the GIL itself only
+ * inside the poll, where it does not touch the queue; Python code run by an
+ * iteration may release it anywhere.  After queueing, call_soon_threadsafe()
+ * wakes a sleeping poll through the reactor; "sleeping" starts at the
+ * decision to poll, not at the poll (the wakeup invariant, above
+ * release_gil()).
  *
  * Task steps.  The run loop only ever calls handles.  A task step is a
  * handle whose callback is the task's step function, so running steps on
@@ -616,7 +619,6 @@ static int
 run_once(gh_Loop *self)
 {
     assert(!PyErr_Occurred());
-    assert(!self->sleeping);
     assert(self->timer_cancelled_count >= 0 &&
            (size_t)self->timer_cancelled_count <= self->timers.len);
     if (drop_cancelled_timers(self) < 0) {
@@ -634,6 +636,10 @@ run_once(gh_Loop *self)
             self->sleeping = 0;
             return -1;
         }
+        /* Again: a _run_once() called from that Python code (reentrant, as
+         * asyncio would allow) cleared it on its way out.  Pushes made
+         * before this store are in the queue poll_timeout() looked at last. */
+        self->sleeping = 1;
     }
     gh_reactor_poll(self->reactor, timeout);
     self->sleeping = 0;
