@@ -51,6 +51,7 @@ __all__ = [
 ]
 
 _allocate_lock = _thread.allocate_lock
+_TIMEOUT_MAX = _thread.TIMEOUT_MAX
 _get_ident = _thread.get_ident
 _monotonic = _time.monotonic
 _os_sleep = _time.sleep
@@ -65,15 +66,26 @@ _CancelledError = asyncio.CancelledError
 # sleep
 
 
+def _pytime_check(seconds):
+    """Raises what CPython's conversion of a timeout raises (time.sleep(),
+    lock timeouts, socket timeouts share it): TypeError for what is neither
+    a float nor an integer, ValueError for NaN, OverflowError out of range
+    (inf, 1e308, 10**400: the messages change between Python versions).  A
+    new raw lock's acquire(True, seconds) makes that very conversion and,
+    being free, returns at once; it is given the magnitude, so that its own
+    rule for negative timeouts does not apply."""
+    if not isinstance(seconds, float):
+        seconds = operator.index(seconds)
+    _allocate_lock().acquire(True, -seconds if seconds < 0 else seconds)
+    return seconds
+
+
 def _sleep_seconds(seconds):
     """Validates `seconds` the way time.sleep() does (same errors)."""
-    if isinstance(seconds, float):
-        if seconds != seconds:
-            raise ValueError("Invalid value NaN (not a number)")
-    else:
-        seconds = operator.index(seconds)
-    if seconds < 0:
-        raise ValueError("sleep length must be non-negative")
+    if not (type(seconds) in (int, float) and 0 <= seconds <= _TIMEOUT_MAX):
+        seconds = _pytime_check(seconds)
+        if seconds < 0:
+            raise ValueError("sleep length must be non-negative")
     return seconds
 
 
@@ -109,14 +121,19 @@ def sleep(seconds):
 # waiters
 
 
-def _check_timeout(timeout):
-    """None for 'wait forever', else a float; raises as threading does."""
+def _cond_timeout(timeout):
+    """A timeout as threading.Condition.wait() takes it: None (no limit),
+    0.0 (do not block: zero, negative, NaN - `timeout > 0` is false), else
+    seconds as a float.  Raises what it raises: `timeout > 0` for what does
+    not compare with 0, then the raw lock's conversion (a Decimal or
+    Fraction is no timeout there; inf overflows)."""
     if timeout is None:
         return None
-    timeout = float(timeout)
-    if timeout < 0:
-        raise ValueError("'timeout' must be a non-negative number")
-    return timeout
+    if timeout > 0:
+        if not (type(timeout) in (int, float) and timeout <= _TIMEOUT_MAX):
+            _allocate_lock().acquire(True, timeout)
+        return float(timeout)
+    return 0.0
 
 
 class _Waiter:
@@ -258,11 +275,21 @@ async def _block_async(w, timeout):
 
 
 def _deadline(timeout):
+    """threading's `_time() + timeout`, with its errors (a Decimal timeout
+    raises TypeError there)."""
     return None if timeout is None else _monotonic() + timeout
 
 
 def _remaining(deadline):
-    return None if deadline is None else max(0.0, deadline - _monotonic())
+    """Seconds left before `deadline`, 0.0 once it has passed.  A NaN
+    deadline counts as passed: threading would call Condition.wait(nan),
+    which does not block, and compute NaN again, forever.  What is left
+    is then waited for with _cond_timeout()'s rules (an infinite deadline
+    overflows there, as threading's lock does)."""
+    if deadline is None:
+        return None
+    left = deadline - _monotonic()
+    return _cond_timeout(left) if left > 0 else 0.0
 
 
 # --------------------------------------------------------------------------
@@ -273,14 +300,17 @@ def _lock_timeout(blocking, timeout):
     """threading.Lock.acquire()'s arguments -> None (forever) or seconds."""
     if timeout == -1:
         return None if blocking else 0.0
-    if blocking and type(timeout) in (int, float) and timeout >= 0:
+    if blocking and type(timeout) in (int, float) and 0 <= timeout <= _TIMEOUT_MAX:
         return float(timeout)
     # Anything else: a raw lock raises exactly what threading raises on this
     # Python version (the messages differ between versions).
     probe = _allocate_lock()
     probe.acquire(blocking, timeout)
     probe.release()
-    return float(timeout) if blocking else 0.0
+    if not blocking:
+        return 0.0
+    # Accepted by the lock: a float, or an integer through __index__.
+    return float(timeout if isinstance(timeout, float) else operator.index(timeout))
 
 
 class Lock:
@@ -553,7 +583,7 @@ class Condition:
     def wait(self, timeout=None):
         if not self._is_owned():
             raise RuntimeError("cannot wait on un-acquired lock")
-        timeout = None if timeout is None else max(0.0, float(timeout))
+        timeout = _cond_timeout(timeout)
         saved = []
 
         def release():
@@ -587,7 +617,7 @@ class Condition:
     async def async_wait(self, timeout=None):
         if not self._is_owned(async_caller=True):
             raise RuntimeError("cannot wait on un-acquired lock")
-        timeout = None if timeout is None else max(0.0, float(timeout))
+        timeout = _cond_timeout(timeout)
         mutex = self._mutex
         mutex.acquire()
         w = self._waiters._add(True)
@@ -615,8 +645,12 @@ class Condition:
         return woken
 
     def wait_for(self, predicate, timeout=None):
-        deadline = _deadline(None if timeout is None else float(timeout))
+        # threading's order: the predicate, then `_time() + timeout`, then
+        # Condition.wait(timeout) with the timeout as given.
         result = predicate()
+        if not result:
+            deadline = _deadline(timeout)
+            _cond_timeout(timeout)
         while not result:
             remaining = _remaining(deadline)
             if remaining == 0.0:
@@ -626,8 +660,10 @@ class Condition:
         return result
 
     async def async_wait_for(self, predicate, timeout=None):
-        deadline = _deadline(None if timeout is None else float(timeout))
         result = predicate()
+        if not result:
+            deadline = _deadline(timeout)
+            _cond_timeout(timeout)
         while not result:
             remaining = _remaining(deadline)
             if remaining == 0.0:
@@ -687,7 +723,7 @@ class Event:
     def wait(self, timeout=None):
         if self._flag:
             return True
-        timeout = None if timeout is None else max(0.0, float(timeout))
+        timeout = _cond_timeout(timeout)
         mutex = self._mutex
         mutex.acquire()
         try:
@@ -700,7 +736,7 @@ class Event:
     async def async_wait(self, timeout=None):
         if self._flag:
             return True
-        timeout = None if timeout is None else max(0.0, float(timeout))
+        timeout = _cond_timeout(timeout)
         mutex = self._mutex
         mutex.acquire()
         try:
@@ -716,11 +752,24 @@ class Event:
 
 
 def _semaphore_timeout(blocking, timeout):
+    """Semaphore.acquire()'s timeout: 0.0 for a non-blocking call, else as
+    given (threading looks at it only once it has to wait)."""
     if not blocking:
         if timeout is not None:
             raise ValueError("can't specify timeout for non-blocking acquire")
         return 0.0
-    return None if timeout is None else max(0.0, float(timeout))
+    return timeout
+
+
+_UNSET = object()
+
+
+def _first_deadline(timeout):
+    """The deadline of a wait that is about to start, as threading computes
+    it (`_time() + timeout`, then Condition.wait(timeout) as given)."""
+    deadline = _deadline(timeout)
+    _cond_timeout(timeout)
+    return deadline
 
 
 class Semaphore:
@@ -738,12 +787,14 @@ class Semaphore:
 
     def acquire(self, blocking=True, timeout=None):
         timeout = _semaphore_timeout(blocking, timeout)
-        deadline = _deadline(timeout)
+        deadline = _UNSET
         mutex = self._mutex
         mutex.acquire()
         try:
             while self._value == 0:
-                remaining = _remaining(deadline)
+                if deadline is _UNSET and timeout != 0.0:
+                    deadline = _first_deadline(timeout)
+                remaining = 0.0 if timeout == 0.0 else _remaining(deadline)
                 if remaining == 0.0:
                     return False
                 self._waiters.wait(mutex, remaining)
@@ -754,12 +805,14 @@ class Semaphore:
 
     async def async_acquire(self, blocking=True, timeout=None):
         timeout = _semaphore_timeout(blocking, timeout)
-        deadline = _deadline(timeout)
+        deadline = _UNSET
         mutex = self._mutex
         mutex.acquire()
         try:
             while self._value == 0:
-                remaining = _remaining(deadline)
+                if deadline is _UNSET and timeout != 0.0:
+                    deadline = _first_deadline(timeout)
+                remaining = 0.0 if timeout == 0.0 else _remaining(deadline)
                 if remaining == 0.0:
                     return False
                 await self._waiters.async_wait(mutex, remaining)
@@ -976,7 +1029,7 @@ def _queue_timeout(block, timeout):
         return None
     if timeout < 0:
         raise ValueError("'timeout' must be a non-negative number")
-    return float(timeout)
+    return timeout  # as given: queue computes `time() + timeout` with it
 
 
 class LifoQueue(Queue):

@@ -385,20 +385,65 @@ timer_hash(PyObject *self)
     return hash;
 }
 
+/* Is either deadline something other than a plain float (an int, a
+ * Fraction, a NaN kept as an object...)?  Then the comparisons below are
+ * made on the when() objects, as asyncio's are: a float key rounds (2**53 + 1
+ * and 2**53 compare equal as floats, not as ints). */
+static inline int
+timer_exotic(gh_handle_data *a, gh_handle_data *b)
+{
+    return a->when_obj != NULL || b->when_obj != NULL;
+}
+
+/* `a._when OP b._when`, as an object; a new reference or NULL. */
+static PyObject *
+when_compare(PyObject *a, PyObject *b, int op)
+{
+    PyObject *wa = timer_when_object(gh_hd(a));
+    PyObject *wb = wa ? timer_when_object(gh_hd(b)) : NULL;
+    PyObject *res = wb ? PyObject_RichCompare(wa, wb, op) : NULL;
+    Py_XDECREF(wa);
+    Py_XDECREF(wb);
+    return res;
+}
+
+/* `x == y` for asyncio's __eq__, which uses `==` (no identity shortcut:
+ * a timer whose deadline is NaN is not equal to itself there either). */
+static int
+eq_operator(PyObject *x, PyObject *y)
+{
+    PyObject *r = PyObject_RichCompare(x, y, Py_EQ);
+    if (r == NULL) {
+        return -1;
+    }
+    int eq = PyObject_IsTrue(r);
+    Py_DECREF(r);
+    return eq;
+}
+
 /* Equality as asyncio defines it: same deadline, callback, args, state. */
 static int
 timer_equal(PyObject *a, PyObject *b)
 {
-    if (a == b) {
-        return 1;
-    }
     gh_handle_data *da = gh_hd(a), *db = gh_hd(b);
-    if (da->when != db->when || da->cancelled != db->cancelled) {
+    int eq;
+    if (timer_exotic(da, db)) {
+        PyObject *r = when_compare(a, b, Py_EQ);
+        if (r == NULL) {
+            return -1;
+        }
+        eq = PyObject_IsTrue(r);
+        Py_DECREF(r);
+        if (eq <= 0) {
+            return eq;
+        }
+    }
+    else if (da->when != db->when) {
         return 0;
     }
     PyObject *ca = da->callback ? da->callback : Py_None;
     PyObject *cb = db->callback ? db->callback : Py_None;
-    int eq = PyObject_RichCompareBool(ca, cb, Py_EQ);
+    eq = eq_operator(ca, cb);
     if (eq <= 0) {
         return eq;
     }
@@ -408,14 +453,19 @@ timer_equal(PyObject *a, PyObject *b)
         Py_XDECREF(aa);
         return -1;
     }
-    eq = PyObject_RichCompareBool(aa, ab, Py_EQ);
+    eq = eq_operator(aa, ab);
     Py_DECREF(aa);
     Py_DECREF(ab);
-    return eq;
+    if (eq <= 0) {
+        return eq;
+    }
+    return da->cancelled == db->cancelled;
 }
 
 /* Between two greenhub timers; anything else (asyncio.TimerHandle
- * included) is left to the reflected operation, which reads _when. */
+ * included) is left to the reflected operation, which reads _when.
+ * `<` and `>` return what the deadlines' comparison returns, as asyncio's
+ * do; `<=` and `>=` are "<, or equal". */
 static PyObject *
 timer_richcompare(PyObject *self, PyObject *other, int op)
 {
@@ -423,16 +473,30 @@ timer_richcompare(PyObject *self, PyObject *other, int op)
     if (!gh_is_timer(st, other)) {
         Py_RETURN_NOTIMPLEMENTED;
     }
+    int exotic = timer_exotic(gh_hd(self), gh_hd(other));
     double a = gh_hd(self)->when, b = gh_hd(other)->when;
     int res;
     switch (op) {
     case Py_LT:
-        return PyBool_FromLong(a < b);
     case Py_GT:
-        return PyBool_FromLong(a > b);
+        if (exotic) {
+            return when_compare(self, other, op);
+        }
+        return PyBool_FromLong(op == Py_LT ? a < b : a > b);
     case Py_LE:
     case Py_GE:
-        if (op == Py_LE ? a < b : a > b) {
+        if (exotic) {
+            PyObject *r = when_compare(self, other, op == Py_LE ? Py_LT : Py_GT);
+            if (r == NULL) {
+                return NULL;
+            }
+            res = PyObject_IsTrue(r);
+            if (res != 0) {
+                return res < 0 ? (Py_DECREF(r), NULL) : r;
+            }
+            Py_DECREF(r);
+        }
+        else if (op == Py_LE ? a < b : a > b) {
             Py_RETURN_TRUE;
         }
         res = timer_equal(self, other); /* "or equal" */

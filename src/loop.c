@@ -15,9 +15,12 @@
  * Threads.  The ready queue has no lock of its own: every access - including
  * call_soon_threadsafe() from other threads and Python-level signal handlers
  * - happens with the GIL held, and no Python code runs between the reads and
- * writes of one queue operation.  The GIL is released only inside the poll,
- * where the loop does not touch the queue.  After queueing,
- * call_soon_threadsafe() wakes a sleeping poll through the reactor.
+ * writes of one queue operation.  The loop releases the GIL itself only
+ * inside the poll, where it does not touch the queue; Python code run by an
+ * iteration may release it anywhere.  After queueing, call_soon_threadsafe()
+ * wakes a sleeping poll through the reactor; "sleeping" starts at the
+ * decision to poll, not at the poll (the wakeup invariant, above
+ * release_gil()).
  *
  * Task steps.  The run loop only ever calls handles.  A task step is a
  * handle whose callback is the task's step function, so running steps on
@@ -307,11 +310,44 @@ clear_queues(gh_Loop *self)
 
 /* --- the run loop --------------------------------------------------------- */
 
+/*
+ * The wakeup invariant.  call_soon_threadsafe() runs on another thread with
+ * the GIL held; it must never queue a callback that the loop then fails to
+ * notice while it blocks in the poll, and it must not pay a system call when
+ * the loop is busy.  Two flags, read and written only with the GIL held:
+ *
+ *   sleeping     the loop has decided that nothing is ready and is on its
+ *                way to a poll that may block, or is in it.  Set in
+ *                run_once() at that decision, before any Python code of the
+ *                iteration's remaining steps can run (time() overridden,
+ *                greenlet teardown in gh_pool_trim(), finalizers, weakref
+ *                callbacks: each may give the GIL to another thread); cleared
+ *                once the poll has returned.
+ *   wakeup_sent  a wakeup was sent since `sleeping` was set: later pushes in
+ *                the same window need not send another.  Cleared with
+ *                `sleeping`.
+ *
+ * Why no wakeup is lost.  A push from another thread happens either
+ *   - before `sleeping` is set: the GIL is held from the "nothing ready" test
+ *     to setting the flag (no Python code in between), so the push happened
+ *     before the test, which sees it and does not block; or
+ *   - after it: wake_if_sleeping() writes the reactor's wakeup eventfd
+ *     (gh_reactor_wakeup()).  Written before the poll reaches epoll_wait(),
+ *     the eventfd is readable when it does, so the poll does not wait;
+ *     written during the poll, it ends it.  Either way the poll returns at
+ *     once and the callback runs in that iteration.
+ * Same-thread pushes made by that Python code (a call_soon() inside an
+ * overridden time()) send no wakeup; run_once() looks at the ready queue
+ * again right before the poll instead.
+ *
+ * A busy loop pays nothing: while callbacks are ready `sleeping` stays 0,
+ * so call_soon_threadsafe() tests one flag and makes no system call.
+ */
 static void
 release_gil(void *arg)
 {
     gh_Loop *self = arg;
-    self->sleeping = 1;
+    assert(self->sleeping);
     atomic_store_explicit(&self->polling, 1, memory_order_relaxed);
     self->poll_tstate = PyEval_SaveThread();
 }
@@ -322,16 +358,15 @@ acquire_gil(void *arg)
     gh_Loop *self = arg;
     PyEval_RestoreThread(self->poll_tstate);
     self->poll_tstate = NULL;
-    self->sleeping = 0;
-    self->wakeup_sent = 0;
     gh_loop_tick(self);
     atomic_store_explicit(&self->polling, 0, memory_order_relaxed);
 }
 
-/* Wakes the poll if it may be sleeping.  A loop that is not polling checks
- * the ready queue before it next blocks (with the GIL held, so after this
- * thread's push), so it needs no wakeup; that saves libev's memory fence
- * and system call on every call_soon_threadsafe() to a busy loop. */
+/* Wakes the poll if the loop may be sleeping (see the invariant above).  A
+ * loop that is not sleeping checks the ready queue before it next blocks
+ * (with the GIL held, so after this thread's push), so it needs no wakeup;
+ * that saves libev's memory fence and system call on every
+ * call_soon_threadsafe() to a busy loop. */
 static void
 wake_if_sleeping(gh_Loop *self)
 {
@@ -388,11 +423,22 @@ run_handle_debug(gh_Loop *self, PyObject *h)
  * (unittest.mock.patch.object(loop, "time"), as aiohttp's keep-alive tests
  * do), so when the instance's __dict__ holds a `time`, or a subclass
  * overrides the method, it is called; otherwise gh_monotonic(), with no
- * Python call.  -1 with an exception set if that call fails. */
+ * Python call.  -1 with an exception set if that call fails.
+ *
+ * `*obj` (may be NULL) receives a new reference to what an overridden time()
+ * returned when that is not exactly a float (an int, a Decimal...), else
+ * NULL: call_later() then computes `time() + delay` with Python arithmetic,
+ * as asyncio does, so when() has asyncio's value and type.  Such a value
+ * must also pass asyncio's `self.time() + self._clock_resolution` (a float),
+ * which _run_once() computes every iteration: a Decimal fails there with
+ * asyncio's TypeError. */
 static int
-loop_now(gh_Loop *self, double *now)
+loop_now_obj(gh_Loop *self, double *now, PyObject **obj)
 {
     PyObject *op = (PyObject *)self;
+    if (obj != NULL) {
+        *obj = NULL;
+    }
     if (self->time_kind == 0) {
         /* The type's `time` is our method descriptor unless a subclass
          * defines its own. */
@@ -428,9 +474,144 @@ loop_now(gh_Loop *self, double *now)
     if (t == NULL) {
         return -1;
     }
-    *now = PyFloat_AsDouble(t);
-    Py_DECREF(t);
-    return *now == -1. && PyErr_Occurred() ? -1 : 0;
+    if (PyFloat_CheckExact(t)) {
+        *now = PyFloat_AS_DOUBLE(t);
+        Py_DECREF(t);
+        return 0;
+    }
+    PyObject *zero = PyFloat_FromDouble(0.);
+    PyObject *sum = zero ? PyNumber_Add(t, zero) : NULL; /* asyncio's end_time */
+    Py_XDECREF(zero);
+    *now = sum ? PyFloat_AsDouble(sum) : -1.;
+    Py_XDECREF(sum);
+    if (sum == NULL || (*now == -1. && PyErr_Occurred())) {
+        Py_DECREF(t);
+        return -1;
+    }
+    if (obj != NULL) {
+        *obj = t;
+    }
+    else {
+        Py_DECREF(t);
+    }
+    return 0;
+}
+
+static int
+loop_now(gh_Loop *self, double *now)
+{
+    return loop_now_obj(self, now, NULL);
+}
+
+/* A timer whose when() is not a plain float (an int, a Fraction...): see
+ * deadline_from_object().  The run loop does asyncio's arithmetic on the
+ * object itself when the timer is the earliest, so results and exceptions
+ * are asyncio's; the float key only orders the heap. */
+static inline PyObject *
+exotic_when(const gh_timer_entry *e)
+{
+    PyObject *w = gh_hd(e->data)->when_obj;
+    return w != NULL && !PyFloat_CheckExact(w) ? w : NULL;
+}
+
+/* asyncio's `when - self.time()` as a float (NaN if it is not a number). */
+static int
+exotic_wait(PyObject *when_obj, double now, double *wait)
+{
+    PyObject *n = PyFloat_FromDouble(now);
+    PyObject *d = n ? PyNumber_Subtract(when_obj, n) : NULL;
+    Py_XDECREF(n);
+    if (d == NULL) {
+        return -1;
+    }
+    *wait = PyFloat_AsDouble(d);
+    Py_DECREF(d);
+    if (*wait == -1. && PyErr_Occurred()) {
+        return -1;
+    }
+    return 0;
+}
+
+/* asyncio's "not due yet" test, `when >= end_time` with end_time =
+ * `self.time() + self._clock_resolution`: 1, 0, or -1.  (The float path's
+ * "after now" differs only within the clock's resolution; here the object
+ * may be an int compared with an integer clock, where that matters.) */
+static int
+exotic_later(gh_Loop *self, PyObject *when_obj, double now)
+{
+    PyObject *res = PyObject_GetAttrString((PyObject *)self, "_clock_resolution");
+    PyObject *n = res ? PyFloat_FromDouble(now) : NULL;
+    PyObject *end = n ? PyNumber_Add(n, res) : NULL;
+    Py_XDECREF(res);
+    Py_XDECREF(n);
+    if (end == NULL) {
+        return -1;
+    }
+    int later = PyObject_RichCompareBool(when_obj, end, Py_GE);
+    Py_DECREF(end);
+    return later;
+}
+
+/*
+ * Step 2's timeout: how long the poll may wait, -1 for no limit, else in
+ * [0, MAX_POLL_TIMEOUT]; never NaN or another negative value.  Called with
+ * `sleeping` set: the Python code it may run (an overridden time(), the
+ * greenlets gh_pool_trim() frees and the finalizers either may trigger) can
+ * let other threads in, which the wakeup invariant covers, and can queue
+ * callbacks on this thread, which the last test here catches.
+ */
+static int
+poll_timeout(gh_Loop *self, double *timeout)
+{
+    *timeout = -1.;
+    if (self->timers.len) {
+        double now;
+        if (loop_now(self, &now) < 0) {
+            return -1;
+        }
+        /* Read the top after time(): its code may have added a timer (and
+         * the heap array may have moved). */
+        const gh_timer_entry *top = gh_timerq_top(&self->timers);
+        double wait = top->when - now; /* NaN if now is NaN, or for inf - inf */
+        PyObject *when_obj = exotic_when(top);
+        if (when_obj != NULL) {
+            PyObject *t = Py_NewRef(top->data); /* alive across the Python code */
+            Py_INCREF(when_obj);
+            int rc = exotic_wait(when_obj, now, &wait);
+            Py_DECREF(when_obj);
+            if (rc == 0 && gh_timerq_top(&self->timers)->data != t) {
+                wait = 0.; /* that code scheduled an earlier timer: look again */
+            }
+            Py_DECREF(t);
+            if (rc < 0) {
+                return -1;
+            }
+        }
+        if (!(wait > 0.)) {
+            /* Due (or time() is NaN): don't wait.  Step 4 agrees: it takes
+             * every timer whose deadline is not after `now`. */
+            *timeout = 0.;
+        }
+        else {
+            *timeout = wait > MAX_POLL_TIMEOUT ? MAX_POLL_TIMEOUT : wait;
+        }
+    }
+    if (*timeout != 0. && gh_pool_trim(&self->pool) &&
+        (*timeout < 0. || *timeout > POOL_TRIM_INTERVAL)) {
+        /* About to wait: a good time to free idle workers left from a
+         * burst; come back soon for the rest. */
+        *timeout = POOL_TRIM_INTERVAL;
+    }
+    if (PyErr_Occurred()) {
+        return -1;
+    }
+    if (self->ready.len) {
+        /* Queued by the code above on this thread (asyncio would block in
+         * select() until the next timer or event here; nothing is gained
+         * by that, and the callback must not wait for a far timer). */
+        *timeout = 0.;
+    }
+    return 0;
 }
 
 static int
@@ -443,30 +624,25 @@ run_once(gh_Loop *self)
         return -1;
     }
 
-    double timeout = -1.; /* no limit */
-    if (self->ready.len || self->stopping) {
-        timeout = 0.;
-    }
-    else if (self->timers.len) {
-        double now;
-        if (loop_now(self, &now) < 0) {
+    double timeout = 0.;
+    if (!self->ready.len && !self->stopping) {
+        /* Nothing is ready: from here until the poll returns, pushes from
+         * other threads wake the poll (the wakeup invariant above).  No
+         * Python code runs between the test and these two stores. */
+        self->sleeping = 1;
+        self->wakeup_sent = 0;
+        if (poll_timeout(self, &timeout) < 0) {
+            self->sleeping = 0;
             return -1;
         }
-        timeout = gh_timerq_top(&self->timers)->when - now;
-        if (timeout > MAX_POLL_TIMEOUT) {
-            timeout = MAX_POLL_TIMEOUT;
-        }
-        else if (timeout < 0.) {
-            timeout = 0.;
-        }
+        /* Again: a _run_once() called from that Python code (reentrant, as
+         * asyncio would allow) cleared it on its way out.  Pushes made
+         * before this store are in the queue poll_timeout() looked at last. */
+        self->sleeping = 1;
     }
-    if (timeout != 0. && gh_pool_trim(&self->pool) &&
-        (timeout < 0. || timeout > POOL_TRIM_INTERVAL)) {
-        /* About to wait: a good time to free idle workers left from a
-         * burst; come back soon for the rest. */
-        timeout = POOL_TRIM_INTERVAL;
-    }
-    if (gh_reactor_poll(self->reactor, timeout) < 0) {
+    int polled = gh_reactor_poll(self->reactor, timeout);
+    self->sleeping = 0;
+    if (polled < 0) {
         /* epoll_wait() failed: as an exception from selector.select() */
         if (!PyErr_Occurred()) {
             PyErr_SetFromErrno(PyExc_OSError);
@@ -483,14 +659,39 @@ run_once(gh_Loop *self)
     }
 
     if (self->timers.len) {
-        /* A timer is due once its deadline is not in the future: never
-         * early, and no later than this iteration. */
+        /* A timer is due once its deadline is not after now: never early,
+         * and no later than this iteration.  Written as "not after" so that
+         * a NaN clock (time() overridden) makes every timer due, as asyncio's
+         * `when >= end_time` test does; keys are never NaN (timerq.h). */
         double now;
         if (loop_now(self, &now) < 0) {
             return -1;
         }
         const gh_timer_entry *top;
-        while ((top = gh_timerq_top(&self->timers)) != NULL && top->when <= now) {
+        while ((top = gh_timerq_top(&self->timers)) != NULL) {
+            PyObject *when_obj = exotic_when(top);
+            if (when_obj == NULL) {
+                if (top->when > now) {
+                    break;
+                }
+            }
+            else {
+                PyObject *t = Py_NewRef(top->data); /* alive across the Python code */
+                Py_INCREF(when_obj);
+                int later = exotic_later(self, when_obj, now);
+                Py_DECREF(when_obj);
+                int moved = later >= 0 && gh_timerq_top(&self->timers)->data != t;
+                Py_DECREF(t);
+                if (later < 0) {
+                    return -1;
+                }
+                if (moved) {
+                    continue; /* that code scheduled an earlier timer */
+                }
+                if (later) {
+                    break;
+                }
+            }
             if (gh_loop_push_ready(self, pop_timer(self)) < 0) {
                 return -1;
             }
@@ -577,8 +778,13 @@ schedule_timer(gh_Loop *self, double when, PyObject *when_obj, PyObject *const *
         return NULL;
     }
     gh_hd(t)->when = when;
-    gh_hd(t)->when_obj = Py_XNewRef(when_obj);
-    if (self->debug && attach_source_traceback(st, t) < 0) {
+    /* A NaN deadline keeps one float object, as asyncio's handle does:
+     * hash(nan) depends on the object, so a fresh float per when() call
+     * would give the handle a different hash each time. */
+    gh_hd(t)->when_obj =
+        when_obj ? Py_NewRef(when_obj) : (Py_IS_NAN(when) ? PyFloat_FromDouble(when) : NULL);
+    if ((when_obj == NULL && Py_IS_NAN(when) && gh_hd(t)->when_obj == NULL) ||
+        (self->debug && attach_source_traceback(st, t) < 0)) {
         Py_DECREF(t);
         return NULL;
     }
@@ -597,6 +803,75 @@ gh_loop_call_at(gh_Loop *self, double when, PyObject *const *args, Py_ssize_t na
                 PyObject *context)
 {
     return schedule_timer(self, when, NULL, args, nargs, context);
+}
+
+/*
+ * The heap key of call_at(when).  asyncio stores `when` as given and uses it
+ * as it is: heapq compares it with the other timers' deadlines (`when <
+ * other`, at once in heappush() when the heap is not empty), and
+ * _run_once() computes `when - self.time()` while it is the earliest timer
+ * and the loop is idle, and `when >= end_time` to see whether it is due.
+ * greenhub keeps the object for when() and those two run-loop operations
+ * (exotic_wait() and exotic_later() below: the same arithmetic, so the same
+ * results and exceptions, at the same point), and files the timer under a
+ * float key:
+ *   - int and float (subclasses and bool too) are converted; an int beyond
+ *     the float range is filed under +/-inf, and raises asyncio's
+ *     OverflowError once the loop computes `when - time()` with it;
+ *   - anything else first gets heappush()'s comparison when the heap holds
+ *     a timer (TypeError for an object with only __float__ or __index__,
+ *     InvalidOperation for a Decimal NaN), then float(when), or else
+ *     `when - 0.0`: what has neither fails with the exception that
+ *     _run_once()'s subtraction would raise.
+ * asyncio leaves a timer whose heappush() comparison failed in its heap,
+ * where it breaks every later iteration; greenhub does not schedule it.
+ * NaN and the infinities are valid keys (timerq.h).
+ */
+static int
+deadline_from_object(gh_Loop *self, PyObject *when_obj, double *when)
+{
+    if (PyFloat_Check(when_obj) || PyLong_Check(when_obj)) {
+        *when = PyFloat_AsDouble(when_obj);
+        if (*when == -1. && PyErr_Occurred()) {
+            if (!PyLong_Check(when_obj) || !PyErr_ExceptionMatches(PyExc_OverflowError)) {
+                return -1;
+            }
+            PyErr_Clear();
+            int overflow; /* the sign of an int too large for a long */
+            (void)PyLong_AsLongAndOverflow(when_obj, &overflow);
+            *when = overflow > 0 ? INFINITY : -INFINITY;
+        }
+        return 0;
+    }
+    PyObject *zero = PyFloat_FromDouble(0.);
+    if (zero == NULL) {
+        return -1;
+    }
+    int rc = -1;
+    if (self->timers.len) {
+        PyObject *lt = PyObject_RichCompare(when_obj, zero, Py_LT);
+        if (lt == NULL) {
+            goto done;
+        }
+        Py_DECREF(lt);
+    }
+    *when = PyFloat_AsDouble(when_obj);
+    if (*when == -1. && PyErr_Occurred()) {
+        PyErr_Clear();
+        PyObject *diff = PyNumber_Subtract(when_obj, zero);
+        if (diff == NULL) {
+            goto done;
+        }
+        *when = PyFloat_AsDouble(diff);
+        Py_DECREF(diff);
+        if (*when == -1. && PyErr_Occurred()) {
+            goto done;
+        }
+    }
+    rc = 0;
+done:
+    Py_DECREF(zero);
+    return rc;
 }
 
 static PyObject *
@@ -618,8 +893,8 @@ loop_call_at(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnam
         PyErr_SetString(PyExc_TypeError, "when cannot be None");
         return NULL;
     }
-    double when = PyFloat_AsDouble(when_obj);
-    if (when == -1. && PyErr_Occurred()) {
+    double when;
+    if (deadline_from_object(self, when_obj, &when) < 0) {
         return NULL;
     }
     return schedule_timer(self, when, PyFloat_CheckExact(when_obj) ? NULL : when_obj, args + 1,
@@ -647,29 +922,34 @@ loop_call_later(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kw
         return NULL;
     }
     double now;
-    if (loop_now(self, &now) < 0) {
+    PyObject *now_obj; /* owned or NULL: an overridden time()'s non-float result */
+    if (loop_now_obj(self, &now, &now_obj) < 0) {
         return NULL;
     }
-    if (PyFloat_CheckExact(delay) || PyLong_CheckExact(delay)) {
+    if (now_obj == NULL && (PyFloat_CheckExact(delay) || PyLong_CheckExact(delay))) {
         double d = PyFloat_AsDouble(delay);
         if (d == -1. && PyErr_Occurred()) {
             return NULL;
         }
+        /* Same IEEE sum as asyncio's `self.time() + delay`: 1e308 stays
+         * finite, NaN stays NaN, inf - inf would be NaN. */
         return schedule_timer(self, now + d, NULL, args + 1, nargs - 1, context);
     }
-    /* Anything else: exactly asyncio's `self.time() + delay`. */
-    PyObject *nowobj = PyFloat_FromDouble(now);
-    if (nowobj == NULL) {
-        return NULL;
+    /* Anything else: exactly asyncio's `self.time() + delay`, then call_at(). */
+    if (now_obj == NULL) {
+        now_obj = PyFloat_FromDouble(now);
+        if (now_obj == NULL) {
+            return NULL;
+        }
     }
-    PyObject *when_obj = PyNumber_Add(nowobj, delay);
-    Py_DECREF(nowobj);
+    PyObject *when_obj = PyNumber_Add(now_obj, delay);
+    Py_DECREF(now_obj);
     if (when_obj == NULL) {
         return NULL;
     }
     PyObject *res = NULL;
-    double when = PyFloat_AsDouble(when_obj);
-    if (!(when == -1. && PyErr_Occurred())) {
+    double when;
+    if (deadline_from_object(self, when_obj, &when) == 0) {
         res = schedule_timer(self, when, PyFloat_CheckExact(when_obj) ? NULL : when_obj, args + 1,
                              nargs - 1, context);
     }
@@ -789,7 +1069,17 @@ loop_run_once(PyObject *op, PyObject *Py_UNUSED(ignored))
 static PyObject *
 loop_stop(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
-    ((gh_Loop *)op)->stopping = 1;
+    gh_Loop *self = (gh_Loop *)op;
+    self->stopping = 1;
+    /* stop() is not thread-safe in asyncio (call_soon_threadsafe(loop.stop)
+     * is), but one made from another thread while the loop sleeps should
+     * not wait for the next event either.  On the loop's own thread
+     * `sleeping` is only set while Python code runs in run_once()'s window
+     * (an overridden time()): there asyncio's select() would not see the
+     * flag before its timeout, and neither does greenhub's poll. */
+    if (!self->has_thread_id || PyThread_get_thread_ident() != self->thread_id) {
+        wake_if_sleeping(self);
+    }
     Py_RETURN_NONE;
 }
 

@@ -65,10 +65,11 @@ typedef struct gh_Loop_s {
     /* 0 not known yet, 1 the type's time() is greenhub's, 2 a subclass
      * overrides it (see loop_now in loop.c). */
     char time_kind;
-    /* Wakeups from other threads (call_soon_threadsafe): `sleeping` is set
-     * while the poll may block with the GIL released, `wakeup_sent` once a
-     * wakeup is on its way; both change only with the GIL held, which
-     * orders them for the other threads. */
+    /* Wakeups from other threads (call_soon_threadsafe; the invariant is
+     * written out in loop.c, above release_gil()): `sleeping` is set from
+     * run_once()'s "nothing is ready" decision until its poll returns,
+     * `wakeup_sent` once a wakeup is on its way in that window; both change
+     * only with the GIL held, which orders them for the other threads. */
     char sleeping;
     char wakeup_sent;
 

@@ -2,6 +2,7 @@
 #include "timerq.h"
 
 #include <assert.h>
+#include <math.h>
 #include <stdlib.h>
 
 static inline int
@@ -61,7 +62,8 @@ gh_timerq_push(gh_timerq *q, double when, void *data)
         q->items = items;
         q->cap = ncap;
     }
-    q->items[q->len].when = when;
+    /* The key must not be NaN, or the order is no longer total (timerq.h). */
+    q->items[q->len].when = isnan(when) ? -INFINITY : when;
     q->items[q->len].seq = q->next_seq++;
     q->items[q->len].data = data;
     sift_up(q->items, q->len);
