@@ -191,6 +191,10 @@ add_io(PyObject *op, PyObject *const *args, Py_ssize_t nargs, int which, const c
         old_fileobj = slot->fileobj;
         slot->fileobj = Py_NewRef(args[0]);
     }
+    /* Another thread added it while the loop sleeps in its poll (not
+     * thread-safe in asyncio, but the selector's epoll_ctl() takes effect at
+     * once): libev applies the change at its next poll, so end this one. */
+    gh_loop_wake_if_sleeping(self);
     /* Decrefs and cancels last: they can run Python code that moves `slot`. */
     Py_XDECREF(old_fileobj);
     if (old != NULL) {

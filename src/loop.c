@@ -331,7 +331,7 @@ clear_queues(gh_Loop *self)
  *   - before `sleeping` is set: the GIL is held from the "nothing ready" test
  *     to setting the flag (no Python code in between), so the push happened
  *     before the test, which sees it and does not block; or
- *   - after it: wake_if_sleeping() writes the reactor's wakeup eventfd
+ *   - after it: gh_loop_wake_if_sleeping() writes the reactor's wakeup eventfd
  *     (gh_reactor_wakeup()).  Written before the poll reaches epoll_wait(),
  *     the eventfd is readable when it does, so the poll does not wait;
  *     written during the poll, it ends it.  Either way the poll returns at
@@ -367,8 +367,8 @@ acquire_gil(void *arg)
  * (with the GIL held, so after this thread's push), so it needs no wakeup;
  * that saves libev's memory fence and system call on every
  * call_soon_threadsafe() to a busy loop. */
-static void
-wake_if_sleeping(gh_Loop *self)
+void
+gh_loop_wake_if_sleeping(gh_Loop *self)
 {
     if (self->sleeping && !self->wakeup_sent && self->reactor != NULL) {
         self->wakeup_sent = 1;
@@ -756,7 +756,7 @@ loop_call_soon_threadsafe(PyObject *op, PyObject *const *args, size_t nargsf, Py
     }
     PyObject *h = new_soon_handle(self, args, nargs, context);
     if (h != NULL) {
-        wake_if_sleeping(self);
+        gh_loop_wake_if_sleeping(self);
     }
     return h;
 }
@@ -1078,7 +1078,7 @@ loop_stop(PyObject *op, PyObject *Py_UNUSED(ignored))
      * (an overridden time()): there asyncio's select() would not see the
      * flag before its timeout, and neither does greenhub's poll. */
     if (!self->has_thread_id || PyThread_get_thread_ident() != self->thread_id) {
-        wake_if_sleeping(self);
+        gh_loop_wake_if_sleeping(self);
     }
     Py_RETURN_NONE;
 }
@@ -1191,7 +1191,7 @@ loop_parked_coros(PyObject *op, PyObject *Py_UNUSED(ignored))
 static PyObject *
 loop_write_to_self(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
-    wake_if_sleeping((gh_Loop *)op);
+    gh_loop_wake_if_sleeping((gh_Loop *)op);
     Py_RETURN_NONE;
 }
 

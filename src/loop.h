@@ -112,6 +112,11 @@ typedef struct gh_io_slot {
     PyObject *fileobj;
 } gh_io_slot;
 
+/* Wakes the poll if the loop may be sleeping (the wakeup invariant in
+ * loop.c): for pushes from other threads, and for fd watchers changed from
+ * another thread while the loop sleeps. */
+void gh_loop_wake_if_sleeping(gh_Loop *loop);
+
 /* Queues a handle to run in the next pass; steals the reference (also on
  * failure: -1 with MemoryError set). */
 int gh_loop_push_ready(gh_Loop *loop, PyObject *h);

@@ -328,3 +328,35 @@ def test_threadsafe_storm_into_busy_loop(loop):
 
     loop.run_until_complete(busy())
     assert got == list(range(n))
+
+
+def test_add_reader_from_another_thread_while_sleeping(loop):
+    """Not thread-safe in asyncio, but the selector's epoll_ctl() takes effect at once,
+    so on the stock loop a reader added by another thread while the loop sleeps fires
+    when the fd becomes readable.  greenhub applies watcher changes at the next poll,
+    so the registration wakes the sleeping one."""
+    import socket
+
+    a, b = socket.socketpair()
+    got = loop.create_future()
+    asleep = threading.Event()
+    loop.call_soon(asleep.set)
+
+    def other():
+        asleep.wait(5)
+        # The loop has run the callback above and is in (or on its way to) its poll,
+        # with a 30 s timer as the only thing to wait for.
+        loop.add_reader(a, lambda: got.done() or got.set_result(a.recv(10)))
+        b.send(b"x")
+
+    far = loop.call_later(30, lambda: None)
+    t = threading.Thread(target=other)
+    t.start()
+    try:
+        assert loop.run_until_complete(asyncio.wait_for(got, 20)) == b"x"
+    finally:
+        t.join()
+        far.cancel()
+        loop.remove_reader(a)
+        a.close()
+        b.close()
