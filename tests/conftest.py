@@ -34,8 +34,6 @@ from pathlib import Path
 import pytest
 import support
 
-import greenhub
-
 # pg_dsn and pg_admin_dsn: a real PostgreSQL for the database tests (tests/pg_fixtures.py).
 pytest_plugins = ("pg_fixtures",)
 
@@ -70,6 +68,8 @@ def _check_installed_greenhub():
     distribution, so refuse to run if greenhub was imported from anywhere else - a source
     tree on sys.path, the current directory - or if child processes, which get the tests'
     parent directory on PYTHONPATH, would find a source tree there."""
+    import greenhub
+
     dist_name = "greenhub-loop"
     here = Path(__file__).resolve().parent
     problems = []
