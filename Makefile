@@ -4,6 +4,7 @@ PIP = $(PY) -m pip
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
 .PHONY: help deps build debug demo test test-unit test-compat test-pg test-upstream bench lint format clean
+.PHONY: deps-build wheel test-installed
 
 help:
 	@echo "make demo        install what is missing, build, run the showcase"
@@ -18,43 +19,39 @@ help:
 	@echo "                 (UPSTREAM_ARGS=--quick for the subset CI runs)"
 	@echo "make bench       benchmarks: greenhub vs asyncio vs uvloop (and vthread peers), echo, HTTP"
 	@echo "make lint        ruff + clang-format checks;  make format  applies them"
+	@echo "make wheel       dist/: the sdist and a wheel built from it that carries its own libev"
+	@echo "make test-installed  that wheel in a fresh virtualenv: the pytest suite against it"
 
-# System and Python packages a fresh Debian machine lacks.
-deps:
-	@if [ ! -f /usr/include/ev.h ] && [ -z "$$LIBEV_PREFIX" ]; then \
-	    echo "installing libev-dev"; \
-	    (apt-get update -qq && apt-get install -y -qq libev-dev) >/dev/null; \
+# What a fresh Debian machine lacks: a C compiler and libev-dev for the build, then the
+# Python packages pyproject.toml lists (.ci/deps: the build's requirements; `deps` adds
+# the [test] extra, the test matrix).  `make demo` needs only deps-build.
+deps-build:
+	@if ! command -v cc >/dev/null || { [ ! -f /usr/include/ev.h ] && [ -z "$$LIBEV_PREFIX" ]; }; then \
+	    echo "installing gcc and libev-dev"; \
+	    (apt-get update -qq && apt-get install -y -qq gcc libev-dev) >/dev/null; \
 	fi
-	@$(PY) -c "import setuptools, greenlet, pytest, pytest_timeout, trustme, aiohttp, httpx, websockets, requests" \
-	    2>/dev/null || $(PIP) install -q --disable-pip-version-check --root-user-action=ignore \
-	        setuptools wheel "greenlet>=3.0" pytest pytest-timeout trustme aiohttp httpx websockets requests
-	@$(PY) -c "import psycopg, psycopg_pool, asyncpg, sqlalchemy; assert sqlalchemy.__version__ >= '2'" \
-	    2>/dev/null || $(PIP) install -q --disable-pip-version-check --root-user-action=ignore \
-	        "psycopg[binary]>=3.2" psycopg-pool asyncpg "sqlalchemy>=2"
-	@$(PY) -c "import django, uvicorn; assert django.VERSION[:2] >= (5, 2)" \
-	    2>/dev/null || $(PIP) install -q --disable-pip-version-check --root-user-action=ignore \
-	        "django>=5.2,<6" uvicorn
-	@$(PY) -c "import anyio, pytest_asyncio, redis" \
-	    2>/dev/null || $(PIP) install -q --disable-pip-version-check --root-user-action=ignore \
-	        anyio "pytest-asyncio>=1.4" redis
+	@$(PY) .ci/deps build
+
+deps: deps-build
+	@$(PY) .ci/deps test
 
 # A debug build leaves a marker per interpreter (build/debug<EXT_SUFFIX>), so that the
 # next `make build` for that interpreter rebuilds instead of keeping the debug objects.
 EXT_SUFFIX = $(shell $(PY) -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))" 2>/dev/null)
 DEBUG_MARK = build/debug$(EXT_SUFFIX)
 
-build: deps
+build: deps-build
 	$(PY) setup.py -q build_ext --inplace $$([ -f "$(DEBUG_MARK)" ] && echo --force)
 	rm -f "$(DEBUG_MARK)"
 
-debug: deps
+debug: deps-build
 	GREENHUB_DEBUG=1 $(PY) setup.py -q build_ext --inplace --force
 	mkdir -p build && touch "$(DEBUG_MARK)"
 
 demo: build
 	$(PY) examples/demo.py
 
-test-unit: build
+test-unit: deps build
 	$(PY) -m pytest -q tests
 
 # CPython's suites: the scheduling ones (default) and the I/O ones (io).  Every module
@@ -69,7 +66,7 @@ test: test-unit test-compat
 
 # The PostgreSQL tests (tests/test_pg_*.py) against a throwaway cluster that .ci/pg
 # starts and removes; `.ci/pg run make test` runs everything with one.
-test-pg: build
+test-pg: deps build
 	PY=$(PY) .ci/pg run $(PY) -m pytest -q tests/test_pg_*.py tests/test_django.py
 
 # Upstream projects' own suites (from their sdists, cached in ~/.cache/greenhub/upstream):
@@ -77,15 +74,13 @@ test-pg: build
 # 2-core machine (asgiref, starlette, httpx, aiofiles, janus and aiosqlite about 4 minutes
 # of it); CI runs UPSTREAM_ARGS=--quick (anyio, aiohttp) on one Python (compat/README.md).
 UPSTREAM_ARGS ?=
-test-upstream: build
+test-upstream: deps build
 	$(PY) compat/run_upstream.py --install-deps $(UPSTREAM_ARGS)
 
-# The peers the benchmarks compare with; each benchmark skips a missing one.
-BENCH_PEERS = uvloop sqlalchemy greenback asgiref gevent httptools
-
+# The peers the benchmarks compare with are the [bench] extra; each benchmark skips a
+# missing one.
 bench: build
-	@$(PY) -c "import uvloop, sqlalchemy, greenback, asgiref, gevent, httptools" 2>/dev/null || \
-	    $(PIP) install -q --disable-pip-version-check --root-user-action=ignore $(BENCH_PEERS)
+	@$(PY) .ci/deps bench
 	$(PY) benchmarks/bench_scheduling.py
 	$(PY) benchmarks/bench_vthread.py
 	$(PY) benchmarks/bench_memory.py
@@ -95,6 +90,17 @@ bench: build
 	    (apt-get update -qq && apt-get install -y -qq wrk) >/dev/null || true; }
 	$(PY) benchmarks/bench_http.py
 	$(PY) benchmarks/bench_django.py
+
+# dist/: the sdist and a wheel built from it whose _core carries its own libev
+# (auditwheel repair), tagged with the manylinux level its symbols allow (.ci/wheel).
+wheel: deps-build
+	.ci/wheel $(PY) dist
+
+# The pytest suite against that wheel, installed in a fresh virtualenv outside the
+# checkout (.ci/installed-tests; CI runs it).  PYTEST_ARGS: e.g. tests/test_tasks.py.
+PYTEST_ARGS ?=
+test-installed: deps-build
+	.ci/installed-tests $(PY) $(PYTEST_ARGS)
 
 lint:
 	ruff check greenhub tests compat benchmarks examples
@@ -107,4 +113,4 @@ format:
 	clang-format -i src/*.c src/*.h benchmarks/*.c
 
 clean:
-	rm -rf build greenhub/*.so greenhub/__pycache__ tests/__pycache__
+	rm -rf build dist greenhub/*.so greenhub/__pycache__ tests/__pycache__ *.egg-info

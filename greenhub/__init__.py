@@ -11,6 +11,12 @@ An asyncio event loop written in C on libev.  Use it as any asyncio loop::
 
 import asyncio as _asyncio
 
+try:
+    from . import _core
+except ImportError as _exc:  # not built for this Python, or it does not load: say which
+    from ._build_hint import core_import_error
+
+    raise core_import_error(_exc) from None
 from . import _core, _vthread, _watchdog, vthread  # noqa: F401 - _core: diagnostics
 from ._cancel import defer_cancellation
 from ._colours import async_to_sync, sync_to_async, to_thread

@@ -23,9 +23,13 @@ the test that caused it, not again by every test after it.
 
 import asyncio
 import gc
+import importlib.metadata
+import os
 import socket
 import sys
+import sysconfig
 import threading
+from pathlib import Path
 
 import pytest
 import support
@@ -39,6 +43,8 @@ _COUNTERS_BEFORE = pytest.StashKey[dict]()
 
 
 def pytest_configure(config):
+    if os.environ.get("GREENHUB_TEST_INSTALLED") == "1":
+        _check_installed_greenhub()
     # An exception that escapes a helper thread, or is raised where Python can only print
     # it (a __del__, a dealloc, a weakref callback), fails the test instead of passing by.
     config.addinivalue_line("filterwarnings", "error::pytest.PytestUnhandledThreadExceptionWarning")
@@ -55,6 +61,37 @@ def pytest_collection_finish(session):
     # gc.get_objects()/get_referrers(); support.py unfreezes to name a leak's holders.)
     gc.collect()
     gc.freeze()
+
+
+def _check_installed_greenhub():
+    """GREENHUB_TEST_INSTALLED=1 (.ci/installed-tests): the suite tests the installed
+    distribution, so refuse to run if greenhub was imported from anywhere else - a source
+    tree on sys.path, the current directory - or if child processes, which get the tests'
+    parent directory on PYTHONPATH, would find a source tree there."""
+    import greenhub
+
+    dist_name = "greenhub-loop"
+    here = Path(__file__).resolve().parent
+    problems = []
+    try:
+        dist = importlib.metadata.distribution(dist_name)
+    except importlib.metadata.PackageNotFoundError:
+        problems.append(f"the {dist_name} distribution is not installed in {sys.prefix}")
+    else:  # the files imported are those the distribution installed (its RECORD)
+        record = {Path(dist.locate_file(f)).resolve() for f in dist.files or ()}
+        for module in (greenhub, greenhub._core):
+            if Path(module.__file__).resolve() not in record:
+                problems.append(f"{module.__name__} comes from {module.__file__}, not {dist_name}")
+    site_dirs = {Path(sysconfig.get_path(k)).resolve() for k in ("purelib", "platlib")}
+    if not any(Path(greenhub.__file__).resolve().is_relative_to(d) for d in site_dirs):
+        problems.append(f"greenhub ({greenhub.__file__}) is not in {sorted(map(str, site_dirs))}")
+    if (here.parent / "greenhub").exists():
+        problems.append(f"{here.parent} holds a greenhub/ source tree that child processes import")
+    if problems:
+        raise pytest.UsageError(
+            "GREENHUB_TEST_INSTALLED=1 but this run would not test the installed greenhub:\n  "
+            + "\n  ".join(problems)
+        )
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -69,7 +69,9 @@ def greenhub_counters():
 def live_greenhub_loops():
     import greenhub
 
-    return [o for o in gc.get_objects() if isinstance(o, greenhub.Loop)]
+    # type(), not isinstance(): isinstance() asks a lazy proxy's __class__, and Django's
+    # LazySettings then tries to configure itself (ImproperlyConfigured) mid-report.
+    return [o for o in gc.get_objects() if issubclass(type(o), greenhub.Loop)]
 
 
 def describe_referrers(obj, ignore=(), limit=5):

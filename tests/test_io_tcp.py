@@ -1181,13 +1181,21 @@ def test_write_pipe_reader_closed(loop, pending):
     assert run(loop, main()) == (BrokenPipeError if pending else type(None), True, 0)
 
 
+# The read pipe transport's is_reading() came in a 3.11 bugfix release: Debian 12's 3.11.2
+# lacks it (NotImplementedError, on the stock loop too).  There only the data is compared.
+PIPE_IS_READING = "is_reading" in vars(asyncio.unix_events._UnixReadPipeTransport)
+
+
 def test_read_pipe_pause_and_resume(loop):
+    def is_reading(rt):
+        return rt.is_reading() if PIPE_IS_READING else False
+
     async def main():
         rfd, wfd = os.pipe()
         proto = Collect(loop)
         rt, _ = await loop.connect_read_pipe(lambda: proto, os.fdopen(rfd, "rb", 0))
         rt.pause_reading()
-        paused = rt.is_reading()
+        paused = is_reading(rt)
         os.write(wfd, b"while paused")
         await asyncio.sleep(0.05)
         during = bytes(proto.data)
@@ -1196,7 +1204,7 @@ def test_read_pipe_pause_and_resume(loop):
             await asyncio.sleep(0.005)
         os.close(wfd)
         await proto.done
-        return paused, during, bytes(proto.data), rt.is_reading()
+        return paused, during, bytes(proto.data), is_reading(rt)
 
     assert run(loop, main()) == (False, b"", b"while paused", False)
 
