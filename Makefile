@@ -3,7 +3,7 @@ PY ?= python3
 PIP = $(PY) -m pip
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: help deps build debug demo test test-unit test-compat test-pg test-upstream bench lint format clean
+.PHONY: help deps build debug asan demo test test-unit test-compat test-pg test-upstream bench lint format clean
 .PHONY: deps-build wheel test-installed
 
 help:
@@ -11,6 +11,8 @@ help:
 	@echo "make test        install what is missing, build, run every test"
 	@echo "make build       build the C extension in place (PY=python3.x to pick)"
 	@echo "make debug       debug build: -O0 -g, assertions on"
+	@echo "make asan        AddressSanitizer + UBSan build, pytest suite under them: no report allowed"
+	@echo "                 (ASAN_TESTS=tests/test_x.py for one file; the next make build rebuilds)"
 	@echo "make test-unit   pytest suite only;  make test-compat  CPython's suites only"
 	@echo "                 (COMPAT_GROUPS=default|io|all, default all;"
 	@echo "                 COMPAT_BASELINE=full also runs every module on the stock loop)"
@@ -35,18 +37,35 @@ deps-build:
 deps: deps-build
 	@$(PY) .ci/deps test
 
-# A debug build leaves a marker per interpreter (build/debug<EXT_SUFFIX>), so that the
-# next `make build` for that interpreter rebuilds instead of keeping the debug objects.
+# A debug or sanitizer build leaves a marker per interpreter (build/debug<EXT_SUFFIX>,
+# build/asan<EXT_SUFFIX>), so that the next `make build` for that interpreter rebuilds
+# instead of keeping those objects (and `make asan` rebuilds a release or debug build).
 EXT_SUFFIX = $(shell $(PY) -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))" 2>/dev/null)
 DEBUG_MARK = build/debug$(EXT_SUFFIX)
+ASAN_MARK = build/asan$(EXT_SUFFIX)
 
 build: deps-build
-	$(PY) setup.py -q build_ext --inplace $$([ -f "$(DEBUG_MARK)" ] && echo --force)
-	rm -f "$(DEBUG_MARK)"
+	$(PY) setup.py -q build_ext --inplace $$([ -f "$(DEBUG_MARK)" ] || [ -f "$(ASAN_MARK)" ] && echo --force)
+	rm -f "$(DEBUG_MARK)" "$(ASAN_MARK)"
 
 debug: deps-build
 	GREENHUB_DEBUG=1 $(PY) setup.py -q build_ext --inplace --force
+	rm -f "$(ASAN_MARK)"
 	mkdir -p build && touch "$(DEBUG_MARK)"
+
+# The pytest suite (ASAN_TESTS) on an extension built with AddressSanitizer and
+# UndefinedBehaviorSanitizer (GREENHUB_SANITIZE=1), in the uninstrumented CPython with
+# the sanitizer runtimes preloaded (.ci/asan/run: options, leak check, reports); any
+# report from any process of the run fails the target (docs/development.md).  The
+# in-place extension stays the sanitizer build, which cannot be imported without the
+# runtimes preloaded, until the next `make build`.
+ASAN_TESTS ?= tests
+
+asan: deps
+	GREENHUB_SANITIZE=1 $(PY) setup.py -q build_ext --inplace $$([ -f "$(ASAN_MARK)" ] || echo --force)
+	rm -f "$(DEBUG_MARK)"
+	mkdir -p build && touch "$(ASAN_MARK)"
+	py=$$($(PY) -c "import sys; print(sys.executable)") && PY="$$py" .ci/asan/run "$$py" -m pytest -q $(ASAN_TESTS)
 
 demo: build
 	$(PY) examples/demo.py

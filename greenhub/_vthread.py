@@ -53,6 +53,7 @@ class _ThreadLoop:
         self.loop = Loop()
 
     def close(self):
+        """At exit (atexit, main thread): what asyncio.run() does at its end."""
         loop = self.loop
         if not loop.is_closed() and not loop.is_running():
             try:
@@ -62,8 +63,24 @@ class _ThreadLoop:
                 loop.close()
 
     def __del__(self):
+        # The thread has ended: this runs inside CPython's teardown of its thread state,
+        # after the thread's dict (where asyncio keeps the running loop) and its entry in
+        # threading's table were dropped.  Running the loop there makes asyncio create a
+        # new dict, which 3.11 never frees (about 300 bytes per thread), and
+        # shutdown_default_executor() starts a thread, whose constructor (and any join)
+        # registers a dummy Thread for the dying one: a leak on every version, and on
+        # 3.13 an error printed for each at exit.  So only async generators, which need
+        # the loop to finish, make it run; close() shuts the executor down without
+        # waiting for its idle workers, which then exit on their own.
         try:
-            self.close()
+            loop = self.loop
+            if loop.is_closed() or loop.is_running():
+                return
+            try:
+                if loop._asyncgens:
+                    loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                loop.close()
         except Exception:  # interpreter shutdown: modules may be gone
             pass
 

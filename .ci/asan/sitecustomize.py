@@ -1,0 +1,80 @@
+"""Leak check for `make asan`: every Python process of the run imports this module
+at startup (the Makefile puts this directory first on PYTHONPATH; child processes
+inherit it), and it arranges for LeakSanitizer to run once the interpreter has been
+finalized.
+
+Why not LeakSanitizer's own check at exit: the sanitizer runtime is preloaded into
+every process the tests start, and most of those are not Python (git, redis-server,
+openssl, sh...), with leaks of their own that are not greenhub's business.  So the
+run sets ASAN_OPTIONS=leak_check_at_exit=0, and only Python processes ask for the
+check, from here: Py_AtExit() calls __lsan_do_leak_check() at the very end of
+Py_FinalizeEx(), after CPython has freed what it frees.  What is still allocated then
+and reachable from nothing is a leak: for greenhub, a reference it took and never
+released (an object with a refcount nobody will drop), or a block it malloc'ed and
+lost.
+
+Two kinds of process are not checked, because what they leak is leaked by design:
+- one that exits while other Python threads still run (daemon threads): CPython
+  abandons them mid-flight with their frames and arguments;
+- one that exits with greenlets suspended (a greenhub loop that was never closed
+  keeps its worker greenlets): greenlet cannot unwind them during finalization, and
+  what their stacks refer to stays allocated.
+Both are rare in the test suite (tests that exit that way on purpose, in children).
+"""
+
+import atexit
+import sys
+
+
+def _arm_leak_check():
+    # Registered first, so it runs last of the atexit callbacks: after greenhub's own
+    # (the watchdog's stop, the per-thread loops' close) and the program's.  Threads
+    # that are not daemons were joined before the atexit callbacks run.
+    import ctypes
+    import threading
+
+    if set(sys._current_frames()) - {threading.get_ident()}:
+        return _skipped("Python threads still running")
+    if _suspended_greenlets():
+        core = sys.modules.get("greenhub._core")
+        loops = _loops(core) if core is not None else []
+        closed = sum(lp.is_closed() for lp in loops)
+        return _skipped(f"greenlets still suspended; greenhub loops: {len(loops)}, closed {closed}")
+    try:
+        check = ctypes.CDLL(None).__lsan_do_leak_check
+    except AttributeError:  # the runtime is not preloaded: nothing to check with
+        return
+    # A C function with no arguments, called after finalization: no Python code runs.
+    ctypes.pythonapi.Py_AtExit(ctypes.cast(check, ctypes.c_void_p))
+
+
+def _skipped(reason):
+    # Told to .ci/asan/run, which lists such processes after the run (not a failure).
+    import os
+
+    log = os.environ.get("GREENHUB_ASAN_LOG")
+    if log:
+        with open(os.path.join(log, f"no-leak-check.{os.getpid()}"), "w") as f:
+            f.write(f"{reason}: {' '.join(sys.argv)[:200]}\n")
+
+
+def _loops(core):
+    import gc
+
+    return [o for o in gc.get_objects() if isinstance(o, core.Loop)]
+
+
+def _suspended_greenlets():
+    greenlet = sys.modules.get("greenlet")
+    if greenlet is None:
+        return False
+    import gc
+
+    current = greenlet.getcurrent()
+    return any(
+        isinstance(g, greenlet.greenlet) and g and g.parent is not None and g is not current
+        for g in gc.get_objects()
+    )
+
+
+atexit.register(_arm_leak_check)
