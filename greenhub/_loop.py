@@ -247,9 +247,20 @@ class Loop(_core.Loop, ChildrenMixin, ResolveMixin, unix_events._UnixSelectorEve
         if self.is_closed():
             return
         self._finish_parked_vthreads()
+        self._release_idle_workers()
         self._close_children()
         super().close()
         self._close_core()
+
+    def _release_idle_workers(self):
+        """Tasks still pending at a native await keep their idle worker greenlet.
+        Let those go here, on the loop's thread: a greenlet can only be ended in its
+        own thread, and a thread that ends with its loop (await_() with no loop
+        running) would leave them to be freed without running their exit."""
+        for task in asyncio.all_tasks(self):
+            coro = task.get_coro()
+            if type(coro) is _core.GreenCoro:
+                coro._release_worker()
 
     def _finish_parked_vthreads(self):
         """Virtual threads suspended inside await_() hold a greenlet stack.

@@ -13,6 +13,7 @@
 #include "loop.h"
 
 #include <errno.h>
+#include <fcntl.h>
 
 #include "compat.h"
 #include "handle.h"
@@ -74,20 +75,27 @@ slot_for(gh_Loop *self, int fd, int create)
     if (!create) {
         return NULL;
     }
-    int n = self->n_io_slots ? self->n_io_slots : 64;
-    while (n <= fd) {
+    /* The table grows to the fd's number: only for an open fd, which the
+     * kernel keeps below its limit (nr_open <= 2**30), so a bad number
+     * costs no memory and the doubling stays within an int. */
+    if (fcntl(fd, F_GETFD) < 0 && errno == EBADF) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return NULL;
+    }
+    size_t n = self->n_io_slots ? (size_t)self->n_io_slots : 64;
+    while (n <= (size_t)fd) {
         n *= 2;
     }
-    gh_io_slot *slots = PyMem_Realloc(self->io_slots, (size_t)n * sizeof(*slots));
+    gh_io_slot *slots = PyMem_Realloc(self->io_slots, n * sizeof(*slots));
     if (slots == NULL) {
         PyErr_NoMemory();
         return NULL;
     }
-    for (int i = self->n_io_slots; i < n; i++) {
+    for (size_t i = (size_t)self->n_io_slots; i < n; i++) {
         slots[i].reader = slots[i].writer = slots[i].armed_for = slots[i].fileobj = NULL;
     }
     self->io_slots = slots;
-    self->n_io_slots = n;
+    self->n_io_slots = (int)n;
     return &slots[fd];
 }
 

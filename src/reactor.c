@@ -41,7 +41,9 @@
 #include <fcntl.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -59,6 +61,7 @@ struct gh_reactor {
     ev_timer timeout; /* bounds a poll's wait; its callback does nothing */
     ev_io wakeup;     /* watches wake_fd; its callback drains it */
     int wake_fd;      /* owned: eventfd that gh_reactor_wakeup() writes to */
+    int probe_fd;     /* owned, or -1 until needed: empty epoll set for fd_watchable() */
     gh_reactor_hook release, acquire;
     void *hook_arg;
     ev_fork rebuild; /* runs before libev re-registers every fd (see above) */
@@ -117,11 +120,62 @@ io_ready_cb(struct ev_loop *ev, ev_io *w, int revents)
 }
 
 /* 1 if libev may hand `fd` to epoll_ctl() without tripping an assertion;
- * 0 with errno set to EBADF if it is not open. */
+ * 0 with errno set to EBADF if it is not open, or open with O_PATH (no I/O:
+ * epoll_ctl() refuses it with EBADF too). */
 static int
 fd_usable(int fd)
 {
-    return fcntl(fd, F_GETFD) >= 0 || errno != EBADF;
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0) {
+        return errno != EBADF;
+    }
+    if (flags & O_PATH) {
+        errno = EBADF;
+        return 0;
+    }
+    return 1;
+}
+
+/* 1 if epoll can watch `fd`; 0 with errno set as epoll_ctl(EPOLL_CTL_ADD)
+ * would set it: EBADF (closed, O_PATH), EPERM (a regular file or a
+ * directory, which epoll refuses and the selector loop reports as
+ * PermissionError; libev would instead call the watcher on every poll).  A
+ * socket or pipe needs nothing more than fstat(); a device or an anonymous
+ * inode (eventfd, pidfd, another epoll set, ...) may or may not support
+ * polling, so it is tried on a private epoll set. */
+static int
+fd_watchable(gh_reactor *r, int fd)
+{
+    if (!fd_usable(fd)) {
+        return 0;
+    }
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+        return 1; /* let epoll_ctl() decide */
+    }
+    switch (st.st_mode & S_IFMT) {
+    case S_IFSOCK:
+    case S_IFIFO:
+        return 1;
+    case S_IFREG:
+    case S_IFDIR:
+        errno = EPERM;
+        return 0;
+    default:
+        break;
+    }
+    if (r->probe_fd < 0) {
+        r->probe_fd = epoll_create1(EPOLL_CLOEXEC);
+        if (r->probe_fd < 0) {
+            return 1; /* no fd to spare for the probe: let epoll_ctl() decide */
+        }
+    }
+    struct epoll_event ev = {.events = EPOLLIN};
+    if (epoll_ctl(r->probe_fd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+        return 0;
+    }
+    (void)epoll_ctl(r->probe_fd, EPOLL_CTL_DEL, fd, &ev);
+    return 1;
 }
 
 /* Stops the watcher of each fd in `fds` (all watched fds when fds is NULL)
@@ -196,7 +250,7 @@ gh_reactor_new(void)
 {
     gh_reactor *r = calloc(1, sizeof(*r));
     if (r != NULL) {
-        r->wake_fd = -1;
+        r->wake_fd = r->probe_fd = -1;
     }
     if (r == NULL) {
         return NULL;
@@ -258,6 +312,9 @@ gh_reactor_free(gh_reactor *r)
     }
     if (r->wake_fd >= 0) {
         close(r->wake_fd);
+    }
+    if (r->probe_fd >= 0) {
+        close(r->probe_fd);
     }
     free(r->ios);
     free(r->changed);
@@ -401,26 +458,28 @@ gh_reactor_io_watch(gh_reactor *r, int fd, int events)
         return 0;
     }
     if (w == NULL) {
-        /* epoll would accept a closed descriptor only to fail later;
-         * refuse it now, as asyncio's selector does (EBADF). */
-        if (!fd_usable(fd)) {
+        /* Refused now, with the error asyncio's selector gets from
+         * epoll_ctl() (libev would fail later, or poll a file for ever). */
+        if (!fd_watchable(r, fd)) {
             return -1;
         }
         if (fd >= r->nios) {
-            int n = r->nios ? r->nios : 64;
-            while (n <= fd) {
+            /* fd is open, so below the kernel's limit (nr_open <= 2**30):
+             * the doubling stays within an int. */
+            size_t n = r->nios ? (size_t)r->nios : 64;
+            while (n <= (size_t)fd) {
                 n *= 2;
             }
-            gh_watch **ios = realloc(r->ios, (size_t)n * sizeof(*ios));
+            gh_watch **ios = realloc(r->ios, n * sizeof(*ios));
             if (ios == NULL) {
                 errno = ENOMEM;
                 return -1;
             }
-            for (int i = r->nios; i < n; i++) {
+            for (size_t i = (size_t)r->nios; i < n; i++) {
                 ios[i] = NULL;
             }
             r->ios = ios;
-            r->nios = n;
+            r->nios = (int)n;
         }
         w = calloc(1, sizeof(*w));
         if (w == NULL) {

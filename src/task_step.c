@@ -1083,7 +1083,28 @@ coro_get_awaiting(PyObject *self, void *Py_UNUSED(closure))
     return Py_NewRef(a ? a : Py_None);
 }
 
+/* _release_worker(): the loop is closing and this task waits at a native
+ * await (its worker idle, bound to it): let the worker go now, on the
+ * loop's thread, where greenlet can end it - after the thread is gone it
+ * could only be freed without running its exit (a leak of its frames). */
+static PyObject *
+coro_release_worker(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    gh_GreenCoro *w = (gh_GreenCoro *)self;
+    if (w->worker == NULL || w->running || w->parked_in != NULL) {
+        Py_RETURN_NONE;
+    }
+    gh_Loop *loop = coro_loop(w);
+    PyObject *g = w->worker;
+    w->worker = NULL;
+    *worker_owner(g) = NULL;
+    loop->bound_workers--;
+    Py_DECREF(g); /* ends it (GreenletExit) unless someone else holds it */
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef coro_methods[] = {
+    {"_release_worker", coro_release_worker, METH_NOARGS, NULL},
     {"send", coro_send, METH_O, "Run the next step of the task (on its greenlet)."},
     {"throw", (PyCFunction)(void (*)(void))coro_throw, METH_FASTCALL,
      "Raise an exception where the task is suspended (an await or an await_())."},
