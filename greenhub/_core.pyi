@@ -10,16 +10,15 @@ them; user code needs only ``await_``, ``in_vthread``, ``check_switch``,
 import asyncio
 import socket
 import sys
-from _typeshed import FileDescriptorLike, ReadableBuffer, WriteableBuffer
 from asyncio.events import AbstractEventLoop, _TaskFactory
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from contextvars import Context
 from types import TracebackType
 from typing import Any, Final, TypeAlias, TypeVar, TypeVarTuple, Unpack, final, overload
 
-from typing_extensions import disjoint_base
-
 import greenlet
+from _typeshed import FileDescriptorLike, ReadableBuffer, WriteableBuffer
+from typing_extensions import disjoint_base
 
 _T = TypeVar("_T")
 _Ts = TypeVarTuple("_Ts")
@@ -123,10 +122,18 @@ class Loop:
     def _write_to_self(self) -> None: ...
     def _parked_coros(self) -> list[GreenCoro]: ...
     def _add_reader(
-        self, fd: FileDescriptorLike, callback: Callable[[Unpack[_Ts]], object], /, *args: Unpack[_Ts]
+        self,
+        fd: FileDescriptorLike,
+        callback: Callable[[Unpack[_Ts]], object],
+        /,
+        *args: Unpack[_Ts],
     ) -> Handle: ...
     def _add_writer(
-        self, fd: FileDescriptorLike, callback: Callable[[Unpack[_Ts]], object], /, *args: Unpack[_Ts]
+        self,
+        fd: FileDescriptorLike,
+        callback: Callable[[Unpack[_Ts]], object],
+        /,
+        *args: Unpack[_Ts],
     ) -> Handle: ...
     def _io_watchers(self) -> dict[int, int]: ...
     def _remove_reader(self, fd: FileDescriptorLike, /) -> bool: ...
@@ -267,13 +274,11 @@ def _green_sendall(sock: socket.socket, args: tuple[Any, ...], /) -> None: ...
 def _green_wait(sock: socket.socket, write: bool, timeout: float | None, /) -> None: ...
 def _wait_fd(fd: int, events: int, timeout: float | None, /) -> int: ...
 def _register_green_socket(cls: type[socket.socket], /) -> None: ...
-def _wrap_worker_main(
-    entry: Callable[[Callable[[], object]], Callable[[], object]], /
-) -> None: ...
+def _wrap_worker_main(entry: Callable[[Callable[[], object]], Callable[[], object]], /) -> None: ...
 def _install_hooks(
-    handle_repr: Callable[[asyncio.Handle], str],
-    callback_error: Callable[[asyncio.Handle, BaseException], None],
-    slow_callback: Callable[[asyncio.Handle, float], None],
+    handle_repr: Callable[[Handle | TimerHandle], str],
+    callback_error: Callable[[Handle | TimerHandle, BaseException], None],
+    slow_callback: Callable[[Handle | TimerHandle, float], None],
     extract_stack: Callable[..., Any],
     run_sync: Callable[..., Any],
 ) -> None: ...
