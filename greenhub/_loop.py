@@ -314,7 +314,7 @@ def _format_callback_source(
     callback: Callable[..., object] | None, args: Sequence[Any], debug: bool
 ) -> str:
     try:
-        return format_helpers._format_callback_source(callback, args, debug=debug)  # type: ignore[call-arg]  # 3.13+
+        return format_helpers._format_callback_source(callback, args, debug=debug)  # type: ignore[call-arg,unused-ignore]  # (3.13+)
     except TypeError:  # Python < 3.13 has no `debug` parameter
         return format_helpers._format_callback_source(callback, args)
 
