@@ -4,7 +4,7 @@ PIP = $(PY) -m pip
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
 .PHONY: help deps build debug asan demo test test-unit test-compat test-pg test-upstream bench lint format clean
-.PHONY: deps-build wheel test-installed
+.PHONY: deps-build wheel test-installed typecheck
 
 help:
 	@echo "make demo        install what is missing, build, run the showcase"
@@ -21,6 +21,7 @@ help:
 	@echo "                 (UPSTREAM_ARGS=--quick for the subset CI runs)"
 	@echo "make bench       benchmarks: greenhub vs asyncio vs uvloop (and vthread peers), echo, HTTP"
 	@echo "make lint        ruff + clang-format checks;  make format  applies them"
+	@echo "make typecheck   mypy --strict: the package, examples/typed_usage.py; stubtest of _core"
 	@echo "make wheel       dist/: the sdist and a wheel built from it that carries its own libev"
 	@echo "make test-installed  that wheel in a fresh virtualenv: the pytest suite against it"
 
@@ -120,6 +121,17 @@ wheel: deps-build
 PYTEST_ARGS ?=
 test-installed: deps-build
 	.ci/installed-tests $(PY) $(PYTEST_ARGS)
+
+# Types (PEP 561: greenhub ships py.typed and greenhub/_core.pyi).  mypy --strict over
+# the whole package and over examples/typed_usage.py (a program using the public API,
+# which tests/test_typed_usage.py runs), with pyproject.toml's [tool.mypy] settings; then
+# stubtest: greenhub/_core.pyi against the C extension built for $(PY) (no allowlist).
+# mypy and greenlet's stubs are the [typecheck] extra.
+typecheck: deps build
+	@$(PY) .ci/deps typecheck
+	$(PY) -m mypy -p greenhub
+	$(PY) -m mypy examples/typed_usage.py
+	$(PY) -m mypy.stubtest greenhub._core
 
 lint:
 	ruff check greenhub tests compat benchmarks examples

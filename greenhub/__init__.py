@@ -10,6 +10,13 @@ An asyncio event loop written in C on libev.  Use it as any asyncio loop::
 """
 
 import asyncio as _asyncio
+from collections.abc import Callable as _Callable
+from collections.abc import Coroutine as _Coroutine
+from typing import Any as _Any
+from typing import TypeVar as _TypeVar
+from typing import TypeVarTuple as _TypeVarTuple
+from typing import Unpack as _Unpack
+from typing import overload as _overload
 
 try:
     from . import _core
@@ -72,8 +79,11 @@ __all__ = [
 __all__ += ["socket", "ssl"]  # green sockets (imported on first use: import greenhub.socket)
 __version__ = "0.1.0.dev0"
 
+_T = _TypeVar("_T")
+_Ts = _TypeVarTuple("_Ts")
 
-def new_event_loop():
+
+def new_event_loop() -> Loop:
     """Return a new greenhub event loop (usable as ``loop_factory=``)."""
     return Loop()
 
@@ -88,17 +98,39 @@ class Policy(_asyncio.DefaultEventLoopPolicy):
 
     _loop_factory = Loop
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<{type(self).__module__}.{type(self).__qualname__}>"
 
 
-def install():
+def install() -> None:
     """Make greenhub the loop asyncio creates by default in this process
     (sets a greenhub.Policy as the event loop policy)."""
     _asyncio.set_event_loop_policy(Policy())
 
 
-def run(main, /, *args, debug=None, watchdog=None):
+@_overload
+def run(
+    main: _Coroutine[_Any, _Any, _T],
+    /,
+    *,
+    debug: bool | None = None,
+    watchdog: float | None = None,
+) -> _T: ...
+@_overload
+def run(
+    main: _Callable[[_Unpack[_Ts]], _T],
+    /,
+    *args: _Unpack[_Ts],
+    debug: bool | None = None,
+    watchdog: float | None = None,
+) -> _T: ...
+def run(
+    main: object,
+    /,
+    *args: object,
+    debug: bool | None = None,
+    watchdog: float | None = None,
+) -> _Any:
     """Run `main` on a new greenhub loop and return its result.
 
     `main` is a coroutine - then this behaves as ``asyncio.run(main,
@@ -124,15 +156,18 @@ def run(main, /, *args, debug=None, watchdog=None):
         if args:
             main.close()
             raise TypeError("greenhub.run() takes arguments only with a function, not a coroutine")
+        coro: object = main
     elif callable(main):
-        main = _vthread._call_sync(main, args, {})
+        coro = _vthread._call_sync(main, args, {})
+    else:
+        coro = main  # asyncio.Runner refuses it, with its own message
     factory = new_event_loop
     if watchdog is not None:
 
-        def factory():
+        def factory() -> Loop:
             loop = Loop()
             loop.set_watchdog(watchdog)
             return loop
 
     with _asyncio.Runner(debug=debug, loop_factory=factory) as runner:
-        return runner.run(main)
+        return runner.run(coro)  # type: ignore[arg-type]  # (refused there if no coroutine)

@@ -22,7 +22,7 @@ import sys
 _DIST = "greenhub-loop"  # the distribution's name on PyPI; the import name is greenhub
 
 
-def core_import_error(exc):
+def core_import_error(exc: ImportError) -> ImportError:
     """An ImportError for ``import greenhub`` that says why ``_core`` failed and what to do.
 
     ``exc`` is the ImportError the import of ``greenhub._core`` raised."""
@@ -81,7 +81,7 @@ def core_import_error(exc):
     return ImportError("\n".join(lines), name="greenhub._core", path=here)
 
 
-def _checkout_root(here):
+def _checkout_root(here: str) -> str | None:
     """The source checkout this greenhub/ belongs to, or None for an installed copy."""
     root = os.path.dirname(here)
     if os.path.exists(os.path.join(root, "setup.py")) and os.path.isdir(os.path.join(root, "src")):
@@ -89,14 +89,14 @@ def _checkout_root(here):
     return None
 
 
-def _rebuild_hint(here):
+def _rebuild_hint(here: str) -> str:
     root = _checkout_root(here)
     if root is None:
         return f"{sys.executable} -m pip install --force-reinstall {_DIST}"
     return f"make build PY={sys.executable}  (in {root})"
 
 
-def _built_greenhub_elsewhere(here, suffixes):
+def _built_greenhub_elsewhere(here: str, suffixes: list[str]) -> str | None:
     """Another greenhub package on sys.path with the extension built for this Python."""
     mine = os.path.realpath(here)
     for entry in sys.path:

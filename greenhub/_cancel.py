@@ -10,8 +10,14 @@ rule it serves is in docs/guide-cancellation.md.
 import asyncio
 import functools
 import inspect
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, Literal, ParamSpec, TypeVar, overload
 
 from . import _core
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 __all__ = ["defer_cancellation"]
 
@@ -29,31 +35,32 @@ class _DeferredWait:
 
     __slots__ = ("_inner", "_loop", "_standin")
 
-    def __init__(self, inner, loop):
+    def __init__(self, inner: asyncio.Future[Any], loop: asyncio.AbstractEventLoop) -> None:
         self._inner = inner
         self._loop = loop
-        self._standin = None
+        self._standin: asyncio.Future[None] | None = None
         inner.add_done_callback(self._inner_done)
 
-    def _inner_done(self, inner):
+    def _inner_done(self, inner: asyncio.Future[Any]) -> None:
         standin = self._standin
         if standin is not None and not standin.done():
             standin.set_result(None)
 
-    def standin(self):
+    def standin(self) -> asyncio.Future[None] | None:
         """A new future to wait on, or None once `inner` is done."""
         if self._inner.done():
             return None
-        standin = self._standin = self._loop.create_future()
+        standin: asyncio.Future[None] = self._loop.create_future()
+        self._standin = standin
         standin._asyncio_future_blocking = True  # as Future.__await__ does before yielding
         return standin
 
-    def close(self):
+    def close(self) -> None:
         self._standin = None
         self._inner.remove_done_callback(self._inner_done)
 
 
-def _deferred_wait(yielded):
+def _deferred_wait(yielded: Any) -> _DeferredWait | None:
     """Called by C for each suspension inside a block: a _DeferredWait, or None
     when `yielded` is no pending future of this loop (a bare yield; anything else is
     left to the Task to accept or refuse)."""
@@ -65,13 +72,14 @@ def _deferred_wait(yielded):
             return None
     except AttributeError:
         return None
+    assert loop is not None  # the future's loop is
     return _DeferredWait(yielded, loop)
 
 
 _core._install_tool_hooks(deferred_wait=_deferred_wait)
 
 
-def _rearm(cancelled):
+def _rearm(cancelled: asyncio.CancelledError) -> None:
     """The outermost block ended with `cancelled` (the CancelledError it held
     back): cancel the task again, as a running task is cancelled, so that its next
     suspension raises.  uncancel() first: the original cancel() is already counted."""
@@ -83,7 +91,7 @@ def _rearm(cancelled):
     task.cancel(msg)
 
 
-def call_deferring(fn, /, *args):
+def call_deferring(fn: Callable[..., _T], /, *args: Any) -> _T:
     """``fn(*args)`` in a defer_cancellation() block, without the context manager's
     object: for wrappers on hot paths (greenhub.contrib.psycopg's pool methods)."""
     token = _enter()
@@ -101,20 +109,26 @@ class _DeferCancellation:
 
     __slots__ = ("_tokens",)
 
-    def __init__(self):
-        self._tokens = []  # one per active `with` of this object (nested use)
+    def __init__(self) -> None:
+        # one per active `with` of this object (nested use)
+        self._tokens: list[_core.GreenCoro | None] = []
 
-    def __enter__(self):
+    def __enter__(self) -> "_DeferCancellation":
         self._tokens.append(_enter())
         return self
 
-    def __exit__(self, exc_type, exc, tb):
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Literal[False]:
         cancelled = _exit(self._tokens.pop())
         if cancelled is not None:
             _rearm(cancelled)
         return False
 
-    def __call__(self, fn):
+    def __call__(self, fn: Callable[_P, _T]) -> Callable[_P, _T]:
         if not callable(fn):
             raise TypeError(f"greenhub.defer_cancellation() decorates a callable, not {fn!r}")
         if inspect.iscoroutinefunction(fn):
@@ -124,7 +138,7 @@ class _DeferCancellation:
             )
 
         @functools.wraps(fn)
-        def deferring_cancellation(*args, **kwargs):
+        def deferring_cancellation(*args: _P.args, **kwargs: _P.kwargs) -> _T:
             token = _enter()
             try:
                 return fn(*args, **kwargs)
@@ -135,11 +149,17 @@ class _DeferCancellation:
 
         return deferring_cancellation
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "greenhub.defer_cancellation()"
 
 
-def defer_cancellation(fn=None):
+@overload
+def defer_cancellation(fn: None = None) -> _DeferCancellation: ...
+@overload
+def defer_cancellation(fn: Callable[_P, _T]) -> Callable[_P, _T]: ...
+def defer_cancellation(
+    fn: Callable[_P, _T] | None = None,
+) -> _DeferCancellation | Callable[_P, _T]:
     """Run a block of synchronous code to its end even if its task is cancelled.
 
     ``with greenhub.defer_cancellation():`` (or ``@greenhub.defer_cancellation`` on a

@@ -19,6 +19,9 @@ inherited ``_child_watcher_callback``, so what it sees is the stock loop's
 order of events on each Python version.
 """
 
+from __future__ import annotations
+
+import asyncio
 import errno
 import itertools
 import os
@@ -27,6 +30,12 @@ import threading
 import warnings
 from asyncio import events, unix_events
 from asyncio.log import logger
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # mixed into greenhub.Loop, before asyncio's loop
+    _LoopBase = unix_events._UnixSelectorEventLoop
+else:
+    _LoopBase = object
 
 # Python 3.11's stock default watcher is a thread per child, which keeps
 # waiting after the loop is closed and logs the exit then; from 3.12 the
@@ -34,11 +43,11 @@ from asyncio.log import logger
 # version at hand when a loop is closed with children still running.
 _STOCK_WAITS_IN_THREADS = sys.version_info < (3, 12)
 
-_pidfd_works = None  # probed once per process
+_pidfd_works: bool | None = None  # probed once per process
 _thread_ids = itertools.count(1)
 
 
-def _can_use_pidfd():
+def _can_use_pidfd() -> bool:
     global _pidfd_works
     if _pidfd_works is None:
         try:
@@ -50,7 +59,7 @@ def _can_use_pidfd():
     return _pidfd_works
 
 
-def _policy_watcher():
+def _policy_watcher() -> Any:
     """The child watcher the current policy already holds, or None.
 
     Never creates one and never triggers the 3.12+ DeprecationWarning: the
@@ -70,7 +79,7 @@ def _policy_watcher():
             return None
 
 
-def _exit_code(pid):
+def _exit_code(pid: int) -> int:
     """Reap child `pid`; its returncode as subprocess reports it."""
     try:
         _, status = os.waitpid(pid, 0)
@@ -81,22 +90,35 @@ def _exit_code(pid):
     return os.waitstatus_to_exitcode(status)
 
 
-class ChildrenMixin:
+class ChildrenMixin(_LoopBase):
     """The subprocess part of greenhub.Loop (mixed in before asyncio's loop)."""
 
-    def _init_children(self):
-        self._gh_children = {}  # pid -> (pidfd, transport), children watched by pidfd
+    # pid -> (pidfd, transport), children watched by pidfd
+    _gh_children: dict[int, tuple[int, asyncio.SubprocessTransport]]
+
+    def _init_children(self) -> None:
+        self._gh_children = {}
 
     async def _make_subprocess_transport(
-        self, protocol, args, shell, stdin, stdout, stderr, bufsize, extra=None, **kwargs
-    ):
+        self,
+        protocol: asyncio.BaseProtocol,
+        args: Any,
+        shell: bool,
+        stdin: Any,
+        stdout: Any,
+        stderr: Any,
+        bufsize: int,
+        extra: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> asyncio.SubprocessTransport:
         if _policy_watcher() is not None:
             # The user chose a watcher: the stock path, exactly.
-            return await super()._make_subprocess_transport(
+            # (asyncio's private method, which typeshed does not declare)
+            return await super()._make_subprocess_transport(  # type: ignore[misc,no-any-return]
                 protocol, args, shell, stdin, stdout, stderr, bufsize, extra=extra, **kwargs
             )
         waiter = self.create_future()
-        transp = unix_events._UnixSubprocessTransport(
+        transp: asyncio.SubprocessTransport = unix_events._UnixSubprocessTransport(
             self,
             protocol,
             args,
@@ -120,7 +142,7 @@ class ChildrenMixin:
             raise
         return transp
 
-    def _watch_child(self, pid, transp):
+    def _watch_child(self, pid: int, transp: asyncio.SubprocessTransport) -> None:
         if _can_use_pidfd():
             try:
                 pidfd = os.pidfd_open(pid)
@@ -138,7 +160,7 @@ class ChildrenMixin:
                 return
         self._wait_in_thread(pid, transp)
 
-    def _child_exited(self, pid, transp):
+    def _child_exited(self, pid: int, transp: asyncio.SubprocessTransport) -> None:
         pidfd, _ = self._gh_children.pop(pid)
         self._remove_reader(pidfd)
         os.close(pidfd)
@@ -147,7 +169,7 @@ class ChildrenMixin:
             logger.debug("process %s exited with returncode %s", pid, returncode)
         self._child_watcher_callback(pid, returncode, transp)
 
-    def _wait_in_thread(self, pid, transp):
+    def _wait_in_thread(self, pid: int, transp: asyncio.SubprocessTransport) -> None:
         thread = threading.Thread(
             target=self._child_waiter,
             args=(pid, transp),
@@ -156,7 +178,7 @@ class ChildrenMixin:
         )
         thread.start()
 
-    def _child_waiter(self, pid, transp):
+    def _child_waiter(self, pid: int, transp: asyncio.SubprocessTransport) -> None:
         returncode = _exit_code(pid)
         if self.get_debug():
             logger.debug("process %s exited with returncode %s", pid, returncode)
@@ -168,7 +190,7 @@ class ChildrenMixin:
             pass
         logger.warning("process %d exited after its event loop %r was closed", pid, self)
 
-    def _close_children(self):
+    def _close_children(self) -> None:
         """At close(): stop watching.  The pidfds are closed; on 3.11, whose
         stock loop keeps a thread waiting for each child, threads take over
         so the children are still reaped (and the exit logged) as there, and

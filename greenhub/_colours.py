@@ -32,10 +32,15 @@ import queue
 import threading
 import types
 import warnings
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Executor, ThreadPoolExecutor
 from concurrent.futures import Future as _CFuture
+from typing import Any, ParamSpec, TypeAlias, TypeVar, overload
 
 from . import _core, _vthread
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 __all__ = ["async_to_sync", "sync_to_async", "to_thread"]
 
@@ -54,7 +59,7 @@ _A2S_IN_LOOP = (
 # --------------------------------------------------------------------------
 
 
-def to_thread(fn, /, *args, **kwargs):
+def to_thread(fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
     """Call ``fn(*args, **kwargs)`` in a real thread and return its result.
 
     For calls that block in C code and cannot be made cooperative.  In a virtual
@@ -69,13 +74,13 @@ def to_thread(fn, /, *args, **kwargs):
     if not callable(fn):
         raise TypeError(f"greenhub.to_thread() needs a callable, got {fn!r}")
     if _in_vthread():
-        loop = _get_running_loop()
+        loop = asyncio.get_running_loop()
         call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
         return _await(loop.run_in_executor(None, call))
-    loop = _get_running_loop()
-    if loop is not None:
+    running = _get_running_loop()
+    if running is not None:
         raise RuntimeError(
-            f"greenhub.to_thread() would block the running {type(loop).__name__}: it "
+            f"greenhub.to_thread() would block the running {type(running).__name__}: it "
             f"waits only inside a greenhub task; in async code use "
             f"`await asyncio.to_thread(fn, ...)`"
         )
@@ -95,7 +100,7 @@ _CO_COROUTINE = inspect.CO_COROUTINE
 _HAS_TYPE_PARAMS = hasattr(_FunctionType, "__type_params__")  # 3.12+
 
 
-def _is_async_callable(fn):
+def _is_async_callable(fn: object) -> bool:
     if type(fn) is _FunctionType and not fn.__dict__:  # no marker can be set
         return bool(fn.__code__.co_flags & _CO_COROUTINE)
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
@@ -103,7 +108,7 @@ def _is_async_callable(fn):
     )
 
 
-def _wrap(wrapper, fn):
+def _wrap(wrapper: Any, fn: Callable[..., Any]) -> Any:
     """functools.update_wrapper(wrapper, fn), minus any "coroutine function" mark:
     copying fn's __dict__ would carry asyncio's or inspect's mark onto a sync
     wrapper."""
@@ -113,7 +118,7 @@ def _wrap(wrapper, fn):
         wrapper.__qualname__ = fn.__qualname__
         wrapper.__doc__ = fn.__doc__
         if _HAS_TYPE_PARAMS:
-            wrapper.__type_params__ = fn.__type_params__
+            wrapper.__type_params__ = fn.__type_params__  # type: ignore[attr-defined,unused-ignore]  # 3.12+
         if fn.__dict__:
             wrapper.__dict__.update(fn.__dict__)
         wrapper.__wrapped__ = fn
@@ -126,7 +131,29 @@ def _wrap(wrapper, fn):
     return wrapper
 
 
-def sync_to_async(func=None, *, thread_sensitive=True, executor=None, context=None):
+@overload
+def sync_to_async(
+    func: None = None,
+    *,
+    thread_sensitive: bool = True,
+    executor: Executor | None = None,
+    context: contextvars.Context | None = None,
+) -> Callable[[Callable[_P, _T]], Callable[_P, Coroutine[Any, Any, _T]]]: ...
+@overload
+def sync_to_async(
+    func: Callable[_P, _T],
+    *,
+    thread_sensitive: bool = True,
+    executor: Executor | None = None,
+    context: contextvars.Context | None = None,
+) -> Callable[_P, Coroutine[Any, Any, _T]]: ...
+def sync_to_async(
+    func: Callable[_P, _T] | None = None,
+    *,
+    thread_sensitive: bool = True,
+    executor: Executor | None = None,
+    context: contextvars.Context | None = None,
+) -> Any:
     """Make an async function (``await``-able) from the sync function ``func``.
 
     On a greenhub loop ``func`` runs in the awaiting task itself - a virtual thread -
@@ -145,7 +172,7 @@ def sync_to_async(func=None, *, thread_sensitive=True, executor=None, context=No
         raise TypeError("executor must not be set when thread_sensitive is True")
     if executor is None and context is None:
 
-        async def wrapper(*args, **kwargs):
+        async def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _T:
             if _in_vthread():
                 return func(*args, **kwargs)
             return await _hop(func, args, kwargs, thread_sensitive, None, None)
@@ -156,8 +183,9 @@ def sync_to_async(func=None, *, thread_sensitive=True, executor=None, context=No
         if context is not None and not isinstance(context, contextvars.Context):
             raise TypeError(f"context must be a contextvars.Context, got {context!r}")
 
-        async def wrapper(*args, **kwargs):
+        async def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _T:
             if executor is None and _in_vthread():
+                assert context is not None  # (executor and context are not both None here)
                 return context.run(func, *args, **kwargs)
             return await _hop(func, args, kwargs, thread_sensitive, executor, context)
 
@@ -167,14 +195,15 @@ def sync_to_async(func=None, *, thread_sensitive=True, executor=None, context=No
 # The fallback: a thread hop, asgiref's model.
 
 _sensitive_lock = threading.Lock()
-_sensitive = None  # the process-wide single thread for thread_sensitive calls
+# the process-wide single thread for thread_sensitive calls
+_sensitive: ThreadPoolExecutor | None = None
 
 # In the loop's tasks started by a waiting _Home: that home (so a thread-sensitive
 # sync_to_async there runs in the waiting thread rather than deadlocking on it).
-_home_var = contextvars.ContextVar("greenhub_sync_home")
+_home_var: contextvars.ContextVar["_Home"] = contextvars.ContextVar("greenhub_sync_home")
 
 
-def _sensitive_executor():
+def _sensitive_executor() -> ThreadPoolExecutor:
     global _sensitive
     with _sensitive_lock:
         if _sensitive is None:
@@ -182,7 +211,14 @@ def _sensitive_executor():
         return _sensitive
 
 
-async def _hop(func, args, kwargs, thread_sensitive, executor, context):
+async def _hop(
+    func: Callable[..., _T],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    thread_sensitive: bool,
+    executor: Executor | None,
+    context: contextvars.Context | None,
+) -> _T:
     loop = asyncio.get_running_loop()
     if thread_sensitive:
         home = _home_var.get(None)
@@ -205,7 +241,13 @@ async def _hop(func, args, kwargs, thread_sensitive, executor, context):
             _restore_context(ctx)
 
 
-def _in_thread(home, ctx, func, args, kwargs):
+def _in_thread(
+    home: "_Home",
+    ctx: contextvars.Context,
+    func: Callable[..., _T],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> _T:
     local = _vthread._local
     outer = getattr(local, "home", None)
     local.home = home
@@ -215,7 +257,7 @@ def _in_thread(home, ctx, func, args, kwargs):
         local.home = outer
 
 
-def _restore_context(ctx):
+def _restore_context(ctx: contextvars.Context) -> None:
     """Copy the variables of ctx that differ into the current context."""
     for var, value in ctx.items():
         if var is _home_var:
@@ -228,6 +270,10 @@ def _restore_context(ctx):
         var.set(value)
 
 
+# What _Home.submit() queues for the waiting thread: (future, fn, args, kwargs).
+_WorkItem: TypeAlias = tuple[_CFuture[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+
+
 class _Home(Executor):
     """A thread inside a fallback sync_to_async call, seen from the caller's loop.
 
@@ -236,29 +282,29 @@ class _Home(Executor):
     meanwhile running what thread-sensitive calls ``submit()`` here.
     """
 
-    def __init__(self, loop):
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.waiting = 0
-        self._tasks = set()
-        self._work = queue.SimpleQueue()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._work: queue.SimpleQueue[_WorkItem | None] = queue.SimpleQueue()
 
-    def submit(self, fn, /, *args, **kwargs):
+    def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _CFuture[_T]:
         if not self.waiting:  # the thread moved on; asyncio checked just before
             return _sensitive_executor().submit(fn, *args, **kwargs)
-        fut = _CFuture()
+        fut: _CFuture[_T] = _CFuture()
         self._work.put((fut, fn, args, kwargs))
         return fut
 
-    def cancel_tasks(self):
+    def cancel_tasks(self) -> None:
         for task in list(self._tasks):
             task.cancel()
 
-    def run(self, awaitable, context=None):
+    def run(self, awaitable: Awaitable[_T], context: contextvars.Context | None = None) -> _T:
         ctx = contextvars.copy_context() if context is None else context
         ctx.run(_home_var.set, self)
-        done = _CFuture()
+        done: _CFuture[_T] = _CFuture()
 
-        def start():  # on the loop's thread
+        def start() -> None:  # on the loop's thread
             try:
                 task = self.loop.create_task(_awaited(awaitable), context=ctx)
             except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
@@ -267,12 +313,12 @@ class _Home(Executor):
             self._tasks.add(task)
             task.add_done_callback(finished)
 
-        def finished(task):
+        def finished(task: asyncio.Task[_T]) -> None:
             self._tasks.discard(task)
             if task.cancelled():
                 done.set_exception(asyncio.CancelledError())
-            elif task.exception() is not None:
-                done.set_exception(task.exception())
+            elif (exc := task.exception()) is not None:
+                done.set_exception(exc)
             else:
                 done.set_result(task.result())
 
@@ -300,10 +346,10 @@ class _Home(Executor):
         try:
             return done.result()
         finally:
-            done = None  # the traceback would keep the future (and itself) alive
+            done = None  # type: ignore[assignment]  # the traceback would keep the future (and itself) alive
 
     @staticmethod
-    def _run_one(item):
+    def _run_one(item: "_WorkItem | None") -> None:
         if item is None:
             return
         fut, fn, args, kwargs = item
@@ -317,7 +363,7 @@ class _Home(Executor):
             fut.set_result(result)
 
 
-async def _awaited(awaitable):
+async def _awaited(awaitable: Awaitable[_T]) -> _T:
     return await awaitable
 
 
@@ -326,7 +372,17 @@ async def _awaited(awaitable):
 # --------------------------------------------------------------------------
 
 
-def async_to_sync(awaitable=None, *, force_new_loop=False):
+@overload
+def async_to_sync(
+    awaitable: None = None, *, force_new_loop: bool = False
+) -> Callable[[Callable[_P, Awaitable[_T]]], Callable[_P, _T]]: ...
+@overload
+def async_to_sync(
+    awaitable: Callable[_P, Awaitable[_T]], *, force_new_loop: bool = False
+) -> Callable[_P, _T]: ...
+def async_to_sync(
+    awaitable: Callable[_P, Awaitable[_T]] | None = None, *, force_new_loop: bool = False
+) -> Any:
     """Make a sync function from the async function ``awaitable``.
 
     From sync code in a greenhub task the call is ``greenhub.await_(awaitable(...))``:
@@ -348,7 +404,7 @@ def async_to_sync(awaitable=None, *, force_new_loop=False):
 
     if force_new_loop:
 
-        def wrapper(*args, **kwargs):
+        def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _T:
             if _in_vthread():
                 return to_thread(_run_new_loop, fn, args, kwargs)
             if _get_running_loop() is not None:
@@ -357,7 +413,7 @@ def async_to_sync(awaitable=None, *, force_new_loop=False):
 
     else:
 
-        def wrapper(*args, **kwargs):
+        def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _T:
             if _in_vthread():
                 return _await(fn(*args, **kwargs))
             if _get_running_loop() is not None:
@@ -373,7 +429,9 @@ def async_to_sync(awaitable=None, *, force_new_loop=False):
     return _wrap(wrapper, fn)
 
 
-def _run_new_loop(fn, args, kwargs):
+def _run_new_loop(
+    fn: Callable[..., Awaitable[_T]], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> _T:
     from . import run
 
     return run(_awaited(fn(*args, **kwargs)))

@@ -14,6 +14,8 @@ Loops are found through a registry of weak references, filled by
 greenhub loop without keeping one alive.
 """
 
+from __future__ import annotations
+
 import asyncio
 import os
 import signal
@@ -21,10 +23,15 @@ import sys
 import threading
 import traceback
 import weakref
-from typing import Any, NamedTuple, Optional
+from collections.abc import Iterable
+from types import FrameType
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Protocol
 
 from . import _core
 from ._vthread import _WORKER_BASE
+
+if TYPE_CHECKING:
+    from ._loop import Loop
 
 __all__ = [
     "TaskStack",
@@ -34,10 +41,18 @@ __all__ = [
     "task_stacks",
 ]
 
-_loops = weakref.WeakSet()
+_loops: weakref.WeakSet[Loop] = weakref.WeakSet()
+_Frames = list[tuple[FrameType, int]]  # (frame, line number), outermost first
 
 
-def register_loop(loop):
+class _TextOut(Protocol):
+    """Where a dump is written: sys.stderr, a text file, io.StringIO..."""
+
+    def write(self, text: str, /) -> object: ...
+    def flush(self) -> object: ...
+
+
+def register_loop(loop: Loop) -> None:
     """Called by greenhub.Loop.__init__."""
     _loops.add(loop)
 
@@ -45,8 +60,8 @@ def register_loop(loop):
 class TaskStack(NamedTuple):
     """One task as ``greenhub.task_stacks()`` reports it."""
 
-    task: asyncio.Task
-    loop: Any
+    task: asyncio.Task[Any]
+    loop: asyncio.AbstractEventLoop
     name: str
     #: "running", "waiting in await_()", "waiting", "done", "cancelled" or "failed"
     state: str
@@ -59,14 +74,14 @@ class TaskStack(NamedTuple):
     waiting_on: Optional[Any]
 
 
-def _summary(pairs):
+def _summary(pairs: Iterable[tuple[FrameType, int]]) -> traceback.StackSummary:
     return traceback.StackSummary.extract(iter(pairs), limit=None)
 
 
-def _frames_from(frame):
+def _frames_from(frame: FrameType | None) -> _Frames:
     """[(frame, lineno)] from `frame` outwards, reversed: outermost first.  The
     worker greenlet's base frames (``_vthread._WORKER_BASE``) are not the task's."""
-    pairs = []
+    pairs: _Frames = []
     while frame is not None and frame.f_code is not _WORKER_BASE:
         pairs.append((frame, frame.f_lineno))
         frame = frame.f_back
@@ -74,10 +89,10 @@ def _frames_from(frame):
     return pairs
 
 
-def _await_chain(aw):
+def _await_chain(aw: Any) -> tuple[_Frames, Any]:
     """The frames of a chain of suspended coroutines/generators, outermost
     first, and the object at its bottom (usually a future)."""
-    pairs = []
+    pairs: _Frames = []
     seen = 0
     while aw is not None and seen < 1000:
         seen += 1
@@ -94,7 +109,7 @@ def _await_chain(aw):
     return pairs, None
 
 
-def _state(task):
+def _state(task: asyncio.Task[Any]) -> str:
     if not task.done():
         return "waiting"
     if task.cancelled():
@@ -102,9 +117,13 @@ def _state(task):
     return "failed" if task.exception() is not None else "done"
 
 
-def _task_stack(loop, task, running_frames):
-    coro = task.get_coro()
-    frames, awaited, waiting_on = [], [], None
+def _task_stack(
+    loop: Loop, task: asyncio.Task[Any], running_frames: dict[asyncio.Task[Any], _Frames]
+) -> TaskStack:
+    coro: Any = task.get_coro()
+    frames: _Frames = []
+    awaited: _Frames = []
+    waiting_on: Any = None
     state = _state(task)
     if task.done():
         pass
@@ -134,7 +153,7 @@ def _task_stack(loop, task, running_frames):
     )
 
 
-def _running_frames(loops, frame):
+def _running_frames(loops: list[Loop], frame: FrameType | None) -> dict[asyncio.Task[Any], _Frames]:
     """{task: frames} for the task running now on each loop: the calling
     thread's stack from `frame`, other threads' from sys._current_frames()."""
     out = {}
@@ -149,12 +168,12 @@ def _running_frames(loops, frame):
         else:
             if others is None:
                 others = sys._current_frames()
-            f = others.get(loop._thread_id)
+            f = others.get(loop._thread_id) if loop._thread_id is not None else None
         out[task] = _frames_from(f)
     return out
 
 
-def _loops_to_dump(loop):
+def _loops_to_dump(loop: Loop | None) -> list[Loop]:
     if loop is not None:
         return [loop]
     running = asyncio.events._get_running_loop()
@@ -163,7 +182,7 @@ def _loops_to_dump(loop):
     return sorted(_loops, key=id)
 
 
-def task_stacks(loop=None, *, _frame=None):
+def task_stacks(loop: Loop | None = None, *, _frame: FrameType | None = None) -> list[TaskStack]:
     """A ``TaskStack`` for every task of `loop` - by default the running loop,
     or every live greenhub loop when no greenhub loop runs in this thread -
     including, for a virtual thread waiting in ``greenhub.await_()``, the
@@ -172,16 +191,16 @@ def task_stacks(loop=None, *, _frame=None):
         raise TypeError(f"task_stacks() needs a greenhub loop, not {loop!r}")
     loops = [lp for lp in _loops_to_dump(loop) if not lp.is_closed()]
     running = _running_frames(loops, _frame or sys._getframe(1))
-    result = []
+    result: list[TaskStack] = []
     for lp in loops:
         tasks = sorted(asyncio.all_tasks(lp), key=lambda t: t.get_name())
         result.extend(_task_stack(lp, t, running) for t in tasks)
     return result
 
 
-def _format(stacks, loops):
-    lines = []
-    by_loop = {}
+def _format(stacks: list[TaskStack], loops: list[Loop]) -> str:
+    lines: list[str] = []
+    by_loop: dict[int, list[TaskStack]] = {}
     for ts in stacks:
         by_loop.setdefault(id(ts.loop), []).append(ts)
     for lp in loops:
@@ -200,7 +219,12 @@ def _format(stacks, loops):
     return "".join(lines)
 
 
-def dump_tasks(file=None, *, loop=None, _frame=None):
+def dump_tasks(
+    file: _TextOut | None = None,
+    *,
+    loop: Loop | None = None,
+    _frame: FrameType | None = None,
+) -> None:
     """Print every task - of `loop`, by default the running loop, or of every
     live greenhub loop when called outside one - with its name, state and
     stack, the synchronous frames under each ``greenhub.await_()`` included,
@@ -210,17 +234,18 @@ def dump_tasks(file=None, *, loop=None, _frame=None):
     loops = [lp for lp in _loops_to_dump(loop) if not lp.is_closed()]
     stacks = task_stacks(loop, _frame=_frame or sys._getframe(1))
     text = _format(stacks, loops) if loops else "greenhub: no open greenhub loop\n"
-    out = file if file is not None else sys.stderr
+    out: _TextOut = file if file is not None else sys.stderr
     out.write(text)
     out.flush()
 
 
 # -- dump on a signal ----------------------------------------------------------
 
-_on_signal = {}  # signum -> (previous handler, file)
+# signum -> (previous handler, file)
+_on_signal: dict[int, tuple[Any, _TextOut | None]] = {}
 
 
-def enable_dump_on_signal(signum=signal.SIGUSR1, file=None):
+def enable_dump_on_signal(signum: int = signal.SIGUSR1, file: _TextOut | None = None) -> None:
     """When signal `signum` (default SIGUSR1) arrives, dump the tasks of every
     live greenhub loop to `file` (default sys.stderr).  Must be called from the
     main thread.  The dump runs as a Python signal handler, in the main
@@ -234,7 +259,7 @@ def enable_dump_on_signal(signum=signal.SIGUSR1, file=None):
     if file is not None and not hasattr(file, "write"):
         raise TypeError(f"file must have a write() method, not {file!r}")
 
-    def handler(sig, frame):
+    def handler(sig: int, frame: FrameType | None) -> None:
         # A diagnostic must never raise into the code the signal interrupted
         # (e.g. a reentrant write to the same stream): report and go on.
         try:
@@ -251,7 +276,7 @@ def enable_dump_on_signal(signum=signal.SIGUSR1, file=None):
     _on_signal[signum] = (previous, file)
 
 
-def disable_dump_on_signal(signum=signal.SIGUSR1):
+def disable_dump_on_signal(signum: int = signal.SIGUSR1) -> bool:
     """Undo enable_dump_on_signal(signum): restore the handler it replaced.
     Returns False if the dump was not enabled for `signum`."""
     entry = _on_signal.get(signum)

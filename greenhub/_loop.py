@@ -19,11 +19,15 @@ import collections.abc
 import functools
 import os as _os
 import selectors
+import socket
+import ssl
 import sys
 import threading
 import weakref
 from asyncio import base_events, events, format_helpers, sslproto, unix_events
 from asyncio.log import logger
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NoReturn
 
 from . import _core, _dump, _transport, _vthread
 from ._children import ChildrenMixin
@@ -37,19 +41,19 @@ class _Unused:
     core replaces: the inherited code may clear them, and anything else fails
     loudly instead of using a queue nobody runs."""
 
-    def __init__(self, name):
+    def __init__(self, name: str) -> None:
         self._name = name
 
-    def clear(self):
+    def clear(self) -> None:
         pass
 
-    def close(self):
+    def close(self) -> None:
         pass
 
-    def __len__(self):
+    def __len__(self) -> int:
         return 0
 
-    def __getattr__(self, attr):
+    def __getattr__(self, attr: str) -> NoReturn:
         raise RuntimeError(f"greenhub.Loop does not use {self._name} (tried .{attr})")
 
 
@@ -58,20 +62,20 @@ class _Unused:
 _CLOSE_GRACE_SECONDS = 1.0
 
 
-class _WatcherMap(collections.abc.Mapping):
+class _WatcherMap(collections.abc.Mapping[Any, selectors.SelectorKey]):
     """What a selector's get_map() returns: SelectorKeys by fd, looked up by fd
     or by any object with a fileno() (a socket), as a selector's map is."""
 
-    def __init__(self, keys):
+    def __init__(self, keys: dict[int, selectors.SelectorKey]) -> None:
         self._keys = keys
 
-    def __getitem__(self, fileobj):
+    def __getitem__(self, fileobj: Any) -> selectors.SelectorKey:
         return self._keys[selectors._fileobj_to_fd(fileobj)]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[int]:
         return iter(self._keys)
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self._keys)
 
 
@@ -80,26 +84,26 @@ class _SelectorView:
     (transport reprs ask whether a fd is polled): a read-only view of the
     loop's libev watchers.  Registering through it is refused."""
 
-    def __init__(self, loop):
+    def __init__(self, loop: "Loop") -> None:
         self._loop = weakref.ref(loop)
 
-    def get_map(self):
+    def get_map(self) -> _WatcherMap:
         loop = self._loop()
         watched = loop._io_watchers() if loop is not None else {}
         return _WatcherMap(
             {fd: selectors.SelectorKey(fd, fd, ev, None) for fd, ev in watched.items()}
         )
 
-    def get_key(self, fileobj):
+    def get_key(self, fileobj: Any) -> selectors.SelectorKey:
         try:
             return self.get_map()[fileobj]
         except KeyError:
             raise KeyError(f"{fileobj!r} is not registered") from None
 
-    def close(self):
+    def close(self) -> None:
         pass
 
-    def __getattr__(self, attr):
+    def __getattr__(self, attr: str) -> NoReturn:
         raise RuntimeError(f"greenhub.Loop watches fds with libev, not a selector (tried .{attr})")
 
 
@@ -112,15 +116,15 @@ class Loop(_core.Loop, ChildrenMixin, ResolveMixin, unix_events._UnixSelectorEve
 
     __module__ = "greenhub"
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._init_children()
-        super().__init__(selector=_SelectorView(self))
+        super().__init__(selector=_SelectorView(self))  # type: ignore[arg-type]  # a stand-in
         self._ready = _Unused("BaseEventLoop._ready")
         self._scheduled = _Unused("BaseEventLoop._scheduled")
         self.__dict__.pop("_timer_cancelled_count", None)
         _dump.register_loop(self)  # for greenhub.dump_tasks()
 
-    def _add_callback(self, handle):
+    def _add_callback(self, handle: asyncio.Handle) -> None:
         # asyncio's signal handling queues its Handle objects through here.
         if not handle._cancelled:
             self.call_soon(_run_unless_cancelled, handle)
@@ -130,7 +134,15 @@ class Loop(_core.Loop, ChildrenMixin, ResolveMixin, unix_events._UnixSelectorEve
     # TCP and Unix socket connections (plain and TLS) get greenhub's socket
     # transport: asyncio's, with reads and writes in C (_transport.py).
 
-    def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
+    def _make_socket_transport(
+        self,
+        sock: socket.socket,
+        protocol: asyncio.BaseProtocol,
+        waiter: asyncio.Future[None] | None = None,
+        *,
+        extra: dict[str, Any] | None = None,
+        server: asyncio.Server | None = None,
+    ) -> _transport.SocketTransport:
         return _transport.SocketTransport(self, sock, protocol, waiter, extra, server)
 
     # -- sock_* ------------------------------------------------------------
@@ -139,30 +151,30 @@ class Loop(_core.Loop, ChildrenMixin, ResolveMixin, unix_events._UnixSelectorEve
     # fd's watcher armed between receives instead of re-registering it; the
     # C helpers answer None when asyncio's own method must handle the call.
 
-    async def sock_recv(self, sock, n):
+    async def sock_recv(self, sock: socket.socket, n: int) -> bytes:
         result = None if self._debug else self._gh_sock_recv(sock, n)
         if result is None:
             return await super().sock_recv(sock, n)
         if result.__class__ is bytes:
             return result
-        return await result
+        return await result  # type: ignore[misc,no-any-return]  # a Future here
 
-    async def sock_recv_into(self, sock, buf):
+    async def sock_recv_into(self, sock: socket.socket, buf: Any) -> int:
         result = None if self._debug else self._gh_sock_recv_into(sock, buf)
         if result is None:
             return await super().sock_recv_into(sock, buf)
         if result.__class__ is int:
             return result
-        return await result
+        return await result  # type: ignore[misc,no-any-return]  # a Future here
 
-    async def sock_sendall(self, sock, data):
+    async def sock_sendall(self, sock: socket.socket, data: Any) -> None:
         sent = None if self._debug else self._gh_sock_send(sock, data)
         if sent is None:
             return await super().sock_sendall(sock, data)
         if sent == len(data):
             return
         # The rest goes as asyncio sends it: a writer that retries on writability.
-        fut = self.create_future()
+        fut: asyncio.Future[None] = self.create_future()
         fd = sock.fileno()
         self._ensure_fd_no_transport(fd)
         handle = self._add_writer(fd, self._sock_sendall, fut, sock, memoryview(data), [sent])
@@ -171,19 +183,25 @@ class Loop(_core.Loop, ChildrenMixin, ResolveMixin, unix_events._UnixSelectorEve
 
     def _make_ssl_transport(
         self,
-        rawsock,
-        protocol,
-        sslcontext,
-        waiter=None,
+        rawsock: socket.socket,
+        protocol: asyncio.BaseProtocol,
+        sslcontext: ssl.SSLContext,
+        waiter: asyncio.Future[None] | None = None,
         *,
-        server_side=False,
-        server_hostname=None,
-        extra=None,
-        server=None,
-        **timeouts,
-    ):
+        server_side: bool = False,
+        server_hostname: str | None = None,
+        extra: dict[str, Any] | None = None,
+        server: asyncio.Server | None = None,
+        **timeouts: Any,
+    ) -> asyncio.Transport:
         ssl_protocol = sslproto.SSLProtocol(
-            self, protocol, sslcontext, waiter, server_side, server_hostname, **timeouts
+            self,
+            protocol,
+            sslcontext,
+            waiter,  # type: ignore[arg-type]  # None is fine, as in asyncio's own call
+            server_side,
+            server_hostname,
+            **timeouts,
         )
         _transport.SocketTransport(self, rawsock, ssl_protocol, extra=extra, server=server)
         return ssl_protocol._app_transport
@@ -196,7 +214,7 @@ class Loop(_core.Loop, ChildrenMixin, ResolveMixin, unix_events._UnixSelectorEve
     if hasattr(base_events.BaseEventLoop, "_run_forever_setup"):
         # Python 3.13+: the base class names the steps around the run loop.
 
-        def run_forever(self):
+        def run_forever(self) -> None:
             """Run until stop() is called."""
             try:
                 self._run_forever_setup()
@@ -208,7 +226,7 @@ class Loop(_core.Loop, ChildrenMixin, ResolveMixin, unix_events._UnixSelectorEve
         # Python 3.11 and 3.12: the same steps, in the order these versions
         # take them (the checks come before the try block).
 
-        def run_forever(self):
+        def run_forever(self) -> None:
             """Run until stop() is called."""
             self._check_closed()
             self._check_running()
@@ -237,7 +255,7 @@ class Loop(_core.Loop, ChildrenMixin, ResolveMixin, unix_events._UnixSelectorEve
 
     # -- closing ----------------------------------------------------------
 
-    def close(self):
+    def close(self) -> None:
         """Close the loop: finish virtual threads suspended in await_(), then
         close as the stock loop does (self-pipe, default executor, signal
         handlers), then drop pending callbacks, timers and fd watchers.
@@ -252,7 +270,7 @@ class Loop(_core.Loop, ChildrenMixin, ResolveMixin, unix_events._UnixSelectorEve
         super().close()
         self._close_core()
 
-    def _release_idle_workers(self):
+    def _release_idle_workers(self) -> None:
         """Tasks still pending at a native await keep their idle worker greenlet.
         Let those go here, on the loop's thread: a greenlet can only be ended in its
         own thread, and a thread that ends with its loop (await_() with no loop
@@ -262,7 +280,7 @@ class Loop(_core.Loop, ChildrenMixin, ResolveMixin, unix_events._UnixSelectorEve
             if type(coro) is _core.GreenCoro:
                 coro._release_worker()
 
-    def _finish_parked_vthreads(self):
+    def _finish_parked_vthreads(self) -> None:
         """Virtual threads suspended inside await_() hold a greenlet stack.
         Cancel their tasks and run them until they are done (their
         CancelledError is raised at the await_ call, so except/finally
@@ -295,7 +313,7 @@ class Loop(_core.Loop, ChildrenMixin, ResolveMixin, unix_events._UnixSelectorEve
             logger.warning("Error while cancelling virtual threads on close: %r", exc)
 
 
-def _run_unless_cancelled(handle):
+def _run_unless_cancelled(handle: asyncio.Handle) -> None:
     if not handle._cancelled:
         handle._run()
 
@@ -303,14 +321,16 @@ def _run_unless_cancelled(handle):
 # -- hooks the C core calls on slow paths -----------------------------------
 
 
-def _format_callback_source(callback, args, debug):
+def _format_callback_source(
+    callback: Callable[..., object] | None, args: Sequence[Any], debug: bool
+) -> str:
     try:
-        return format_helpers._format_callback_source(callback, args, debug=debug)
+        return format_helpers._format_callback_source(callback, args, debug=debug)  # type: ignore[call-arg,unused-ignore]  # (3.13+)
     except TypeError:  # Python < 3.13 has no `debug` parameter
         return format_helpers._format_callback_source(callback, args)
 
 
-def _handle_repr(handle):
+def _handle_repr(handle: _core.Handle | _core.TimerHandle) -> str:
     """repr() of a greenhub Handle/TimerHandle, in asyncio's format."""
     info = [type(handle).__name__]
     if handle._cancelled:
@@ -327,7 +347,7 @@ def _handle_repr(handle):
     return "<{}>".format(" ".join(info))
 
 
-def _callback_error(handle, exc):
+def _callback_error(handle: _core.Handle | _core.TimerHandle, exc: BaseException) -> None:
     """An exception escaped a callback: tell the loop's exception handler,
     with the same context dict asyncio builds."""
     loop = handle._loop
@@ -342,7 +362,7 @@ def _callback_error(handle, exc):
     loop.call_exception_handler(context)
 
 
-def _slow_callback(handle, seconds):
+def _slow_callback(handle: asyncio.Handle, seconds: float) -> None:
     # Through base_events' own name for the logger, as the stock loop logs it,
     # so that code patching asyncio.base_events.logger sees this warning too.
     base_events.logger.warning(

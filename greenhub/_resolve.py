@@ -18,12 +18,23 @@ fast path just completes without suspending, as the stock loop's own
 ``_ensure_resolved()`` does for IP literals in ``create_connection()``.
 """
 
+from __future__ import annotations
+
 import socket
+from asyncio import unix_events
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # mixed into greenhub.Loop, before asyncio's loop
+    from socket import _GetAddrInfoResult
+
+    _LoopBase = unix_events._UnixSelectorEventLoop
+else:
+    _LoopBase = object
 
 _NUMERIC_NAMEINFO = socket.NI_NUMERICHOST | socket.NI_NUMERICSERV
 
 
-def _is_ip_literal(host):
+def _is_ip_literal(host: object) -> bool:
     if host is None:
         return True
     if isinstance(host, bytes):
@@ -41,7 +52,7 @@ def _is_ip_literal(host):
     return False
 
 
-def _is_numeric_port(port):
+def _is_numeric_port(port: object) -> bool:
     if port is None or isinstance(port, int):
         # Out-of-range ints are refused by socket.getaddrinfo itself, at once.
         return True
@@ -51,22 +62,33 @@ def _is_numeric_port(port):
     return False
 
 
-class ResolveMixin:
+class ResolveMixin(_LoopBase):
     """The name-resolution part of greenhub.Loop (mixed in before asyncio's loop)."""
 
-    async def getaddrinfo(self, host, port, *, family=0, type=0, proto=0, flags=0):
+    async def getaddrinfo(
+        self,
+        host: bytes | str | None,
+        port: bytes | str | int | None,
+        *,
+        family: int = 0,
+        type: int = 0,
+        proto: int = 0,
+        flags: int = 0,
+    ) -> _GetAddrInfoResult:
         if _is_ip_literal(host) and _is_numeric_port(port):
             # What run_in_executor() checks before it submits.
             self._check_closed()
             self._check_default_executor()
             if self._debug:
-                return self._getaddrinfo_debug(host, port, family, type, proto, flags)
+                return self._getaddrinfo_debug(host, port, family, type, proto, flags)  # type: ignore[no-any-return]  # asyncio's private
             return socket.getaddrinfo(host, port, family, type, proto, flags)
         return await super().getaddrinfo(
             host, port, family=family, type=type, proto=proto, flags=flags
         )
 
-    async def getnameinfo(self, sockaddr, flags=0):
+    async def getnameinfo(
+        self, sockaddr: tuple[str, int] | tuple[str, int, int, int], flags: int = 0
+    ) -> tuple[str, str]:
         if isinstance(flags, int) and flags & _NUMERIC_NAMEINFO == _NUMERIC_NAMEINFO:
             self._check_closed()
             self._check_default_executor()

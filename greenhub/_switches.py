@@ -12,8 +12,14 @@ import logging
 import os
 import sys
 import traceback
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, Literal, ParamSpec, TypeVar, cast, overload
 
 from . import _core
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 __all__ = ["SwitchError", "no_switch", "set_switch_log", "get_switch_log"]
 
@@ -28,11 +34,12 @@ class _NoSwitch:
 
     __slots__ = ("_reason", "_tokens")
 
-    def __init__(self, reason):
+    def __init__(self, reason: str | None) -> None:
         self._reason = reason
-        self._tokens = []  # one per active `with` of this object (nested use)
+        # one per active `with` of this object (nested use)
+        self._tokens: list[tuple[_core.GreenCoro, str | None] | None] = []
 
-    def __enter__(self):
+    def __enter__(self) -> "_NoSwitch":
         block = self._reason
         if block is None:
             f = sys._getframe(1)
@@ -40,29 +47,36 @@ class _NoSwitch:
         self._tokens.append(_core._no_switch_enter(block))
         return self
 
-    def __exit__(self, exc_type, exc, tb):
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Literal[False]:
         _core._no_switch_exit(self._tokens.pop())
         return False
 
-    def __call__(self, fn):
+    def __call__(self, fn: Callable[_P, _T]) -> Callable[_P, _T]:
         if not callable(fn):
             raise TypeError(f"greenhub.no_switch() decorates a callable, not {fn!r}")
         block = self._reason or f"@greenhub.no_switch on {fn.__qualname__}()"
         enter, leave = _core._no_switch_enter, _core._no_switch_exit
         if inspect.iscoroutinefunction(fn):
             # The whole coroutine must run without suspending.
+            coroutine_fn = fn  # (narrowed to a coroutine function)
+
             @functools.wraps(fn)
-            async def no_switch_coroutine(*args, **kwargs):
+            async def no_switch_coroutine(*args: _P.args, **kwargs: _P.kwargs) -> Any:
                 token = enter(block)
                 try:
-                    return await fn(*args, **kwargs)
+                    return await coroutine_fn(*args, **kwargs)
                 finally:
                     leave(token)
 
-            return no_switch_coroutine
+            return cast(Callable[_P, _T], no_switch_coroutine)
 
         @functools.wraps(fn)
-        def no_switch_call(*args, **kwargs):
+        def no_switch_call(*args: _P.args, **kwargs: _P.kwargs) -> _T:
             token = enter(block)
             try:
                 return fn(*args, **kwargs)
@@ -71,11 +85,15 @@ class _NoSwitch:
 
         return no_switch_call
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"greenhub.no_switch({self._reason!r})"
 
 
-def no_switch(reason=None):
+@overload
+def no_switch(reason: str | None = None) -> _NoSwitch: ...
+@overload
+def no_switch(reason: Callable[_P, _T]) -> Callable[_P, _T]: ...
+def no_switch(reason: str | Callable[_P, _T] | None = None) -> _NoSwitch | Callable[_P, _T]:
     """Mark a critical section in which this virtual thread must not switch.
 
     ``with greenhub.no_switch():`` (or ``@greenhub.no_switch()`` /
@@ -98,7 +116,7 @@ def no_switch(reason=None):
     return _NoSwitch(reason)
 
 
-def set_switch_log(enabled=True):
+def set_switch_log(enabled: bool = True) -> None:
     """Log every place synchronous code suspends (``greenhub.await_()``,
     greenhub's blocking calls, green sockets) with its stack, at INFO level through the
     ``greenhub.switches`` logger.  A debugging aid; off by default
@@ -107,7 +125,7 @@ def set_switch_log(enabled=True):
     _state["on"] = bool(enabled)
 
 
-def get_switch_log():
+def get_switch_log() -> bool:
     """True while the switch log is on."""
     return _state["on"]
 
@@ -115,7 +133,7 @@ def get_switch_log():
 _state = {"on": False}
 
 
-def _log_switch(yielded):
+def _log_switch(yielded: object) -> None:
     """Called (from C) each time sync code suspends, waiting on `yielded`."""
     if not switch_logger.isEnabledFor(logging.INFO):
         return

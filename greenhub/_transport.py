@@ -14,39 +14,55 @@ the writer callback's resuming of the protocol - so no caller can tell the
 data waited.
 """
 
+import asyncio
+import socket
 from asyncio import selector_events
+from typing import Any
 
 from . import _core
 
 __all__ = ["SocketTransport"]
 
 
-class SocketTransport(_core._SocketTransportBase, selector_events._SelectorSocketTransport):
-    def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
+# typeshed does not declare asyncio's private _SelectorSocketTransport: to mypy the base is
+# Any, and this class is checked for its own code only.
+class SocketTransport(
+    _core._SocketTransportBase,
+    selector_events._SelectorSocketTransport,  # type: ignore[misc,name-defined]
+):
+    def __init__(
+        self,
+        loop: _core.Loop,
+        sock: socket.socket,
+        protocol: asyncio.BaseProtocol,
+        waiter: asyncio.Future[None] | None = None,
+        extra: dict[str, Any] | None = None,
+        server: asyncio.Server | None = None,
+    ) -> None:
         self._gh_state = _core.TransportState(loop)
         super().__init__(loop, sock, protocol, waiter, extra, server)
 
-    def get_write_buffer_size(self):
+    def get_write_buffer_size(self) -> int:
         self._gh_flush()
-        return super().get_write_buffer_size()
+        return super().get_write_buffer_size()  # type: ignore[no-any-return]
 
-    def writelines(self, list_of_data):
+    def writelines(self, list_of_data: Any) -> None:
         self._gh_flush()
         super().writelines(list_of_data)
 
-    def write_eof(self):
+    def write_eof(self) -> None:
         self._gh_flush()
         super().write_eof()
 
-    def close(self):
+    def close(self) -> None:
         self._gh_flush()
         super().close()
 
-    def abort(self):
+    def abort(self) -> None:
         self._gh_flush()
         super().abort()
 
-    def _maybe_resume_protocol(self):
+    def _maybe_resume_protocol(self) -> None:
         # asyncio's writer callback resumes the protocol, which may write,
         # and then closes or shuts down the socket if its buffer is empty:
         # what the protocol wrote must be on the wire (or in that buffer)
@@ -54,9 +70,9 @@ class SocketTransport(_core._SocketTransportBase, selector_events._SelectorSocke
         super()._maybe_resume_protocol()
         self._gh_flush()
 
-    def _make_empty_waiter(self):
+    def _make_empty_waiter(self) -> asyncio.Future[None]:
         self._gh_flush()
-        return super()._make_empty_waiter()
+        return super()._make_empty_waiter()  # type: ignore[no-any-return]
 
 
 # Named as asyncio's class, so reprs and logs read as on the stock loop.

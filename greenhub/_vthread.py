@@ -5,13 +5,25 @@ that run once per call site or per thread: running an awaitable when no loop
 is running, and ``spawn``.
 """
 
+from __future__ import annotations
+
 import asyncio
 import atexit
 import builtins
+import contextvars
 import sys
 import threading
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from . import _core
+
+if TYPE_CHECKING:
+    from ._colours import _Home
+    from ._loop import Loop
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 __all__ = ["await_", "run_sync", "spawn"]
 
@@ -27,8 +39,8 @@ run_sync = _core.await_
 _WORKER_BASE = compile("_greenhub_result = _greenhub_worker()", "<greenhub virtual thread>", "exec")
 
 
-def _worker_entry(worker_main):
-    def virtual_thread():
+def _worker_entry(worker_main: Callable[[], object]) -> Callable[[], object]:
+    def virtual_thread() -> object:
         main = sys.modules.get("__main__")
         namespace = getattr(main, "__dict__", None)
         if not isinstance(namespace, dict) or "__builtins__" not in namespace:
@@ -47,12 +59,12 @@ class _ThreadLoop:
     """This thread's greenhub loop for await_() calls made with no loop
     running; closed when the thread's locals go away (or at exit)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         from ._loop import Loop
 
-        self.loop = Loop()
+        self.loop: Loop = Loop()
 
-    def close(self):
+    def close(self) -> None:
         """At exit (atexit, main thread): what asyncio.run() does at its end."""
         loop = self.loop
         if not loop.is_closed() and not loop.is_running():
@@ -62,7 +74,7 @@ class _ThreadLoop:
             finally:
                 loop.close()
 
-    def __del__(self):
+    def __del__(self) -> None:
         # The thread has ended: this runs inside CPython's teardown of its thread state,
         # after the thread's dict (where asyncio keeps the running loop) and its entry in
         # threading's table were dropped.  Running the loop there makes asyncio create a
@@ -88,8 +100,8 @@ class _ThreadLoop:
 _local = threading.local()
 
 
-def _thread_loop():
-    holder = getattr(_local, "holder", None)
+def _thread_loop() -> Loop:
+    holder: _ThreadLoop | None = getattr(_local, "holder", None)
     if holder is None or holder.loop.is_closed():
         holder = _local.holder = _ThreadLoop()
         if threading.current_thread() is threading.main_thread():
@@ -97,7 +109,7 @@ def _thread_loop():
     return holder.loop
 
 
-def _run_sync(awaitable, context=None):
+def _run_sync(awaitable: Awaitable[_T], context: contextvars.Context | None = None) -> _T:
     """await_() with no running loop: run `awaitable` to completion on this
     thread's greenhub loop.  Ctrl-C (or any exception out of the loop)
     cancels it and waits for it to finish before re-raising, as asyncio.run
@@ -107,7 +119,7 @@ def _run_sync(awaitable, context=None):
     loop (greenhub/_colours.py), the awaitable runs on that caller's loop
     instead, as asgiref's async_to_sync does.  `context`: the Context to run
     it in (default: a copy of the current one)."""
-    home = getattr(_local, "home", None)
+    home: _Home | None = getattr(_local, "home", None)
     if home is not None:
         return home.run(awaitable, context)
     loop = _thread_loop()
@@ -127,15 +139,15 @@ def _run_sync(awaitable, context=None):
         raise
 
 
-async def _awaited(awaitable):
+async def _awaited(awaitable: Awaitable[_T]) -> _T:
     return await awaitable
 
 
-async def _call_sync(fn, args, kwargs):
+async def _call_sync(fn: Callable[..., _T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> _T:
     return fn(*args, **kwargs)
 
 
-def spawn(fn, /, *args, **kwargs):
+def spawn(fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> asyncio.Task[_T]:
     """Run the synchronous function ``fn(*args, **kwargs)`` as a virtual
     thread: an asyncio Task on the running greenhub loop whose result is what
     ``fn`` returns.  Inside ``fn`` (at any depth), ``greenhub.await_()``

@@ -10,10 +10,17 @@ the loop thread, through the loop's exception handler (or the handler given
 to ``set_watchdog()``), as soon as the blocking code gives control back.
 """
 
+import asyncio
 import atexit
 import traceback
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
 
 from . import _core
+
+# set_watchdog()'s handler: handler(loop, context)
+_Handler = Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object]
 
 __all__ = ["Stack"]
 
@@ -23,11 +30,19 @@ class Stack(traceback.StackSummary):
     formatted stack, so asyncio's default exception handler, which prints each
     context value's repr, shows it as a traceback."""
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "(most recent call last):\n" + "".join(self.format()).rstrip()
 
 
-def _report(loop, task, handle, frames, since, threshold, handler):
+def _report(
+    loop: asyncio.AbstractEventLoop,
+    task: asyncio.Task[Any] | None,
+    handle: asyncio.Handle | None,
+    frames: list[tuple[FrameType, int]] | None,
+    since: float,
+    threshold: float,
+    handler: _Handler | None,
+) -> None:
     """On the watchdog thread, with the GIL: `frames` is [(frame, lineno), ...]
     innermost first, or None when the episode ended before the stack could be
     read (the blocking code held the GIL until it returned)."""
@@ -40,7 +55,15 @@ def _report(loop, task, handle, frames, since, threshold, handler):
         pass  # the loop was closed meanwhile: nobody to tell
 
 
-def _deliver(loop, task, handle, stack, since, threshold, handler):
+def _deliver(
+    loop: asyncio.AbstractEventLoop,
+    task: asyncio.Task[Any] | None,
+    handle: asyncio.Handle | None,
+    stack: traceback.StackSummary | None,
+    since: float,
+    threshold: float,
+    handler: _Handler | None,
+) -> None:
     """On the loop thread, once the blocking callback has returned."""
     blocked_for = loop.time() - since
     if task is not None:
@@ -58,7 +81,11 @@ def _deliver(loop, task, handle, stack, since, threshold, handler):
             "; no stack: the blocking code did not release the GIL until it returned "
             "(a C call that holds the GIL?)"
         )
-    context = {"message": message, "blocked_for": blocked_for, "threshold": threshold}
+    context: dict[str, Any] = {
+        "message": message,
+        "blocked_for": blocked_for,
+        "threshold": threshold,
+    }
     if task is not None:
         context["task"] = task
     elif handle is not None:

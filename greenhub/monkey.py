@@ -56,6 +56,7 @@ import time as _time_mod
 import types
 import warnings
 import weakref
+from typing import Any
 
 from . import _core
 
@@ -80,6 +81,7 @@ _in_vthread = _core.in_vthread
 _await = _core.await_
 _wait_fd = _core._wait_fd
 _get_running_loop = asyncio.events._get_running_loop
+_running_loop = asyncio.get_running_loop  # where a loop must run (in a virtual thread)
 _current_task = asyncio.current_task
 _monotonic = _time_mod.monotonic
 
@@ -119,9 +121,13 @@ class _Item:
 
 
 _registry_lock = _thread.allocate_lock()  # patch/unpatch may be called from several threads
-_applied = {}  # group ("time", "thread", ...) -> [_Item] in the order applied
-_references = {}  # group -> [(module dict, key, original, replacement)] rewritten by the scan
-_originals = {}  # label ("time.sleep") -> original, for get_original()
+_applied: dict[
+    str, list[_Item]
+] = {}  # group ("time", "thread", ...) -> [_Item] in the order applied
+_references: dict[
+    str, list[tuple[dict[str, Any], str, Any, Any]]
+] = {}  # group -> [(module dict, key, original, replacement)] rewritten by the scan
+_originals: dict[str, Any] = {}  # label ("time.sleep") -> original, for get_original()
 
 # Modules whose globals the reference scan leaves alone: greenhub keeps the
 # originals it builds on; the C modules define them; the import system must
@@ -220,9 +226,9 @@ def _unpatch_group(group):
         return
     for namespace in _module_namespaces():
         for key, value in list(namespace.items()):
-            item = back.get(id(value))
-            if item is not None and item.replacement is value:
-                namespace[key] = item.original
+            found = back.get(id(value))
+            if found is not None and found.replacement is value:
+                namespace[key] = found.original
 
 
 def _patch(group, plan):
@@ -262,7 +268,7 @@ def _green_sleep(seconds):
     if seconds <= 0:
         _await(asyncio.sleep(0))  # one trip round the loop, like asyncio.sleep(0)
         return
-    loop = _get_running_loop()
+    loop = _running_loop()
     fut = loop.create_future()
     timer = loop.call_later(seconds, _resolve, fut)
     try:
@@ -318,7 +324,7 @@ def _wait_fds(masks, timeout, check):
 def _sleep_until(deadline):
     """Wait with nothing to watch (an empty select); None: until cancelled."""
     if deadline is None:
-        _await(_get_running_loop().create_future())
+        _await(_running_loop().create_future())
     else:
         _green_sleep(_remaining(deadline))
 
@@ -406,7 +412,7 @@ def _plan_time(batch):
     batch.add("time", _time_mod, "sleep", _make_sleep(_time_mod.sleep), ("time",))
 
 
-def patch_time():
+def patch_time() -> None:
     """Patch `time.sleep`: in a virtual thread it suspends only that task."""
     _patch("time", _plan_time)
 
@@ -438,7 +444,7 @@ def _make_select(original):
             return ready
         if seconds == 0:
             return ([], [], [])
-        masks = {}
+        masks: dict[int, int] = {}
         for objs, bit in ((rlist, _EPOLLIN), (wlist, _EPOLLOUT), (xlist, _EPOLLPRI)):
             for obj in objs:
                 fd = _fileno(obj)
@@ -590,7 +596,7 @@ def _plan_select(batch):
     batch.add("select", _select_mod, "epoll", _Epoll, ("select",))
 
 
-def patch_select():
+def patch_select() -> None:
     """Patch `select.select`, `select.poll` and `select.epoll`: their waits
     suspend only the calling virtual thread."""
     _patch("select", _plan_select)
@@ -648,7 +654,7 @@ def _plan_selectors(batch):
         batch.add("selectors", owner, "select", _make_selector_select(original), ("selectors",))
 
 
-def patch_selectors():
+def patch_selectors() -> None:
     """Patch the ``select()`` method of `selectors`' selector classes
     (`DefaultSelector` among them), in place: selectors made before
     patching, and classes other modules hold (subprocess, socketserver),
@@ -734,7 +740,8 @@ def _make_communicate(original):
 
 def _plan_subprocess(batch):
     popen = _subprocess_mod.Popen
-    batch.add("subprocess", popen, "_wait", _make_popen_wait(popen._wait), ("subprocess",))
+    original_wait = popen._wait  # type: ignore[attr-defined]  # (private: typeshed omits it)
+    batch.add("subprocess", popen, "_wait", _make_popen_wait(original_wait), ("subprocess",))
     batch.add(
         "subprocess",
         popen,
@@ -744,7 +751,7 @@ def _plan_subprocess(batch):
     )
 
 
-def patch_subprocess():
+def patch_subprocess() -> None:
     """Patch `subprocess.Popen`'s waits in place: ``wait()``,
     ``communicate()`` and so ``run()``, ``call()``, ``check_output()`` and
     the ``with Popen(...)`` exit suspend only the calling virtual thread."""
@@ -781,7 +788,7 @@ class local(_local_base):
     # never leave their loop's thread).
     __slots__ = ("_gh_args", "_gh_tasks")
 
-    def __new__(cls, /, *args, **kwargs):
+    def __new__(cls, /, *args: Any, **kwargs: Any) -> "local":
         self = super().__new__(cls, *args, **kwargs)
         _ARGS_SLOT.__set__(self, (args, kwargs))
         _TASKS_SLOT.__set__(self, _local_base())
@@ -792,21 +799,21 @@ class local(_local_base):
                 _task_namespaces(self)[task] = {}
         return self
 
-    def __getattribute__(self, name):
+    def __getattribute__(self, name: str) -> Any:
         if _in_vthread():
             ns = _vthread_namespace(self)
             if ns is not None:
                 return _getattr_in(self, name, ns)
         return _local_getattribute(self, name)
 
-    def __setattr__(self, name, value):
+    def __setattr__(self, name: str, value: Any) -> None:
         if _in_vthread():
             ns = _vthread_namespace(self)
             if ns is not None:
                 return _setattr_in(self, name, value, ns)
         return _local_setattr(self, name, value)
 
-    def __delattr__(self, name):
+    def __delattr__(self, name: str) -> None:
         if _in_vthread():
             ns = _vthread_namespace(self)
             if ns is not None:
@@ -823,6 +830,7 @@ def _task_namespaces(self):
     try:
         return _local_getattribute(per_thread, "tasks")
     except AttributeError:
+        tasks: weakref.WeakKeyDictionary[asyncio.Task[Any], dict[str, Any]]
         tasks = weakref.WeakKeyDictionary()
         _local_setattr(per_thread, "tasks", tasks)
         return tasks
@@ -876,7 +884,7 @@ def _getattr_in(self, name, ns):
     raise AttributeError(f"{tp.__name__!r} object has no attribute {name!r}", name=name, obj=self)
 
 
-def _setattr_in(self, name, value, ns):
+def _setattr_in(self, name, value, ns) -> None:
     tp = type(self)
     if name == "__dict__":
         raise AttributeError(f"{tp.__name__!r} object attribute '__dict__' is read-only")
@@ -887,7 +895,7 @@ def _setattr_in(self, name, value, ns):
     ns[name] = value
 
 
-def _delattr_in(self, name, ns):
+def _delattr_in(self, name, ns) -> None:
     tp = type(self)
     if name == "__dict__":
         raise AttributeError(f"{tp.__name__!r} object attribute '__dict__' is read-only")
@@ -941,7 +949,7 @@ def _plan_thread(batch):
     batch.add("thread", th.Thread, "join", _make_join(th.Thread.join), ("threading",))
 
 
-def patch_thread():
+def patch_thread() -> None:
     """Patch `threading`'s ``Lock``, ``RLock``, ``Condition``, ``Event``,
     ``Semaphore``, ``BoundedSemaphore`` (the `greenhub.sync` classes),
     ``local`` (one namespace per virtual thread inside virtual threads) and
@@ -963,7 +971,7 @@ def _plan_queue(batch):
         batch.add("queue", queue, name, getattr(sync, name), ("queue",))
 
 
-def patch_queue():
+def patch_queue() -> None:
     """Patch `queue.Queue`, `queue.LifoQueue` and `queue.PriorityQueue` with
     `greenhub.sync`'s (same interface, same `queue.Empty`/`queue.Full`)."""
     _patch("queue", _plan_queue)
@@ -1004,7 +1012,7 @@ def _make_resolver(name, original):
     def resolver(*args, **kwargs):
         if not _in_vthread() or not _needs_lookup(name, args, kwargs):
             return original(*args, **kwargs)
-        loop = _get_running_loop()
+        loop = _running_loop()
         return _await(loop.run_in_executor(None, functools.partial(original, *args, **kwargs)))
 
     return _wraps(original, resolver)
@@ -1026,7 +1034,7 @@ def _plan_socket(batch):
         )
 
 
-def patch_socket():
+def patch_socket() -> None:
     """Patch `socket.socket` with `greenhub.socket.socket` (so `socketpair`,
     `create_connection`, `create_server`, `fromfd` and ``accept()`` make
     green sockets too) and the blocking name lookups (``getaddrinfo`` & co.,
@@ -1064,7 +1072,8 @@ def _warn_subclasses(group, label, handled=()):
 
 def _caller_stacklevel():
     """warnings.warn's stacklevel for the first frame outside this module."""
-    frame, level = sys._getframe(1), 1
+    frame: types.FrameType | None = sys._getframe(1)
+    level = 1
     while frame is not None and frame.f_globals.get("__name__") == __name__:
         frame, level = frame.f_back, level + 1
     return level
@@ -1080,7 +1089,7 @@ def _plan_ssl(batch):
     batch.add("ssl", ssl.SSLContext, "sslsocket_class", green.SSLSocket, ("ssl",))
 
 
-def patch_ssl():
+def patch_ssl() -> None:
     """Make every `ssl.SSLContext` (made before or after patching) wrap
     sockets into `greenhub.ssl.SSLSocket`: TLS handshakes, reads and writes
     suspend only the calling virtual thread."""
@@ -1096,15 +1105,15 @@ _GROUPS = ("time", "ssl", "socket", "select", "selectors", "thread", "queue", "s
 
 def patch_all(
     *,
-    time=True,
-    socket=True,
-    ssl=True,
-    select=True,
-    selectors=True,
-    thread=True,
-    queue=True,
-    subprocess=True,
-):
+    time: bool = True,
+    socket: bool = True,
+    ssl: bool = True,
+    select: bool = True,
+    selectors: bool = True,
+    thread: bool = True,
+    queue: bool = True,
+    subprocess: bool = True,
+) -> None:
     """Apply every patch (or the ones left True).  Idempotent; patching a
     group a second time does nothing."""
     flags = {
@@ -1123,7 +1132,7 @@ def patch_all(
             patcher()
 
 
-def unpatch_all():
+def unpatch_all() -> None:
     """Undo every patch: each replaced attribute, and each module-level
     reference rewritten, is the original object again.  Objects made while
     patched (a greenhub Lock from `threading.Lock()`) stay what they are."""
@@ -1132,7 +1141,7 @@ def unpatch_all():
             _unpatch_group(group)
 
 
-def is_patched(name):
+def is_patched(name: str) -> bool:
     """True if `name` is patched: a group (``"time"``, ``"socket"``,
     ``"ssl"``, ``"select"``, ``"selectors"``, ``"thread"``, ``"queue"``,
     ``"subprocess"``) or a dotted attribute (``"time.sleep"``,
@@ -1144,7 +1153,7 @@ def is_patched(name):
     return any(item.label == name for items in _applied.values() for item in items)
 
 
-def patched():
+def patched() -> dict[str, list[str]]:
     """What is patched now: ``{group: [dotted names]}``, including other
     modules' references that the patch rewrote (``"mymodule.sleep"``)."""
     with _registry_lock:
@@ -1157,7 +1166,7 @@ def patched():
         return result
 
 
-def get_original(name):
+def get_original(name: str) -> Any:
     """The original object behind a dotted name such as ``"time.sleep"``,
     whether patched now or not."""
     if not isinstance(name, str) or "." not in name:

@@ -13,11 +13,22 @@ siblings, as ssl raises them).  Anything else is ssl's own code.
 name of the ``ssl`` module is re-exported unchanged.
 """
 
+from __future__ import annotations
+
 import ssl as _ssl
-from ssl import *  # noqa: F403 - this module is a drop-in for ssl
+from collections.abc import Callable
 from ssl import Purpose, SSLWantReadError, SSLWantWriteError
+from typing import TYPE_CHECKING, Any
+
+if not TYPE_CHECKING:
+    # This module is a drop-in for ssl (type checkers see this import at the end of
+    # the module, as in greenhub.socket).
+    from ssl import *  # noqa: F403
 
 from . import socket as _gsocket
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer, StrOrBytesPath
 
 # ssl.wrap_socket() (3.11 only, deprecated) would make a stock SSLContext:
 # use SSLContext.wrap_socket() or create_default_context().
@@ -33,10 +44,11 @@ __all__ = [
 ]
 
 
-class SSLSocket(_ssl.SSLSocket, _gsocket.socket):
+# (ssl.SSLSocket's accept() comes first in the MRO, and returns SSL sockets.)
+class SSLSocket(_ssl.SSLSocket, _gsocket.socket):  # type: ignore[misc]
     """An ``ssl.SSLSocket`` whose waits suspend only the calling virtual thread."""
 
-    def _gh_ssl(self, what, call, *args):
+    def _gh_ssl(self, what: str | None, call: Callable[..., Any], *args: Any) -> Any:
         """call(*args), waiting for the fd while OpenSSL wants to read or write."""
         timeout = self._gh_timeout
         if timeout == 0.0:
@@ -55,29 +67,29 @@ class SSLSocket(_ssl.SSLSocket, _gsocket.socket):
                 op = what or ("write" if write else "read")
                 raise TimeoutError(f"The {op} operation timed out") from None
 
-    def do_handshake(self, block=False):
+    def do_handshake(self, block: bool = False) -> None:
         """As ssl.SSLSocket.do_handshake()."""
-        self._check_connected()
+        self._check_connected()  # type: ignore[attr-defined]
         timeout = self._gh_timeout
         if timeout == 0.0 and block:
             timeout = None
         saved, self._gh_timeout = self._gh_timeout, timeout
         try:
-            self._gh_ssl("handshake", self._sslobj.do_handshake)
+            self._gh_ssl("handshake", self._sslobj.do_handshake)  # type: ignore[attr-defined]
         finally:
             self._gh_timeout = saved
 
-    def read(self, len=1024, buffer=None):
-        return self._gh_ssl("read", super().read, len, buffer)
+    def read(self, len: int = 1024, buffer: bytearray | None = None) -> bytes:  # type: ignore[override]
+        return self._gh_ssl("read", super().read, len, buffer)  # type: ignore[no-any-return]
 
-    def write(self, data):
-        return self._gh_ssl("write", super().write, data)
+    def write(self, data: ReadableBuffer) -> int:
+        return self._gh_ssl("write", super().write, data)  # type: ignore[no-any-return]
 
-    def send(self, data, flags=0):
-        return self._gh_ssl("write", super().send, data, flags)
+    def send(self, data: ReadableBuffer, flags: int = 0) -> int:
+        return self._gh_ssl("write", super().send, data, flags)  # type: ignore[no-any-return]
 
-    def unwrap(self):
-        return self._gh_ssl(None, super().unwrap)
+    def unwrap(self) -> _gsocket.socket:
+        return self._gh_ssl(None, super().unwrap)  # type: ignore[no-any-return]
 
 
 class SSLContext(_ssl.SSLContext):
@@ -86,8 +98,20 @@ class SSLContext(_ssl.SSLContext):
     sslsocket_class = SSLSocket
 
 
-def create_default_context(purpose=Purpose.SERVER_AUTH, *, cafile=None, capath=None, cadata=None):
+def create_default_context(
+    purpose: Purpose = Purpose.SERVER_AUTH,
+    *,
+    cafile: StrOrBytesPath | None = None,
+    capath: StrOrBytesPath | None = None,
+    cadata: str | ReadableBuffer | None = None,
+) -> SSLContext:
     """As ssl.create_default_context(), returning a greenhub SSLContext."""
     ctx = _ssl.create_default_context(purpose, cafile=cafile, capath=capath, cadata=cadata)
     ctx.__class__ = SSLContext
-    return ctx
+    return ctx  # type: ignore[return-value]  # (its class is now greenhub's)
+
+
+if TYPE_CHECKING:
+    # The drop-in import, where type checkers see it (see the top of the module): the
+    # names defined above keep their own types.
+    from ssl import *  # type: ignore[assignment]  # noqa: F403

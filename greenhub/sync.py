@@ -32,8 +32,9 @@ import heapq
 import operator
 import queue as _queue
 import time as _time
-import types
 from collections import deque
+from collections.abc import Callable
+from typing import Any, Generic, Protocol, TypeAlias, TypeVar
 
 from . import _core
 
@@ -58,15 +59,19 @@ _os_sleep = _time.sleep
 _in_vthread = _core.in_vthread
 _await = _core.await_
 _get_running_loop = asyncio.events._get_running_loop
+_running_loop = asyncio.get_running_loop  # where a loop must run (in a virtual thread)
 _current_task = asyncio.current_task
 _CancelledError = asyncio.CancelledError
+
+_T = TypeVar("_T")
+_Mutex: TypeAlias = _thread.LockType
 
 
 # --------------------------------------------------------------------------
 # sleep
 
 
-def _pytime_check(seconds):
+def _pytime_check(seconds: float) -> float:
     """Raises what CPython's conversion of a timeout raises (time.sleep(),
     lock timeouts, socket timeouts share it): TypeError for what is neither
     a float nor an integer, ValueError for NaN, OverflowError out of range
@@ -80,7 +85,7 @@ def _pytime_check(seconds):
     return seconds
 
 
-def _sleep_seconds(seconds):
+def _sleep_seconds(seconds: float) -> float:
     """Validates `seconds` the way time.sleep() does (same errors)."""
     if not (type(seconds) in (int, float) and 0 <= seconds <= _TIMEOUT_MAX):
         seconds = _pytime_check(seconds)
@@ -89,12 +94,12 @@ def _sleep_seconds(seconds):
     return seconds
 
 
-def _resolve(fut, value):
+def _resolve(fut: asyncio.Future[_T], value: _T) -> None:
     if not fut.done():
         fut.set_result(value)
 
 
-def sleep(seconds):
+def sleep(seconds: float) -> None:
     """Sleep `seconds` seconds.
 
     In a virtual thread only that task sleeps (the loop runs everything
@@ -107,8 +112,8 @@ def sleep(seconds):
     if seconds == 0:
         _await(asyncio.sleep(0))  # one trip round the loop, as asyncio.sleep(0)
         return None
-    loop = _get_running_loop()
-    fut = loop.create_future()
+    loop = _running_loop()
+    fut: asyncio.Future[None] = loop.create_future()
     timer = loop.call_later(seconds, _resolve, fut, None)
     try:
         _await(fut)
@@ -121,7 +126,7 @@ def sleep(seconds):
 # waiters
 
 
-def _cond_timeout(timeout):
+def _cond_timeout(timeout: float | None) -> float | None:
     """A timeout as threading.Condition.wait() takes it: None (no limit),
     0.0 (do not block: zero, negative, NaN - `timeout > 0` is false), else
     seconds as a float.  Raises what it raises: `timeout > 0` for what does
@@ -142,22 +147,29 @@ class _Waiter:
 
     __slots__ = ("fut", "lock", "loop", "woken")
 
-    def __init__(self, loop, fut, lock):
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop | None,
+        fut: asyncio.Future[bool] | None,
+        lock: _Mutex | None,
+    ) -> None:
         self.loop = loop
         self.fut = fut
         self.lock = lock
         self.woken = False
 
-    def wake(self):
+    def wake(self) -> None:
         """Called with the owner's mutex held.  Never switches or blocks."""
         self.woken = True
         fut = self.fut
         if fut is None:
+            assert self.lock is not None
             self.lock.release()
         elif _get_running_loop() is self.loop:
             if not fut.done():
                 fut.set_result(True)
         else:
+            assert self.loop is not None
             try:
                 self.loop.call_soon_threadsafe(_resolve, fut, True)
             except RuntimeError:
@@ -170,24 +182,24 @@ class _WaitQueue:
 
     __slots__ = ("_waiters",)
 
-    def __init__(self):
-        self._waiters = deque()
+    def __init__(self) -> None:
+        self._waiters: deque[_Waiter] = deque()
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self._waiters)
 
-    def notify(self, n=1):
+    def notify(self, n: int = 1) -> None:
         waiters = self._waiters
         while n > 0 and waiters:
             waiters.popleft().wake()
             n -= 1
 
-    def notify_all(self):
+    def notify_all(self) -> None:
         self.notify(len(self._waiters))
 
-    def _add(self, coop):
+    def _add(self, coop: bool) -> _Waiter:
         if coop:
-            loop = _get_running_loop()
+            loop = _running_loop()
             w = _Waiter(loop, loop.create_future(), None)
         else:
             lock = _allocate_lock()
@@ -196,7 +208,7 @@ class _WaitQueue:
         self._waiters.append(w)
         return w
 
-    def _finish(self, w, raised):
+    def _finish(self, w: _Waiter, raised: bool) -> bool:
         """After a wait, with the mutex held again: True if `w` was woken."""
         if w.woken:
             if raised:
@@ -205,12 +217,14 @@ class _WaitQueue:
         self._waiters.remove(w)
         return False
 
-    def wait(self, mutex, timeout):
+    def wait(self, mutex: _Mutex, timeout: float | None) -> bool:
         """Blocks the caller - cooperatively in a virtual thread - until
         notified (True) or `timeout` seconds pass (False)."""
         return self.wait_released(mutex, timeout, mutex.release)
 
-    def wait_released(self, mutex, timeout, release):
+    def wait_released(
+        self, mutex: _Mutex, timeout: float | None, release: Callable[[], object]
+    ) -> bool:
         """wait(), calling `release()` (which releases `mutex` and possibly a
         user's lock) once the waiter is registered."""
         coop = _in_vthread()
@@ -226,17 +240,19 @@ class _WaitQueue:
         try:
             if coop:
                 _block_vthread(w, timeout)
-            elif timeout is None:
-                w.lock.acquire()
             else:
-                w.lock.acquire(True, timeout)
+                assert w.lock is not None
+                if timeout is None:
+                    w.lock.acquire()
+                else:
+                    w.lock.acquire(True, timeout)
             raised = False
         finally:
             mutex.acquire()
             woken = self._finish(w, raised)
         return woken
 
-    async def async_wait(self, mutex, timeout):
+    async def async_wait(self, mutex: _Mutex, timeout: float | None) -> bool:
         w = self._add(True)
         mutex.release()
         raised = True
@@ -249,38 +265,40 @@ class _WaitQueue:
         return woken
 
 
-def _block_vthread(w, timeout):
-    fut = w.fut
+def _block_vthread(w: _Waiter, timeout: float | None) -> None:
+    fut, loop = w.fut, w.loop
+    assert fut is not None and loop is not None
     if timeout is None:
         _await(fut)
         return
-    timer = w.loop.call_later(timeout, _resolve, fut, False)
+    timer = loop.call_later(timeout, _resolve, fut, False)
     try:
         _await(fut)
     finally:
         timer.cancel()
 
 
-async def _block_async(w, timeout):
+async def _block_async(w: _Waiter, timeout: float | None) -> None:
     """_block_vthread() for a coroutine: await the waiter's future."""
-    fut = w.fut
+    fut, loop = w.fut, w.loop
+    assert fut is not None and loop is not None
     if timeout is None:
         await fut
         return
-    timer = w.loop.call_later(timeout, _resolve, fut, False)
+    timer = loop.call_later(timeout, _resolve, fut, False)
     try:
         await fut
     finally:
         timer.cancel()
 
 
-def _deadline(timeout):
+def _deadline(timeout: float | None) -> float | None:
     """threading's `_time() + timeout`, with its errors (a Decimal timeout
     raises TypeError there)."""
     return None if timeout is None else _monotonic() + timeout
 
 
-def _remaining(deadline):
+def _remaining(deadline: float | None) -> float | None:
     """Seconds left before `deadline`, 0.0 once it has passed.  A NaN
     deadline counts as passed: threading would call Condition.wait(nan),
     which does not block, and compute NaN again, forever.  What is left
@@ -296,7 +314,7 @@ def _remaining(deadline):
 # Lock, RLock
 
 
-def _lock_timeout(blocking, timeout):
+def _lock_timeout(blocking: bool, timeout: float) -> float | None:
     """threading.Lock.acquire()'s arguments -> None (forever) or seconds."""
     if timeout == -1:
         return None if blocking else 0.0
@@ -324,20 +342,20 @@ class Lock:
 
     __slots__ = ("__weakref__", "_lock", "_mutex", "_waiters")
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._lock = _allocate_lock()
         self._mutex = _allocate_lock()
         self._waiters = _WaitQueue()
 
-    def acquire(self, blocking=True, timeout=-1):
-        timeout = _lock_timeout(blocking, timeout)
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        seconds = _lock_timeout(blocking, timeout)
         if self._lock.acquire(False):
             return True
-        if timeout == 0.0:
+        if seconds == 0.0:
             return False
         if not _in_vthread():
-            return self._lock.acquire(True, -1 if timeout is None else timeout)
-        deadline = _deadline(timeout)
+            return self._lock.acquire(True, -1 if seconds is None else seconds)
+        deadline = _deadline(seconds)
         mutex = self._mutex
         mutex.acquire()
         try:
@@ -351,14 +369,14 @@ class Lock:
         finally:
             mutex.release()
 
-    async def async_acquire(self, blocking=True, timeout=-1):
+    async def async_acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         """``acquire()`` for async code, on any asyncio loop."""
-        timeout = _lock_timeout(blocking, timeout)
+        seconds = _lock_timeout(blocking, timeout)
         if self._lock.acquire(False):
             return True
-        if timeout == 0.0:
+        if seconds == 0.0:
             return False
-        deadline = _deadline(timeout)
+        deadline = _deadline(seconds)
         mutex = self._mutex
         mutex.acquire()
         try:
@@ -372,7 +390,7 @@ class Lock:
         finally:
             mutex.release()
 
-    def release(self):
+    def release(self) -> None:
         self._lock.release()  # RuntimeError("release unlocked lock") as threading
         mutex = self._mutex
         mutex.acquire()
@@ -381,10 +399,10 @@ class Lock:
         finally:
             mutex.release()
 
-    def locked(self):
+    def locked(self) -> bool:
         return self._lock.locked()
 
-    def _at_fork_reinit(self):
+    def _at_fork_reinit(self) -> None:
         # Called in the child after fork() by stdlib code (logging, ...):
         # nobody waits there.
         self._lock = _allocate_lock()
@@ -393,24 +411,28 @@ class Lock:
 
     __enter__ = acquire
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.release()
 
-    async def __aenter__(self):
+    async def __aenter__(self) -> None:
         await self.async_acquire()
         return None
 
-    async def __aexit__(self, *exc):
+    async def __aexit__(self, *exc: object) -> None:
         self.release()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         state = "locked" if self._lock.locked() else "unlocked"
         return (
             f"<{state} {type(self).__module__}.{type(self).__qualname__} object at {id(self):#x}>"
         )
 
 
-def _owner(async_caller=False):
+# Who holds an RLock: a task, or an OS thread's ident.
+_Owner: TypeAlias = "asyncio.Task[Any] | int"
+
+
+def _owner(async_caller: bool = False) -> _Owner:
     """Who holds an RLock: the task in a virtual thread or async code, else
     the OS thread."""
     if async_caller or _in_vthread():
@@ -420,24 +442,28 @@ def _owner(async_caller=False):
     return _get_ident()
 
 
+# What RLock._release_save() returns and _acquire_restore() takes: (count, owner).
+_RLockState: TypeAlias = "tuple[int, _Owner | None]"
+
+
 class RLock:
     """A reentrant lock with `threading.RLock`'s interface.  Its owner is the
     virtual thread (the task) when taken in one, else the OS thread."""
 
     __slots__ = ("__weakref__", "_block", "_count", "_owner")
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._block = Lock()
-        self._owner = None
+        self._owner: _Owner | None = None
         self._count = 0
 
-    def _reenter(self, me):
+    def _reenter(self, me: _Owner) -> bool:
         if self._owner is not None and self._owner == me:
             self._count += 1
             return True
         return False
 
-    def acquire(self, blocking=True, timeout=-1):
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         me = _owner()
         if self._reenter(me):
             return True
@@ -447,7 +473,7 @@ class RLock:
             return True
         return False
 
-    async def async_acquire(self, blocking=True, timeout=-1):
+    async def async_acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         me = _owner(async_caller=True)
         if self._reenter(me):
             return True
@@ -457,7 +483,7 @@ class RLock:
             return True
         return False
 
-    def _release_as(self, me):
+    def _release_as(self, me: _Owner) -> None:
         if self._owner is None or self._owner != me:
             raise RuntimeError("cannot release un-acquired lock")
         self._count -= 1
@@ -465,49 +491,49 @@ class RLock:
             self._owner = None
             self._block.release()
 
-    def release(self):
+    def release(self) -> None:
         self._release_as(_owner())
 
-    def locked(self):
+    def locked(self) -> bool:
         return self._block.locked()
 
     # The protocol threading.Condition uses on its lock (and so does ours).
-    def _is_owned(self, async_caller=False):
+    def _is_owned(self, async_caller: bool = False) -> bool:
         return self._owner is not None and self._owner == _owner(async_caller)
 
-    def _release_save(self):
+    def _release_save(self) -> _RLockState:
         state = (self._count, self._owner)
         self._count = 0
         self._owner = None
         self._block.release()
         return state
 
-    def _acquire_restore(self, state):
+    def _acquire_restore(self, state: _RLockState) -> None:
         self._block.acquire()
         self._count, self._owner = state
 
-    async def _async_acquire_restore(self, state):
+    async def _async_acquire_restore(self, state: _RLockState) -> None:
         await self._block.async_acquire()
         self._count, self._owner = state
 
-    def _at_fork_reinit(self):
+    def _at_fork_reinit(self) -> None:
         self._block._at_fork_reinit()
         self._owner = None
         self._count = 0
 
     __enter__ = acquire
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.release()
 
-    async def __aenter__(self):
+    async def __aenter__(self) -> None:
         await self.async_acquire()
         return None
 
-    async def __aexit__(self, *exc):
+    async def __aexit__(self, *exc: object) -> None:
         self._release_as(_owner(async_caller=True))
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         owner = self._owner
         state = "locked" if owner is not None else "unlocked"
         return (
@@ -526,7 +552,7 @@ class Condition:
     threads, OS threads and coroutines (``async with cond: await
     cond.async_wait()``)."""
 
-    def __init__(self, lock=None):
+    def __init__(self, lock: Lock | RLock | None = None) -> None:
         if lock is None:
             lock = RLock()
         self._lock = lock
@@ -535,71 +561,71 @@ class Condition:
         self._mutex = _allocate_lock()
         self._waiters = _WaitQueue()
 
-    def __enter__(self):
+    def __enter__(self) -> bool:
         return self._lock.__enter__()
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         return self._lock.__exit__(*exc)
 
-    async def __aenter__(self):
+    async def __aenter__(self) -> None:
         return await self._lock.__aenter__()
 
-    async def __aexit__(self, *exc):
+    async def __aexit__(self, *exc: object) -> None:
         return await self._lock.__aexit__(*exc)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<{type(self).__module__}.{type(self).__qualname__}({self._lock!r}, {len(self._waiters)})>"
 
     # Lock protocol: an RLock knows its owner; a Lock is "owned" when held.
-    def _is_owned(self, async_caller=False):
+    def _is_owned(self, async_caller: bool = False) -> bool:
         lock = self._lock
         if isinstance(lock, RLock):
             return lock._is_owned(async_caller)
-        if hasattr(lock, "_is_owned"):
-            return lock._is_owned()
+        if hasattr(lock, "_is_owned"):  # a lock of threading's
+            return bool(lock._is_owned())
         if lock.acquire(False):
             lock.release()
             return False
         return True
 
-    def _release_save(self):
+    def _release_save(self) -> Any:
         lock = self._lock
         return lock._release_save() if hasattr(lock, "_release_save") else lock.release()
 
-    def _acquire_restore(self, state):
+    def _acquire_restore(self, state: Any) -> None:
         lock = self._lock
         if hasattr(lock, "_acquire_restore"):
             lock._acquire_restore(state)
         else:
             lock.acquire()
 
-    async def _async_acquire_restore(self, state):
+    async def _async_acquire_restore(self, state: Any) -> None:
         lock = self._lock
         if isinstance(lock, RLock):
             await lock._async_acquire_restore(state)
         else:
             await lock.async_acquire()
 
-    def wait(self, timeout=None):
+    def wait(self, timeout: float | None = None) -> bool:
         if not self._is_owned():
             raise RuntimeError("cannot wait on un-acquired lock")
-        timeout = _cond_timeout(timeout)
-        saved = []
+        seconds = _cond_timeout(timeout)
+        saved: list[Any] = []
 
-        def release():
+        def release() -> None:
             self._mutex.release()
             saved.append(self._release_save())
 
         mutex = self._mutex
         mutex.acquire()
         try:
-            woken = self._waiters.wait_released(mutex, timeout, release)
+            woken = self._waiters.wait_released(mutex, seconds, release)
         finally:
             mutex.release()
             self._reacquire(saved)
         return woken
 
-    def _reacquire(self, saved):
+    def _reacquire(self, saved: list[Any]) -> None:
         # Retake the user's lock even if the task is cancelled meanwhile, as
         # threading and asyncio do: wait()'s caller always holds it on return.
         if not saved:
@@ -614,10 +640,10 @@ class Condition:
         if cancelled is not None:
             raise cancelled
 
-    async def async_wait(self, timeout=None):
+    async def async_wait(self, timeout: float | None = None) -> bool:
         if not self._is_owned(async_caller=True):
             raise RuntimeError("cannot wait on un-acquired lock")
-        timeout = _cond_timeout(timeout)
+        seconds = _cond_timeout(timeout)
         mutex = self._mutex
         mutex.acquire()
         w = self._waiters._add(True)
@@ -625,7 +651,7 @@ class Condition:
         saved = self._release_save()
         raised = True
         try:
-            await _block_async(w, timeout)
+            await _block_async(w, seconds)
             raised = False
         finally:
             mutex.acquire()
@@ -644,7 +670,7 @@ class Condition:
                 raise cancelled
         return woken
 
-    def wait_for(self, predicate, timeout=None):
+    def wait_for(self, predicate: Callable[[], _T], timeout: float | None = None) -> _T:
         # threading's order: the predicate, then `_time() + timeout`, then
         # Condition.wait(timeout) with the timeout as given.
         result = predicate()
@@ -659,7 +685,7 @@ class Condition:
             result = predicate()
         return result
 
-    async def async_wait_for(self, predicate, timeout=None):
+    async def async_wait_for(self, predicate: Callable[[], _T], timeout: float | None = None) -> _T:
         result = predicate()
         if not result:
             deadline = _deadline(timeout)
@@ -672,7 +698,7 @@ class Condition:
             result = predicate()
         return result
 
-    def notify(self, n=1):
+    def notify(self, n: int = 1) -> None:
         if not (self._is_owned() or self._is_owned(async_caller=True)):
             raise RuntimeError("cannot notify on un-acquired lock")
         mutex = self._mutex
@@ -682,7 +708,7 @@ class Condition:
         finally:
             mutex.release()
 
-    def notify_all(self):
+    def notify_all(self) -> None:
         self.notify(len(self._waiters))
 
 
@@ -693,19 +719,19 @@ class Condition:
 class Event:
     """An event flag with `threading.Event`'s interface."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._mutex = _allocate_lock()
         self._waiters = _WaitQueue()
         self._flag = False
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         state = "set" if self._flag else "unset"
         return f"<{type(self).__module__}.{type(self).__qualname__} at {id(self):#x}: {state}>"
 
-    def is_set(self):
+    def is_set(self) -> bool:
         return self._flag
 
-    def set(self):
+    def set(self) -> None:
         mutex = self._mutex
         mutex.acquire()
         try:
@@ -714,44 +740,44 @@ class Event:
         finally:
             mutex.release()
 
-    def clear(self):
+    def clear(self) -> None:
         mutex = self._mutex
         mutex.acquire()
         self._flag = False
         mutex.release()
 
-    def wait(self, timeout=None):
+    def wait(self, timeout: float | None = None) -> bool:
         if self._flag:
             return True
-        timeout = _cond_timeout(timeout)
+        seconds = _cond_timeout(timeout)
         mutex = self._mutex
         mutex.acquire()
         try:
-            if not self._flag and timeout != 0.0:
-                self._waiters.wait(mutex, timeout)
+            if not self._flag and seconds != 0.0:
+                self._waiters.wait(mutex, seconds)
             return self._flag
         finally:
             mutex.release()
 
-    async def async_wait(self, timeout=None):
+    async def async_wait(self, timeout: float | None = None) -> bool:
         if self._flag:
             return True
-        timeout = _cond_timeout(timeout)
+        seconds = _cond_timeout(timeout)
         mutex = self._mutex
         mutex.acquire()
         try:
-            if not self._flag and timeout != 0.0:
-                await self._waiters.async_wait(mutex, timeout)
+            if not self._flag and seconds != 0.0:
+                await self._waiters.async_wait(mutex, seconds)
             return self._flag
         finally:
             mutex.release()
 
-    def _at_fork_reinit(self):
+    def _at_fork_reinit(self) -> None:
         self._mutex = _allocate_lock()
         self._waiters = _WaitQueue()
 
 
-def _semaphore_timeout(blocking, timeout):
+def _semaphore_timeout(blocking: bool, timeout: float | None) -> float | None:
     """Semaphore.acquire()'s timeout: 0.0 for a non-blocking call, else as
     given (threading looks at it only once it has to wait)."""
     if not blocking:
@@ -761,10 +787,7 @@ def _semaphore_timeout(blocking, timeout):
     return timeout
 
 
-_UNSET = object()
-
-
-def _first_deadline(timeout):
+def _first_deadline(timeout: float | None) -> float | None:
     """The deadline of a wait that is about to start, as threading computes
     it (`_time() + timeout`, then Condition.wait(timeout) as given)."""
     deadline = _deadline(timeout)
@@ -775,26 +798,28 @@ def _first_deadline(timeout):
 class Semaphore:
     """A counting semaphore with `threading.Semaphore`'s interface."""
 
-    def __init__(self, value=1):
+    def __init__(self, value: int = 1) -> None:
         if value < 0:
             raise ValueError("semaphore initial value must be >= 0")
         self._mutex = _allocate_lock()
         self._waiters = _WaitQueue()
         self._value = value
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<{type(self).__module__}.{type(self).__qualname__} at {id(self):#x}: value={self._value}>"
 
-    def acquire(self, blocking=True, timeout=None):
-        timeout = _semaphore_timeout(blocking, timeout)
-        deadline = _UNSET
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        seconds = _semaphore_timeout(blocking, timeout)
+        started = False
+        deadline = None
         mutex = self._mutex
         mutex.acquire()
         try:
             while self._value == 0:
-                if deadline is _UNSET and timeout != 0.0:
-                    deadline = _first_deadline(timeout)
-                remaining = 0.0 if timeout == 0.0 else _remaining(deadline)
+                if not started and seconds != 0.0:
+                    deadline = _first_deadline(seconds)
+                    started = True
+                remaining = 0.0 if seconds == 0.0 else _remaining(deadline)
                 if remaining == 0.0:
                     return False
                 self._waiters.wait(mutex, remaining)
@@ -803,16 +828,18 @@ class Semaphore:
         finally:
             mutex.release()
 
-    async def async_acquire(self, blocking=True, timeout=None):
-        timeout = _semaphore_timeout(blocking, timeout)
-        deadline = _UNSET
+    async def async_acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        seconds = _semaphore_timeout(blocking, timeout)
+        started = False
+        deadline = None
         mutex = self._mutex
         mutex.acquire()
         try:
             while self._value == 0:
-                if deadline is _UNSET and timeout != 0.0:
-                    deadline = _first_deadline(timeout)
-                remaining = 0.0 if timeout == 0.0 else _remaining(deadline)
+                if not started and seconds != 0.0:
+                    deadline = _first_deadline(seconds)
+                    started = True
+                remaining = 0.0 if seconds == 0.0 else _remaining(deadline)
                 if remaining == 0.0:
                     return False
                 await self._waiters.async_wait(mutex, remaining)
@@ -821,10 +848,10 @@ class Semaphore:
         finally:
             mutex.release()
 
-    def _check_release(self, n):
+    def _check_release(self, n: int) -> None:
         pass
 
-    def release(self, n=1):
+    def release(self, n: int = 1) -> None:
         if n < 1:
             raise ValueError("n must be one or more")
         mutex = self._mutex
@@ -838,31 +865,31 @@ class Semaphore:
 
     __enter__ = acquire
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.release()
 
-    async def __aenter__(self):
+    async def __aenter__(self) -> None:
         await self.async_acquire()
         return None
 
-    async def __aexit__(self, *exc):
+    async def __aexit__(self, *exc: object) -> None:
         self.release()
 
 
 class BoundedSemaphore(Semaphore):
     """A semaphore that refuses to be released above its initial value."""
 
-    def __init__(self, value=1):
+    def __init__(self, value: int = 1) -> None:
         super().__init__(value)
         self._initial_value = value
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (
             f"<{type(self).__module__}.{type(self).__qualname__} at {id(self):#x}: "
             f"value={self._value}/{self._initial_value}>"
         )
 
-    def _check_release(self, n):
+    def _check_release(self, n: int) -> None:
         if self._value + n > self._initial_value:
             raise ValueError("Semaphore released too many times")
 
@@ -871,12 +898,16 @@ class BoundedSemaphore(Semaphore):
 # Queues
 
 
-class Queue:
+class Queue(Generic[_T]):
     """A FIFO queue with `queue.Queue`'s interface (raising the standard
     `queue.Empty` and `queue.Full`), plus ``async_put``, ``async_get`` and
-    ``async_join`` for async code."""
+    ``async_join`` for async code.  Generic in the type of its items, as
+    `queue.Queue` is for type checkers: ``greenhub.Queue[int]()``."""
 
-    def __init__(self, maxsize=0):
+    # As in typeshed's queue.Queue: subclasses keep other containers there.
+    queue: Any
+
+    def __init__(self, maxsize: int = 0) -> None:
         self.maxsize = maxsize
         self._init(maxsize)
         self.mutex = _allocate_lock()
@@ -885,45 +916,43 @@ class Queue:
         self._all_done = _WaitQueue()
         self.unfinished_tasks = 0
 
-    __class_getitem__ = classmethod(types.GenericAlias)
-
     # Storage; subclasses override these four, as with queue.Queue.
-    def _init(self, maxsize):
+    def _init(self, maxsize: int) -> None:
         self.queue = deque()
 
-    def _qsize(self):
+    def _qsize(self) -> int:
         return len(self.queue)
 
-    def _put(self, item):
+    def _put(self, item: _T) -> None:
         self.queue.append(item)
 
-    def _get(self):
-        return self.queue.popleft()
+    def _get(self) -> _T:
+        return self.queue.popleft()  # type: ignore[no-any-return] # the container is Any
 
-    def qsize(self):
+    def qsize(self) -> int:
         with self.mutex:
             return self._qsize()
 
-    def empty(self):
+    def empty(self) -> bool:
         with self.mutex:
             return not self._qsize()
 
-    def full(self):
+    def full(self) -> bool:
         with self.mutex:
             return 0 < self.maxsize <= self._qsize()
 
-    def _put_done(self, item):
+    def _put_done(self, item: _T) -> None:
         self._put(item)
         self.unfinished_tasks += 1
         self._not_empty.notify()
 
-    def put(self, item, block=True, timeout=None):
-        timeout = _queue_timeout(block, timeout)
+    def put(self, item: _T, block: bool = True, timeout: float | None = None) -> None:
+        seconds = _queue_timeout(block, timeout)
         mutex = self.mutex
         mutex.acquire()
         try:
             if self.maxsize > 0:
-                deadline = _deadline(timeout)
+                deadline = _deadline(seconds)
                 while self._qsize() >= self.maxsize:
                     remaining = _remaining(deadline)
                     if remaining == 0.0:
@@ -933,13 +962,13 @@ class Queue:
         finally:
             mutex.release()
 
-    async def async_put(self, item, block=True, timeout=None):
-        timeout = _queue_timeout(block, timeout)
+    async def async_put(self, item: _T, block: bool = True, timeout: float | None = None) -> None:
+        seconds = _queue_timeout(block, timeout)
         mutex = self.mutex
         mutex.acquire()
         try:
             if self.maxsize > 0:
-                deadline = _deadline(timeout)
+                deadline = _deadline(seconds)
                 while self._qsize() >= self.maxsize:
                     remaining = _remaining(deadline)
                     if remaining == 0.0:
@@ -949,17 +978,17 @@ class Queue:
         finally:
             mutex.release()
 
-    def _get_done(self):
+    def _get_done(self) -> _T:
         item = self._get()
         self._not_full.notify()
         return item
 
-    def get(self, block=True, timeout=None):
-        timeout = _queue_timeout(block, timeout)
+    def get(self, block: bool = True, timeout: float | None = None) -> _T:
+        seconds = _queue_timeout(block, timeout)
         mutex = self.mutex
         mutex.acquire()
         try:
-            deadline = _deadline(timeout)
+            deadline = _deadline(seconds)
             while not self._qsize():
                 remaining = _remaining(deadline)
                 if remaining == 0.0:
@@ -969,12 +998,12 @@ class Queue:
         finally:
             mutex.release()
 
-    async def async_get(self, block=True, timeout=None):
-        timeout = _queue_timeout(block, timeout)
+    async def async_get(self, block: bool = True, timeout: float | None = None) -> _T:
+        seconds = _queue_timeout(block, timeout)
         mutex = self.mutex
         mutex.acquire()
         try:
-            deadline = _deadline(timeout)
+            deadline = _deadline(seconds)
             while not self._qsize():
                 remaining = _remaining(deadline)
                 if remaining == 0.0:
@@ -984,13 +1013,13 @@ class Queue:
         finally:
             mutex.release()
 
-    def put_nowait(self, item):
+    def put_nowait(self, item: _T) -> None:
         return self.put(item, block=False)
 
-    def get_nowait(self):
+    def get_nowait(self) -> _T:
         return self.get(block=False)
 
-    def task_done(self):
+    def task_done(self) -> None:
         mutex = self.mutex
         mutex.acquire()
         try:
@@ -1003,7 +1032,7 @@ class Queue:
         finally:
             mutex.release()
 
-    def join(self):
+    def join(self) -> None:
         mutex = self.mutex
         mutex.acquire()
         try:
@@ -1012,7 +1041,7 @@ class Queue:
         finally:
             mutex.release()
 
-    async def async_join(self):
+    async def async_join(self) -> None:
         mutex = self.mutex
         mutex.acquire()
         try:
@@ -1022,7 +1051,7 @@ class Queue:
             mutex.release()
 
 
-def _queue_timeout(block, timeout):
+def _queue_timeout(block: bool, timeout: float | None) -> float | None:
     if not block:
         return 0.0
     if timeout is None:
@@ -1032,25 +1061,36 @@ def _queue_timeout(block, timeout):
     return timeout  # as given: queue computes `time() + timeout` with it
 
 
-class LifoQueue(Queue):
+class LifoQueue(Queue[_T]):
     """A last-in, first-out queue (`queue.LifoQueue`'s interface)."""
 
-    def _init(self, maxsize):
+    queue: list[_T]
+
+    def _init(self, maxsize: int) -> None:
         self.queue = []
 
-    def _get(self):
+    def _get(self) -> _T:
         return self.queue.pop()
 
 
-class PriorityQueue(Queue):
+class _SupportsLessThan(Protocol):
+    def __lt__(self, other: Any, /) -> bool: ...
+
+
+_OrderedT = TypeVar("_OrderedT", bound=_SupportsLessThan)
+
+
+class PriorityQueue(Queue[_OrderedT]):
     """A queue that hands out the lowest entry first (`queue.PriorityQueue`'s
     interface: entries are usually ``(priority, data)`` tuples)."""
 
-    def _init(self, maxsize):
+    queue: list[_OrderedT]
+
+    def _init(self, maxsize: int) -> None:
         self.queue = []
 
-    def _put(self, item):
+    def _put(self, item: _OrderedT) -> None:
         heapq.heappush(self.queue, item)
 
-    def _get(self):
+    def _get(self) -> _OrderedT:
         return heapq.heappop(self.queue)

@@ -190,6 +190,22 @@ gh_switch_out(gh_GreenCoro *w, PyObject *yielded, PyObject **value, PyObject **e
     return 0;
 }
 
+/* The loop's current step, if the caller runs inside it: on the step's
+ * greenlet (or one it switched to), not parked in await_() and not already
+ * switching back to the driver.  A greenlet.settrace() hook runs on the
+ * greenlet a switch goes to, with the step still current: on the loop's
+ * greenlet right after the step parked or ended, where a wait must not park
+ * the step a second time. */
+static gh_GreenCoro *
+step_here(gh_Loop *loop)
+{
+    gh_GreenCoro *w = loop->current_step;
+    if (w == NULL || w->parked_in != NULL || w->step_over) {
+        return NULL;
+    }
+    return w;
+}
+
 gh_GreenCoro *
 gh_vthread_step(gh_state *st, gh_Loop **loop)
 {
@@ -205,7 +221,7 @@ gh_vthread_step(gh_state *st, gh_Loop **loop)
         return NULL;
     }
     *loop = l;
-    return l->current_step;
+    return step_here(l);
 }
 
 int
@@ -216,7 +232,7 @@ gh_in_vthread(gh_state *st)
         return -1;
     }
     gh_Loop *loop = gh_as_loop(st, loop_obj);
-    int r = loop != NULL && loop->current_step != NULL;
+    int r = loop != NULL && step_here(loop) != NULL;
     Py_DECREF(loop_obj);
     return r;
 }
@@ -290,7 +306,7 @@ gh_await(gh_state *st, PyObject *awaitable)
         discard_awaitable(awaitable);
         return NULL;
     }
-    gh_GreenCoro *w = loop->current_step;
+    gh_GreenCoro *w = step_here(loop);
     if (w == NULL) {
         PyErr_SetString(PyExc_RuntimeError,
                         "greenhub.await_() called outside a task: this code runs in an event "

@@ -86,6 +86,9 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable, Generator
+from types import ModuleType
+from typing import Any, TypeVar
 
 from .. import _core
 from .. import sync as _sync
@@ -108,7 +111,12 @@ CANCEL_TIMEOUT = 5.0
 # as long, ...): the server ignores one that comes before it has read the query.
 CANCEL_RETRY = 0.1
 
-_saved = None  # what install() replaced: {"wait": ..., "wait_conn": ..., ...}
+_RV = TypeVar("_RV")
+# psycopg's wait generators: they yield what to wait for and take what became ready.
+_PQGen = Generator[Any, Any, _RV]
+
+# What install() replaced: {"wait": ..., "wait_conn": ..., ...}; None when not installed.
+_saved: Any = None
 
 # psycopg's Wait and Ready flags are selectors' EVENT_READ (1) and EVENT_WRITE (2), and
 # WAIT_RW both: the masks _core._wait_fd takes and returns, so they pass through as they
@@ -116,32 +124,36 @@ _saved = None  # what install() replaced: {"wait": ..., "wait_conn": ..., ...}
 _FLAGS = {"WAIT_R": 1, "WAIT_W": 2, "WAIT_RW": 3, "READY_R": 1, "READY_W": 2}
 
 
-def _errors():
+def _errors() -> ModuleType:
     import psycopg
 
     return psycopg.errors
 
 
-def _wait_timeout_error():
+def _wait_timeout_error() -> type[Exception]:
     # psycopg >= 3.3 raises this private class from its wait functions when `timeout`
     # expires and catches it where it passed one (notifies(timeout=), connect_timeout);
     # the replacement must raise the same class for those callers to work.
     e = _errors()
-    return getattr(e, "_WaitTimeout", e.OperationalError)
+    found: type[Exception] = getattr(e, "_WaitTimeout", e.OperationalError)
+    return found
 
 
-def _check_fd_open(fileno):
+def _check_fd_open(fileno: int) -> None:
     try:
         os.fstat(fileno)
     except OSError as ex:
         raise _errors().OperationalError("connection socket closed") from ex
 
 
-def _bad_state(state):
-    return _errors().InternalError(f"bad poll status: {state}")
+def _bad_state(state: object) -> Exception:
+    error: Exception = _errors().InternalError(f"bad poll status: {state}")
+    return error
 
 
-def _drive(gen, fileno, interval, timeout, moves):
+def _drive(
+    gen: _PQGen[_RV], fileno: Any, interval: float | None, timeout: float | None, moves: bool
+) -> _RV:
     """Run a psycopg generator to completion, waiting cooperatively.  `moves`: the
     generator yields (fileno, state) pairs (connection generators, whose socket may
     change) rather than states.
@@ -164,7 +176,7 @@ def _drive(gen, fileno, interval, timeout, moves):
             try:
                 ready = _c_wait_fd(fileno, state, delay)
             except ValueError:
-                if state not in (1, 2, 3):
+                if state not in (1, 2, 3):  # noqa: SIM102
                     raise _bad_state(state) from None
                 raise
             if ready:
@@ -186,7 +198,9 @@ def _drive(gen, fileno, interval, timeout, moves):
         raise _errors().OperationalError("connection socket closed") from ex
 
 
-def wait(gen, fileno, interval=None, timeout=None):
+def wait(
+    gen: _PQGen[_RV], fileno: int, interval: float | None = None, timeout: float | None = None
+) -> _RV:
     """``psycopg.waiting.wait`` as installed: cooperative in a virtual thread,
     psycopg's original wait anywhere else."""
     if _in_vthread():
@@ -196,7 +210,7 @@ def wait(gen, fileno, interval=None, timeout=None):
     return _saved["wait"](gen, fileno, interval=interval, timeout=timeout)
 
 
-def wait_conn(gen, interval=None, timeout=None):
+def wait_conn(gen: _PQGen[_RV], interval: float | None = None, timeout: float | None = None) -> _RV:
     """``psycopg.waiting.wait_conn`` as installed (connecting, cancel requests)."""
     if _in_vthread():
         return _drive(gen, None, interval, timeout, True)
@@ -205,7 +219,7 @@ def wait_conn(gen, interval=None, timeout=None):
     return _saved["wait_conn"](gen, interval=interval, timeout=timeout)
 
 
-def _connection_wait(self, gen, *args, **kwargs):
+def _connection_wait(self: Any, gen: _PQGen[_RV], *args: Any, **kwargs: Any) -> _RV:
     """``psycopg.Connection.wait`` as installed: the original, plus the clean-up after a
     virtual thread's task is cancelled mid-query (see the module docstring)."""
     try:
@@ -216,7 +230,7 @@ def _connection_wait(self, gen, *args, **kwargs):
         raise
 
 
-def _cancel_running_query(conn, gen):
+def _cancel_running_query(conn: Any, gen: _PQGen[Any]) -> None:
     """Cancel the query `gen` runs on the server and read its reply (see the module
     docstring).  One cancel request may miss it: outside autocommit `gen` first runs
     BEGIN and then sends the query, so a task cancelled at BEGIN's wait has BEGIN answer
@@ -267,7 +281,7 @@ class _ClientLock(_sync.RLock):
 
     __slots__ = ()
 
-    def acquire(self, blocking=True, timeout=-1):
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         if blocking and super().acquire(False):
             return True  # not contended: nothing to defer
         with _defer_cancellation():
@@ -280,7 +294,7 @@ class _ClientCondition(_sync.Condition):
     """greenhub's Condition over a _ClientLock: its wait() stays interruptible (the
     pool withdraws the client then), taking its lock defers a cancellation."""
 
-    def __init__(self, lock=None):
+    def __init__(self, lock: _sync.Lock | _sync.RLock | None = None) -> None:
         super().__init__(_ClientLock() if lock is None else lock)
 
 
@@ -307,27 +321,27 @@ _POOL_PRIMITIVES = {
 _POOL_CLIENT_EXCEPTIONS = (Exception, asyncio.CancelledError)
 
 
-def _pool_putconn(self, conn):
+def _pool_putconn(self: Any, conn: Any) -> None:
     """``ConnectionPool.putconn`` as installed: the original, run to its end even if
     the task is cancelled meanwhile (the cancellation follows).  Cut short - taking the
     pool's lock, rolling back the connection's transaction - it lost the connection."""
     return _call_deferring(_saved["pool"]["putconn"], self, conn)
 
 
-def _pool_return_connection(self, conn, from_getconn):
+def _pool_return_connection(self: Any, conn: Any, from_getconn: bool) -> None:
     """``ConnectionPool._return_connection`` as installed, deferring cancellation as
     putconn() does: getconn() also gives a connection back through it, when the
     connection fails the pool's ``check``."""
     return _call_deferring(_saved["pool"]["_return_connection"], self, conn, from_getconn)
 
 
-def _pool_check(self):
+def _pool_check(self: Any) -> None:
     """``ConnectionPool.check`` as installed: the connections it took out of the pool
     all go back (or are replaced) before a cancellation is delivered."""
     return _call_deferring(_saved["pool"]["check"], self)
 
 
-def _pool_wait(self, timeout=30.0):
+def _pool_wait(self: Any, timeout: float = 30.0) -> None:
     """``ConnectionPool.wait`` as installed: cancelled, it leaves no "pool full" event
     behind (psycopg_pool's own would make every later wait() fail an assertion)."""
     try:
@@ -338,7 +352,7 @@ def _pool_wait(self, timeout=30.0):
         raise
 
 
-_POOL_METHODS = {
+_POOL_METHODS: dict[str, Callable[..., Any]] = {
     "putconn": _pool_putconn,
     "_return_connection": _pool_return_connection,
     "check": _pool_check,
@@ -346,7 +360,7 @@ _POOL_METHODS = {
 }
 
 
-def _pool_module():
+def _pool_module() -> ModuleType | None:
     """psycopg_pool.pool if psycopg_pool is installed and names the primitives, the
     clean-ups' exceptions and the methods install() wraps as expected."""
     try:
@@ -371,7 +385,7 @@ def _pool_module():
     return pool
 
 
-def install():
+def install() -> None:
     """Make psycopg's sync connections wait cooperatively in virtual threads.
 
     Idempotent.  Affects the whole process, but only calls made inside virtual
@@ -410,17 +424,17 @@ def install():
     _saved = saved
     waiting.wait = wait
     waiting.wait_conn = wait_conn
-    psycopg.Connection.wait = _connection_wait
+    psycopg.Connection.wait = _connection_wait  # type: ignore[method-assign]
     connection.Lock = _CoopLock
     if pool_module is not None:
         for name, coop in _POOL_PRIMITIVES.items():
             setattr(pool_module, name, coop)
-        pool_module.CLIENT_EXCEPTIONS = _POOL_CLIENT_EXCEPTIONS
+        pool_module.CLIENT_EXCEPTIONS = _POOL_CLIENT_EXCEPTIONS  # type: ignore[attr-defined]
         for name, method in _POOL_METHODS.items():
             setattr(pool_module.ConnectionPool, name, method)
 
 
-def uninstall():
+def uninstall() -> None:
     """Undo ``install()`` (connections made meanwhile keep their ``greenhub.Lock``)."""
     global _saved
     if _saved is None:
@@ -430,8 +444,8 @@ def uninstall():
 
     waiting.wait = _saved["wait"]
     waiting.wait_conn = _saved["wait_conn"]
-    psycopg.Connection.wait = _saved["Connection.wait"]
-    connection.Lock = _saved["Lock"]
+    psycopg.Connection.wait = _saved["Connection.wait"]  # type: ignore[method-assign]
+    connection.Lock = _saved["Lock"]  # type: ignore[attr-defined]
     if "pool" in _saved:
         from psycopg_pool import pool as pool_module
 
@@ -441,6 +455,6 @@ def uninstall():
     _saved = None
 
 
-def installed():
+def installed() -> bool:
     """True while ``install()`` is in effect."""
     return _saved is not None

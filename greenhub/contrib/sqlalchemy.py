@@ -42,7 +42,10 @@ An engine's connections belong to the loop that opened them (as with
 loop (for instance in ``run(engine.dispose)``) before it closes.
 """
 
+import asyncio
 import queue as _queue
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
 
 import greenlet as _greenlet
 from sqlalchemy import pool as _sa_pool
@@ -57,6 +60,9 @@ _await = _core.await_
 _getcurrent = _greenlet.getcurrent
 _MARK = "__sqlalchemy_greenlet_provider__"
 
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
 
 class _Provider(_greenlet.greenlet):
     """A greenlet on which sqlalchemy.util.await_() may be called."""
@@ -64,7 +70,7 @@ class _Provider(_greenlet.greenlet):
     __sqlalchemy_greenlet_provider__ = True
 
 
-def run(fn, *args, **kwargs):
+def run(fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
     """Call sync ``fn(*args, **kwargs)`` so that SQLAlchemy's async-driver adaptors
     work in it, and return its result.
 
@@ -86,40 +92,40 @@ def run(fn, *args, **kwargs):
             result = child.throw(exc)
         else:
             result = child.switch(value)
-    return result
+    return result  # type: ignore[no-any-return]  # what fn returned
 
 
-def spawn(fn, *args, **kwargs):
+def spawn(fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> asyncio.Task[_T]:
     """``greenhub.spawn(run, fn, *args, **kwargs)``: ``fn`` as a virtual thread in
     which SQLAlchemy's async-driver adaptors work."""
     return _spawn(run, fn, *args, **kwargs)
 
 
-class _CoopQueue(_sa_queue.QueueCommon):
+class _CoopQueue(_sa_queue.QueueCommon[_T]):
     """SQLAlchemy's pool queue on greenhub.Queue: a virtual thread waiting for a free
     connection suspends only its task; an OS thread blocks as with the stock queue."""
 
-    def __init__(self, maxsize=0, use_lifo=False):
+    def __init__(self, maxsize: int = 0, use_lifo: bool = False) -> None:
         self.maxsize = maxsize
         self.use_lifo = use_lifo
-        self._q = sync.LifoQueue(maxsize) if use_lifo else sync.Queue(maxsize)
+        self._q: sync.Queue[_T] = sync.LifoQueue(maxsize) if use_lifo else sync.Queue(maxsize)
 
-    def empty(self):
+    def empty(self) -> bool:
         return self._q.empty()
 
-    def full(self):
+    def full(self) -> bool:
         return self._q.full()
 
-    def qsize(self):
+    def qsize(self) -> int:
         return self._q.qsize()
 
-    def put(self, item, block=True, timeout=None):
+    def put(self, item: _T, block: bool = True, timeout: float | None = None) -> None:
         try:
             self._q.put(item, block, timeout)
         except _queue.Full:
             raise _sa_queue.Full() from None
 
-    def get(self, block=True, timeout=None):
+    def get(self, block: bool = True, timeout: float | None = None) -> _T:
         try:
             return self._q.get(block, timeout)
         except _queue.Empty:
@@ -138,9 +144,9 @@ class QueuePool(_sa_pool.QueuePool):
     ``QueuePool``: ``create_engine(url, poolclass=QueuePool, pool_size=..., ...)``.
     """
 
-    _queue_class = _CoopQueue
+    _queue_class = _CoopQueue  # type: ignore[assignment]  # (generic: for any entry)
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # SQLAlchemy creates this mutex lazily (a threading.Lock for a sync dialect) in
         # the pool's "connect" event collection, which the engine's dialect-initialising

@@ -28,9 +28,13 @@ only - everywhere else Django and asgiref behave exactly as without it:
 """
 
 import asyncio
+from typing import TYPE_CHECKING, Any
 
 from ... import _core
 from . import _db
+
+if TYPE_CHECKING:
+    from ._asgi import ASGIHandler
 
 __all__ = [
     "ASGIHandler",
@@ -46,7 +50,7 @@ _in_vthread = _core.in_vthread
 _await = _core.await_
 _get_running_loop = asyncio.get_running_loop
 
-_saved = None  # what install() replaced, for uninstall()
+_saved: Any = None  # what install() replaced, for uninstall()
 
 
 def _django_get_running_loop():
@@ -75,7 +79,7 @@ async def _sync_to_async_call(self, *args, **kwargs):
     return await _saved["SyncToAsync.__call__"](self, *args, **kwargs)
 
 
-def install(*, max_connections=None, reuse_connections=True):
+def install(*, max_connections: int | None = None, reuse_connections: bool = True) -> None:
     """Make Django's sync ORM and request path at home in virtual threads.
 
     Idempotent (a later call only changes ``max_connections`` and
@@ -94,6 +98,7 @@ def install(*, max_connections=None, reuse_connections=True):
     from django.db import connections
     from django.utils import asyncio as django_asyncio
 
+    gh_psycopg: Any
     try:
         from .. import psycopg as gh_psycopg
     except ImportError:  # pragma: no cover - psycopg is optional (other backends)
@@ -112,11 +117,11 @@ def install(*, max_connections=None, reuse_connections=True):
         "SyncToAsync.__call__": asgiref_sync.SyncToAsync.__call__,
     }
     django_asyncio.get_running_loop = _django_get_running_loop
-    asgiref_sync.AsyncToSync.__call__ = _async_to_sync_call
-    asgiref_sync.SyncToAsync.__call__ = _sync_to_async_call
+    asgiref_sync.AsyncToSync.__call__ = _async_to_sync_call  # type: ignore[method-assign]
+    asgiref_sync.SyncToAsync.__call__ = _sync_to_async_call  # type: ignore[method-assign]
 
 
-def uninstall():
+def uninstall() -> None:
     """Undo ``install()`` (closes the idle pooled connections of this thread; leaves
     ``greenhub.contrib.psycopg`` installed)."""
     global _saved
@@ -128,17 +133,19 @@ def uninstall():
 
     _db.uninstall(connections)
     django_asyncio.get_running_loop = _saved["get_running_loop"]
-    asgiref_sync.AsyncToSync.__call__ = _saved["AsyncToSync.__call__"]
-    asgiref_sync.SyncToAsync.__call__ = _saved["SyncToAsync.__call__"]
+    asgiref_sync.AsyncToSync.__call__ = _saved["AsyncToSync.__call__"]  # type: ignore[method-assign]
+    asgiref_sync.SyncToAsync.__call__ = _saved["SyncToAsync.__call__"]  # type: ignore[method-assign]
     _saved = None
 
 
-def installed():
+def installed() -> bool:
     """True while ``install()`` is in effect."""
     return _saved is not None
 
 
-def get_asgi_application(*, max_connections=None, reuse_connections=True):
+def get_asgi_application(
+    *, max_connections: int | None = None, reuse_connections: bool = True
+) -> "ASGIHandler":
     """Set Django up (as ``django.core.asgi.get_asgi_application`` does), call
     ``install()`` with these arguments and return the ASGI application (an
     ``ASGIHandler``)."""
@@ -151,19 +158,19 @@ def get_asgi_application(*, max_connections=None, reuse_connections=True):
     return ASGIHandler()
 
 
-def close_idle_connections():
+def close_idle_connections() -> None:
     """Close the connections pooled for virtual threads of this OS thread that no task
     holds now."""
     _db.close_idle()
 
 
-def connection_stats():
+def connection_stats() -> dict[str, dict[str, int]]:
     """``{alias: {"idle": n, "in_use": n}}``: this OS thread's pooled connections and
     those held by its running virtual threads."""
     return _db.stats()
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> Any:
     if name == "ASGIHandler":  # imports Django's handler modules, so only on demand
         from ._asgi import ASGIHandler
 

@@ -101,6 +101,7 @@ class ASGIHandler(django_asgi.ASGIHandler):
             return
 
         task = asyncio.current_task()
+        assert task is not None  # (a greenhub task runs this)
         # "sent": the response is out, so a disconnect no longer cancels anything;
         # "left": the watcher cancelled this task because the client disconnected.
         state = {"sent": False, "left": False}

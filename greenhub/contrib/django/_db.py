@@ -44,6 +44,7 @@ import asyncio
 import threading
 import time
 from types import MethodType
+from typing import Any
 
 from ... import _core
 from ..._cancel import defer_cancellation
@@ -62,7 +63,7 @@ _local = threading.local()
 # handler's original create_connection.
 _max_connections = None
 _reuse = True
-_saved = None
+_saved: Any = None
 
 # How long a connection is reused when CONN_MAX_AGE is 0 and reuse is on: psycopg_pool's
 # default max_lifetime, so that a long-running server still renews its connections.
@@ -221,6 +222,7 @@ def _task_conns(create):
     task = _current_task()
     conns = tasks.get(task)
     if conns is None and create:
+        assert task is not None  # (in a virtual thread: its task)
         conns = tasks[task] = {}
         task.add_done_callback(_task_done)
     return conns
