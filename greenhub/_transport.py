@@ -9,9 +9,11 @@ version, and it is an instance of the same asyncio classes.
 ``write()`` does not send at once: it queues the data, and the loop sends
 each transport's queue with one ``writev()`` at the end of the iteration.
 The methods below send the queue wherever asyncio's code would see the
-difference - the buffer size, EOF, closing, ``writelines()``, sendfile, and
-the writer callback's resuming of the protocol - so no caller can tell the
-data waited.
+difference - the buffer size, EOF, closing, ``writelines()``, sendfile, the
+writer callback's resuming of the protocol, and ``is_closing()``, which
+``StreamWriter.drain()`` calls - so no caller can tell the data waited.
+(Synchronous code that blocks right after ``transport.write()``, without
+``drain()``, waits with the data until the iteration ends.)
 """
 
 import asyncio
@@ -41,6 +43,13 @@ class SocketTransport(
     ) -> None:
         self._gh_state = _core.TransportState(loop)
         super().__init__(loop, sock, protocol, waiter, extra, server)
+
+    def is_closing(self) -> bool:
+        # StreamWriter.drain() asks this first: once drain() returns, what was written
+        # is on the wire, as on the stock loop, whose write() sends at once - code that
+        # then blocks (a test reading the peer with a blocking socket) sees it.
+        self._gh_flush()
+        return super().is_closing()  # type: ignore[no-any-return]
 
     def get_write_buffer_size(self) -> int:
         self._gh_flush()

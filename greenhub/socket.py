@@ -226,9 +226,10 @@ class socket(_stdsocket):
             fileno = file.fileno()
             size = _os.fstat(fileno).st_size
         except (AttributeError, _io.UnsupportedOperation, OSError):
-            size = 0
-        if not size:
+            # No fd, or no size: socket gives up on os.sendfile() and sends.
             return self._sendfile_use_send(file, offset, count)  # type: ignore[attr-defined,no-any-return]
+        if not size:
+            return 0  # socket's "empty file" (a pipe, too): nothing is sent
         if offset >= size:
             return 0
         left = min(count, size - offset) if count else size - offset

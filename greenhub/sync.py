@@ -442,6 +442,20 @@ def _owner(async_caller: bool = False) -> _Owner:
     return _get_ident()
 
 
+def _same_owner(owner: "_Owner | None", me: _Owner) -> bool:
+    """Is `me` the holder `owner`?  Outside virtual threads the holder is the OS thread,
+    which on the stock loop also holds every lock its tasks hold: a callback on a loop's
+    thread re-enters a lock that one of that loop's tasks holds across an await (waiting
+    for it there would stop the loop, and the task with it, for ever)."""
+    if owner is None:
+        return False
+    if owner == me:
+        return True
+    if isinstance(me, int) and isinstance(owner, asyncio.Task):
+        return bool(owner.get_loop()._thread_id == me)
+    return False
+
+
 # What RLock._release_save() returns and _acquire_restore() takes: (count, owner).
 _RLockState: TypeAlias = "tuple[int, _Owner | None]"
 
@@ -458,7 +472,7 @@ class RLock:
         self._count = 0
 
     def _reenter(self, me: _Owner) -> bool:
-        if self._owner is not None and self._owner == me:
+        if _same_owner(self._owner, me):
             self._count += 1
             return True
         return False
@@ -484,7 +498,7 @@ class RLock:
         return False
 
     def _release_as(self, me: _Owner) -> None:
-        if self._owner is None or self._owner != me:
+        if not _same_owner(self._owner, me):
             raise RuntimeError("cannot release un-acquired lock")
         self._count -= 1
         if self._count == 0:
@@ -499,7 +513,7 @@ class RLock:
 
     # The protocol threading.Condition uses on its lock (and so does ours).
     def _is_owned(self, async_caller: bool = False) -> bool:
-        return self._owner is not None and self._owner == _owner(async_caller)
+        return _same_owner(self._owner, _owner(async_caller))
 
     def _release_save(self) -> _RLockState:
         state = (self._count, self._owner)

@@ -349,17 +349,25 @@ tr_get_buffer(PyObject *self, PyTypeObject *cls, PyObject *const *args, size_t n
         res = fatal(st, self, "Fatal error: protocol.get_buffer() call failed.");
         goto done;
     }
+    /* get_buffer() and len() ran Python code, which may have closed the
+     * socket - and a new socket may have its fd number: ask again. */
+    fd = sock_fd(st, sock);
+    if (fd == FD_ERROR) {
+        goto done;
+    }
     Py_ssize_t n;
     Py_buffer view;
     /* Borrowed as socket.recv_into() borrows it, only for the recv(): the
      * protocol may do what it likes with it in buffer_updated().  A buffer
      * of no bytes (len() counts items or rows) reads nothing, as
      * socket.recv_into() does, which asyncio takes for EOF. */
-    if (PyObject_GetBuffer(buf, &view, PyBUF_WRITABLE) == 0) {
+    if (fd >= 0 && PyObject_GetBuffer(buf, &view, PyBUF_WRITABLE) == 0) {
         n = view.len == 0 ? 0 : gh_sock_try_recv(fd, view.buf, view.len);
         PyBuffer_Release(&view);
     }
     else {
+        /* Not a buffer C can take, or the socket is closed now: socket's
+         * own call, with its own error. */
         PyErr_Clear();
         n = recv_into_py(st, sock, buf);
     }

@@ -629,3 +629,192 @@ def test_new_loop_out_of_fds_raises(kind):
     first_ok = next(i for i, line in enumerate(lines) if line.endswith("ok"))
     assert all(line.endswith("OSError 24") for line in lines[:first_ok]), out
     assert all(line.endswith("ok") for line in lines[first_ok:]), out
+
+
+# --- what epoll cannot watch ------------------------------------------------------------
+
+
+def _watch_outcome(loop, opener):
+    fd = opener()
+    try:
+        return (
+            _outcome(lambda: loop.add_reader(fd, print) and 1),
+            _outcome(loop.remove_reader, fd),
+        )
+    finally:
+        os.close(fd)
+
+
+_UNWATCHABLE = {
+    # O_PATH: fcntl() accepts it, epoll_ctl() says EBADF (libev used to abort on it).
+    "o-path": lambda: os.open("/", os.O_PATH),
+    "o-path-fifo": lambda: os.open(_fifo_path(), os.O_PATH),
+    # epoll refuses files without poll support with EPERM; libev called their
+    # watcher on every poll instead.
+    "regular-file": lambda: os.open(__file__, os.O_RDONLY),
+    "dev-null": lambda: os.open(os.devnull, os.O_RDONLY),
+    "directory": lambda: os.open("/", os.O_RDONLY | os.O_DIRECTORY),
+}
+
+
+def _fifo_path():
+    import tempfile
+
+    path = os.path.join(tempfile.mkdtemp(), "fifo")
+    os.mkfifo(path)
+    return path
+
+
+@pytest.mark.parametrize("what", sorted(_UNWATCHABLE))
+def test_add_reader_on_what_epoll_cannot_watch(both_loops, what):
+    results = {}
+    for kind, loop in both_loops.items():
+        results[kind] = (_watch_outcome(loop, _UNWATCHABLE[what]), _healthy(loop))
+    assert results["greenhub"] == results["asyncio"]
+    assert results["greenhub"][0][0][0] == "raised"
+
+
+@pytest.mark.parametrize("fd", [10**7, 2**30 + 1, 2**31 - 1], ids=["1e7", "2^30+1", "2^31-1"])
+def test_add_reader_on_a_huge_fd_number(both_loops, fd):
+    """Not open: EBADF at once.  (greenhub grew its tables to the fd's number first -
+    hundreds of MiB - and past 2**30 the doubling overflowed and never ended.)"""
+    import resource
+
+    results = {}
+    for kind, loop in both_loops.items():
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        outcome = _outcome(lambda lp=loop: lp.add_reader(fd, print) and 1)
+        grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+        results[kind] = (outcome, grown < 10 * 1024)  # KiB
+    assert results["greenhub"] == results["asyncio"] == (("raised", "OSError", 9), True)
+
+
+@pytest.mark.parametrize("fd_kind", ["huge", "o-path"])
+def test_wait_fd_on_an_unwatchable_fd(fd_kind, greenhub_leak_check):
+    import greenhub
+    from greenhub import _core
+
+    fd = 2**31 - 1 if fd_kind == "huge" else os.open("/", os.O_PATH)
+
+    def vthread():
+        try:
+            return _core._wait_fd(fd, 1, 0.1)
+        except OSError as exc:
+            return ("OSError", exc.errno)
+
+    try:
+        assert greenhub.run(vthread) == ("OSError", 9)
+    finally:
+        if fd_kind == "o-path":
+            os.close(fd)
+
+
+# --- BufferedProtocol.get_buffer() closing the socket -------------------------------------
+
+
+class _StealingProtocol(asyncio.BufferedProtocol):
+    """get_buffer() closes the transport's socket, and a new socket pair - which gets
+    its fd number - has data waiting."""
+
+    def __init__(self):
+        self.buf = bytearray(100)
+        self.got = []
+        self.lost = None
+        self.others = []
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def get_buffer(self, sizehint):
+        if not self.others:
+            self.transport._sock.close()
+            x, y = socket.socketpair()
+            self.others += [x, y]
+            x.send(b"another connection's data")
+            y.send(b"another connection's data")
+        return self.buf
+
+    def buffer_updated(self, nbytes):
+        self.got.append(bytes(self.buf[:nbytes]))
+
+    def connection_lost(self, exc):
+        self.lost = type(exc).__name__ if exc else None
+
+
+async def _get_buffer_closes_socket():
+    loop = asyncio.get_running_loop()
+    a, b = _pair()
+    transport, proto = await loop.create_connection(_StealingProtocol, sock=a)
+    b.send(b"hello")
+    for _ in range(20):
+        await asyncio.sleep(0.005)
+        if proto.lost is not None:
+            break
+    for s in proto.others + [b]:
+        s.close()
+    return proto.got, proto.lost
+
+
+def test_get_buffer_closes_the_socket(both_loops):
+    """The C read path looked the fd up before get_buffer() ran: it read the other
+    connection's data into the protocol.  Now it reads from the socket as it is after
+    get_buffer(): EBADF, the connection is lost, as on the stock loop."""
+    results = {}
+    for kind, loop in both_loops.items():
+        loop.set_exception_handler(lambda lp, ctx: None)
+        results[kind] = (loop.run_until_complete(_get_buffer_closes_socket()), _healthy(loop))
+    assert results["greenhub"] == results["asyncio"]
+    assert results["greenhub"][0] == ([], "OSError")
+
+
+# --- writes and fork, writes and drain ----------------------------------------------------
+
+_FORK_WRITE_BODY = """
+a, b = socket.socketpair()
+async def main():
+    r, w = await asyncio.open_connection(sock=a)
+    w.write(b"HELLO")
+    pid = os.fork()   # in the iteration of the write: greenhub's queue is not sent yet
+    if pid == 0:
+        await asyncio.sleep(0)   # the child runs the end of its iteration
+        os._exit(0)
+    os.waitpid(pid, 0)
+    await asyncio.sleep(0.05)
+    b.setblocking(False)
+    print(b.recv(100))
+    w.close()
+loop.run_until_complete(main())
+loop.close()
+"""
+
+
+@pytest.mark.parametrize("kind", support.LOOP_KINDS)
+def test_fork_after_write_sends_once(kind):
+    """The child inherited the transport's unsent queue and sent it too: the peer got
+    the data twice.  The stock loop sent it in write(), before the fork."""
+    rc, out, err = _run_script(kind, _FORK_WRITE_BODY)
+    assert rc == 0, err
+    assert out == "b'HELLO'"
+
+
+async def _write_drain_then_read_peer():
+    a, b = _pair()
+    r, w = await asyncio.open_connection(sock=a)
+    w.write(b"hello")
+    await w.drain()  # returns without yielding: the transport is not paused
+    try:
+        got = b.recv(10)  # same iteration, not through the loop
+    except BlockingIOError:
+        got = "nothing there"
+    w.close()
+    await w.wait_closed()
+    b.close()
+    return got
+
+
+def test_data_is_sent_when_drain_returns(both_loops):
+    """greenhub queues write()s until the end of the iteration; drain() sends them, so
+    code that reads the peer right after drain() - without going through the loop -
+    finds the data, as on the stock loop."""
+    results = {k: lp.run_until_complete(_write_drain_then_read_peer()) for k, lp in both_loops.items()}
+    assert results["greenhub"] == results["asyncio"] == b"hello"

@@ -433,3 +433,63 @@ def test_vthread_dropped_without_close(state, greenhub_leak_check):
             loop.close()
         del loop
         gc.collect()
+
+
+# --- greenlet.settrace hooks, threads that end with their loop -----------------------------
+
+
+def test_await_in_a_greenlet_trace_hook(greenhub_leak_check):
+    """greenlet calls a settrace() hook on the greenlet a switch goes to - on the loop's
+    greenlet right after a step parked, with the step still current.  await_() there
+    parked the step a second time (its parked list then pointed at itself, and close()
+    looped for ever).  It is outside the task: RuntimeError, and the task goes on."""
+    calls = []
+
+    def hook(event, args):
+        if not calls:
+            try:
+                greenhub.await_(asyncio.sleep(0))
+                calls.append("returned")
+            except RuntimeError as exc:
+                calls.append(("RuntimeError", "outside a task" in str(exc)))
+
+    def vthread():
+        old = greenlet.settrace(hook)
+        try:
+            return greenhub.await_(asyncio.sleep(0.001, "after"))
+        finally:
+            greenlet.settrace(old)
+
+    async def main():
+        return await asyncio.wait_for(greenhub.spawn(vthread), 10)
+
+    assert greenhub.run(main()) == "after"
+    assert calls == [("RuntimeError", True)]
+
+
+_THREADS_BODY = """
+import gc, logging, threading
+logging.disable(logging.CRITICAL)   # "Task was destroyed but it is pending!"
+async def main():
+    asyncio.get_running_loop().create_task(asyncio.sleep(100))   # left pending
+    await asyncio.sleep(0)
+def worker():
+    greenhub.await_(main())
+for _ in range(25):
+    ts = [threading.Thread(target=worker) for _ in range(8)]
+    for t in ts: t.start()
+    for t in ts: t.join()
+gc.collect()
+print({k: v for k, v in greenhub._core.debug_counters().items() if v})
+"""
+
+
+def test_threads_ending_with_pending_tasks_leave_no_worker():
+    """Each thread's await_() runs on a loop of its own, closed when the thread ends,
+    with a task still pending at a native await: its worker greenlet was never ended
+    (greenlet cannot end it from another thread once the thread is gone).  close() now
+    lets such workers go on the loop's thread."""
+    script = "import asyncio, greenhub\n" + _THREADS_BODY
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "{}"

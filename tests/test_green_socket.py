@@ -589,6 +589,41 @@ def test_blocking_recv_from_an_os_thread_waits_for_data(gpair):
     assert in_thread(a.recv, 10) == b"late"
 
 
+@pytest.mark.parametrize("where", ["vthread", "outside"])
+def test_sendfile_of_a_pipe_sends_nothing(gloop, where):
+    """A pipe's size is 0: socket.sendfile() takes it for an empty file and returns 0,
+    sending nothing; greenhub's sent it with send() and then raised (a pipe cannot
+    seek)."""
+    import os
+
+    def attempt(mod):
+        a, b = mod.socketpair()
+        r, w = os.pipe()
+        os.write(w, b"pipe data")
+        os.close(w)
+        with os.fdopen(r, "rb") as f:
+            sent = a.sendfile(f)
+        b.setblocking(False)
+        try:
+            got = b.recv(100)
+        except BlockingIOError:
+            got = b""
+        a.close()
+        b.close()
+        return sent, got
+
+    expected = attempt(socket)
+    if where == "outside":
+        assert attempt(gsocket) == expected
+    else:
+
+        async def main():
+            return await greenhub.spawn(attempt, gsocket)
+
+        assert gloop.run_until_complete(main()) == expected
+    assert expected == (0, b"")
+
+
 def test_sendfile_outside_is_sockets(gpair):
     a, b = gpair
     with tempfile.TemporaryFile() as f:

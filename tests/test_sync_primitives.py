@@ -272,6 +272,46 @@ def test_rlock_owner_is_the_vthread(gloop):
     assert log == ["a in", "a out", "b"]
 
 
+@pytest.mark.parametrize("make", [threading.RLock, greenhub.RLock], ids=["threading", "greenhub"])
+@pytest.mark.parametrize("kind", ["asyncio", "greenhub"])
+def test_rlock_held_by_a_task_is_reentered_by_a_callback(kind, make, greenhub_leak_check):
+    """A task holds the lock across an await; a loop callback takes it.  On the stock
+    loop the OS thread owns a threading.RLock, so the callback re-enters it.  A virtual
+    thread owns greenhub's RLock (and threading's, once monkey-patched), but a callback
+    on the loop's thread re-enters what that loop's tasks hold: waiting there would stop
+    the loop, and the task with it, for ever."""
+    import support
+
+    lock = make()
+    log = []
+
+    async def holder():
+        with lock:
+            log.append("task holds")
+            await asyncio.sleep(0.001)
+            log.append("task still holds")
+        log.append("task released")
+
+    def callback():
+        with lock:
+            log.append("callback in lock")
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        t = loop.create_task(holder())
+        await asyncio.sleep(0)
+        loop.call_soon(callback)
+        await asyncio.wait_for(t, 10)
+
+    loop = support.new_loop(kind)
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert log == ["task holds", "callback in lock", "task still holds", "task released"]
+    assert not lock._is_owned()
+
+
 def test_semaphore_limits_concurrency(gloop):
     sem = greenhub.BoundedSemaphore(3)
     active, peak = [0], [0]
