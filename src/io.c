@@ -159,13 +159,16 @@ add_io(PyObject *op, PyObject *const *args, Py_ssize_t nargs, int which, const c
     if (check_fd(fd) < 0) {
         return NULL;
     }
-    gh_io_slot *slot = slot_for(self, (int)fd, 1);
-    if (slot == NULL) {
-        return NULL;
-    }
+    /* The handle first: making it allocates, and a garbage collection there
+     * can run a __del__ that adds watchers and moves the slot array. */
     PyObject *h =
         gh_handle_new(self->st, self->st->HandleType, op, args[1], args + 2, nargs - 2, NULL);
     if (h == NULL) {
+        return NULL;
+    }
+    gh_io_slot *slot = slot_for(self, (int)fd, 1);
+    if (slot == NULL) {
+        Py_DECREF(h);
         return NULL;
     }
     int was_idle = slot->reader == NULL && slot->writer == NULL;
@@ -458,6 +461,13 @@ gh_io_wait_done(gh_Loop *self, int fd, PyObject *sock, PyObject *handle)
     if (ref == NULL) {
         PyErr_Clear(); /* no weak references: just stop watching */
         return remove_io(self, fd, GH_IO_READ) < 0 ? -1 : 0;
+    }
+    /* Making the weak reference allocates: a garbage collection there can
+     * run Python code that moves the slots or changes this one. */
+    slot = slot_for(self, fd, 0);
+    if (self->closed || slot == NULL || slot->reader != handle || slot->writer != NULL) {
+        Py_DECREF(ref);
+        return self->closed ? 0 : (remove_io(self, fd, GH_IO_READ) < 0 ? -1 : 0);
     }
     PyObject *fileobj = slot->fileobj;
     slot->reader = slot->fileobj = NULL;

@@ -570,17 +570,22 @@ poll_timeout(gh_Loop *self, double *timeout)
             return -1;
         }
         /* Read the top after time(): its code may have added a timer (and
-         * the heap array may have moved). */
+         * the heap array may have moved) - or run the loop itself (a
+         * reentrant _run_once()) and taken the last one. */
         const gh_timer_entry *top = gh_timerq_top(&self->timers);
-        double wait = top->when - now; /* NaN if now is NaN, or for inf - inf */
-        PyObject *when_obj = exotic_when(top);
-        if (when_obj != NULL) {
+        double wait = top != NULL ? top->when - now : -1.; /* NaN if now is NaN */
+        PyObject *when_obj = top != NULL ? exotic_when(top) : NULL;
+        if (top == NULL) {
+            wait = 0.; /* the iteration changed under us: look again */
+        }
+        else if (when_obj != NULL) {
             PyObject *t = Py_NewRef(top->data); /* alive across the Python code */
             Py_INCREF(when_obj);
             int rc = exotic_wait(when_obj, now, &wait);
             Py_DECREF(when_obj);
-            if (rc == 0 && gh_timerq_top(&self->timers)->data != t) {
-                wait = 0.; /* that code scheduled an earlier timer: look again */
+            const gh_timer_entry *now_top = gh_timerq_top(&self->timers);
+            if (rc == 0 && (now_top == NULL || now_top->data != t)) {
+                wait = 0.; /* that code changed the timers: look again */
             }
             Py_DECREF(t);
             if (rc < 0) {
@@ -636,9 +641,18 @@ run_once(gh_Loop *self)
             return -1;
         }
         /* Again: a _run_once() called from that Python code (reentrant, as
-         * asyncio would allow) cleared it on its way out.  Pushes made
-         * before this store are in the queue poll_timeout() looked at last. */
+         * asyncio would allow) cleared both on its way out (and may have
+         * sent its own wakeup).  Pushes made before these stores are in the
+         * queue poll_timeout() looked at last. */
         self->sleeping = 1;
+        self->wakeup_sent = 0;
+    }
+    if (self->reactor == NULL) {
+        /* That code closed the loop (close() from time(), then a direct
+         * _run_once()): nothing left to poll. */
+        self->sleeping = 0;
+        PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
+        return -1;
     }
     int polled = gh_reactor_poll(self->reactor, timeout);
     self->sleeping = 0;
@@ -680,7 +694,8 @@ run_once(gh_Loop *self)
                 Py_INCREF(when_obj);
                 int later = exotic_later(self, when_obj, now);
                 Py_DECREF(when_obj);
-                int moved = later >= 0 && gh_timerq_top(&self->timers)->data != t;
+                const gh_timer_entry *now_top = gh_timerq_top(&self->timers);
+                int moved = later >= 0 && (now_top == NULL || now_top->data != t);
                 Py_DECREF(t);
                 if (later < 0) {
                     return -1;

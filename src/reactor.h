@@ -3,8 +3,11 @@
  *
  * This layer knows nothing about Python: it polls, it wakes up, and it
  * reports which watched file descriptors are ready.  Only reactor.c
- * includes <ev.h>.  Every function must be called on the loop's thread,
- * except gh_reactor_wakeup(), which is thread- and async-signal-safe.
+ * includes <ev.h>.  Every function must be called with the loop's Python
+ * lock (the GIL) held - usually on the loop's thread; another thread may
+ * change watchers while the loop sleeps, since libev touches its tables
+ * only outside epoll_wait(), where the loop thread holds the GIL - except
+ * gh_reactor_wakeup(), which is thread- and async-signal-safe.
  */
 #ifndef GH_REACTOR_H
 #define GH_REACTOR_H

@@ -24,7 +24,6 @@ typedef struct {
     PyTypeObject *SockDoneType;        /* sock.c */
     PyTypeObject *VThreadGreenletType; /* task_step.c: the workers' greenlet subclass */
     PyObject *worker_main;             /* owned: what every worker greenlet runs */
-    struct gh_GreenCoro *handoff;      /* borrowed: the coro a worker must step next */
     PyObject *in_transit; /* owned or NULL: what gh_pass_on_resume() passes on (task_step.c) */
 
     /* Hooks into the Python layer, installed by greenhub/_loop.py through

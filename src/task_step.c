@@ -278,10 +278,12 @@ worker_main(PyObject *module, PyObject *Py_UNUSED(ignored))
     }
     Py_DECREF(self); /* borrowed: a running greenlet is alive */
     for (;;) {
-        /* Only coro_step() starts a step here: it sets `handoff` to a task
-         * bound to this greenlet first.  Anything else resumed this
-         * greenlet (see gh_pass_on_resume()); a handoff for another worker
-         * can be pending when that happens inside its resume. */
+        /* Only coro_step() starts a step here: it marks the task bound to
+         * this greenlet `handed` first.  Anything else resumed this greenlet
+         * (see gh_pass_on_resume()).  The mark is the task's, not a global
+         * one: another thread's loop runs its own steps whenever Python code
+         * lets the GIL go (a greenlet.settrace() hook runs on the target of
+         * each switch). */
         for (;;) {
             if (r == NULL && PyErr_ExceptionMatches(gh_green_exit_type())) {
                 /* Killed (GreenletExit: the pool let it go, or greenlet
@@ -291,7 +293,8 @@ worker_main(PyObject *module, PyObject *Py_UNUSED(ignored))
                 Py_XDECREF(ctx);
                 Py_RETURN_NONE;
             }
-            if (st->handoff != NULL && st->handoff->worker == self) {
+            gh_GreenCoro *owner = *worker_owner(self);
+            if (owner != NULL && owner->handed && owner->worker == self) {
                 break;
             }
             int nobody;
@@ -306,8 +309,8 @@ worker_main(PyObject *module, PyObject *Py_UNUSED(ignored))
             PyErr_Clear();
         }
         Py_XDECREF(r);
-        gh_GreenCoro *w = st->handoff; /* the driver holds a reference */
-        st->handoff = NULL;
+        gh_GreenCoro *w = *worker_owner(self); /* the driver holds a reference */
+        w->handed = 0;
         if (w->context != ctx) {
             if (adopt_context(st, w->context) < 0) {
                 /* Report it as the step's outcome. */
@@ -430,7 +433,16 @@ gh_pass_on_resume(gh_state *st, PyObject *hint, PyObject *resumed, int *nobody)
     if (payload == NULL) {
         return NULL;
     }
-    Py_XSETREF(st->in_transit, payload); /* held there, not here */
+    /* Held there, not here.  What was in transit before was delivered long
+     * ago; dropping it can run Python code (and let another thread pass
+     * something on), so it is dropped first, and nothing runs between the
+     * store and the switch, where greenlet takes its own references. */
+    while (st->in_transit != NULL) {
+        PyObject *old = st->in_transit;
+        st->in_transit = NULL;
+        Py_DECREF(old);
+    }
+    st->in_transit = payload;
     PyObject *r = thrown ? gh_green_throw(target, payload) : gh_green_switch_args(target, payload);
     Py_CLEAR(st->in_transit); /* delivered long ago, if it is still there */
     return r;
@@ -614,8 +626,9 @@ coro_step(gh_GreenCoro *w, PyObject *value, PyObject *exc, PyObject **presult)
         w->parked_in = NULL;
         park_unlink(loop, w);
         if (!gh_green_active(target)) {
-            /* Killed from outside (greenlet.greenlet.throw() on the base
-             * class); its stack is gone, and the step with it. */
+            /* Dead: a switch cannot kill a parked greenlet (it is passed on,
+             * see gh_pass_on_resume()), but greenlet frees those of a thread
+             * that is gone; its stack is gone, and the step with it. */
             Py_DECREF(target);
             w->finished = 1;
             PyErr_SetString(PyExc_RuntimeError,
@@ -636,7 +649,7 @@ coro_step(gh_GreenCoro *w, PyObject *value, PyObject *exc, PyObject **presult)
         }
         target = Py_NewRef(w->worker);
         fresh = !gh_green_active(target);
-        st->handoff = w;
+        w->handed = 1;
     }
     PyObject *driver = gh_green_current();
     if (driver == NULL) {
@@ -668,6 +681,7 @@ coro_step(gh_GreenCoro *w, PyObject *value, PyObject *exc, PyObject **presult)
         }
     }
     w->stepping = NULL;
+    w->handed = 0; /* not taken if the switch failed */
 
     Py_DECREF(target);
     loop->current_step = w->prev_step;
@@ -977,6 +991,7 @@ coro_clear(PyObject *self)
     Py_CLEAR(w->in_value);
     Py_CLEAR(w->in_exc);
     Py_CLEAR(w->out);
+    w->finished = 1; /* no coroutine left to step: send() and close() see a finished one */
     Py_CLEAR(w->coro);
     Py_CLEAR(w->context);
     Py_CLEAR(w->no_switch_block);

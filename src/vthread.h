@@ -57,7 +57,9 @@ typedef struct gh_GreenCoro {
     char finished;           /* the coroutine returned or raised */
     char parked;             /* in the loop's parked list */
     char step_over;          /* set by the step's greenlet right before it switches back to
-                                the driver: what resumes the driver otherwise is refused */
+                                the driver: what resumes the driver otherwise is passed on */
+    char handed;             /* coro_step() hands a step to the worker: set before it switches
+                                there, cleared by the worker as it takes it */
 } gh_GreenCoro;
 
 /* Idle worker greenlets of one loop. */

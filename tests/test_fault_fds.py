@@ -818,3 +818,50 @@ def test_data_is_sent_when_drain_returns(both_loops):
     finds the data, as on the stock loop."""
     results = {k: lp.run_until_complete(_write_drain_then_read_peer()) for k, lp in both_loops.items()}
     assert results["greenhub"] == results["asyncio"] == b"hello"
+
+
+def test_add_reader_while_a_collection_grows_the_fd_table(greenhub_leak_check):
+    """add_reader() makes its Handle, which allocates; a garbage collection there runs a
+    __del__ that adds a reader on a high fd and so moves the loop's fd table.  greenhub
+    kept a pointer into the old table: the new reader went into freed memory and was
+    never called."""
+    import gc
+
+    import greenhub
+
+    loop = greenhub.new_event_loop()
+    r, w = os.pipe()
+    high = os.dup2(r, 900)
+    fired = []
+
+    class Trigger:
+        def __del__(self):
+            loop.add_reader(high, lambda: None)
+
+    gc.collect()
+    gc.disable()
+    t = Trigger()
+    t.self = t  # a cycle: freed only by the collector
+    del t
+    old = gc.get_threshold()
+    add, callback = loop._add_reader, fired.append  # no allocation left before the call
+    try:
+        gc.enable()
+        gc.set_threshold(1)
+        add(r, callback, "fired")  # the collection runs in there
+    finally:
+        gc.set_threshold(*old)
+        gc.enable()
+    try:
+        watchers = loop._io_watchers()  # the loop's own self-pipe is there too
+        assert watchers[r] == 1 and watchers[high] == 1
+        os.write(w, b"x")
+        loop.call_later(0.05, loop.stop)
+        loop.run_forever()
+        assert fired == ["fired"] * len(fired) and fired
+    finally:
+        loop.remove_reader(r)
+        loop.remove_reader(high)
+        loop.close()
+        for fd in (r, w, high):
+            os.close(fd)

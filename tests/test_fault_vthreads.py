@@ -493,3 +493,46 @@ def test_threads_ending_with_pending_tasks_leave_no_worker():
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "{}"
+
+
+def test_two_threads_with_a_trace_hook_that_lets_the_gil_go():
+    """Two threads, a greenhub loop each, and a greenlet.settrace() hook that releases
+    the GIL - it runs on the target of every switch, between the driver handing a step
+    to a worker and the worker taking it.  The hand-over was one field of the module,
+    shared by the threads: the other thread's loop overwrote it and a worker spun for
+    ever.  It is the task's own flag now."""
+    script = textwrap.dedent(
+        """
+        import asyncio, threading, time, greenlet, greenhub
+
+        def tracer(event, args):
+            time.sleep(0)  # lets the GIL go
+
+        async def task(n):
+            for _ in range(n):
+                await asyncio.sleep(0)
+
+        async def main():
+            await asyncio.gather(*(task(30) for _ in range(10)))
+
+        def thread_main(i, out):
+            greenlet.settrace(tracer)
+            loop = greenhub.new_event_loop()
+            try:
+                loop.run_until_complete(main())
+                out[i] = "ok"
+            finally:
+                loop.close()
+
+        out = {}
+        ts = [threading.Thread(target=thread_main, args=(i, out)) for i in range(2)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        print(sorted(out.items()))
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[(0, 'ok'), (1, 'ok')]"

@@ -360,3 +360,88 @@ def test_add_reader_from_another_thread_while_sleeping(loop):
         loop.remove_reader(a)
         a.close()
         b.close()
+
+
+# --- a reentrant _run_once() inside time() --------------------------------------------
+
+
+def test_reentrant_run_once_in_time_takes_the_last_timer(greenhub_leak_check):
+    """time() runs the loop itself (a reentrant _run_once(), as asyncio allows), which
+    pops the only timer while the outer iteration computes its poll timeout from it:
+    greenhub read the heap's top without looking again (a NULL dereference)."""
+    import time
+
+    import greenhub
+
+    loop = greenhub.new_event_loop()
+    ran = []
+    state = {"armed": False}
+
+    def my_time():
+        if state["armed"]:
+            state["armed"] = False
+            loop._run_once()  # takes the due timer: the heap is empty afterwards
+        return time.monotonic()
+
+    try:
+        loop.time = my_time
+        loop.call_at(0.0, ran.append, "timer")
+        state["armed"] = True
+        loop._run_once()
+        assert ran == ["timer"]
+    finally:
+        del loop.time
+        loop.close()
+
+
+def test_reentrant_run_once_in_time_loses_no_wakeup(greenhub_leak_check):
+    """The inner iteration is woken by a push, which leaves `wakeup_sent` set; the outer
+    one must clear it again when it goes back to sleep, or a call_soon_threadsafe() made
+    during the outer poll sends nothing and waits for the far timer."""
+    import time
+
+    import greenhub
+
+    loop = greenhub.new_event_loop()
+    far = loop.call_later(20, lambda: None)  # the poll timeout of both iterations
+    ran = []
+    inner_polling = threading.Event()
+    inner_done = threading.Event()
+    state = {"armed": False, "depth": 0}
+
+    def my_time():
+        if state["depth"] == 1:
+            inner_polling.set()  # the inner iteration's look before its poll
+        if state["armed"] and state["depth"] == 0:
+            state["armed"] = False
+            state["depth"] += 1
+            try:
+                loop._run_once()  # sleeps until the first push wakes it
+            finally:
+                state["depth"] -= 1
+                inner_done.set()
+        return time.monotonic()
+
+    def pusher():
+        inner_polling.wait(30)
+        time.sleep(0.05)  # let it reach its poll
+        loop.call_soon_threadsafe(ran.append, "first")  # wakes the inner poll
+        inner_done.wait(30)
+        time.sleep(0.05)  # the outer iteration goes back to sleep
+        loop.call_soon_threadsafe(ran.append, "second")  # must wake the outer poll
+
+    t = threading.Thread(target=pusher)
+    try:
+        loop.time = my_time
+        state["armed"] = True
+        t.start()
+        loop._run_once()  # the outer iteration
+        while "second" not in ran:
+            loop._run_once()
+        assert ran == ["first", "second"]
+        assert time.monotonic() < far.when()  # woken, not timed out
+    finally:
+        t.join()
+        far.cancel()
+        del loop.time
+        loop.close()
