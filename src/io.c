@@ -311,6 +311,15 @@ gh_loop_io_ready(void *arg, int fd, int readable, int writable)
     if (PyErr_Occurred()) {
         return;
     }
+    if (self->io_trace != NULL) {
+        /* No Python code runs here: a list append of an int. */
+        PyObject *n = PyLong_FromLong(fd);
+        int rc = n == NULL ? -1 : PyList_Append(self->io_trace, n);
+        Py_XDECREF(n);
+        if (rc < 0) {
+            return; /* MemoryError, left for run_once() */
+        }
+    }
     for (int which = GH_IO_READ; which <= GH_IO_WRITE; which <<= 1) {
         /* Looked up each time: cancelling can run Python code (a debug
          * repr) that adds watchers and moves the slot array. */
@@ -338,6 +347,25 @@ gh_loop_io_ready(void *arg, int fd, int readable, int writable)
             return;
         }
     }
+}
+
+PyObject *
+gh_loop_get_io_trace(PyObject *op, void *Py_UNUSED(closure))
+{
+    gh_Loop *self = (gh_Loop *)op;
+    return Py_NewRef(self->io_trace ? self->io_trace : Py_None);
+}
+
+int
+gh_loop_set_io_trace(PyObject *op, PyObject *value, void *Py_UNUSED(closure))
+{
+    gh_Loop *self = (gh_Loop *)op;
+    if (value != NULL && value != Py_None && !PyList_CheckExact(value)) {
+        PyErr_SetString(PyExc_TypeError, "_io_trace must be a list or None");
+        return -1;
+    }
+    Py_XSETREF(self->io_trace, (value && value != Py_None) ? Py_NewRef(value) : NULL);
+    return 0;
 }
 
 PyObject *
