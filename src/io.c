@@ -131,6 +131,18 @@ drop_slot(gh_Loop *self, int fd)
     return 0;
 }
 
+/* The fd whose watchers were added with `fileobj` itself, or -1. */
+static long
+fd_of_fileobj(gh_Loop *self, PyObject *fileobj)
+{
+    for (int fd = 0; fd < self->n_io_slots; fd++) {
+        if (self->io_slots[fd].fileobj == fileobj) {
+            return fd;
+        }
+    }
+    return -1;
+}
+
 /* add_reader / add_writer; `which` is GH_IO_READ or GH_IO_WRITE. */
 static PyObject *
 add_io(PyObject *op, PyObject *const *args, Py_ssize_t nargs, int which, const char *name)
@@ -147,6 +159,13 @@ add_io(PyObject *op, PyObject *const *args, Py_ssize_t nargs, int which, const c
     if (self->closed) {
         PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
         return NULL;
+    }
+    if (fd < 0) {
+        /* A closed socket whose watcher was added with the socket itself: the
+         * selector loop finds its key by the object, and changes it (a new
+         * event fails on the closed fd, as below; a new callback does not). */
+        long found = fd_of_fileobj(self, args[0]);
+        fd = found < 0 ? fd : found;
     }
     if (check_fd(fd) < 0) {
         return NULL;
@@ -241,18 +260,6 @@ remove_io(gh_Loop *self, int fd, int which)
     Py_DECREF(old);
     Py_XDECREF(fileobj);
     return rc < 0 ? -1 : 1;
-}
-
-/* The fd whose watchers were added with `fileobj` itself, or -1. */
-static long
-fd_of_fileobj(gh_Loop *self, PyObject *fileobj)
-{
-    for (int fd = 0; fd < self->n_io_slots; fd++) {
-        if (self->io_slots[fd].fileobj == fileobj) {
-            return fd;
-        }
-    }
-    return -1;
 }
 
 static PyObject *
