@@ -275,7 +275,14 @@ class Loop(_core.Loop, ChildrenMixin, ResolveMixin, unix_events._UnixSelectorEve
         if not tasks:
             return
         for task in tasks:
-            task.cancel()
+            try:
+                task.cancel()
+            except Exception as exc:
+                # Task.cancel() recurses through what the task awaits: a cycle (a task
+                # in a gather() of itself, two tasks awaiting each other) ends in
+                # RecursionError.  The stock close() cancels nothing and cannot meet
+                # it; here the loop still closes, and _close_core() unwinds the task.
+                logger.warning("Error while cancelling virtual threads on close: %r", exc)
         try:
             # A virtual thread may ignore the cancellation; it then gets
             # GeneratorExit from _close_core() after this grace period.

@@ -357,3 +357,43 @@ def test_vthread_dropped_without_close(state, greenhub_leak_check):
             loop.close()
         del loop
         gc.collect()
+
+
+def test_close_when_cancelling_a_task_recurses(loop, kind):
+    """A task suspended in a gather() of itself: Task.cancel() recurses through the gather
+    back into the task until RecursionError.  The stock close() cancels nothing and
+    closes; greenhub's cancels its virtual threads, and must close all the same (it raised
+    RecursionError and left the loop open for good, its greenlet parked).  Found by
+    tests/fuzz_loop.py."""
+    log = []
+
+    async def gathers_itself():
+        try:
+            await asyncio.gather(asyncio.current_task())
+        finally:
+            log.append("finally")
+
+    def body():
+        try:
+            greenhub.await_(asyncio.gather(asyncio.current_task()))
+        finally:
+            log.append("finally")
+
+    async def start():
+        if kind == "greenhub":
+            return greenhub.spawn(body)
+        return loop.create_task(gathers_itself())
+
+    task = loop.run_until_complete(start())
+    support.run_once(loop)
+    assert not task.done()
+    loop.set_exception_handler(lambda lp, ctx: None)
+    with support.warnings_ignored():
+        loop.close()
+        assert loop.is_closed()
+        if kind == "greenhub":
+            assert log == ["finally"]  # unwound by close()
+        else:
+            task.get_coro().close()  # what collecting it would do
+        del task
+        gc.collect()
