@@ -247,6 +247,9 @@ class Loop(_core.Loop, ChildrenMixin, ResolveMixin, unix_events._UnixSelectorEve
         if self.is_closed():
             return
         self._finish_parked_vthreads()
+        self._close_rest()
+
+    def _close_rest(self):
         self._close_children()
         super().close()
         self._close_core()
@@ -289,6 +292,13 @@ class Loop(_core.Loop, ChildrenMixin, ResolveMixin, unix_events._UnixSelectorEve
             self.run_until_complete(asyncio.wait(tasks, timeout=_CLOSE_GRACE_SECONDS))
         except Exception as exc:
             logger.warning("Error while cancelling virtual threads on close: %r", exc)
+        except BaseException:
+            # Ctrl-C, or SystemExit from a callback that ran meanwhile: it goes on
+            # up, but the loop closes first (what is still suspended is unwound).
+            # Left open, each later close() would run the loop again; the stock
+            # close() never runs callbacks and always closes.
+            self._close_rest()
+            raise
 
 
 def _run_unless_cancelled(handle):

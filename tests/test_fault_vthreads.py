@@ -397,3 +397,48 @@ def test_close_when_cancelling_a_task_recurses(loop, kind):
             task.get_coro().close()  # what collecting it would do
         del task
         gc.collect()
+
+
+def test_close_interrupted_by_a_callback_still_closes(loop, kind):
+    """close() runs the loop for greenhub's suspended virtual threads (the stock close()
+    runs nothing), so a callback queued before it runs - and its SystemExit propagates
+    out of close().  The loop must be closed all the same, as the stock loop is: it was
+    left open, and each later close() ran the loop again.  Found by tests/fuzz_loop.py."""
+    log = []
+    fut = loop.create_future()
+
+    async def waits():
+        try:
+            await fut
+        finally:
+            log.append("finally")
+
+    def body():
+        try:
+            greenhub.await_(fut)
+        finally:
+            log.append("finally")
+
+    async def start():
+        if kind == "greenhub":
+            return greenhub.spawn(body)
+        return loop.create_task(waits())
+
+    task = loop.run_until_complete(start())
+    support.run_once(loop)
+
+    def exits():
+        raise SystemExit("from a callback")
+
+    loop.call_soon(exits)
+    with support.warnings_ignored():
+        if kind == "greenhub":
+            with pytest.raises(SystemExit):
+                loop.close()
+            assert log == ["finally"]
+        else:
+            loop.close()  # drops the callback
+            task.get_coro().close()  # what collecting it would do
+        assert loop.is_closed()
+        del task
+        gc.collect()
