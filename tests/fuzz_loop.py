@@ -95,6 +95,10 @@ here are multiples of 1/64 s, exactly representable, so no deadline is ever with
 Input classes under repair elsewhere are generated only with their flag:
 ``--timer-edges`` (NaN, infinite and huge delays and deadlines) and
 ``--cross-thread-wakeups`` (call_soon_threadsafe waking a loop asleep in its poll).
+``--await-cycles`` lets tasks await each other in a cycle: Task.cancel() then recurses
+until RecursionError, and finalizers that the garbage collector happens to run at that
+depth fail and print "Exception ignored" - CPython's behaviour, noise for this test (the
+one greenhub bug it showed, close() failing, has its own regression test).
 """
 
 from __future__ import annotations
@@ -137,10 +141,13 @@ class Options:
     """What the generator may produce.  The flags switch on input classes that other
     changes are fixing; they stay off until those land."""
 
-    def __init__(self, timer_edges=False, cross_thread_wakeups=False, debug=False):
+    def __init__(
+        self, timer_edges=False, cross_thread_wakeups=False, debug=False, await_cycles=False
+    ):
         self.timer_edges = timer_edges
         self.cross_thread_wakeups = cross_thread_wakeups
         self.debug = debug
+        self.await_cycles = await_cycles
 
     def __repr__(self):
         return f"Options({vars(self)})"
@@ -669,6 +676,7 @@ class Run:
         self.io_orders = io_orders
         self.coros = []
         self.park_seq = {}  # task label -> when it last awaited (unwinding order at close)
+        self.waits_on = {}  # task label -> labels of the tasks it awaits now
         self.parks = 0
         self.seq = {}
         self.timer_refs = []
@@ -1210,6 +1218,10 @@ class Run:
                 if kind not in AWAITS:
                     self.do(step)
                     continue
+                targets = self._awaited_tasks(step, label)
+                if not self.opts.await_cycles and self._closes_cycle(label, targets):
+                    self.rec(kind, "left out: it would close a cycle of tasks awaiting tasks")
+                    continue
                 try:
                     aw = self._awaitable(step)
                 except Exception as e:  # noqa: BLE001
@@ -1218,7 +1230,11 @@ class Run:
                 if aw is None:
                     continue
                 self.ctx = "loop"
-                ok, v = yield aw
+                self.waits_on[label] = targets
+                try:
+                    ok, v = yield aw
+                finally:
+                    self.waits_on.pop(label, None)
                 self.ctx = label
                 if ok:
                     self.rec(kind, "ok", summarise(v))
@@ -1242,6 +1258,31 @@ class Run:
             raise
         finally:
             self.ctx = "loop"  # what runs next is the loop's, not this task's
+
+    def _awaited_tasks(self, step, label):
+        """Labels of the harness's tasks that `step` awaits (its own, only through a
+        gather: awaiting itself directly is a clean RuntimeError)."""
+        if step[0] == "await_task":
+            found = self.objs["t"].get(step[1])
+            return {found[0]} - {label} if found else set()
+        if step[0] == "gather":
+            return {self.objs["t"][g][0] for k, g in step[1] if k == "t" and g in self.objs["t"]}
+        return set()
+
+    def _closes_cycle(self, label, targets):
+        """Whether awaiting `targets` would make `label` wait on itself through tasks
+        awaiting tasks.  Task.cancel() follows such a cycle until RecursionError, and at
+        that depth any finalizer the garbage collector runs fails too: CPython's
+        behaviour, noise here (--await-cycles lets them through)."""
+        seen, todo = set(), list(targets)
+        while todo:
+            t = todo.pop()
+            if t == label:
+                return True
+            if t not in seen:
+                seen.add(t)
+                todo.extend(self.waits_on.get(t, ()))
+        return False
 
     def _awaitable(self, step):
         kind = step[0]
@@ -1557,8 +1598,11 @@ def main(argv=None):
         "--cross-thread-wakeups", action="store_true", help="wakeups of a sleeping loop (flag)"
     )
     ap.add_argument("--debug", action="store_true", help="both loops in debug mode")
+    ap.add_argument(
+        "--await-cycles", action="store_true", help="tasks awaiting each other in a cycle"
+    )
     args = ap.parse_args(argv)
-    opts = Options(args.timer_edges, args.cross_thread_wakeups, args.debug)
+    opts = Options(args.timer_edges, args.cross_thread_wakeups, args.debug, args.await_cycles)
     # greenhub's close() logs the cancellations it could not finish; the transcript has
     # what matters.
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
