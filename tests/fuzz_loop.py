@@ -76,12 +76,13 @@ of giving up on the whole transcript; each one is listed here with why it is leg
 5. Messages that depend on garbage collection ("Task was destroyed but it is pending!",
    "... exception was never retrieved") are logged when an object is collected; when
    that happens depends on reference cycles, which asyncio does not specify.  They are
-   counted, not compared.  Object addresses, default task names and the coroutine in a
-   task's repr (greenhub's ``_call_sync`` for a virtual thread, the harness's coroutine
-   for its model; in debug mode, where it was created) are masked, and so is the name of a loop-internal callback in "Exception
-   in callback ..." (asyncio's ``_sock_read_done`` is a C object in greenhub): the
-   exception itself is compared.
-
+   counted, not compared.  Masked in messages: object addresses, default task names, the
+   coroutine in a task's repr (greenhub's ``_call_sync`` for a virtual thread, the
+   harness's coroutine for its model; in debug mode, where it was created), and the name
+   of a loop-internal callback in "Exception in callback ..." (asyncio's
+   ``_sock_read_done`` is a C object in greenhub) - the exception itself is compared.  A
+   RecursionError is compared by type only, and ``Task.cancelling()`` up to 20: how deep
+   a recursion gets depends on the stack it started from.
 6. On a Python whose run_forever(), called from inside the running loop, raises and
    then clears the running loop anyway (3.13.0; CPython later moved its checks out of
    the try block), the harness does not make that call: both loops follow the same
@@ -378,21 +379,17 @@ def generate(seed, n_ops=200, opts=None):
 
 # --- summaries: what a transcript holds --------------------------------------------------
 
+# Normalisation 5: what messages may not be compared.
 _ADDR = re.compile(r" at 0x[0-9a-fA-F]+")
 _TASK_NAME = re.compile(r"Task-\d+")
 # A virtual thread's coroutine is greenhub's _call_sync(), its model's the harness's own.
 _CORO = re.compile(r"coro=<[^>]*>")
-
-
-# The stock loop's internal callbacks and greenhub's C ones have different reprs (the
-# exception handler's message for an error in one names it): masked.
+# Debug mode: where a task or handle was made (greenhub.spawn() vs the harness).
+_CREATED_AT = re.compile(r" created at \S+:\d+")
+# The stock loop's internal callbacks and greenhub's C ones have different reprs.
 _INTERNAL_CALLBACK = re.compile(
     r"^Exception in callback (?!Run\.|functools\.partial\(<bound method Run\.).*"
 )
-
-
-# Debug mode: where a task or handle was made (greenhub.spawn() vs the harness).
-_CREATED_AT = re.compile(r" created at \S+:\d+")
 
 
 def _text(s):
@@ -434,7 +431,7 @@ def fut_state(f):
     return ("result", summarise(f.result()))
 
 
-def _delay_value(d, clock):
+def _delay_value(d):
     """A generated delay (quanta, ["int", n], or an edge value's name) as a number."""
     if isinstance(d, str):
         return float(d)
@@ -984,14 +981,14 @@ class Run:
         self._schedule(g, body, lambda label: self.loop.call_soon(self._cb, label))
 
     def op_later(self, g, delay, body):
-        d = _delay_value(delay, self.clock)
+        d = _delay_value(delay)
         self._schedule(g, body, lambda label: self.loop.call_later(d, self._cb, label))
 
     def op_at(self, g, offset, body):
         if isinstance(offset, list):  # an int deadline
             when = int(self.clock) + offset[1]
         else:
-            when = self.clock + _delay_value(offset, self.clock)
+            when = self.clock + _delay_value(offset)
         self._schedule(g, body, lambda label: self.loop.call_at(when, self._cb, label))
 
     def op_at_same(self, g, other, body):
