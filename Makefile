@@ -3,7 +3,7 @@ PY ?= python3
 PIP = $(PY) -m pip
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: help deps build debug asan demo test test-unit test-compat test-pg test-upstream bench lint format clean
+.PHONY: help deps build debug asan demo test test-unit test-compat test-pg test-upstream fuzz bench lint format clean
 .PHONY: deps-build wheel test-installed typecheck
 
 help:
@@ -19,6 +19,9 @@ help:
 	@echo "make test-pg     the database tests against a throwaway PostgreSQL (.ci/pg run CMD: any)"
 	@echo "make test-upstream  anyio's, aiohttp's and others' own test suites, stock loop vs greenhub"
 	@echo "                 (UPSTREAM_ARGS=--quick for the subset CI runs)"
+	@echo "make fuzz        differential fuzzer, greenhub vs the stock loop: random seeds for"
+	@echo "                 FUZZ_SECONDS (default 900), or FUZZ_SEEDS=A:B; FUZZ_OPS per program"
+	@echo "                 (default 200); stops at the first divergence and shrinks it"
 	@echo "make bench       benchmarks: greenhub vs asyncio vs uvloop (and vthread peers), echo, HTTP"
 	@echo "make lint        ruff + clang-format checks;  make format  applies them"
 	@echo "make typecheck   mypy --strict: the package, examples/typed_usage.py; stubtest of _core"
@@ -96,6 +99,19 @@ test-pg: deps build
 UPSTREAM_ARGS ?=
 test-upstream: deps build
 	$(PY) compat/run_upstream.py --install-deps $(UPSTREAM_ARGS)
+
+# The differential fuzzer's long profile (tests/fuzz_loop.py; the quick one is
+# tests/test_fuzz_differential.py): programs of random loop operations on greenhub and on
+# the stock loop, transcripts compared.  Random seeds (the first is printed) until
+# FUZZ_SECONDS are up, or the seeds FUZZ_SEEDS=A:B; FUZZ_ARGS adds options
+# (--keep-going, --timer-edges, --cross-thread-wakeups, --debug: see --help).
+FUZZ_SECONDS ?= 900
+FUZZ_OPS ?= 200
+FUZZ_SEEDS ?=
+FUZZ_ARGS ?=
+fuzz: build
+	$(PY) tests/fuzz_loop.py --ops $(FUZZ_OPS) \
+	    $(if $(FUZZ_SEEDS),--seeds $(FUZZ_SEEDS),--seconds $(FUZZ_SECONDS)) $(FUZZ_ARGS)
 
 # The peers the benchmarks compare with are the [bench] extra; each benchmark skips a
 # missing one.

@@ -265,6 +265,9 @@ class Loop(_core.Loop, ChildrenMixin, ResolveMixin, unix_events._UnixSelectorEve
         if self.is_closed():
             return
         self._finish_parked_vthreads()
+        self._close_rest()
+
+    def _close_rest(self) -> None:
         self._release_idle_workers()
         self._close_children()
         super().close()
@@ -304,13 +307,30 @@ class Loop(_core.Loop, ChildrenMixin, ResolveMixin, unix_events._UnixSelectorEve
         if not tasks:
             return
         for task in tasks:
-            task.cancel()
+            try:
+                task.cancel()
+            except Exception as exc:
+                # Task.cancel() recurses through what the task awaits: a cycle (a task
+                # in a gather() of itself, two tasks awaiting each other) ends in
+                # RecursionError.  The stock close() cancels nothing and cannot meet
+                # it; here the loop still closes, and _close_core() unwinds the task.
+                logger.warning("Error while cancelling virtual threads on close: %r", exc)
+        # A virtual thread may ignore the cancellation; it then gets
+        # GeneratorExit from _close_core() after this grace period.
+        waiter = asyncio.wait(tasks, timeout=_CLOSE_GRACE_SECONDS)
         try:
-            # A virtual thread may ignore the cancellation; it then gets
-            # GeneratorExit from _close_core() after this grace period.
-            self.run_until_complete(asyncio.wait(tasks, timeout=_CLOSE_GRACE_SECONDS))
+            self.run_until_complete(waiter)
         except Exception as exc:
             logger.warning("Error while cancelling virtual threads on close: %r", exc)
+        except BaseException:
+            # Ctrl-C, or SystemExit from a callback that ran meanwhile: it goes on
+            # up, but the loop closes first (what is still suspended is unwound).
+            # Left open, each later close() would run the loop again; the stock
+            # close() never runs callbacks and always closes.  The wait may not
+            # have started: closed, it warns of no coroutine never awaited.
+            waiter.close()
+            self._close_rest()
+            raise
 
 
 def _run_unless_cancelled(handle: asyncio.Handle) -> None:

@@ -139,6 +139,18 @@ drop_slot(gh_Loop *self, int fd)
     return 0;
 }
 
+/* The fd whose watchers were added with `fileobj` itself, or -1. */
+static long
+fd_of_fileobj(gh_Loop *self, PyObject *fileobj)
+{
+    for (int fd = 0; fd < self->n_io_slots; fd++) {
+        if (self->io_slots[fd].fileobj == fileobj) {
+            return fd;
+        }
+    }
+    return -1;
+}
+
 /* add_reader / add_writer; `which` is GH_IO_READ or GH_IO_WRITE. */
 static PyObject *
 add_io(PyObject *op, PyObject *const *args, Py_ssize_t nargs, int which, const char *name)
@@ -155,6 +167,13 @@ add_io(PyObject *op, PyObject *const *args, Py_ssize_t nargs, int which, const c
     if (self->closed) {
         PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
         return NULL;
+    }
+    if (fd < 0) {
+        /* A closed socket whose watcher was added with the socket itself: the
+         * selector loop finds its key by the object, and changes it (a new
+         * event fails on the closed fd, as below; a new callback does not). */
+        long found = fd_of_fileobj(self, args[0]);
+        fd = found < 0 ? fd : found;
     }
     if (check_fd(fd) < 0) {
         return NULL;
@@ -258,18 +277,6 @@ remove_io(gh_Loop *self, int fd, int which)
     return rc < 0 ? -1 : 1;
 }
 
-/* The fd whose watchers were added with `fileobj` itself, or -1. */
-static long
-fd_of_fileobj(gh_Loop *self, PyObject *fileobj)
-{
-    for (int fd = 0; fd < self->n_io_slots; fd++) {
-        if (self->io_slots[fd].fileobj == fileobj) {
-            return fd;
-        }
-    }
-    return -1;
-}
-
 static PyObject *
 remove_io_method(PyObject *op, PyObject *fileobj, int which)
 {
@@ -326,6 +333,15 @@ gh_loop_io_ready(void *arg, int fd, int readable, int writable)
     if (PyErr_Occurred()) {
         return;
     }
+    if (self->io_trace != NULL) {
+        /* No Python code runs here: a list append of an int. */
+        PyObject *n = PyLong_FromLong(fd);
+        int rc = n == NULL ? -1 : PyList_Append(self->io_trace, n);
+        Py_XDECREF(n);
+        if (rc < 0) {
+            return; /* MemoryError, left for run_once() */
+        }
+    }
     for (int which = GH_IO_READ; which <= GH_IO_WRITE; which <<= 1) {
         /* Looked up each time: cancelling can run Python code (a debug
          * repr) that adds watchers and moves the slot array. */
@@ -353,6 +369,25 @@ gh_loop_io_ready(void *arg, int fd, int readable, int writable)
             return;
         }
     }
+}
+
+PyObject *
+gh_loop_get_io_trace(PyObject *op, void *Py_UNUSED(closure))
+{
+    gh_Loop *self = (gh_Loop *)op;
+    return Py_NewRef(self->io_trace ? self->io_trace : Py_None);
+}
+
+int
+gh_loop_set_io_trace(PyObject *op, PyObject *value, void *Py_UNUSED(closure))
+{
+    gh_Loop *self = (gh_Loop *)op;
+    if (value != NULL && value != Py_None && !PyList_CheckExact(value)) {
+        PyErr_SetString(PyExc_TypeError, "_io_trace must be a list or None");
+        return -1;
+    }
+    Py_XSETREF(self->io_trace, (value && value != Py_None) ? Py_NewRef(value) : NULL);
+    return 0;
 }
 
 PyObject *

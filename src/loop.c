@@ -1421,6 +1421,7 @@ loop_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(self->current_handle);
     Py_VISIT(self->task_factory);
     Py_VISIT(self->wd_handler);
+    Py_VISIT(self->io_trace);
     for (int fd = 0; fd < self->n_io_slots; fd++) {
         Py_VISIT(self->io_slots[fd].reader);
         Py_VISIT(self->io_slots[fd].writer);
@@ -1457,6 +1458,7 @@ loop_clear(PyObject *op)
     Py_CLEAR(self->current_handle);
     Py_CLEAR(self->task_factory);
     Py_CLEAR(self->wd_handler);
+    Py_CLEAR(self->io_trace);
     gh_pool_clear(&self->pool);
     return 0;
 }
@@ -1559,6 +1561,10 @@ static PyGetSetDef loop_getset[] = {
     {"_current_handle", get_current_handle, set_current_handle, NULL, NULL},
     {"_task_factory", get_task_factory, set_task_factory, NULL, NULL},
     {"_backend", get_backend, NULL, NULL, NULL},
+    {"_io_trace", gh_loop_get_io_trace, gh_loop_set_io_trace,
+     "None, or a list to which each poll appends the fds it reports, in the order their "
+     "handles are queued (tests/fuzz_loop.py)",
+     NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

@@ -42,6 +42,12 @@ typedef struct gh_Loop_s {
      * is ready.  Each slot owns its two references (or NULL). */
     struct gh_io_slot *io_slots; /* PyMem array indexed by fd */
     int n_io_slots;
+    /* Owned list or NULL (`_io_trace`, for tests/fuzz_loop.py): each fd the
+     * poll reports is appended, in the order its handles are queued.  The
+     * order between fds in one poll is unspecified (the stock loop follows
+     * epoll's; libev runs its pending watchers last-in first-out), so the
+     * differential fuzzer replays greenhub's order on the stock loop. */
+    PyObject *io_trace;
 
     /* Socket transports (transport.c): the write queues to send at the end
      * of this iteration; the list owns a reference to each. */
@@ -129,6 +135,9 @@ PyObject *gh_loop_remove_writer(PyObject *op, PyObject *fd);
 void gh_loop_io_ready(void *arg, int fd, int readable, int writable);
 /* {fd: events} of the watched fds (1 read, 2 write, as selectors' masks). */
 PyObject *gh_loop_io_watchers(PyObject *op, PyObject *ignored);
+/* The `_io_trace` property: None or the list of reported fds (see io_trace). */
+PyObject *gh_loop_get_io_trace(PyObject *op, void *closure);
+int gh_loop_set_io_trace(PyObject *op, PyObject *value, void *closure);
 /* Stops every watcher and drops the handles (close, GC). */
 void gh_loop_io_clear(gh_Loop *loop);
 

@@ -13,14 +13,19 @@
  * reader - so results, errors and cancellation (a cancelled receive reads
  * nothing) are the stock loop's.
  *
- * What differs is the cost.  The system calls are those of a transport:
- * when a wait ends, the fd's libev watcher is left armed for reading on
- * behalf of that socket (io.c's armed_for) instead of being stopped, so
- * the next sock_recv() on it neither re-registers the fd with epoll nor
- * tries a recv() that can only fail with EAGAIN - as long as the watcher
- * has not reported the fd readable since, nothing can be there.  Data that
- * arrives with no receive waiting disarms it (level-triggered polling
- * would report it every iteration), and the next sock_recv() reads at once.
+ * What differs is the cost.  When a wait ends, the fd's libev watcher is
+ * left armed for reading on behalf of that socket (io.c's armed_for)
+ * instead of being stopped, so the next sock_recv() on it that has to wait
+ * does not re-register the fd with epoll.  Data that arrives with no
+ * receive waiting disarms it (level-triggered polling would report it every
+ * iteration).
+ *
+ * Every receive still tries its recv() first, armed or not.  "Armed and not
+ * reported readable" does not mean "empty": the recv() that ended the wait
+ * may have left data behind, and this thread may have sent some since (a
+ * peer in the same program); until the next poll the watcher cannot have
+ * said so.  The stock loop reads such data at once, and a receive that
+ * waited an iteration for it would reorder the program's callbacks.
  */
 #include <errno.h>
 #include <sys/socket.h>
@@ -325,12 +330,10 @@ gh_loop_sock_recv(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
     if (n == 0) {
         return PyBytes_FromStringAndSize(NULL, 0); /* socket.recv(0) makes no call */
     }
-    if (!gh_io_armed_for(self, fd, sock)) {
-        int again;
-        PyObject *data = recv_bytes(st, fd, n, &again);
-        if (data != NULL || !again) {
-            return data; /* the data, or socket.recv()'s exception */
-        }
+    int again;
+    PyObject *data = recv_bytes(st, fd, n, &again);
+    if (data != NULL || !again) {
+        return data; /* the data, or socket.recv()'s exception */
     }
     int t = maybe_transport_fd(st, self, fd);
     if (t != 0) {
@@ -408,14 +411,12 @@ gh_loop_sock_recv_into(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
     if (len == 0) {
         return PyLong_FromLong(0); /* socket.recv_into() reads nothing, at once */
     }
-    if (!gh_io_armed_for(self, fd, sock)) {
-        Py_ssize_t got = recv_into(fd, buf);
-        if (got == NOT_BORROWED) {
-            Py_RETURN_NONE; /* changed since the check above: asyncio's call */
-        }
-        if (got != -2) {
-            return got < 0 ? NULL : PyLong_FromSsize_t(got);
-        }
+    Py_ssize_t got = recv_into(fd, buf);
+    if (got == NOT_BORROWED) {
+        Py_RETURN_NONE; /* changed since the check above: asyncio's call */
+    }
+    if (got != -2) {
+        return got < 0 ? NULL : PyLong_FromSsize_t(got);
     }
     int t = maybe_transport_fd(st, self, fd);
     if (t != 0) {

@@ -155,6 +155,35 @@ def test_close_then_change_watcher(both_loops, first, second):
     assert results["greenhub"] == results["asyncio"]
 
 
+def _close_then_change_by_object(loop, first, second):
+    """add_<first>(sock); poll; sock.close(); add_<second>(sock): the socket's fileno() is
+    -1 now, and the selector finds the key by the object itself - so a new event fails on
+    the closed fd (and drops the key) while a new callback for the same event does not."""
+    log = []
+    a, b = _pair()
+    adders = {"reader": loop.add_reader, "writer": loop.add_writer}
+    adders[first](a, log.append, first)
+    _tick(loop, 1)
+    a.close()
+    log.append(("add " + second, _outcome(lambda: adders[second](a, log.append, second) and 1)))
+    _tick(loop)
+    log.append(("remove_reader", _outcome(loop.remove_reader, a)))
+    log.append(("remove_writer", _outcome(loop.remove_writer, a)))
+    b.close()
+    return [x for x in log if x != "writer"]  # a live writer would have run before close
+
+
+@pytest.mark.parametrize("first", ["reader", "writer"])
+@pytest.mark.parametrize("second", ["reader", "writer"])
+def test_close_then_change_watcher_by_object(both_loops, first, second):
+    """greenhub raised ValueError("Invalid file descriptor: -1") for the second add (it
+    looked the closed socket up only in remove_*()); found by tests/fuzz_loop.py."""
+    results = {}
+    for kind, loop in both_loops.items():
+        results[kind] = (_close_then_change_by_object(loop, first, second), _healthy(loop))
+    assert results["greenhub"] == results["asyncio"]
+
+
 def test_add_reader_on_closed_fd_raises(both_loops):
     results = {}
     for kind, loop in both_loops.items():

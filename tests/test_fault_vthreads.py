@@ -27,6 +27,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 
 import greenlet
 import pytest
@@ -536,3 +537,90 @@ def test_two_threads_with_a_trace_hook_that_lets_the_gil_go():
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "[(0, 'ok'), (1, 'ok')]"
+
+
+def test_close_when_cancelling_a_task_recurses(loop, kind):
+    """A task suspended in a gather() of itself: Task.cancel() recurses through the gather
+    back into the task until RecursionError.  The stock close() cancels nothing and
+    closes; greenhub's cancels its virtual threads, and must close all the same (it raised
+    RecursionError and left the loop open for good, its greenlet parked).  Found by
+    tests/fuzz_loop.py."""
+    log = []
+
+    async def gathers_itself():
+        try:
+            await asyncio.gather(asyncio.current_task())
+        finally:
+            log.append("finally")
+
+    def body():
+        try:
+            greenhub.await_(asyncio.gather(asyncio.current_task()))
+        finally:
+            log.append("finally")
+
+    async def start():
+        if kind == "greenhub":
+            return greenhub.spawn(body)
+        return loop.create_task(gathers_itself())
+
+    task = loop.run_until_complete(start())
+    support.run_once(loop)
+    assert not task.done()
+    loop.set_exception_handler(lambda lp, ctx: None)
+    with support.warnings_ignored():
+        loop.close()
+        assert loop.is_closed()
+        if kind == "greenhub":
+            assert log == ["finally"]  # unwound by close()
+        else:
+            task.get_coro().close()  # what collecting it would do
+        del task
+        gc.collect()
+
+
+def test_close_interrupted_by_a_callback_still_closes(loop, kind):
+    """close() runs the loop for greenhub's suspended virtual threads (the stock close()
+    runs nothing), so a callback queued before it runs - and its SystemExit propagates
+    out of close().  The loop must be closed all the same, as the stock loop is: it was
+    left open, and each later close() ran the loop again.  Found by tests/fuzz_loop.py."""
+    log = []
+    fut = loop.create_future()
+
+    async def waits():
+        try:
+            await fut
+        finally:
+            log.append("finally")
+
+    def body():
+        try:
+            greenhub.await_(fut)
+        finally:
+            log.append("finally")
+
+    async def start():
+        if kind == "greenhub":
+            return greenhub.spawn(body)
+        return loop.create_task(waits())
+
+    task = loop.run_until_complete(start())
+    support.run_once(loop)
+
+    def exits():
+        raise SystemExit("from a callback")
+
+    loop.call_soon(exits)
+    with support.warnings_ignored():
+        if kind == "greenhub":
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # no "coroutine 'wait' was never awaited"
+                with pytest.raises(SystemExit):
+                    loop.close()
+            assert log == ["finally"]
+        else:
+            loop.close()  # drops the callback
+            task.get_coro().close()  # what collecting it would do
+        assert loop.is_closed()
+        del task
+        gc.collect()

@@ -148,6 +148,49 @@ def test_cancelled_receive_loses_no_data(loop, pair):
     assert run(loop, main()) == b"kept"
 
 
+def _finished_at_once(coro):
+    """Steps a sock_* coroutine by hand: its result if it finished without suspending;
+    otherwise its wait is cancelled and "waited" returned."""
+    try:
+        fut = coro.send(None)
+    except StopIteration as stop:
+        return stop.value
+    fut.cancel()
+    coro.close()
+    return "waited"
+
+
+@pytest.mark.parametrize("data", ["rest-of-a-partial-read", "sent-after-the-read"])
+@pytest.mark.parametrize("method", ["sock_recv", "sock_recv_into"])
+def test_receive_after_a_wait_reads_what_is_there_at_once(loop, pair, method, data):
+    """After a receive that had to wait, the next one reads at once when data is there:
+    what the first one did not take, or what this thread sent since.  greenhub skipped
+    that recv() while the fd's watcher was left armed for the socket (it took "armed and
+    not reported readable" for "empty"), and waited until the next poll.  Found by
+    tests/fuzz_loop.py."""
+    a, b = pair
+
+    def receive():
+        if method == "sock_recv":
+            return loop.sock_recv(a, 100)
+        return loop.sock_recv_into(a, bytearray(100))
+
+    def size(result):
+        return len(result) if isinstance(result, bytes) else result
+
+    async def main():
+        loop.call_soon(b.send, b"x" * (150 if data == "rest-of-a-partial-read" else 60))
+        n1 = size(await receive())  # waits: the data comes once it does
+        if data == "sent-after-the-read":
+            b.send(b"y" * 10)
+        n2 = _finished_at_once(receive())
+        await asyncio.sleep(0)  # a cancelled wait's done-callback
+        return n1, size(n2)
+
+    expected = (100, 50) if data == "rest-of-a-partial-read" else (60, 10)
+    assert run(loop, main()) == expected
+
+
 def test_recv_into_after_recv_and_partial_buffers(loop, pair):
     a, b = pair
 
