@@ -200,29 +200,6 @@ def error_of_stock(kind_fn):
         loop.close()
 
 
-class LoopTicks:
-    """``async with LoopTicks() as ticks:`` - a task wakes every `interval` seconds
-    while the block runs; ``ticks.count`` afterwards says how often, which shows the
-    loop kept running (nothing blocked it) meanwhile."""
-
-    def __init__(self, interval=0.01):
-        self.interval = interval
-        self.count = 0
-        self._task = None
-
-    async def _tick(self):
-        while True:
-            await asyncio.sleep(self.interval)
-            self.count += 1
-
-    async def __aenter__(self):
-        self._task = asyncio.ensure_future(self._tick())
-        return self
-
-    async def __aexit__(self, *exc):
-        self._task.cancel()
-
-
 class Overlap:
     """``with overlap:`` around a wait counts the callers waiting there at once;
     ``overlap.peak`` is the most there ever were.
