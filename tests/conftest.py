@@ -51,6 +51,23 @@ def pytest_configure(config):
     config.addinivalue_line("filterwarnings", "error::pytest.PytestUnraisableExceptionWarning")
 
 
+def pytest_collection_modifyitems(config, items):
+    # Under the sanitizers everything runs about five times slower (support.SLOW): give
+    # each test's hang detector, pytest-timeout's limit, as much more room.  The tests
+    # themselves assert nothing about time.
+    if support.SLOW == 1:
+        return
+    default = config.getini("timeout")
+    for item in items:
+        marker = item.get_closest_marker("timeout")
+        if marker is None:
+            seconds = default
+        else:
+            seconds = marker.kwargs.get("timeout", marker.args[0] if marker.args else None)
+        if seconds:
+            item.add_marker(pytest.mark.timeout(float(seconds) * support.SLOW), append=False)
+
+
 def pytest_collection_finish(session):
     # Speed, not semantics.  The leak check below runs gc.collect() after every greenhub
     # test, and with every test module imported (Django, SQLAlchemy, aiohttp, ...) a full

@@ -9,6 +9,7 @@ counters, and turning reprs into a form that can be compared between the two loo
 import asyncio
 import contextlib
 import gc
+import os
 import re
 import sys
 import warnings
@@ -34,6 +35,18 @@ def _under_asan():
 # does.  Tests that measure memory skip that measure there; LeakSanitizer checks the
 # whole process instead (.ci/asan/sitecustomize.py).
 UNDER_ASAN = _under_asan()
+
+# How much slower than usual the suite may run: 5 under the sanitizers (`make asan`; its
+# .ci/asan/run sets GREENHUB_ASAN_LOG, which child processes inherit), else 1.  Only hang
+# detectors are multiplied by it - pytest's per-test timeout (conftest.py), a child
+# process's timeout, a barrier's patience - never what a test asserts: no test asserts
+# how long anything took.
+SLOW = 5 if (UNDER_ASAN or os.environ.get("GREENHUB_ASAN_LOG")) else 1
+
+
+def hang_timeout(seconds):
+    """A hang detector's bound: `seconds`, times SLOW."""
+    return seconds * SLOW
 
 
 def new_loop(kind, debug=False):
@@ -187,27 +200,58 @@ def error_of_stock(kind_fn):
         loop.close()
 
 
-class LoopTicks:
-    """``async with LoopTicks() as ticks:`` - a task wakes every `interval` seconds
-    while the block runs; ``ticks.count`` afterwards says how often, which shows the
-    loop kept running (nothing blocked it) meanwhile."""
+class Overlap:
+    """``with overlap:`` around a wait counts the callers waiting there at once;
+    ``overlap.peak`` is the most there ever were.
 
-    def __init__(self, interval=0.01):
-        self.interval = interval
-        self.count = 0
-        self._task = None
+    "n waits overlap" is then ``peak == n``, and a wait that blocked the thread (the
+    loop) instead of suspending one task makes it 1: each caller would leave before the
+    next came in.  This is exact, not a matter of timing, for callers started together:
+    tasks created in one step take their first steps in one pass of the loop, and a wait
+    begun in a pass - on a timer, I/O or another thread - cannot end before the next
+    pass.  For one loop's tasks and virtual threads only (no lock)."""
 
-    async def _tick(self):
-        while True:
-            await asyncio.sleep(self.interval)
-            self.count += 1
+    def __init__(self):
+        self.now = 0
+        self.peak = 0
 
-    async def __aenter__(self):
-        self._task = asyncio.ensure_future(self._tick())
+    def __enter__(self):
+        self.now += 1
+        self.peak = max(self.peak, self.now)
         return self
 
-    async def __aexit__(self, *exc):
-        self._task.cancel()
+    def __exit__(self, *exc):
+        self.now -= 1
+
+
+class Gathering:
+    """A barrier for the tasks of one loop: ``await gathering.wait()`` (from sync code
+    in a virtual thread, ``greenhub.await_(gathering.wait())``) returns only once
+    `parties` callers are waiting at the same time - it shows that many requests, views
+    or handlers in progress together.  Callers that came one after another would leave
+    the first one waiting: after `patience` seconds (a hang detector, times SLOW) it
+    raises AssertionError saying how many had arrived.  The loop is the first caller's."""
+
+    def __init__(self, parties, patience=30):
+        self.parties = parties
+        self.patience = hang_timeout(patience)
+        self.arrived = 0
+        self._all_here = None
+
+    async def wait(self):
+        if self._all_here is None:
+            self._all_here = asyncio.Event()
+        self.arrived += 1
+        if self.arrived >= self.parties:
+            self._all_here.set()
+        try:
+            await asyncio.wait_for(self._all_here.wait(), self.patience)
+        except asyncio.TimeoutError:
+            raise AssertionError(
+                f"only {self.arrived} of {self.parties} callers were ever waiting at once "
+                f"(gave up after {self.patience} s): they did not run concurrently"
+            ) from None
+        return self.arrived
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ import time
 import weakref
 
 import pytest
+import support
 from support import CLOSED_MSG, run_once
 
 VAR = contextvars.ContextVar("VAR", default="unset")
@@ -194,8 +195,9 @@ class NotWoken(Exception):
 def _wake_from_thread(loop, thread_action, *, far_timer):
     """Run the loop idle (optionally with a far timer) and wake it from another thread.
 
-    If the wake-up is lost the loop would sleep for good; a watchdog then interrupts the
-    main thread with SIGUSR2, whose handler raises NotWoken out of run_forever().
+    If the wake-up is lost the loop would sleep for good (the far timer is an hour
+    away); a watchdog - a hang detector, not a measure of promptness - then interrupts
+    the main thread with SIGUSR2, whose handler raises NotWoken out of run_forever().
     """
     running = threading.Event()
     errors = []
@@ -209,18 +211,21 @@ def _wake_from_thread(loop, thread_action, *, far_timer):
         except BaseException as exc:  # noqa: BLE001 - reported by the test
             errors.append(exc)
 
+    patience = support.hang_timeout(20)
+
     def not_woken(signum, frame):
-        raise NotWoken("the loop was not woken within 5 s")
+        raise NotWoken(f"the loop was not woken: still asleep after {patience} s")
 
     if far_timer:
-        loop.call_later(30, lambda: None)
+        loop.call_later(3600, lambda: None)
     loop.call_soon(running.set)
     t = threading.Thread(target=other_thread)
     old_handler = signal.signal(signal.SIGUSR2, not_woken)
-    watchdog = threading.Timer(5, signal.pthread_kill, (threading.get_ident(), signal.SIGUSR2))
+    watchdog = threading.Timer(
+        patience, signal.pthread_kill, (threading.get_ident(), signal.SIGUSR2)
+    )
     t.start()
     watchdog.start()
-    t0 = time.monotonic()
     try:
         loop.run_forever()
     finally:
@@ -229,15 +234,12 @@ def _wake_from_thread(loop, thread_action, *, far_timer):
         signal.signal(signal.SIGUSR2, old_handler)
         t.join(5)
     assert not errors, errors
-    return time.monotonic() - t0
 
 
 @pytest.mark.parametrize("far_timer", [True, False], ids=["far-timer", "no-timer"])
 def test_call_soon_threadsafe_wakes_a_sleeping_loop(loop, far_timer):
-    elapsed = _wake_from_thread(
-        loop, lambda: loop.call_soon_threadsafe(loop.stop), far_timer=far_timer
-    )
-    assert elapsed < 5, f"loop slept {elapsed:.2f}s after call_soon_threadsafe"
+    # Woken, run_forever() returns; asleep for good, NotWoken fails the test.
+    _wake_from_thread(loop, lambda: loop.call_soon_threadsafe(loop.stop), far_timer=far_timer)
 
 
 def test_call_soon_threadsafe_callback_runs_on_loop_thread(loop):

@@ -26,7 +26,6 @@ import gc
 import subprocess
 import sys
 import textwrap
-import time
 import warnings
 
 import greenlet
@@ -287,7 +286,12 @@ def test_core_await_before_python_layer():
             print("RuntimeError", "import greenhub first" in str(exc))
         """
     )
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=support.hang_timeout(30),
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "RuntimeError True"
 
@@ -394,10 +398,10 @@ def _close_with_vthread(state):
     loop.set_exception_handler(lambda lp, ctx: None)
     log = []
     _start(loop, state, log)
-    t0 = time.monotonic()
+    # close() is bounded: it returns.  Waiting on the virtual thread instead would take
+    # an hour ("finally-awaits-forever") or for ever ("ignores-cancel"), which pytest's
+    # timeout reports; how long close() takes is not the point.
     loop.close()
-    took = time.monotonic() - t0
-    assert took < 10, f"close() took {took:.1f} s"
     if state not in ("not-started", "native-await", "finished"):
         # On a greenlet stack: close() unwinds it.  (A task with nothing on a greenlet
         # stack is left as the stock loop leaves it; its coroutine is closed when it is

@@ -17,6 +17,7 @@ import threading
 import time
 
 import pytest
+import support
 from vthread_helpers import gloop_fixture, in_thread  # noqa: F401 - fixture
 
 import greenhub
@@ -133,12 +134,11 @@ def test_timeout_returns_zero_and_leaves_nothing(gloop, pair):
     a, _ = pair
 
     def waiter():
-        t0 = time.monotonic()
+        deadline = gloop.time() + 0.05
         r = wait_fd(a.fileno(), R, 0.05)
-        return r, time.monotonic() - t0
+        return r, gloop.time() >= deadline  # not early, on the loop's clock
 
-    ready, took = vrun(gloop, waiter)
-    assert ready == 0 and took >= 0.049
+    assert vrun(gloop, waiter) == (0, True)
     assert watched(gloop, a.fileno()) == 0
     # both directions, nothing becomes ready
     fill(a)
@@ -422,10 +422,15 @@ def test_outside_in_an_os_thread_blocks_in_poll(pair):
     a, b = pair
     assert in_thread(wait_fd, a.fileno(), R, 0.02) == 0
     assert in_thread(wait_fd, a.fileno(), W, None) == W
-    threading.Timer(0.02, b.send, (b"late",)).start()
-    t0 = time.monotonic()
-    assert in_thread(wait_fd, a.fileno(), R, None) == R
-    assert time.monotonic() - t0 >= 0.015
+    sent = []
+
+    def send_late():
+        sent.append(True)
+        b.send(b"late")
+
+    threading.Timer(0.02, send_late).start()
+    # Blocks until the data is there, and not less: when it returns the send had happened.
+    assert in_thread(lambda: (wait_fd(a.fileno(), R, None), bool(sent))) == (R, True)
     assert wait_fd(a.fileno(), RW, 0) == RW  # data to read and room to write
 
 
@@ -436,24 +441,30 @@ def test_outside_a_hang_up_reports_what_was_asked(pair):
     assert wait_fd(a.fileno(), RW, 1) & R
 
 
+@pytest.mark.timeout(60)
 def test_outside_the_gil_is_released_while_polling(pair):
+    # The helper thread makes the fd readable only after 10,000 steps of Python code, all
+    # of which need the GIL: the wait returns R only if it let the GIL go.  Holding it,
+    # the wait would time out (returning 0) with the helper still stuck at its first step.
     a, b = pair
-    progress = []
+    go = threading.Event()
+    steps = []
 
-    def spin():
-        t_end = time.monotonic() + 0.05
-        while time.monotonic() < t_end:
-            progress.append(1)
-            time.sleep(0.001)
+    def helper():
+        go.wait(30)
+        for i in range(10_000):
+            steps.append(i)
         b.send(b"x")
 
-    t = threading.Thread(target=spin)
+    t = threading.Thread(target=helper)
     t.start()
     try:
-        assert wait_fd(a.fileno(), R, 5) == R
+        go.set()  # this thread keeps the GIL until it waits (or for a switch interval)
+        ready = wait_fd(a.fileno(), R, support.hang_timeout(20))
+        during = len(steps)
     finally:
         t.join()
-    assert len(progress) > 5
+    assert (ready, during) == (R, 10_000), f"the helper ran {during} steps during the wait"
 
 
 def test_in_a_loop_callback_blocks_in_poll(gloop, pair):

@@ -7,7 +7,6 @@ to the server, so the connection stays usable.
 """
 
 import asyncio
-import time
 
 import asyncpg
 import psycopg
@@ -21,7 +20,7 @@ TASKS = 50
 
 
 def run(loop, coro):
-    return support.run(loop, asyncio.wait_for(coro, 45))
+    return support.run(loop, asyncio.wait_for(coro, support.hang_timeout(45)))
 
 
 async def backend_state(dsn, pid):
@@ -106,38 +105,36 @@ def test_psycopg_async_listen_notify(loop, pg_dsn):
     assert run(loop, main()) == ["m0", "m1", "m2"]
 
 
-def test_psycopg_async_pool_many_tasks(loop, pg_dsn):
+def test_psycopg_async_pool_many_tasks(loop, pg_dsn, pg_barrier):
+    # The pool's 10 connections run their queries at the same time: the first 10 meet
+    # at a barrier on the server (one after another, the first would wait there alone).
+    barrier = pg_barrier(10)
+
     async def main():
         async with psycopg_pool.AsyncConnectionPool(pg_dsn, min_size=2, max_size=10) as pool:
 
             async def one(i):
                 async with pool.connection() as conn:
-                    cur = await conn.execute("select pg_sleep(0.05), %s::int + 1", (i,))
+                    cur = await conn.execute(f"select {barrier.call}, %s::int + 1", (i,))
                     return (await cur.fetchone())[1]
 
-            t0 = time.perf_counter()
-            results = await asyncio.gather(*(one(i) for i in range(TASKS)))
-            return results, time.perf_counter() - t0
+            return await asyncio.gather(*(one(i) for i in range(TASKS)))
 
-    results, elapsed = run(loop, main())
-    assert results == [i + 1 for i in range(TASKS)]
-    assert elapsed < TASKS * 0.05 * 0.6  # 10 connections overlap their sleeps
+    assert run(loop, main()) == [i + 1 for i in range(TASKS)]
 
 
 def test_psycopg_async_cancel_by_timeout(loop, pg_dsn):
     async def main():
         async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
             pid = conn.info.backend_pid
-            t0 = time.perf_counter()
             with pytest.raises(TimeoutError):
                 async with asyncio.timeout(0.3):
-                    await conn.execute("select pg_sleep(30)")
-            elapsed = time.perf_counter() - t0
+                    await conn.execute("select pg_sleep(3600)")
+            # Answered at once only if the query was cancelled on the server.
             cur = await conn.execute("select 5")
-            return elapsed, (await cur.fetchone())[0], await backend_state(pg_dsn, pid)
+            return (await cur.fetchone())[0], await backend_state(pg_dsn, pid)
 
-    elapsed, five, state = run(loop, main())
-    assert elapsed < 10 and five == 5 and state == "idle"
+    assert run(loop, main()) == (5, "idle")
 
 
 # --------------------------------------------------------------------------
@@ -210,21 +207,19 @@ def test_asyncpg_listen_notify(loop, pg_dsn):
     assert run(loop, main()) == ["m0", "m1", "m2"]
 
 
-def test_asyncpg_pool_many_tasks(loop, pg_dsn):
+def test_asyncpg_pool_many_tasks(loop, pg_dsn, pg_barrier):
+    barrier = pg_barrier(10)  # as for psycopg's pool: 10 connections query together
+
     async def main():
         async with asyncpg.create_pool(pg_dsn, min_size=2, max_size=10) as pool:
 
             async def one(i):
                 async with pool.acquire() as conn:
-                    return await conn.fetchval("select $1::int + 1 from pg_sleep(0.05)", i)
+                    return await conn.fetchval(f"select $1::int + 1 from {barrier.call}", i)
 
-            t0 = time.perf_counter()
-            results = await asyncio.gather(*(one(i) for i in range(TASKS)))
-            return results, time.perf_counter() - t0
+            return await asyncio.gather(*(one(i) for i in range(TASKS)))
 
-    results, elapsed = run(loop, main())
-    assert results == [i + 1 for i in range(TASKS)]
-    assert elapsed < TASKS * 0.05 * 0.6
+    assert run(loop, main()) == [i + 1 for i in range(TASKS)]
 
 
 def test_asyncpg_cancel_by_timeout(loop, pg_dsn):
@@ -232,15 +227,13 @@ def test_asyncpg_cancel_by_timeout(loop, pg_dsn):
         conn = await asyncpg.connect(pg_dsn)
         try:
             pid = conn.get_server_pid()
-            t0 = time.perf_counter()
             with pytest.raises(TimeoutError):
                 async with asyncio.timeout(0.3):
-                    await conn.execute("select pg_sleep(30)")
-            elapsed = time.perf_counter() - t0
+                    await conn.execute("select pg_sleep(3600)")
+            # Answered at once only if the query was cancelled on the server.
             five = await conn.fetchval("select 5")
-            return elapsed, five, await backend_state(pg_dsn, pid)
+            return five, await backend_state(pg_dsn, pid)
         finally:
             await conn.close()
 
-    elapsed, five, state = run(loop, main())
-    assert elapsed < 10 and five == 5 and state == "idle"
+    assert run(loop, main()) == (5, "idle")

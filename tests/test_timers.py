@@ -113,13 +113,16 @@ def test_call_later_from_a_slow_callback_never_fires_early(loop):
 
     def slow_then_schedule():
         _busy_wait(0.02)
-        handles.append(loop.call_later(0.005, lambda: fired.append(loop.time())))
+        handles.append(loop.call_later(0.005, fire))
+
+    def fire():
+        fired.append(loop.time())
+        loop.stop()
 
     loop.call_soon(slow_then_schedule)
-    _run_for(loop, 0.05)
+    loop.run_forever()
     assert len(fired) == 1
     assert fired[0] >= handles[0].when(), f"fired {handles[0].when() - fired[0]:.6f}s early"
-    assert fired[0] - handles[0].when() < 0.5
 
 
 def test_call_at_never_fires_early(loop):
@@ -206,9 +209,9 @@ def test_far_timer_does_not_keep_run_until_complete_waiting(loop):
         await asyncio.sleep(0.001)
         return "done"
 
-    t0 = time.monotonic()
+    # Waiting for the timer would take an hour: pytest's timeout would end the test.
     assert loop.run_until_complete(main()) == "done"
-    assert time.monotonic() - t0 < 1
+    assert not h.cancelled() and h.when() > loop.time() + 3000
     h.cancel()
 
 
@@ -237,16 +240,20 @@ def test_time_is_monotonic(loop):
 
 
 def test_time_has_sub_millisecond_resolution(loop):
+    # The smallest step between two different readings: a clock that counts milliseconds
+    # never shows less than one.  (The largest says nothing: the process may be descheduled
+    # between two readings on a busy machine.)  Bounded by readings, not by time.
     steps = []
     prev = loop.time()
-    deadline = time.monotonic() + 0.05
-    while len(steps) < 20 and time.monotonic() < deadline:
+    for _ in range(1_000_000):
         now = loop.time()
         if now != prev:
             steps.append(now - prev)
             prev = now
-    assert len(steps) >= 20, f"loop.time() changed only {len(steps)} times in 50 ms"
-    assert max(steps) < 0.001, f"loop.time() steps: {steps}"
+            if len(steps) == 20:
+                break
+    assert len(steps) >= 2, f"loop.time() changed only {len(steps)} times"
+    assert min(steps) < 0.001, f"loop.time() steps: {steps}"
 
 
 def test_time_is_consistent_with_time_monotonic(loop):
@@ -346,9 +353,7 @@ def test_huge_delay_never_fires_and_does_not_block(loop, delay):
     out = []
     h = loop.call_later(delay, out.append, "never")
     loop.call_later(0.002, loop.stop)
-    t0 = time.monotonic()
-    loop.run_forever()
-    assert time.monotonic() - t0 < 2
+    loop.run_forever()  # returns: the huge timer did not make the poll wait for it
     assert out == []
     assert h.when() >= loop.time() + delay / 2
     h.cancel()

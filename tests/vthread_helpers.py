@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import pytest
+import support
 
 import greenhub
 from greenhub import _core
@@ -125,7 +126,9 @@ def say(*args):
 def run_child(body, *, sigint=False, timeout=20, args=()):
     """Run CHILD_PROLOGUE + body in `python -c`; with sigint=True wait until the child
     prints "ready", give it a moment, send SIGINT.  Returns (returncode, stdout, stderr);
-    returncode is "hung" if the child had to be killed."""
+    returncode is "hung" if the child had to be killed.  `timeout` is a hang detector
+    (times support.SLOW under the sanitizers)."""
+    timeout = support.hang_timeout(timeout)
     src = CHILD_PROLOGUE + textwrap.dedent(body)
     proc = subprocess.Popen(
         [sys.executable, "-c", src, *args],

@@ -4,6 +4,7 @@ from . import views
 
 urlpatterns = [
     path("sleep/<str:seconds>", views.sleep),
+    path("together", views.together),
     path("pid", views.backend_pid),
     path("lookup", views.lookup),
     path("items", views.items),

@@ -18,10 +18,38 @@ def _pg_sleep(seconds):
         cur.execute("select pg_sleep(%s)", [float(seconds)])
 
 
+def _meet(request):
+    """With ``?barrier=NAME&parties=N&patience=S`` (tests/pg_fixtures.py's PgBarrier),
+    wait at that barrier on the server first: the request returns only once N sessions
+    are in it at the same time."""
+    name = request.GET.get("barrier")
+    if name:
+        with connection.cursor() as cur:
+            cur.execute(
+                "select gh_barrier(%s::regclass, %s, %s)",
+                [name, int(request.GET["parties"]), float(request.GET["patience"])],
+            )
+
+
 def sleep(request, seconds):
     """A sync view whose ORM work waits on the server for `seconds`."""
     _pg_sleep(seconds)
     return JsonResponse({"items": Item.objects.filter(n=-1).count()})
+
+
+def together(request):
+    """A sync view whose ORM work waits on the server at a barrier (``_meet``); it says
+    how many of greenhub's pooled connections were in use meanwhile."""
+    from django.db import DatabaseError
+
+    import greenhub.contrib.django as ghdj
+
+    try:
+        _meet(request)
+    except DatabaseError as exc:  # the barrier gave up: say why, in the response
+        return JsonResponse({"error": str(exc)}, status=500)
+    in_use = ghdj.connection_stats()["default"]["in_use"]
+    return JsonResponse({"items": Item.objects.filter(n=-1).count(), "in_use": in_use})
 
 
 def lookup(request):
@@ -33,7 +61,8 @@ def lookup(request):
 
 def backend_pid(request):
     """The server process of this virtual thread's connection, read after a short
-    wait on the server so that concurrent requests overlap."""
+    wait on the server (and at a barrier, if the request names one: ``_meet``)."""
+    _meet(request)
     with connection.cursor() as cur:
         cur.execute("select pg_sleep(0.1), pg_backend_pid()")
         pid = cur.fetchone()[1]
