@@ -89,7 +89,8 @@ class _ThreadLoop:
             if loop.is_closed() or loop.is_running():
                 return
             try:
-                if loop._asyncgens:
+                # BaseEventLoop's private set of live async generators (not in typeshed).
+                if getattr(loop, "_asyncgens", None):
                     loop.run_until_complete(loop.shutdown_asyncgens())
             finally:
                 loop.close()

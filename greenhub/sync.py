@@ -452,7 +452,8 @@ def _same_owner(owner: "_Owner | None", me: _Owner) -> bool:
     if owner == me:
         return True
     if isinstance(me, int) and isinstance(owner, asyncio.Task):
-        return bool(owner.get_loop()._thread_id == me)
+        # BaseEventLoop's private _thread_id; typeshed does not declare it.
+        return bool(getattr(owner.get_loop(), "_thread_id", None) == me)
     return False
 
 
