@@ -3,7 +3,7 @@ PY ?= python3
 PIP = $(PY) -m pip
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: help deps build debug demo test test-unit test-compat test-pg test-upstream bench lint format clean
+.PHONY: help deps build debug demo test test-unit test-compat test-pg test-upstream bench soak lint format clean
 
 help:
 	@echo "make demo        install what is missing, build, run the showcase"
@@ -17,6 +17,8 @@ help:
 	@echo "make test-upstream  anyio's, aiohttp's and others' own test suites, stock loop vs greenhub"
 	@echo "                 (UPSTREAM_ARGS=--quick for the subset CI runs)"
 	@echo "make bench       benchmarks: greenhub vs asyncio vs uvloop (and vthread peers), echo, HTTP"
+	@echo "make soak        20-minute soak: 10,000 churning connections, waves of 10,000 virtual"
+	@echo "                 threads; server RSS and counters (SOAK_ARGS=--quick: about 1 minute)"
 	@echo "make lint        ruff + clang-format checks;  make format  applies them"
 
 # System and Python packages a fresh Debian machine lacks.
@@ -95,6 +97,16 @@ bench: build
 	    (apt-get update -qq && apt-get install -y -qq wrk) >/dev/null || true; }
 	$(PY) benchmarks/bench_http.py
 	$(PY) benchmarks/bench_django.py
+
+# The soak test (benchmarks/bench_soak.py; benchmarks/README.md): 10 minutes per
+# scenario, so it is in neither `make test` nor CI.  matplotlib only draws the PNGs:
+# without it the run still writes its JSON.
+SOAK_ARGS ?=
+soak: build
+	@$(PY) -c "import matplotlib" 2>/dev/null || \
+	    $(PIP) install -q --disable-pip-version-check --root-user-action=ignore matplotlib || \
+	    echo "matplotlib could not be installed: JSON only, no PNG"
+	$(PY) benchmarks/bench_soak.py $(SOAK_ARGS)
 
 lint:
 	ruff check greenhub tests compat benchmarks examples
