@@ -103,6 +103,8 @@ VARIANTS = {
 }
 MAX_DELAY = 0.05  # seconds a virtual thread stays parked, at most
 
+STALL_S = 2.0  # a loop that did not run for this long: starved by the machine, or busy
+
 PROFILES = {
     # The defaults of the options left unset: minutes per scenario, concurrent
     # connections, virtual threads per wave, seconds between samples, mean think time
@@ -147,6 +149,17 @@ def orphaned(parent_pid):
     return os.getppid() != parent_pid
 
 
+async def heartbeat(stop, stats):
+    """Record the stalls of this process's loop: STALL_S or more without running."""
+    last = now()
+    while not stop.is_set():
+        await asyncio.sleep(0.25)
+        t = now()
+        if t - last >= STALL_S:
+            stats.stalls.append([last, t - last])
+        last = t
+
+
 # --------------------------------------------------------------------------
 # Server side (greenhub loop)
 # --------------------------------------------------------------------------
@@ -175,6 +188,7 @@ class ServerStats:
         }
         self.errors = 0
         self.error_samples = []
+        self.stalls = []  # [monotonic start, seconds]: the loop did not run
 
     def error(self, what):
         self.errors += 1
@@ -551,6 +565,7 @@ class WaveStats:
         self.errors = 0
         self.error_samples = []
         self.wave_seconds = []  # wall time of recent waves
+        self.stalls = []  # [monotonic start, seconds]: the loop did not run
 
     def error(self, what):
         self.errors += 1
@@ -675,6 +690,7 @@ def server_main(args):
             "error_samples": stats.error_samples,
             "malloc": malloc_info() if malloc_info is not None else None,
             "fullgc": fullgc[:],
+            "stalls": stats.stalls,
         }
         fullgc.clear()
         if isinstance(stats, ServerStats):
@@ -703,6 +719,7 @@ def server_main(args):
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         rep = asyncio.ensure_future(reporter(stop))
+        beat = asyncio.ensure_future(heartbeat(stop, stats))
         if args.scenario == "conns":
             server = Server(loop, stats)
             await server.start(args.backlog)
@@ -715,6 +732,7 @@ def server_main(args):
             emit({"event": "ready"})
             await run_waves(stop, args.wave, args.gap, stats, rng)
         await rep
+        await beat
         report("stopped")  # every connection or wave is over; the loop is still open
         loop.remove_signal_handler(signal.SIGTERM)
 
@@ -731,6 +749,9 @@ def server_main(args):
 # --------------------------------------------------------------------------
 
 LINGER_RST = struct.pack("ii", 1, 0)
+# A run whose client or parent was starved this long (seconds in all, in the judged
+# second half) is disturbed: its RSS slope is no evidence either way.
+DISTURBED_S = 20.0
 
 
 class ClientStats:
@@ -743,6 +764,12 @@ class ClientStats:
         self.errors = {}  # kind of failure -> count
         self.error_samples = []
         self.max_latency = 0.0  # of one request, since the last report
+        self.stalls = []  # [monotonic start, seconds]: the client's loop did not run
+        self.stall_timeouts = 0  # timeouts that a stall of the client explains
+
+    def stalled(self, since):
+        """True if the client's loop stalled at some point after `since`."""
+        return any(start + length > since for start, length in self.stalls)
 
     def error(self, what, detail):
         self.errors[what] = self.errors.get(what, 0) + 1
@@ -850,7 +877,12 @@ async def client_slot(n, addrs, args, stop, stats, seed, letters):
         except asyncio.CancelledError:
             raise
         except TimeoutError as e:
-            stats.error("timeout " + kind, repr(e))
+            # A machine that starves the client for longer than the timeout expires its
+            # deadlines however fast the server is: that says nothing about the server.
+            if stats.stalled(now() - args.timeout - STALL_S):
+                stats.stall_timeouts += 1
+            else:
+                stats.error("timeout " + kind, repr(e))
         except ProtocolError as e:
             stats.error("protocol " + kind, str(e))
         except OSError as e:
@@ -884,6 +916,8 @@ def client_main(args):
                 "errors": stats.errors,
                 "error_samples": stats.error_samples,
                 "max_latency": stats.max_latency,
+                "stalls": stats.stalls,
+                "stall_timeouts": stats.stall_timeouts,
             }
         )
         stats.max_latency = 0.0
@@ -896,6 +930,7 @@ def client_main(args):
             asyncio.ensure_future(client_slot(n, addrs, args, stop, stats, args.seed + n, letters))
             for n in range(args.conns)
         ]
+        slots.append(asyncio.ensure_future(heartbeat(stop, stats)))
         emit({"event": "ready", "loop": "%s.%s" % (type(loop).__module__, type(loop).__name__)})
         while not stop.is_set():
             try:
@@ -1104,6 +1139,25 @@ def judge(doc, max_growth_pct):
         % ("per-interval peak" if key == "peak" else "VmRSS", max_growth_pct)
     )
     problems = []
+    # Disturbances: how long the machine starved the client's loop, or the parent's
+    # sampling, in the judged half.  Load from elsewhere comes and goes in bursts on a
+    # shared machine; a client that stops for a minute and then catches up changes the
+    # server's memory profile for reasons that have nothing to do with the server.
+    client = doc.get("client_exit") or {}
+    stalled = sum(
+        max(0.0, min(start + length, run_s) - max(start, run_s / 2))
+        for start, length in client.get("stalls") or ()
+    )
+    late = max((s.get("late_s", 0) for s in run if s["t"] >= run_s / 2), default=0)
+    v["client_stalled_s"] = stalled
+    v["client_stalls"] = client.get("stalls") or []
+    v["parent_late_max_s"] = late
+    disturbed = []
+    if stalled >= DISTURBED_S:
+        disturbed.append("the client's loop was stalled %.0f s in the second half" % stalled)
+    if late >= DISTURBED_S:
+        disturbed.append("a sample was taken %.0f s late" % late)
+    v["disturbed"] = disturbed
     unit, rate = work_rate(doc, run_s / 2)
     if rate:
         v["work_per_min"] = rate
@@ -1122,20 +1176,31 @@ def judge(doc, max_growth_pct):
             v["bytes_per_unit_at_slope"] = 1024 * slope / rate
             v["bytes_per_unit_detectable"] = 1024 * v["fails_above_kib_per_min"] / rate
         if slope > v["fails_above_kib_per_min"] and p.get("judge_rss", True):
-            problems.append(
-                "RSS grows %.1f +- %.1f KiB/min over the second half (limit %.1f)"
-                % (slope, se, v["limit_kib_per_min"])
+            growth = "RSS grows %.1f +- %.1f KiB/min over the second half (limit %.1f)" % (
+                slope,
+                se,
+                v["limit_kib_per_min"],
             )
-    # Diagnostics, not judged: live memory right after each full collection.
-    fullgc = [
-        e
+            if disturbed:
+                v["inconclusive"] = growth + ", but the run was disturbed"
+            else:
+                problems.append(growth)
+    # Diagnostics, not judged: live memory right after each full collection, as its
+    # lowest value in each reporting interval.  The lowest, because a collection can
+    # come at any point of the workload's cycle (10,000 parked virtual threads, or
+    # none): the floor is what is left between cycles, and a leak raises it.
+    groups = [
+        [e for e in m.get("fullgc") or () if run_s / 2 <= e["t"] <= run_s]
         for m in doc.get("server_stats", [])
-        for e in m.get("fullgc") or ()
-        if run_s / 2 <= e["t"] <= run_s
     ]
-    live = {"full_collections": len(fullgc)}
+    groups = [g for g in groups if g]
+    live = {"full_collections": sum(len(g) for g in groups)}
     for k, scale in (("blocks", 1), ("in_use", 1 / 1024)):
-        pts = [(e["t"], e[k] * scale) for e in fullgc if k in e]
+        pts = [
+            min(((e["t"], e[k] * scale) for e in g if k in e), key=lambda x: x[1], default=None)
+            for g in groups
+        ]
+        pts = [x for x in pts if x is not None]
         sl, sl_se = fit(pts)
         if sl is not None:
             live[k] = {
@@ -1158,7 +1223,6 @@ def judge(doc, max_growth_pct):
         problems.append(
             "server errors: %d, e.g. %s" % (exit_msg["errors"], exit_msg["error_samples"][:3])
         )
-    client = doc.get("client_exit") or {}
     if client.get("errors"):
         problems.append(
             "client errors: %s, e.g. %s" % (client["errors"], client["error_samples"][:3])
@@ -1166,7 +1230,8 @@ def judge(doc, max_growth_pct):
     if doc["scenario"] == "conns" and not client:
         problems.append("the client did not report")
     v["problems"] = problems
-    v["passed"] = not problems
+    v["passed"] = not problems and "inconclusive" not in v
+    v["result"] = "FAIL" if problems else "INCONCLUSIVE" if "inconclusive" in v else "PASS"
     return v
 
 
@@ -1239,6 +1304,7 @@ def run_scenario(scenario, args, nofile):
         k = 0
         while True:
             st = sample("run")
+            st["late_s"] = st["t"] - k * args.interval  # > 0: the parent was starved
             log(
                 "[%s] %5.0f s  server RSS %7.1f MiB  cpu %6.1f s%s"
                 % (
@@ -1260,12 +1326,11 @@ def run_scenario(scenario, args, nofile):
             time.sleep(max(0.0, t0 + k * args.interval - now()))
         if client is not None:
             client.stop(120)
-            doc["client_exit"] = client.wait_event("exit", 1)
+            doc["client_exit"] = strip_t(client.wait_event("exit", 1), t0)
             time.sleep(min(args.interval, 5))
             sample("after client")
         server.stop(120)
-        sample_exit = server.wait_event("exit", 1)
-        doc["server_exit"] = sample_exit
+        doc["server_exit"] = strip_t(server.wait_event("exit", 1), t0)
     finally:
         for child in (client, server):
             if child is not None and child.alive():
@@ -1287,6 +1352,8 @@ def strip_t(msg, t0):
     msg["t"] -= t0
     for entry in msg.get("fullgc") or ():
         entry["t"] -= t0
+    if "stalls" in msg:
+        msg["stalls"] = [[start - t0, length] for start, length in msg["stalls"]]
     return msg
 
 
@@ -1366,9 +1433,11 @@ def summary_lines(doc):
     live = v.get("live_after_full_gc") or {}
     if "blocks" in live:
         text = (
-            "after each of %d full collections in the second half: Python blocks %+.0f +- %.0f/min"
+            "live memory after full collections (%d in the second half; the lowest per "
+            "%g s): Python blocks %+.0f +- %.0f/min"
             % (
                 live["full_collections"],
+                doc["parameters"]["interval_s"],
                 live["blocks"]["slope_per_min"],
                 live["blocks"]["stderr"],
             )
@@ -1413,7 +1482,23 @@ def summary_lines(doc):
         )
     if v.get("rss_not_judged"):
         lines.append("RSS not judged: " + v["rss_not_judged"])
-    lines.append("verdict: %s" % ("PASS" if v["passed"] else "FAIL: " + "; ".join(v["problems"])))
+    stalls = (doc.get("server_exit") or {}).get("stalls") or []
+    if stalls:
+        start, length = max(stalls, key=lambda x: x[1])
+        lines.append(
+            "server loop stalls of %g s or more: %d, the longest %.1f s at %.0f s"
+            % (STALL_S, len(stalls), length, start)
+        )
+    if v.get("disturbed"):
+        lines.append("disturbed by the machine: " + "; ".join(v["disturbed"]))
+    if doc.get("client_exit", {}).get("stall_timeouts"):
+        lines.append(
+            "client timeouts explained by stalls of the client (not errors): %d"
+            % doc["client_exit"]["stall_timeouts"]
+        )
+    result = v.get("result", "PASS" if v["passed"] else "FAIL")
+    why = v["problems"] or ([v["inconclusive"]] if "inconclusive" in v else [])
+    lines.append("verdict: %s%s" % (result, (": " + "; ".join(why)) if why else ""))
     return lines
 
 
@@ -1470,7 +1555,7 @@ def plot(doc, path):
     lo = min(rss) if rss else 0
     ax.set_ylim(bottom=0 if lo < 20 else lo * 0.8, top=max(rss) * 1.1 if rss else 1)
     ax.legend(loc="lower right", fontsize=8)
-    verdict = "PASS" if v["passed"] else "FAIL"
+    verdict = v.get("result", "PASS" if v["passed"] else "FAIL")
     ax.set_title(
         "greenhub soak, %s scenario: server RSS every %g s (%s)"
         % (doc["scenario"], p["interval_s"], verdict),
