@@ -375,10 +375,7 @@ class Server:
 
     # -- start and stop ------------------------------------------------------
 
-    async def start(self, backlog):
-        import greenhub
-        import greenhub.socket as gsocket
-
+    async def start(self, backlog, kinds):
         host = "127.0.0.1"
         for kind, start in (
             ("streams", lambda: asyncio.start_server(self.streams, host, 0, backlog=backlog)),
@@ -391,18 +388,26 @@ class Server:
                 lambda: self.loop.create_server(self.protocol_factory, host, 0, backlog=backlog),
             ),
         ):
-            server = await start()
-            self.servers.append(server)
-            self.addrs[kind] = server.sockets[0].getsockname()[:2]
-        lsock = gsocket.create_server((host, 0), backlog=backlog)
-        self.listeners.append(lsock)
-        self.addrs["green"] = lsock.getsockname()[:2]
-        self.acceptors.append(greenhub.spawn(self.green_acceptor, lsock))
-        lsock = socket.create_server((host, 0), backlog=backlog)
-        lsock.setblocking(False)
-        self.listeners.append(lsock)
-        self.addrs["sock"] = lsock.getsockname()[:2]
-        self.acceptors.append(greenhub.spawn(self.sock_acceptor, lsock))
+            if kind in kinds:
+                server = await start()
+                self.servers.append(server)
+                self.addrs[kind] = server.sockets[0].getsockname()[:2]
+        if "green" in kinds:
+            import greenhub
+            import greenhub.socket as gsocket
+
+            lsock = gsocket.create_server((host, 0), backlog=backlog)
+            self.listeners.append(lsock)
+            self.addrs["green"] = lsock.getsockname()[:2]
+            self.acceptors.append(greenhub.spawn(self.green_acceptor, lsock))
+        if "sock" in kinds:
+            import greenhub
+
+            lsock = socket.create_server((host, 0), backlog=backlog)
+            lsock.setblocking(False)
+            self.listeners.append(lsock)
+            self.addrs["sock"] = lsock.getsockname()[:2]
+            self.acceptors.append(greenhub.spawn(self.sock_acceptor, lsock))
 
     async def stop(self):
         """Stop listening, then end every connection still open (abruptly)."""
@@ -704,11 +709,19 @@ def server_main(args):
                 stats.wave_seconds.clear()
         emit(doc)
 
+    trim = None
+    if args.malloc_trim:
+        import ctypes
+
+        trim = ctypes.CDLL(None).malloc_trim  # glibc: return free heap pages to the system
+
     async def reporter(stop):
         while not stop.is_set():
             try:
                 await asyncio.wait_for(stop.wait(), args.interval)
             except TimeoutError:
+                if trim is not None:
+                    trim(0)
                 report("stats")
                 if orphaned(parent):
                     stop.set()
@@ -722,7 +735,7 @@ def server_main(args):
         beat = asyncio.ensure_future(heartbeat(stop, stats))
         if args.scenario == "conns":
             server = Server(loop, stats)
-            await server.start(args.backlog)
+            await server.start(args.backlog, args.handlers.split(","))
             emit({"event": "ready", "addrs": server.addrs})
             await stop.wait()
             report("stopping")
@@ -736,7 +749,10 @@ def server_main(args):
         report("stopped")  # every connection or wave is over; the loop is still open
         loop.remove_signal_handler(signal.SIGTERM)
 
-    greenhub.run(main())
+    if args.server_loop == "greenhub":
+        greenhub.run(main())
+    else:  # for comparison: the stock loop, with the handlers it can run
+        asyncio.run(main())
     # The loop is closed: collect, then every counter must be back to zero.
     gc.collect()
     gc.callbacks.remove(on_gc)
@@ -749,8 +765,8 @@ def server_main(args):
 # --------------------------------------------------------------------------
 
 LINGER_RST = struct.pack("ii", 1, 0)
-# A run whose client or parent was starved this long (seconds in all, in the judged
-# second half) is disturbed: its RSS slope is no evidence either way.
+# A run whose client or parent stood still this long at a time after warm-up is
+# disturbed: its RSS slope is no evidence either way.
 DISTURBED_S = 20.0
 
 
@@ -870,8 +886,9 @@ async def one_connection(addr, args, rng, letters, stats):
 async def client_slot(n, addrs, args, stop, stats, seed, letters):
     rng = random.Random(seed)
     await asyncio.sleep(args.ramp * n / args.conns)  # ramp up
+    kinds = [k for k in KINDS if k in addrs]
     while not stop.is_set():
-        kind = KINDS[rng.randrange(len(KINDS))]
+        kind = kinds[rng.randrange(len(kinds))]
         try:
             await one_connection(addrs[kind], args, rng, letters, stats)
         except asyncio.CancelledError:
@@ -1139,22 +1156,20 @@ def judge(doc, max_growth_pct):
         % ("per-interval peak" if key == "peak" else "VmRSS", max_growth_pct)
     )
     problems = []
-    # Disturbances: how long the machine starved the client's loop, or the parent's
-    # sampling, in the judged half.  Load from elsewhere comes and goes in bursts on a
-    # shared machine; a client that stops for a minute and then catches up changes the
-    # server's memory profile for reasons that have nothing to do with the server.
+    # Disturbances: the longest time after warm-up that the machine starved the
+    # client's loop, or the parent's sampling.  Stalls of a few seconds are the usual
+    # noise of a shared machine; a client that stops for a minute and then catches up
+    # at once changes the server's memory profile for reasons unrelated to the server.
     client = doc.get("client_exit") or {}
-    stalled = sum(
-        max(0.0, min(start + length, run_s) - max(start, run_s / 2))
-        for start, length in client.get("stalls") or ()
-    )
-    late = max((s.get("late_s", 0) for s in run if s["t"] >= run_s / 2), default=0)
-    v["client_stalled_s"] = stalled
+    stalls = [x for x in client.get("stalls") or () if x[0] + x[1] >= p["warmup_s"]]
+    longest = max((length for _, length in stalls), default=0.0)
+    late = max((s.get("late_s", 0) for s in run if s["t"] >= p["warmup_s"]), default=0)
     v["client_stalls"] = client.get("stalls") or []
+    v["client_longest_stall_s"] = longest
     v["parent_late_max_s"] = late
     disturbed = []
-    if stalled >= DISTURBED_S:
-        disturbed.append("the client's loop was stalled %.0f s in the second half" % stalled)
+    if longest >= DISTURBED_S:
+        disturbed.append("the client's loop stood still for %.0f s" % longest)
     if late >= DISTURBED_S:
         disturbed.append("a sample was taken %.0f s late" % late)
     v["disturbed"] = disturbed
@@ -1256,12 +1271,17 @@ def run_scenario(scenario, args, nofile):
             timeout_s=args.timeout,
             backlog=args.backlog,
             client_loop=args.client_loop,
+            server_loop=args.server_loop,
+            malloc_trim=args.malloc_trim,
+            handlers_used=args.handlers.split(","),
             handlers=HANDLERS,
             endings=ENDINGS,
         )
     else:
         params.update(wave=args.wave, max_gap_s=args.gap, max_park_s=MAX_DELAY, variants=VARIANTS)
     server_argv = [me, "--role", "server", "--scenario", scenario, "--backlog", str(args.backlog)]
+    server_argv += ["--handlers", args.handlers, "--server-loop", args.server_loop]
+    server_argv += ["--malloc-trim"] if args.malloc_trim else []
     server_argv += ["--wave", str(args.wave), "--gap", str(args.gap)] + common
     server = Child(server_argv, scenario + "-server", args.out)
     client = None
@@ -1350,8 +1370,8 @@ def strip_t(msg, t0):
     msg = dict(msg)
     msg.pop("t_parent", None)
     msg["t"] -= t0
-    for entry in msg.get("fullgc") or ():
-        entry["t"] -= t0
+    if "fullgc" in msg:
+        msg["fullgc"] = [dict(entry, t=entry["t"] - t0) for entry in msg["fullgc"]]
     if "stalls" in msg:
         msg["stalls"] = [[start - t0, length] for start, length in msg["stalls"]]
     return msg
@@ -1448,6 +1468,17 @@ def summary_lines(doc):
                 live["in_use"]["stderr"],
             )
         lines.append(text)
+    if v.get("problems") or v.get("inconclusive"):
+        flat = [
+            k
+            for k in ("blocks", "in_use")
+            if k in live and live[k]["slope_per_min"] <= 2 * live[k]["stderr"]
+        ]
+        if len(flat) == 2:
+            lines.append(
+                "  Python blocks and malloc's bytes in use did not grow: the growth is not "
+                "live objects but memory kept after it was freed (see benchmarks/README.md)"
+            )
     run = [x for x in doc["samples"] if x["phase"] == "run"]
     if len(run) > 1 and run[-1]["t"] > run[0]["t"]:
         span = run[-1]["t"] - run[0]["t"]
@@ -1563,7 +1594,7 @@ def plot(doc, path):
     )
     # Live memory right after each full collection (the server's gc callback).
     fullgc = [e for m in doc.get("server_stats", []) for e in m.get("fullgc") or ()]
-    fullgc = [e for e in fullgc if e["t"] <= p["minutes"] * 60]
+    fullgc = [e for e in fullgc if 0 <= e["t"] <= p["minutes"] * 60]
     axl.axvspan(0, p["warmup_s"] / 60, color="0.88")
     axl.plot(
         [e["t"] / 60 for e in fullgc],
@@ -1690,6 +1721,23 @@ def main():
         action=argparse.BooleanOptionalAction,
         help="let the RSS slope fail the run (default; not with --quick)",
     )
+    ap.add_argument(
+        "--handlers",
+        default=",".join(KINDS),
+        help="the server's handlers the client uses (default: all of %s)" % ",".join(KINDS),
+    )
+    ap.add_argument(
+        "--server-loop",
+        default="greenhub",
+        choices=("greenhub", "asyncio"),
+        help="asyncio: the stock loop, for comparison (handlers streams,protocol only)",
+    )
+    ap.add_argument(
+        "--malloc-trim",
+        action="store_true",
+        help="the server calls glibc's malloc_trim(0) every interval (a diagnosis: RSS "
+        "that then stays flat was freed memory malloc kept, not live memory)",
+    )
     ap.add_argument("--client-loop", default="asyncio", choices=("asyncio", "greenhub", "uvloop"))
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", default=RESULTS, help="directory for the JSON and PNG files")
@@ -1713,10 +1761,22 @@ def main():
     if args.plot:
         for path in args.plot:
             with open(path) as f:
-                plot(json.load(f), os.path.splitext(path)[0] + ".png")
+                doc = json.load(f)
+            # Judged again from the raw samples, with this version's criterion.
+            doc["verdict"] = judge(doc, doc["parameters"]["max_growth_pct"])
+            for line in summary_lines(doc):
+                log(line)
+            plot(doc, os.path.splitext(path)[0] + ".png")
         return 0
 
     scenarios = [s for s in args.scenario.split(",") if s]
+    handlers = args.handlers.split(",")
+    if not handlers or set(handlers) - set(KINDS):
+        ap.error("--handlers: choose from %s" % ",".join(KINDS))
+    if args.server_loop == "asyncio" and (
+        set(handlers) - {"streams", "protocol"} or "vthreads" in scenarios
+    ):
+        ap.error("the stock loop runs the conns scenario with --handlers streams,protocol only")
     for s in scenarios:
         if s not in ("conns", "vthreads"):
             ap.error("unknown scenario %r" % s)
