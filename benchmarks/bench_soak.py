@@ -1676,7 +1676,10 @@ def try_plot(doc, path):
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        log("matplotlib is not installed: no PNG (pip install matplotlib, then --plot %s)" % path)
+        log(
+            "matplotlib is not installed: no PNG (pip install matplotlib, then --plot %s)"
+            % (os.path.splitext(path)[0] + ".json")
+        )
         return
     plot(doc, path)
 
@@ -1743,7 +1746,11 @@ def main():
     ap.add_argument("--out", default=RESULTS, help="directory for the JSON and PNG files")
     ap.add_argument("--no-plot", action="store_true")
     ap.add_argument(
-        "--plot", nargs="+", metavar="JSON", help="only draw the PNGs of these result files"
+        "--plot",
+        nargs="+",
+        metavar="JSON",
+        help="only judge these result files again (the verdict in each is replaced) and "
+        "draw their PNGs",
     )
     ap.add_argument("--greenhub-path", default=REPO)
     ap.add_argument("--role", choices=("server", "client"), help=argparse.SUPPRESS)
@@ -1764,6 +1771,7 @@ def main():
                 doc = json.load(f)
             # Judged again from the raw samples, with this version's criterion.
             doc["verdict"] = judge(doc, doc["parameters"]["max_growth_pct"])
+            write_json(path, doc)
             for line in summary_lines(doc):
                 log(line)
             plot(doc, os.path.splitext(path)[0] + ".png")
