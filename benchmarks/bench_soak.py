@@ -797,11 +797,11 @@ class ProtocolError(Exception):
     pass
 
 
-def make_request(rng, letters, allow_sleep=True):
-    """(request line, expected reply or its length)."""
+def make_request(rng, letters, bulk, allow_sleep=True):
+    """(request line, expected reply or its length); bulk replies of up to `bulk` bytes."""
     r = rng.random()
-    if r < 0.05:
-        n = rng.randint(1, MAX_BULK)
+    if r < 0.05 and bulk:
+        n = rng.randint(1, bulk)
         return b"B%d\n" % n, n + 2
     if r < 0.15 and allow_sleep:
         return b"S%d\n" % rng.randint(1, 50), b"S\n"
@@ -833,7 +833,7 @@ async def one_connection(addr, args, rng, letters, stats):
     try:
         for _ in range(rng.randint(1, 2 * args.requests - 1)):
             await asyncio.sleep(rng.uniform(0, 2 * args.think))
-            req, expect = make_request(rng, letters)
+            req, expect = make_request(rng, letters, args.bulk)
             t0 = now()
             writer.write(req)
             async with asyncio.timeout(args.timeout):
@@ -849,7 +849,10 @@ async def one_connection(addr, args, rng, letters, stats):
             )
             writer.transport.abort()
         elif ending == "rst_busy":
-            req = b"B%d\n" % MAX_BULK if rng.random() < 0.5 else make_request(rng, letters)[0]
+            if args.bulk and rng.random() < 0.5:
+                req = b"B%d\n" % args.bulk
+            else:
+                req = make_request(rng, letters, args.bulk)[0]
             writer.write(req)
             await asyncio.sleep(rng.choice((0, 0, 0.001, 0.01)))
             writer.get_extra_info("socket").setsockopt(
@@ -857,7 +860,10 @@ async def one_connection(addr, args, rng, letters, stats):
             )
             writer.transport.abort()
         elif ending == "half":
-            reqs = [make_request(rng, letters, allow_sleep=False) for _ in range(rng.randint(1, 8))]
+            reqs = [
+                make_request(rng, letters, args.bulk, allow_sleep=False)
+                for _ in range(rng.randint(1, 8))
+            ]
             writer.write(b"".join(r for r, _ in reqs))
             writer.write_eof()
             async with asyncio.timeout(args.timeout):
@@ -1272,6 +1278,7 @@ def run_scenario(scenario, args, nofile):
             backlog=args.backlog,
             client_loop=args.client_loop,
             server_loop=args.server_loop,
+            bulk_max=args.bulk,
             malloc_trim=args.malloc_trim,
             handlers_used=args.handlers.split(","),
             handlers=HANDLERS,
@@ -1318,6 +1325,7 @@ def run_scenario(scenario, args, nofile):
             client_argv += ["--conns", str(args.conns), "--think", str(args.think)]
             client_argv += ["--requests", str(args.requests), "--ramp", str(args.ramp)]
             client_argv += ["--timeout", str(args.timeout), "--client-loop", args.client_loop]
+            client_argv += ["--bulk", str(args.bulk)]
             client = Child(client_argv + common, scenario + "-client", args.out)
             doc["client_loop"] = client.wait_event("ready", 60)["loop"]
         run_s = args.minutes * 60
@@ -1741,6 +1749,12 @@ def main():
         help="the server calls glibc's malloc_trim(0) every interval (a diagnosis: RSS "
         "that then stays flat was freed memory malloc kept, not live memory)",
     )
+    ap.add_argument(
+        "--bulk",
+        type=int,
+        default=MAX_BULK,
+        help="largest bulk reply a request asks for, bytes (%d; 0: none)" % MAX_BULK,
+    )
     ap.add_argument("--client-loop", default="asyncio", choices=("asyncio", "greenhub", "uvloop"))
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", default=RESULTS, help="directory for the JSON and PNG files")
@@ -1778,6 +1792,8 @@ def main():
         return 0
 
     scenarios = [s for s in args.scenario.split(",") if s]
+    if not 0 <= args.bulk <= MAX_BULK:
+        ap.error("--bulk: 0 to %d" % MAX_BULK)
     handlers = args.handlers.split(",")
     if not handlers or set(handlers) - set(KINDS):
         ap.error("--handlers: choose from %s" % ",".join(KINDS))
