@@ -3,7 +3,7 @@ PY ?= python3
 PIP = $(PY) -m pip
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: help deps build debug asan demo test test-unit test-compat test-pg test-upstream fuzz bench lint format clean
+.PHONY: help deps build debug asan demo test test-unit test-compat test-pg test-upstream fuzz bench soak lint format clean
 .PHONY: deps-build wheel test-installed typecheck
 
 help:
@@ -23,6 +23,8 @@ help:
 	@echo "                 FUZZ_SECONDS (default 900), or FUZZ_SEEDS=A:B; FUZZ_OPS per program"
 	@echo "                 (default 200); stops at the first divergence and shrinks it"
 	@echo "make bench       benchmarks: greenhub vs asyncio vs uvloop (and vthread peers), echo, HTTP"
+	@echo "make soak        20-minute soak: 10,000 churning connections, waves of 10,000 virtual"
+	@echo "                 threads; server RSS and counters (SOAK_ARGS=--quick: about 1 minute)"
 	@echo "make lint        ruff + clang-format checks;  make format  applies them"
 	@echo "make typecheck   mypy --strict: the package, examples/typed_usage.py; stubtest of _core"
 	@echo "make wheel       dist/: the sdist and a wheel built from it that carries its own libev"
@@ -148,6 +150,16 @@ typecheck: deps build
 	$(PY) -m mypy -p greenhub
 	$(PY) -m mypy examples/typed_usage.py
 	$(PY) -m mypy.stubtest greenhub._core
+
+# The soak test (benchmarks/bench_soak.py; benchmarks/README.md): 10 minutes per
+# scenario, so it is in neither `make test` nor CI.  matplotlib only draws the PNGs:
+# without it the run still writes its JSON.
+SOAK_ARGS ?=
+soak: build
+	@$(PY) -c "import matplotlib" 2>/dev/null || \
+	    $(PIP) install -q --disable-pip-version-check --root-user-action=ignore matplotlib || \
+	    echo "matplotlib could not be installed: JSON only, no PNG"
+	$(PY) benchmarks/bench_soak.py $(SOAK_ARGS)
 
 lint:
 	ruff check greenhub tests compat benchmarks examples
