@@ -100,6 +100,11 @@ GROUPS = {
 
 PKG = "test.test_asyncio"
 
+# Python 3.14 deprecated asyncio's policy API (removal in 3.16): the public names warn,
+# so this harness uses what stands behind them (events._get_event_loop_policy and
+# _set_event_loop_policy, unix_events._DefaultEventLoopPolicy), as 3.14's own tests do.
+NO_POLICY_NAMES = sys.version_info >= (3, 14)
+
 # Outcome vocabulary (shared by child and parent).
 PASS = "pass"
 FAIL = "fail"
@@ -199,14 +204,16 @@ def _install_candidate(loop_kind, events_log):
 
     if loop_kind == "greenhub":
         import greenhub
-        base_policy = greenhub.Policy
+        # greenhub.Policy warns on 3.14+ (as asyncio's policy classes do): the class.
+        base_policy = greenhub._Policy
         loop_cls = greenhub.Loop
         events_log.emit(ev="info", greenhub_file=getattr(greenhub, "__file__", None),
                         greenhub_version=getattr(greenhub, "__version__", None))
     elif loop_kind == "asyncio":
         # Self-test mode: the "candidate" is the stock loop, but installed and
         # counted through exactly the same machinery as greenhub would be.
-        base_policy = asyncio.DefaultEventLoopPolicy
+        base_policy = (asyncio.unix_events._DefaultEventLoopPolicy if NO_POLICY_NAMES
+                       else asyncio.DefaultEventLoopPolicy)
         loop_cls = getattr(base_policy, "_loop_factory", None) or asyncio.SelectorEventLoop
     else:
         raise SystemExit("unknown --loop %r" % loop_kind)
@@ -276,9 +283,16 @@ def _install_candidate(loop_kind, events_log):
         policy_cls = _Wrapper
 
     # asyncio.events._init_event_loop_policy() does
-    # ``from . import DefaultEventLoopPolicy`` at call time, i.e. it reads the
-    # attribute of the asyncio package.  Patch that, plus the per-platform
-    # module that defines it, so every view agrees.
+    # ``from . import DefaultEventLoopPolicy`` at call time on 3.11-3.13, i.e. it
+    # reads the attribute of the asyncio package; 3.14+ imports
+    # unix_events._DefaultEventLoopPolicy, which asyncio.__getattr__ also returns
+    # (with its DeprecationWarning) for the deprecated public name - which must stay
+    # unset there, or the tests of that warning would not see it.  Patch those, plus
+    # the per-platform module that defines it, so every view agrees.
+    if NO_POLICY_NAMES:
+        asyncio.unix_events._DefaultEventLoopPolicy = policy_cls
+        asyncio.events._set_event_loop_policy(policy_cls())
+        return stats, policy_cls, loop_cls
     asyncio.DefaultEventLoopPolicy = policy_cls
     for modname in ("unix_events", "windows_events"):
         mod = sys.modules.get("asyncio." + modname)
@@ -387,11 +401,16 @@ def _check_candidate(stats, policy_cls, loop_cls, phase, events_log, out):
 
     res = {"phase": phase}
     ok = True
+    if NO_POLICY_NAMES:
+        get_policy, set_policy = (asyncio.events._get_event_loop_policy,
+                                  asyncio.events._set_event_loop_policy)
+    else:
+        get_policy, set_policy = asyncio.get_event_loop_policy, asyncio.set_event_loop_policy
     stats.enabled = False
     try:
         # What a test's tearDown/tearDownModule does:
-        asyncio.set_event_loop_policy(None)
-        pol = asyncio.get_event_loop_policy()
+        set_policy(None)
+        pol = get_policy()
         res["policy_after_reset"] = _qualname(pol)
         if not isinstance(pol, policy_cls):
             ok = False
@@ -403,8 +422,10 @@ def _check_candidate(stats, policy_cls, loop_cls, phase, events_log, out):
         finally:
             loop.close()
         # Leave the policy unset again, as the tests expect.
-        asyncio.set_event_loop_policy(None)
-        res["default_policy_attr"] = _qualname(asyncio.DefaultEventLoopPolicy)
+        set_policy(None)
+        res["default_policy_attr"] = _qualname(
+            asyncio.unix_events._DefaultEventLoopPolicy if NO_POLICY_NAMES
+            else asyncio.DefaultEventLoopPolicy)
     except BaseException as exc:  # noqa
         ok = False
         res["exception"] = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))

@@ -10,6 +10,8 @@ An asyncio event loop written in C on libev.  Use it as any asyncio loop::
 """
 
 import asyncio as _asyncio
+import sys as _sys
+import warnings as _warnings
 from collections.abc import Callable as _Callable
 from collections.abc import Coroutine as _Coroutine
 from typing import Any as _Any
@@ -24,7 +26,7 @@ except ImportError as _exc:  # not built for this Python, or it does not load: s
     from ._build_hint import core_import_error
 
     raise core_import_error(_exc) from None
-from . import _core, _vthread, _watchdog, vthread  # noqa: F401 - _core: diagnostics
+from . import _core, _private, _vthread, _watchdog, vthread  # noqa: F401 - _core: diagnostics
 from ._cancel import defer_cancellation
 from ._colours import async_to_sync, sync_to_async, to_thread
 from ._dump import disable_dump_on_signal, dump_tasks, enable_dump_on_signal, task_stacks
@@ -88,12 +90,26 @@ def new_event_loop() -> Loop:
     return Loop()
 
 
-class Policy(_asyncio.DefaultEventLoopPolicy):
+# asyncio's event loop policies are deprecated from Python 3.14 and go in 3.16: there
+# `asyncio.DefaultEventLoopPolicy` warns when it is looked up, so greenhub's policy
+# derives from the class behind that name (unix_events._DefaultEventLoopPolicy), which
+# does not, and `greenhub.Policy` warns the same way when it is looked up (the module
+# __getattr__ below) - never at `import greenhub`.
+if _sys.version_info >= (3, 14):
+    _PolicyBase = _private.DefaultEventLoopPolicy
+else:
+    _PolicyBase = _asyncio.DefaultEventLoopPolicy
+
+
+class _Policy(_PolicyBase):  # type: ignore[valid-type,misc]
     """An asyncio event loop policy whose loops are greenhub loops.
 
     ``asyncio.set_event_loop_policy(greenhub.Policy())`` makes
     ``asyncio.new_event_loop()``, ``asyncio.run()`` and
-    ``asyncio.get_event_loop()`` (main thread) use greenhub.
+    ``asyncio.get_event_loop()`` (main thread) use greenhub.  Deprecated on
+    Python 3.14+, as asyncio's own policies are: use ``greenhub.run()``,
+    ``asyncio.run(main(), loop_factory=greenhub.new_event_loop)`` or
+    ``greenhub.install()``.
     """
 
     _loop_factory = Loop
@@ -102,10 +118,36 @@ class Policy(_asyncio.DefaultEventLoopPolicy):
         return f"<{type(self).__module__}.{type(self).__qualname__}>"
 
 
+_Policy.__name__ = _Policy.__qualname__ = "Policy"
+
+if _sys.version_info < (3, 14):
+    Policy = _Policy
+else:
+    __all__.remove("Policy")  # as asyncio's __all__ dropped its policy classes
+
+    def __getattr__(name: str) -> object:
+        if name == "Policy":
+            _warnings.warn(
+                "'greenhub.Policy' is deprecated and slated for removal in Python 3.16",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            return _Policy
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def install() -> None:
-    """Make greenhub the loop asyncio creates by default in this process
-    (sets a greenhub.Policy as the event loop policy)."""
-    _asyncio.set_event_loop_policy(Policy())
+    """Make greenhub the loop asyncio creates by default in this process:
+    ``asyncio.run()``, ``asyncio.new_event_loop()`` and ``asyncio.Runner()``
+    without a loop factory then make greenhub loops.
+
+    It sets a greenhub policy as asyncio's event loop policy - on Python
+    3.14+ without the DeprecationWarning that ``asyncio.set_event_loop_policy()``
+    gives, as greenhub, not the caller, uses the deprecated mechanism there."""
+    if _sys.version_info >= (3, 14):
+        _private.set_event_loop_policy(_Policy())
+    else:
+        _asyncio.set_event_loop_policy(_Policy())
 
 
 @_overload

@@ -42,6 +42,8 @@ else:
 # default is a pidfd reader that stops with the loop.  greenhub mirrors the
 # version at hand when a loop is closed with children still running.
 _STOCK_WAITS_IN_THREADS = sys.version_info < (3, 12)
+# Python 3.14 removed child watchers and the policy's slot for one.
+_NO_CHILD_WATCHERS = sys.version_info >= (3, 14)
 
 _pidfd_works: bool | None = None  # probed once per process
 _thread_ids = itertools.count(1)
@@ -64,7 +66,10 @@ def _policy_watcher() -> Any:
 
     Never creates one and never triggers the 3.12+ DeprecationWarning: the
     stock policy's slot is read directly; a policy of another kind is asked
-    only if it implements get_child_watcher() itself."""
+    only if it implements get_child_watcher() itself.  Python 3.14 removed
+    child watchers: always None there."""
+    if _NO_CHILD_WATCHERS:
+        return None
     policy = events.get_event_loop_policy()
     if isinstance(policy, unix_events._UnixDefaultEventLoopPolicy):
         return policy._watcher
