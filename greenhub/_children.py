@@ -116,8 +116,10 @@ class ChildrenMixin(_LoopBase):
         extra: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> asyncio.SubprocessTransport:
-        if _policy_watcher() is not None:
-            # The user chose a watcher: the stock path, exactly.
+        if _NO_CHILD_WATCHERS or _policy_watcher() is not None:
+            # The user chose a watcher: the stock path, exactly.  On 3.14+ always: the
+            # stock loop watches its children itself there (a pidfd reader through
+            # the loop's own _add_reader(), else a thread per child), as greenhub does.
             # (asyncio's private method, which typeshed does not declare)
             return await super()._make_subprocess_transport(  # type: ignore[misc,no-any-return]
                 protocol, args, shell, stdin, stdout, stderr, bufsize, extra=extra, **kwargs

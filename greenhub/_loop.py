@@ -107,6 +107,37 @@ class _SelectorView:
         raise RuntimeError(f"greenhub.Loop watches fds with libev, not a selector (tried .{attr})")
 
 
+def _stock_setup_inside_try() -> bool:
+    """Whether the stock run_forever() calls _run_forever_setup() inside its
+    try block (its cleanup then runs when the setup fails) - which changed in
+    a patch release (python/cpython#130145).  Asked of the stock method
+    itself, with the setup and cleanup stubbed out: no loop is made."""
+    if not hasattr(base_events.BaseEventLoop, "_run_forever_setup"):
+        return True  # 3.11/3.12: Loop.run_forever below spells their order out
+
+    class _Failed(Exception):
+        pass
+
+    class _Probe:
+        cleaned = False
+
+        def _run_forever_setup(self) -> None:
+            raise _Failed
+
+        def _run_forever_cleanup(self) -> None:
+            self.cleaned = True
+
+    probe = _Probe()
+    try:
+        base_events.BaseEventLoop.run_forever(probe)  # type: ignore[arg-type]
+    except _Failed:
+        pass
+    return probe.cleaned
+
+
+_SETUP_INSIDE_TRY = _stock_setup_inside_try()
+
+
 class Loop(_core.Loop, ChildrenMixin, ResolveMixin, unix_events._UnixSelectorEventLoop):
     """An asyncio event loop whose scheduling core is C on libev.
 
@@ -211,13 +242,26 @@ class Loop(_core.Loop, ChildrenMixin, ResolveMixin, unix_events._UnixSelectorEve
     # The C method _run() is the run loop; run_forever() wraps it in the
     # set-up and tear-down of the Python version at hand.
 
-    if hasattr(base_events.BaseEventLoop, "_run_forever_setup"):
+    if hasattr(base_events.BaseEventLoop, "_run_forever_setup") and _SETUP_INSIDE_TRY:
         # Python 3.13+: the base class names the steps around the run loop.
+        # Up to 3.13.2 a failed setup (another loop running) runs the cleanup too,
+        # which unregisters the running loop (python/cpython#130145)...
 
         def run_forever(self) -> None:
             """Run until stop() is called."""
             try:
                 self._run_forever_setup()
+                self._run()
+            finally:
+                self._run_forever_cleanup()
+
+    elif hasattr(base_events.BaseEventLoop, "_run_forever_setup"):
+        # ... from 3.13.3 and 3.14 the setup comes before the try block.
+
+        def run_forever(self) -> None:
+            """Run until stop() is called."""
+            self._run_forever_setup()
+            try:
                 self._run()
             finally:
                 self._run_forever_cleanup()

@@ -250,7 +250,13 @@ module_exec(PyObject *mod)
         return -1;
     }
     st->iscoroutine = import_attr("asyncio.coroutines", "iscoroutine");
+    /* Python 3.14 deprecated asyncio.iscoroutinefunction() (it warns); the stock
+     * loop's call_soon() uses the private function behind it, which 3.14 added. */
+#if PY_VERSION_HEX >= 0x030E0000
+    st->iscoroutinefunction = import_attr("asyncio.coroutines", "_iscoroutinefunction");
+#else
     st->iscoroutinefunction = import_attr("asyncio.coroutines", "iscoroutinefunction");
+#endif
     st->str_context = PyUnicode_InternFromString("context");
     st->str_slow_callback_duration = PyUnicode_InternFromString("slow_callback_duration");
     st->str_time = PyUnicode_InternFromString("time");

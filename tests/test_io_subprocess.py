@@ -57,8 +57,16 @@ def test_shell_and_exec_see_the_same_exit_code(loop):
     ],
 )
 def test_signals(loop, how, expected):
+    # The child restores SIGINT's default action: started from a shell's background
+    # job, the test process (and so a plain `sleep`) would inherit SIGINT ignored.
+    child = "import signal, time; signal.signal(signal.SIGINT, signal.SIG_DFL); " \
+        "print(flush=True); time.sleep(30)"
+
     async def main():
-        proc = await asyncio.create_subprocess_exec("sleep", "30")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", child, stdout=asyncio.subprocess.PIPE
+        )
+        await proc.stdout.readline()  # the handler is in place
         if how == "send_signal":
             proc.send_signal(signal.SIGINT)
         else:
@@ -490,6 +498,11 @@ sys.exit(not result.wasSuccessful())
 
 
 @pytest.mark.skipif(not _children._can_use_pidfd(), reason="pidfd_open not available")
+@pytest.mark.skipif(
+    _children._NO_CHILD_WATCHERS,
+    reason="3.14+ has no child watchers: greenhub takes the stock path (the loop's own "
+    "watcher), which compat/run_cpython.py runs test_subprocess on",
+)
 def test_cpython_subprocess_suite_on_greenhubs_own_path(tmp_path):
     """compat/run_cpython.py runs CPython's test_subprocess, whose tests install child
     watchers - which greenhub then uses.  Here the same tests run with greenhub ignoring
