@@ -83,7 +83,12 @@ def _rearm(cancelled: asyncio.CancelledError) -> None:
     """The outermost block ended with `cancelled` (the CancelledError it held
     back): cancel the task again, as a running task is cancelled, so that its next
     suspension raises.  uncancel() first: the original cancel() is already counted."""
-    task = _current_task()
+    try:
+        task = _current_task()
+    except RuntimeError:
+        # No running loop: close() is unwinding the stack (GeneratorExit); there is
+        # no next suspension to deliver the cancellation at.
+        return
     if task is None or task.done():
         return
     msg = cancelled.args[0] if cancelled.args else None

@@ -1164,18 +1164,18 @@ loop_close_core(PyObject *op, PyObject *Py_UNUSED(ignored))
      * greenhub.Loop.close() cancels them properly first; this is for what
      * is left. */
     while (self->parked != NULL) {
-        gh_GreenCoro *w = self->parked;
+        /* Owned for the call: closing may drop the task's last reference. */
+        gh_GreenCoro *w = (gh_GreenCoro *)Py_NewRef(self->parked);
         PyObject *res = PyObject_CallMethodNoArgs((PyObject *)w, self->st->str_close);
         if (res == NULL) {
             if (self->parked == w) {
                 gh_coro_unpark(w); /* it refused; do not loop forever */
             }
-            PyObject *exc = gh_err_get_raised();
-            PyErr_WriteUnraisable(exc);
-            Py_DECREF(exc);
-            continue;
+            /* Reported with the error still set: WriteUnraisable() reads it. */
+            PyErr_WriteUnraisable((PyObject *)w);
         }
-        Py_DECREF(res);
+        Py_XDECREF(res);
+        Py_DECREF(w);
     }
     gh_loop_io_clear(self);
     gh_loop_clear_writes(self);

@@ -121,9 +121,17 @@ def pytest_sessionfinish(session):
 @pytest.fixture(autouse=True)
 def _stock_policy_and_no_current_loop():
     """Every test starts and ends with the default policy and no current loop."""
-    asyncio.set_event_loop_policy(None)
+    _reset_policy()
     yield
-    asyncio.set_event_loop_policy(None)
+    _reset_policy()
+
+
+def _reset_policy():
+    # 3.14 deprecates set_event_loop_policy() (it warns); the setter behind it does not.
+    if sys.version_info >= (3, 14):
+        asyncio.events._set_event_loop_policy(None)
+    else:
+        asyncio.set_event_loop_policy(None)
 
 
 @pytest.fixture(params=support.LOOP_KINDS)
