@@ -31,6 +31,7 @@ from ._cancel import defer_cancellation
 from ._colours import async_to_sync, sync_to_async, to_thread
 from ._dump import disable_dump_on_signal, dump_tasks, enable_dump_on_signal, task_stacks
 from ._loop import Loop
+from ._private import _get_running_loop
 from ._switches import SwitchError, get_switch_log, no_switch, set_switch_log
 from ._vthread import await_, spawn
 from .sync import (
@@ -184,7 +185,7 @@ def run(
     and greenhub's blocking calls work (the gevent-style entry point).
     ``watchdog=seconds`` turns the loop's watchdog on (``Loop.set_watchdog``).
     """
-    if _asyncio.events._get_running_loop() is not None:
+    if _get_running_loop() is not None:
         # Checked before a loop is made, as asyncio.run() does.
         raise RuntimeError("greenhub.run() cannot be called from a running event loop")
     if watchdog is not None:

@@ -15,6 +15,7 @@ from types import TracebackType
 from typing import Any, Literal, ParamSpec, TypeVar, overload
 
 from . import _core
+from ._private import _get_running_loop
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -23,7 +24,6 @@ __all__ = ["defer_cancellation"]
 
 _enter = _core._defer_enter
 _exit = _core._defer_exit
-_get_running_loop = asyncio.events._get_running_loop
 _current_task = asyncio.current_task
 
 

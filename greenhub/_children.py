@@ -28,12 +28,14 @@ import os
 import sys
 import threading
 import warnings
-from asyncio import events, unix_events
+from asyncio import events
 from asyncio.log import logger
 from typing import TYPE_CHECKING, Any
 
+from ._private import _UnixDefaultEventLoopPolicy, _UnixSelectorEventLoop, _UnixSubprocessTransport
+
 if TYPE_CHECKING:  # mixed into greenhub.Loop, before asyncio's loop
-    _LoopBase = unix_events._UnixSelectorEventLoop
+    _LoopBase = _UnixSelectorEventLoop
 else:
     _LoopBase = object
 
@@ -71,7 +73,7 @@ def _policy_watcher() -> Any:
     if _NO_CHILD_WATCHERS:
         return None
     policy = events.get_event_loop_policy()
-    if isinstance(policy, unix_events._UnixDefaultEventLoopPolicy):
+    if isinstance(policy, _UnixDefaultEventLoopPolicy):
         return policy._watcher
     getter = type(policy).get_child_watcher
     if getter is events.AbstractEventLoopPolicy.get_child_watcher:
@@ -125,7 +127,7 @@ class ChildrenMixin(_LoopBase):
                 protocol, args, shell, stdin, stdout, stderr, bufsize, extra=extra, **kwargs
             )
         waiter = self.create_future()
-        transp: asyncio.SubprocessTransport = unix_events._UnixSubprocessTransport(
+        transp: asyncio.SubprocessTransport = _UnixSubprocessTransport(
             self,
             protocol,
             args,

@@ -38,6 +38,7 @@ from concurrent.futures import Future as _CFuture
 from typing import Any, ParamSpec, TypeAlias, TypeVar, overload
 
 from . import _core, _vthread
+from ._private import _get_running_loop
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -46,7 +47,6 @@ __all__ = ["async_to_sync", "sync_to_async", "to_thread"]
 
 _in_vthread = _core.in_vthread
 _await = _core.await_
-_get_running_loop = asyncio._get_running_loop
 
 _A2S_IN_LOOP = (
     "You cannot use AsyncToSync in the same thread as an async event loop - "

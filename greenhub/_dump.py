@@ -28,6 +28,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Protocol
 
 from . import _core
+from ._private import _current_frames, _get_running_loop, _getframe
 from ._vthread import _WORKER_BASE
 
 if TYPE_CHECKING:
@@ -167,7 +168,7 @@ def _running_frames(loops: list[Loop], frame: FrameType | None) -> dict[asyncio.
             f = frame
         else:
             if others is None:
-                others = sys._current_frames()
+                others = _current_frames()
             f = others.get(loop._thread_id) if loop._thread_id is not None else None
         out[task] = _frames_from(f)
     return out
@@ -176,7 +177,7 @@ def _running_frames(loops: list[Loop], frame: FrameType | None) -> dict[asyncio.
 def _loops_to_dump(loop: Loop | None) -> list[Loop]:
     if loop is not None:
         return [loop]
-    running = asyncio.events._get_running_loop()
+    running = _get_running_loop()
     if isinstance(running, _core.Loop):
         return [running]
     return sorted(_loops, key=id)
@@ -190,7 +191,7 @@ def task_stacks(loop: Loop | None = None, *, _frame: FrameType | None = None) ->
     if loop is not None and not isinstance(loop, _core.Loop):
         raise TypeError(f"task_stacks() needs a greenhub loop, not {loop!r}")
     loops = [lp for lp in _loops_to_dump(loop) if not lp.is_closed()]
-    running = _running_frames(loops, _frame or sys._getframe(1))
+    running = _running_frames(loops, _frame or _getframe(1))
     result: list[TaskStack] = []
     for lp in loops:
         tasks = sorted(asyncio.all_tasks(lp), key=lambda t: t.get_name())
@@ -232,7 +233,7 @@ def dump_tasks(
     if loop is not None and not isinstance(loop, _core.Loop):
         raise TypeError(f"dump_tasks() needs a greenhub loop, not {loop!r}")
     loops = [lp for lp in _loops_to_dump(loop) if not lp.is_closed()]
-    stacks = task_stacks(loop, _frame=_frame or sys._getframe(1))
+    stacks = task_stacks(loop, _frame=_frame or _getframe(1))
     text = _format(stacks, loops) if loops else "greenhub: no open greenhub loop\n"
     out: _TextOut = file if file is not None else sys.stderr
     out.write(text)

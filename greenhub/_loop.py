@@ -24,13 +24,21 @@ import ssl
 import sys
 import threading
 import weakref
-from asyncio import base_events, events, format_helpers, sslproto, unix_events
+from asyncio import base_events, format_helpers, sslproto
 from asyncio.log import logger
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any, NoReturn
 
 from . import _core, _dump, _transport, _vthread
 from ._children import ChildrenMixin
+from ._private import (
+    HAVE_RUN_FOREVER_SETUP,
+    _fileobj_to_fd,
+    _format_handle,
+    _set_running_loop,
+    _UnixSelectorEventLoop,
+    format_callback_source,
+)
 from ._resolve import ResolveMixin
 
 __all__ = ["Loop"]
@@ -70,7 +78,7 @@ class _WatcherMap(collections.abc.Mapping[Any, selectors.SelectorKey]):
         self._keys = keys
 
     def __getitem__(self, fileobj: Any) -> selectors.SelectorKey:
-        return self._keys[selectors._fileobj_to_fd(fileobj)]
+        return self._keys[_fileobj_to_fd(fileobj)]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self._keys)
@@ -112,7 +120,7 @@ def _stock_setup_inside_try() -> bool:
     try block (its cleanup then runs when the setup fails) - which changed in
     a patch release (python/cpython#130145).  Asked of the stock method
     itself, with the setup and cleanup stubbed out: no loop is made."""
-    if not hasattr(base_events.BaseEventLoop, "_run_forever_setup"):
+    if not HAVE_RUN_FOREVER_SETUP:
         return True  # 3.11/3.12: Loop.run_forever below spells their order out
 
     class _Failed(Exception):
@@ -138,7 +146,7 @@ def _stock_setup_inside_try() -> bool:
 _SETUP_INSIDE_TRY = _stock_setup_inside_try()
 
 
-class Loop(_core.Loop, ChildrenMixin, ResolveMixin, unix_events._UnixSelectorEventLoop):
+class Loop(_core.Loop, ChildrenMixin, ResolveMixin, _UnixSelectorEventLoop):
     """An asyncio event loop whose scheduling core is C on libev.
 
     Subprocess exits are watched through pidfds without the policy's child
@@ -242,7 +250,7 @@ class Loop(_core.Loop, ChildrenMixin, ResolveMixin, unix_events._UnixSelectorEve
     # The C method _run() is the run loop; run_forever() wraps it in the
     # set-up and tear-down of the Python version at hand.
 
-    if hasattr(base_events.BaseEventLoop, "_run_forever_setup") and _SETUP_INSIDE_TRY:
+    if HAVE_RUN_FOREVER_SETUP and _SETUP_INSIDE_TRY:
         # Python 3.13+: the base class names the steps around the run loop.
         # Up to 3.13.2 a failed setup (another loop running) runs the cleanup too,
         # which unregisters the running loop (python/cpython#130145)...
@@ -255,7 +263,7 @@ class Loop(_core.Loop, ChildrenMixin, ResolveMixin, unix_events._UnixSelectorEve
             finally:
                 self._run_forever_cleanup()
 
-    elif hasattr(base_events.BaseEventLoop, "_run_forever_setup"):
+    elif HAVE_RUN_FOREVER_SETUP:
         # ... from 3.13.3 and 3.14 the setup comes before the try block.
 
         def run_forever(self) -> None:
@@ -282,12 +290,12 @@ class Loop(_core.Loop, ChildrenMixin, ResolveMixin, unix_events._UnixSelectorEve
                     firstiter=self._asyncgen_firstiter_hook,
                     finalizer=self._asyncgen_finalizer_hook,
                 )
-                events._set_running_loop(self)
+                _set_running_loop(self)
                 self._run()
             finally:
                 self._stopping = False
                 self._thread_id = None
-                events._set_running_loop(None)
+                _set_running_loop(None)
                 self._set_coroutine_origin_tracking(False)
                 sys.set_asyncgen_hooks(*old_agen_hooks)
 
@@ -385,15 +393,6 @@ def _run_unless_cancelled(handle: asyncio.Handle) -> None:
 # -- hooks the C core calls on slow paths -----------------------------------
 
 
-def _format_callback_source(
-    callback: Callable[..., object] | None, args: Sequence[Any], debug: bool
-) -> str:
-    try:
-        return format_helpers._format_callback_source(callback, args, debug=debug)  # type: ignore[call-arg,unused-ignore]  # (3.13+)
-    except TypeError:  # Python < 3.13 has no `debug` parameter
-        return format_helpers._format_callback_source(callback, args)
-
-
 def _handle_repr(handle: _core.Handle | _core.TimerHandle) -> str:
     """repr() of a greenhub Handle/TimerHandle, in asyncio's format."""
     info = [type(handle).__name__]
@@ -403,7 +402,7 @@ def _handle_repr(handle: _core.Handle | _core.TimerHandle) -> str:
         info.append(f"when={handle._when}")
     if handle._callback is not None:
         info.append(
-            _format_callback_source(handle._callback, handle._args, handle._loop.get_debug())
+            format_callback_source(handle._callback, handle._args, handle._loop.get_debug())
         )
     if handle._source_traceback:
         frame = handle._source_traceback[-1]
@@ -415,7 +414,7 @@ def _callback_error(handle: _core.Handle | _core.TimerHandle, exc: BaseException
     """An exception escaped a callback: tell the loop's exception handler,
     with the same context dict asyncio builds."""
     loop = handle._loop
-    cb = _format_callback_source(handle._callback, handle._args, loop.get_debug())
+    cb = format_callback_source(handle._callback, handle._args, loop.get_debug())
     context = {
         "message": f"Exception in callback {cb}",
         "exception": exc,
@@ -429,9 +428,7 @@ def _callback_error(handle: _core.Handle | _core.TimerHandle, exc: BaseException
 def _slow_callback(handle: asyncio.Handle, seconds: float) -> None:
     # Through base_events' own name for the logger, as the stock loop logs it,
     # so that code patching asyncio.base_events.logger sees this warning too.
-    base_events.logger.warning(
-        "Executing %s took %.3f seconds", base_events._format_handle(handle), seconds
-    )
+    base_events.logger.warning("Executing %s took %.3f seconds", _format_handle(handle), seconds)
 
 
 _core._install_hooks(

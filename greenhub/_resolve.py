@@ -21,13 +21,14 @@ fast path just completes without suspending, as the stock loop's own
 from __future__ import annotations
 
 import socket
-from asyncio import unix_events
 from typing import TYPE_CHECKING
+
+from ._private import _UnixSelectorEventLoop
 
 if TYPE_CHECKING:  # mixed into greenhub.Loop, before asyncio's loop
     from socket import _GetAddrInfoResult
 
-    _LoopBase = unix_events._UnixSelectorEventLoop
+    _LoopBase = _UnixSelectorEventLoop
 else:
     _LoopBase = object
 

@@ -10,13 +10,13 @@ import functools
 import inspect
 import logging
 import os
-import sys
 import traceback
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Literal, ParamSpec, TypeVar, cast, overload
 
 from . import _core
+from ._private import _getframe
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -42,7 +42,7 @@ class _NoSwitch:
     def __enter__(self) -> "_NoSwitch":
         block = self._reason
         if block is None:
-            f = sys._getframe(1)
+            f = _getframe(1)
             block = f"entered at {f.f_code.co_filename}:{f.f_lineno} in {f.f_code.co_name}()"
         self._tokens.append(_core._no_switch_enter(block))
         return self
@@ -139,7 +139,7 @@ def _log_switch(yielded: object) -> None:
         return
     # The suspending call (await_(), a green socket method) is C: frame 1 is
     # the code that called it.
-    caller = sys._getframe(1)
+    caller = _getframe(1)
     stack = traceback.StackSummary.extract(traceback.walk_stack(caller))
     stack.reverse()
     task = asyncio.current_task()

@@ -18,10 +18,10 @@ writer callback's resuming of the protocol, and ``is_closing()``, which
 
 import asyncio
 import socket
-from asyncio import selector_events
 from typing import Any
 
 from . import _core
+from ._private import _SelectorSocketTransport
 
 __all__ = ["SocketTransport"]
 
@@ -30,7 +30,7 @@ __all__ = ["SocketTransport"]
 # Any, and this class is checked for its own code only.
 class SocketTransport(
     _core._SocketTransportBase,
-    selector_events._SelectorSocketTransport,  # type: ignore[misc,name-defined]
+    _SelectorSocketTransport,  # type: ignore[misc]
 ):
     def __init__(
         self,

@@ -59,6 +59,7 @@ import weakref
 from typing import Any
 
 from . import _core
+from ._private import _getframe, _local
 
 __all__ = [
     "MonkeyPatchWarning",
@@ -80,7 +81,6 @@ __all__ = [
 _in_vthread = _core.in_vthread
 _await = _core.await_
 _wait_fd = _core._wait_fd
-_get_running_loop = asyncio.events._get_running_loop
 _running_loop = asyncio.get_running_loop  # where a loop must run (in a virtual thread)
 _current_task = asyncio.current_task
 _monotonic = _time_mod.monotonic
@@ -764,7 +764,7 @@ def patch_subprocess() -> None:
 # threading
 
 
-_local_base = _thread._local
+_local_base = _local
 _local_getattribute = _local_base.__getattribute__
 _local_setattr = _local_base.__setattr__
 _local_delattr = _local_base.__delattr__
@@ -1072,7 +1072,7 @@ def _warn_subclasses(group, label, handled=()):
 
 def _caller_stacklevel():
     """warnings.warn's stacklevel for the first frame outside this module."""
-    frame: types.FrameType | None = sys._getframe(1)
+    frame: types.FrameType | None = _getframe(1)
     level = 1
     while frame is not None and frame.f_globals.get("__name__") == __name__:
         frame, level = frame.f_back, level + 1

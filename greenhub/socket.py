@@ -27,7 +27,6 @@ re-exported unchanged.
 
 from __future__ import annotations
 
-import _socket
 import errno as _errno
 import io as _io
 import os as _os
@@ -44,6 +43,7 @@ if not TYPE_CHECKING:
     from socket import *  # noqa: F403
 
 from . import _core
+from ._private import _GLOBAL_DEFAULT_TIMEOUT, _socket
 
 if TYPE_CHECKING:
     from socket import _Address, _GetAddrInfoResult, _RetAddress
@@ -59,7 +59,6 @@ _sendall = _core._green_sendall
 _wait = _core._green_wait
 _closing = _core._green_closing
 
-_GLOBAL_DEFAULT_TIMEOUT: Any = _std._GLOBAL_DEFAULT_TIMEOUT  # type: ignore[attr-defined]
 _CONNECT_PENDING = (_errno.EINPROGRESS, _errno.EALREADY)
 _SENDFILE_BLOCK = 1 << 30  # at most this much per os.sendfile() call
 

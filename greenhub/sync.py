@@ -37,6 +37,7 @@ from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeAlias, TypeVar
 
 from . import _core
+from ._private import _get_running_loop
 
 __all__ = [
     "BoundedSemaphore",
@@ -58,7 +59,6 @@ _monotonic = _time.monotonic
 _os_sleep = _time.sleep
 _in_vthread = _core.in_vthread
 _await = _core.await_
-_get_running_loop = asyncio.events._get_running_loop
 _running_loop = asyncio.get_running_loop  # where a loop must run (in a virtual thread)
 _current_task = asyncio.current_task
 _CancelledError = asyncio.CancelledError
