@@ -29,7 +29,7 @@ from asyncio.log import logger
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
-from . import _core, _dump, _transport, _vthread
+from . import _core, _dump, _task, _transport, _vthread
 from ._children import ChildrenMixin
 from ._resolve import ResolveMixin
 
@@ -250,8 +250,9 @@ class Loop(_core.Loop, ChildrenMixin, ResolveMixin, unix_events._UnixSelectorEve
     # -- tasks ------------------------------------------------------------
 
     # create_task() is the C type's: it wraps the coroutine in a GreenCoro
-    # (src/task_step.c) and makes the Task, or defers to
-    # BaseEventLoop.create_task() for task factories and debug mode.
+    # (src/task_step.c) and makes the Task (greenhub._task.Task, whose get_coro()
+    # looks through the wrapper), or defers to BaseEventLoop.create_task() for
+    # task factories (src/task_create.c).
 
     # -- closing ----------------------------------------------------------
 
@@ -279,8 +280,8 @@ class Loop(_core.Loop, ChildrenMixin, ResolveMixin, unix_events._UnixSelectorEve
         own thread, and a thread that ends with its loop (await_() with no loop
         running) would leave them to be freed without running their exit."""
         for task in asyncio.all_tasks(self):
-            coro = task.get_coro()
-            if type(coro) is _core.GreenCoro:
+            coro = _task.green_coro(task)
+            if coro is not None:
                 coro._release_worker()
 
     def _finish_parked_vthreads(self) -> None:
@@ -303,7 +304,7 @@ class Loop(_core.Loop, ChildrenMixin, ResolveMixin, unix_events._UnixSelectorEve
                 f"{elsewhere.pop()}; close the loop in that thread"
             )
         parked = set(map(id, coros))
-        tasks = [t for t in asyncio.all_tasks(self) if id(t.get_coro()) in parked]
+        tasks = [t for t in asyncio.all_tasks(self) if id(_task.green_coro(t)) in parked]
         if not tasks:
             return
         for task in tasks:
