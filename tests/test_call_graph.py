@@ -4,10 +4,11 @@
 
 greenhub steps every task through a GreenCoro wrapper (src/task_step.c); the Task it makes
 is greenhub._task.Task, whose get_coro() returns the user's coroutine as the stock loop's
-does (src/task_create.c says how factories are covered).  Every test runs on both loops;
+does (src/task_create.c says how factories are covered).  The tests run on both loops;
 where a virtual thread waits in synchronous code (greenhub.await_()), the stock loop runs
 the same program with the wait made by ``await`` in the coroutine, or with no wait at all,
-which is what the synchronous frames look like on the stock loop.
+which is what the synchronous frames look like on the stock loop.  One case has no stock
+counterpart (a graph taken inside a coroutine that await_() runs): greenhub only.
 """
 
 import asyncio
