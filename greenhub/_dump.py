@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from types import FrameType
 from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Protocol
 
-from . import _core
+from . import _core, _task
 from ._private import _current_frames, _get_running_loop, _getframe
 from ._vthread import _WORKER_BASE
 
@@ -121,7 +121,7 @@ def _state(task: asyncio.Task[Any]) -> str:
 def _task_stack(
     loop: Loop, task: asyncio.Task[Any], running_frames: dict[asyncio.Task[Any], _Frames]
 ) -> TaskStack:
-    coro: Any = task.get_coro()
+    green = _task.green_coro(task)
     frames: _Frames = []
     awaited: _Frames = []
     waiting_on: Any = None
@@ -131,13 +131,13 @@ def _task_stack(
     elif task in running_frames:
         state = "running"
         frames = running_frames[task]
-    elif isinstance(coro, _core.GreenCoro) and coro.parked:
+    elif green is not None and green.parked:
         state = "waiting in await_()"
-        g = coro.greenlet
+        g = green.greenlet
         frames = _frames_from(g.gr_frame if g is not None else None)
-        awaited, waiting_on = _await_chain(coro.awaiting)
+        awaited, waiting_on = _await_chain(green.awaiting)
     else:
-        inner = coro.coroutine if isinstance(coro, _core.GreenCoro) else coro
+        inner = green.coroutine if green is not None else task.get_coro()
         frames, waiting_on = _await_chain(inner)
     if not task.done():
         # The bottom of the chain is often a future's __await__ iterator; the

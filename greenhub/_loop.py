@@ -29,7 +29,7 @@ from asyncio.log import logger
 from collections.abc import Iterator
 from typing import Any, NoReturn
 
-from . import _core, _dump, _transport, _vthread
+from . import _core, _dump, _task, _transport, _vthread
 from ._children import ChildrenMixin
 from ._private import (
     HAVE_RUN_FOREVER_SETUP,
@@ -302,8 +302,9 @@ class Loop(_core.Loop, ChildrenMixin, ResolveMixin, _UnixSelectorEventLoop):
     # -- tasks ------------------------------------------------------------
 
     # create_task() is the C type's: it wraps the coroutine in a GreenCoro
-    # (src/task_step.c) and makes the Task, or defers to
-    # BaseEventLoop.create_task() for task factories and debug mode.
+    # (src/task_step.c) and makes the Task (greenhub._task.Task, whose get_coro()
+    # looks through the wrapper), or defers to BaseEventLoop.create_task() for
+    # task factories (src/task_create.c).
 
     # -- closing ----------------------------------------------------------
 
@@ -331,8 +332,8 @@ class Loop(_core.Loop, ChildrenMixin, ResolveMixin, _UnixSelectorEventLoop):
         own thread, and a thread that ends with its loop (await_() with no loop
         running) would leave them to be freed without running their exit."""
         for task in asyncio.all_tasks(self):
-            coro = task.get_coro()
-            if type(coro) is _core.GreenCoro:
+            coro = _task.green_coro(task)
+            if coro is not None:
                 coro._release_worker()
 
     def _finish_parked_vthreads(self) -> None:
@@ -355,7 +356,7 @@ class Loop(_core.Loop, ChildrenMixin, ResolveMixin, _UnixSelectorEventLoop):
                 f"{elsewhere.pop()}; close the loop in that thread"
             )
         parked = set(map(id, coros))
-        tasks = [t for t in asyncio.all_tasks(self) if id(t.get_coro()) in parked]
+        tasks = [t for t in asyncio.all_tasks(self) if id(_task.green_coro(t)) in parked]
         if not tasks:
             return
         for task in tasks:

@@ -36,6 +36,7 @@
 #include "compat.h"
 #include "handle.h"
 #include "sock.h"
+#include "task_create.h"
 #include "transport.h"
 #include "watchdog.h"
 
@@ -973,12 +974,15 @@ loop_call_later(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kw
 }
 
 /*
- * create_task(coro, *, name=None, context=None).  Every coroutine is wrapped
- * in a GreenCoro so that its steps run on a greenlet (vthread.h).  Without
- * a task factory and outside debug mode the Task is made here; otherwise
- * asyncio's BaseEventLoop.create_task() does the rest with the wrapped
- * coroutine, so factories, names and debug tracebacks behave exactly as on
- * the stock loop.
+ * create_task(coro, *, name=None, context=None) - and on 3.14+ any keyword
+ * arguments, which go to the Task (eager_start=).  Every coroutine is wrapped
+ * in a GreenCoro so that its steps run on a greenlet (vthread.h).  Without a
+ * task factory the Task is made here, as greenhub's Task (task_create.c);
+ * otherwise, and for arguments asyncio refuses, asyncio's
+ * BaseEventLoop.create_task() does the rest with the wrapped coroutine, so
+ * factories, names and errors behave exactly as on the stock loop.  (Made
+ * here, in debug mode too, the Task's source traceback ends at the caller as
+ * asyncio's does once create_task() deletes its own frame from it.)
  */
 static PyObject *
 loop_create_task(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
@@ -986,8 +990,8 @@ loop_create_task(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *k
     gh_Loop *self = (gh_Loop *)op;
     gh_state *st = self->st;
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    PyObject *name = Py_None, *context = Py_None;
-    int fast = nargs == 1 && self->task_factory == NULL && !self->debug;
+    PyObject *name = Py_None, *context = Py_None, *eager = NULL;
+    int fast = nargs == 1 && self->task_factory == NULL;
     for (Py_ssize_t i = 0; fast && kwnames != NULL && i < PyTuple_GET_SIZE(kwnames); i++) {
         PyObject *key = PyTuple_GET_ITEM(kwnames, i);
         if (PyUnicode_CompareWithASCIIString(key, "name") == 0) {
@@ -996,6 +1000,12 @@ loop_create_task(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *k
         else if (PyUnicode_CompareWithASCIIString(key, "context") == 0) {
             context = args[nargs + i];
         }
+#if PY_VERSION_HEX >= 0x030E0000
+        /* 3.14's create_task() passes its keyword arguments on to the Task. */
+        else if (PyUnicode_CompareWithASCIIString(key, "eager_start") == 0) {
+            eager = args[nargs + i];
+        }
+#endif
         else {
             fast = 0; /* let asyncio report the unexpected argument */
         }
@@ -1016,15 +1026,7 @@ loop_create_task(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *k
     }
     PyObject *res;
     if (fast) {
-        PyObject *task_type = PyObject_GetAttr(st->tasks_module, st->str_Task);
-        if (task_type == NULL) {
-            Py_DECREF(coro);
-            return NULL;
-        }
-        PyObject *targs[5] = {NULL, coro, op, name, context};
-        res = PyObject_Vectorcall(task_type, targs + 1, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET,
-                                  st->kw_task_init);
-        Py_DECREF(task_type);
+        res = gh_task_new(st, op, coro, name, context, eager);
     }
     else {
         /* BaseEventLoop.create_task(self, coro, ...) with the same arguments */
@@ -1038,9 +1040,12 @@ loop_create_task(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *k
         for (Py_ssize_t i = 0; i < total; i++) {
             cargs[i + 2] = i == at ? coro : args[i];
         }
-        res = PyObject_Vectorcall(st->base_create_task, cargs + 1,
+        res = PyObject_Vectorcall(st->tk.base_create_task, cargs + 1,
                                   (nargs + 1) | PY_VECTORCALL_ARGUMENTS_OFFSET, kwnames);
         PyMem_Free(cargs);
+        if (res != NULL && at >= 0 && coro != args[at] && gh_task_expose_coro(st, res, coro) < 0) {
+            Py_CLEAR(res);
+        }
     }
     Py_XDECREF(coro);
     return res;
@@ -1322,19 +1327,33 @@ set_current_handle(PyObject *op, PyObject *value, void *Py_UNUSED(closure))
     return 0;
 }
 
+/* `_task_factory` is what BaseEventLoop.create_task() calls, and there
+ * asyncio.eager_task_factory stands for the same factory for greenhub's Task
+ * (task_create.c); get_task_factory() returns what was set. */
 static PyObject *
-get_task_factory(PyObject *op, void *Py_UNUSED(closure))
+get_task_factory_attr(PyObject *op, void *Py_UNUSED(closure))
 {
     gh_Loop *self = (gh_Loop *)op;
-    return Py_NewRef(self->task_factory ? self->task_factory : Py_None);
+    if (self->task_factory == NULL) {
+        Py_RETURN_NONE;
+    }
+    return Py_NewRef(gh_task_factory_to_call(self->st, self->task_factory));
 }
 
 static int
-set_task_factory(PyObject *op, PyObject *value, void *Py_UNUSED(closure))
+set_task_factory_attr(PyObject *op, PyObject *value, void *Py_UNUSED(closure))
 {
     gh_Loop *self = (gh_Loop *)op;
-    Py_XSETREF(self->task_factory, (value && value != Py_None) ? Py_NewRef(value) : NULL);
+    PyObject *f = (value && value != Py_None) ? gh_task_factory_to_store(self->st, value) : NULL;
+    Py_XSETREF(self->task_factory, Py_XNewRef(f));
     return 0;
+}
+
+static PyObject *
+loop_get_task_factory(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    gh_Loop *self = (gh_Loop *)op;
+    return Py_NewRef(self->task_factory ? self->task_factory : Py_None);
 }
 
 static PyObject *
@@ -1509,8 +1528,10 @@ static PyMethodDef loop_methods[] = {
     {"create_task", (PyCFunction)(void (*)(void))loop_create_task, FASTKW,
      "create_task(coro, *, name=None, context=None) -> Task\n\n"
      "Schedule a coroutine as an asyncio Task whose steps run on a greenlet, so\n"
-     "synchronous code under it can call greenhub.await_().  task.get_coro() is a\n"
-     "GreenCoro wrapping `coro`."},
+     "synchronous code under it can call greenhub.await_().  task.get_coro() is\n"
+     "`coro`; the Task steps it through a GreenCoro wrapper."},
+    {"get_task_factory", loop_get_task_factory, METH_NOARGS,
+     "Return the task factory set by set_task_factory(), or None."},
     {"time", loop_time, METH_NOARGS,
      "Return the loop's time: time.monotonic()'s clock, in seconds."},
     {"stop", loop_stop, METH_NOARGS, "Stop running once the current iteration ends."},
@@ -1559,7 +1580,7 @@ static PyGetSetDef loop_getset[] = {
     {"_debug", get_debug_attr, set_debug_attr, NULL, NULL},
     {"_thread_id", get_thread_id, set_thread_id, NULL, NULL},
     {"_current_handle", get_current_handle, set_current_handle, NULL, NULL},
-    {"_task_factory", get_task_factory, set_task_factory, NULL, NULL},
+    {"_task_factory", get_task_factory_attr, set_task_factory_attr, NULL, NULL},
     {"_backend", get_backend, NULL, NULL, NULL},
     {"_io_trace", gh_loop_get_io_trace, gh_loop_set_io_trace,
      "None, or a list to which each poll appends the fds it reports, in the order their "

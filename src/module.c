@@ -14,6 +14,7 @@
 #include "sock.h"
 #include "state.h"
 #include "switches.h"
+#include "task_create.h"
 #include "transport.h"
 #include "vthread.h"
 #include "watchdog.h"
@@ -149,6 +150,7 @@ static PyMethodDef module_methods[] = {
     {"_wrap_worker_main", wrap_worker_main, METH_O, NULL},
     {"_install_hooks", (PyCFunction)(void (*)(void))install_hooks, METH_VARARGS | METH_KEYWORDS,
      NULL},
+    {"_install_task_type", (PyCFunction)(void (*)(void))gh_install_task_type, METH_FASTCALL, NULL},
     {"_install_tool_hooks", (PyCFunction)(void (*)(void))install_tool_hooks,
      METH_VARARGS | METH_KEYWORDS, NULL},
     {"_watchdog_atexit", gh_watchdog_atexit, METH_NOARGS, NULL},
@@ -218,16 +220,7 @@ module_exec(PyObject *mod)
     st->str_gr_context = PyUnicode_InternFromString("gr_context");
     st->str_throw = PyUnicode_InternFromString("throw");
     st->str_close = PyUnicode_InternFromString("close");
-    st->str_Task = PyUnicode_InternFromString("Task");
-    st->tasks_module = PyImport_ImportModule("asyncio.tasks");
-    st->kw_task_init = Py_BuildValue("(sss)", "loop", "name", "context");
-    PyObject *base_loop = import_attr("asyncio.base_events", "BaseEventLoop");
-    if (base_loop != NULL) {
-        st->base_create_task = PyObject_GetAttrString(base_loop, "create_task");
-        Py_DECREF(base_loop);
-    }
-    if (st->str_Task == NULL || st->tasks_module == NULL || st->kw_task_init == NULL ||
-        st->base_create_task == NULL) {
+    if (gh_tasks_init(st) < 0) {
         return -1;
     }
     if (st->worker_main == NULL || st->get_running_loop == NULL || st->str_gr_context == NULL ||
@@ -297,8 +290,6 @@ module_traverse(PyObject *mod, visitproc visit, void *arg)
     Py_VISIT(st->VThreadGreenletType);
     Py_VISIT(st->worker_main);
     Py_VISIT(st->get_running_loop);
-    Py_VISIT(st->tasks_module);
-    Py_VISIT(st->base_create_task);
     Py_VISIT(st->hook_run_sync);
     Py_VISIT(st->hook_handle_repr);
     Py_VISIT(st->hook_callback_error);
@@ -314,8 +305,6 @@ module_traverse(PyObject *mod, visitproc visit, void *arg)
     Py_VISIT(st->CancelledError);
     Py_VISIT(st->hook_deferred_wait);
     Py_VISIT(st->str_standin);
-    Py_VISIT(st->kw_task_init);
-    Py_VISIT(st->str_Task);
     Py_VISIT(st->str_gr_context);
     Py_VISIT(st->str_throw);
     Py_VISIT(st->str_close);
@@ -324,6 +313,9 @@ module_traverse(PyObject *mod, visitproc visit, void *arg)
     Py_VISIT(st->str_time);
     /* Each subsystem visits the part of the state it owns. */
     int rc = gh_transport_state_traverse(st, visit, arg);
+    if (rc == 0) {
+        rc = gh_tasks_traverse(st, visit, arg);
+    }
     if (rc == 0) {
         rc = gh_sock_state_traverse(st, visit, arg);
     }
@@ -352,12 +344,9 @@ module_clear(PyObject *mod)
     gh_sock_state_clear(st);
     gh_green_sock_clear(st);
     gh_fd_wait_clear(st);
+    gh_tasks_clear(st);
     Py_CLEAR(st->worker_main);
     Py_CLEAR(st->get_running_loop);
-    Py_CLEAR(st->tasks_module);
-    Py_CLEAR(st->base_create_task);
-    Py_CLEAR(st->kw_task_init);
-    Py_CLEAR(st->str_Task);
     Py_CLEAR(st->hook_run_sync);
     Py_CLEAR(st->str_gr_context);
     Py_CLEAR(st->str_throw);

@@ -52,9 +52,23 @@ typedef struct {
     PyObject *iscoroutine;
     PyObject *iscoroutinefunction;
     PyObject *get_running_loop; /* asyncio.events._get_running_loop */
-    PyObject *tasks_module;     /* asyncio.tasks: Task is looked up per call, as asyncio does */
-    PyObject *base_create_task; /* asyncio.BaseEventLoop.create_task */
-    PyObject *kw_task_init;     /* ("loop", "name", "context") */
+
+    /* Making Tasks (task_create.c); each owns a reference, or is NULL where
+     * noted. */
+    struct {
+        PyObject *tasks_module;     /* asyncio.tasks: Task is looked up per call, as asyncio does */
+        PyObject *stock_task;       /* asyncio.tasks.Task as imported: the C Task */
+        PyObject *stock_get_coro;   /* its get_coro (a subclass may keep it) */
+        PyObject *stock_coro_descr; /* its `_coro` descriptor: reads the coroutine field */
+        descrgetfunc read_coro_field; /* ... through this slot of its type (borrowed) */
+        PyObject *stock_eager;        /* asyncio.eager_task_factory; NULL before 3.12 */
+        PyObject *green_task;         /* greenhub._task.Task; NULL until installed */
+        PyObject *green_eager;        /* the eager factory for it; NULL until installed */
+        PyObject *base_create_task;   /* asyncio.BaseEventLoop.create_task */
+        PyObject *kw_init;            /* ("loop", "name", "context") */
+        PyObject *kw_init_eager;      /* ("loop", "name", "context", "eager_start") */
+        PyObject *str_Task, *str_get_coro;
+    } tk;
 
     /* Interned strings; owned. */
     PyObject *str_context;
@@ -62,7 +76,6 @@ typedef struct {
     PyObject *str_gr_context;
     PyObject *str_throw;
     PyObject *str_close;
-    PyObject *str_Task;
     PyObject *str_time;
     PyObject *str_standin;
 

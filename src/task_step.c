@@ -1075,6 +1075,27 @@ coro_get_inner(PyObject *self, void *Py_UNUSED(closure))
     return Py_NewRef(w->coro ? w->coro : Py_None);
 }
 
+/* The wrapped coroutine, as Task.get_coro() returns its own: None once the
+ * GreenCoro was cleared. */
+static PyObject *
+coro_user_coroutine(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return coro_get_inner(self, NULL);
+}
+
+static PyMethodDef coro_getter_def = {
+    "get_coro",
+    coro_user_coroutine,
+    METH_NOARGS,
+    "Return the coroutine this task runs.",
+};
+
+PyObject *
+gh_coro_getter(PyObject *green)
+{
+    return PyCFunction_New(&coro_getter_def, green);
+}
+
 static PyObject *
 coro_get_parked(PyObject *self, void *Py_UNUSED(closure))
 {
@@ -1169,8 +1190,8 @@ static PyGetSetDef coro_getset[] = {
 
 static PyType_Slot coro_slots[] = {
     {Py_tp_doc, "GreenCoro(coro, loop): a task's coroutine, stepped on a greenlet.\n\n"
-                "greenhub.Loop.create_task() wraps every coroutine in one; Task.get_coro()\n"
-                "returns it, and .coroutine is the original coroutine."},
+                "greenhub.Loop.create_task() wraps every coroutine in one, which the Task\n"
+                "steps; .coroutine is the original coroutine (what task.get_coro() returns)."},
     {Py_tp_new, coro_new},
     {Py_tp_dealloc, coro_dealloc},
     {Py_tp_traverse, coro_traverse},

@@ -117,6 +117,10 @@ extern PyType_Spec gh_vthread_greenlet_spec;
  * a new reference to anything else (asyncio.Task rejects what it must). */
 PyObject *gh_wrap_coroutine(gh_state *st, PyObject *coro, PyObject *loop);
 
+/* A new callable that returns the coroutine the GreenCoro `green` (borrowed)
+ * wraps: what task_create.c installs as a factory-made Task's get_coro. */
+PyObject *gh_coro_getter(PyObject *green);
+
 /* Records that w's step is suspended inside await_() on greenlet `here`. */
 void gh_coro_park(gh_GreenCoro *w, PyObject *here);
 

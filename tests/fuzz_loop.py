@@ -128,6 +128,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import greenhub  # noqa: E402
+from greenhub._task import green_coro  # noqa: E402
 
 DT = 1.0 / 64  # the clock's step and the unit of every delay
 CLOCK_START = 100.0
@@ -883,7 +884,7 @@ class Run:
         in the order they were made."""
         if self.kind == "greenhub":
             parked = {id(c) for c in self.loop._parked_coros()}
-            return [t for t in self.vthreads if id(t.get_coro()) in parked]
+            return [t for t in self.vthreads if id(green_coro(t)) in parked]
         return [t for t in self.vthreads if self._suspended(t)]
 
     def _stock_close(self):

@@ -18,6 +18,7 @@ from vthread_helpers import gloop_fixture  # noqa: F401 - fixture
 
 import greenhub
 from greenhub import _core
+from greenhub._task import green_coro
 
 
 def run(loop, coro):
@@ -26,7 +27,7 @@ def run(loop, coro):
 
 async def parked(task):
     """Until `task` is suspended in sync code (its greenlet parked in a wait)."""
-    while not task.get_coro().parked:
+    while not green_coro(task).parked:
         await asyncio.sleep(0)
 
 

@@ -21,6 +21,7 @@ import support
 
 import greenhub
 import greenhub.contrib.psycopg as ghpg
+from greenhub._task import green_coro
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -63,7 +64,7 @@ async def until(predicate, what="condition", timeout=10.0):
 
 
 async def parked(task):
-    while not task.get_coro().parked:
+    while not green_coro(task).parked:
         await asyncio.sleep(0)
 
 

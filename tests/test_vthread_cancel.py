@@ -14,6 +14,7 @@ import pytest
 from vthread_helpers import gloop_fixture, sync_task  # noqa: F401 - fixture
 
 import greenhub
+from greenhub._task import green_coro
 
 
 def run(loop, coro):
@@ -35,7 +36,7 @@ def test_cancel_raises_cancelled_error_at_await_(gloop):
     async def main():
         t = greenhub.spawn(body)
         await asyncio.sleep(0.001)
-        assert t.get_coro().parked
+        assert green_coro(t).parked
         t.cancel("the reason")
         with pytest.raises(asyncio.CancelledError) as info:
             await t

@@ -21,6 +21,7 @@ from vthread_helpers import (  # noqa: F401 - fixture
 )
 
 import greenhub
+from greenhub._task import green_coro
 
 
 async def _loop_of_this_call():
@@ -301,7 +302,7 @@ def test_stepping_a_task_from_another_thread_raises_runtime_error(gloop):
     async def main():
         t = greenhub.spawn(greenhub.await_, asyncio.sleep(0.05, "done"))
         await asyncio.sleep(0)
-        coro = t.get_coro()
+        coro = green_coro(t)
 
         def from_thread():
             try:

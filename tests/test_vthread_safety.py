@@ -34,6 +34,7 @@ from vthread_helpers import (  # noqa: F401 - fixture
 )
 
 import greenhub
+from greenhub._task import green_coro
 
 
 def run(loop, coro):
@@ -162,7 +163,7 @@ def test_many_unreachable_vthreads_do_not_crash_the_collector(greenhub_leak_chec
         for _ in range(3):
             gc.collect()
         await asyncio.sleep(0)
-        return sum(1 for t in asyncio.all_tasks() if t.get_coro().parked)
+        return sum(1 for t in asyncio.all_tasks() if green_coro(t).parked)
 
     assert run(loop, start()) == 500
     loop.close()

@@ -18,6 +18,7 @@ from vthread_helpers import PY312, assert_counters_back, gloop_fixture, sync_tas
 
 import greenhub
 from greenhub import _core
+from greenhub._task import green_coro
 
 VAR = contextvars.ContextVar("steps_var", default="unset")
 
@@ -237,9 +238,11 @@ def test_tasks_are_real_asyncio_tasks_wrapping_the_coroutine(gloop):
         c = coro()
         t = gloop.create_task(c, name="wrapped")
         assert isinstance(t, asyncio.Task)
-        assert type(t) is asyncio.Task
-        gc_ = t.get_coro()
-        assert type(gc_) is _core.GreenCoro
+        assert t.get_coro() is c
+        # greenhub's Task class adds get_coro() only; the Task steps the wrapper
+        assert type(t).__mro__[1] is asyncio.Task and type(t).__name__ == "Task"
+        gc_ = asyncio.Task.get_coro(t)
+        assert gc_ is green_coro(t) and type(gc_) is _core.GreenCoro
         assert gc_.coroutine is c
         assert gc_.__qualname__ == c.__qualname__
         assert gc_.cr_code is c.cr_code
@@ -277,15 +280,15 @@ def test_parked_virtual_threads_are_in_all_tasks_with_names(gloop):
         for i, t in enumerate(vts):
             t.set_name(f"vt-{i}")
         await asyncio.sleep(0)
-        assert all(t.get_coro().parked for t in vts)
-        assert all(isinstance(t.get_coro().greenlet, greenlet.greenlet) for t in vts)
+        assert all(green_coro(t).parked for t in vts)
+        assert all(isinstance(green_coro(t).greenlet, greenlet.greenlet) for t in vts)
         names = {t.get_name() for t in asyncio.all_tasks()}
         assert {f"vt-{i}" for i in range(5)} <= names
         # the task's repr, stack and greenlet are inspectable while parked
         assert "vt-0" in repr(vts[0])
         fut.set_result("done")
         assert await asyncio.gather(*vts) == ["done"] * 5
-        assert not any(t.get_coro().parked for t in vts)
+        assert not any(green_coro(t).parked for t in vts)
 
     run(gloop, main())
 
@@ -353,7 +356,7 @@ def test_eager_task_factory_with_virtual_threads(gloop):
         # first step (run inside create_task, from this task's greenlet) parks in await_
         ts = [greenhub.spawn(sync, i) for i in range(50)]
         assert not any(t.done() for t in ts)
-        assert all(t.get_coro().parked for t in ts)
+        assert all(green_coro(t).parked for t in ts)
         assert asyncio.current_task() is me_outer
 
         # eager tasks created from inside a synchronous frame of another vthread
