@@ -97,7 +97,7 @@ def new_event_loop() -> Loop:
 # does not, and `greenhub.Policy` warns the same way when it is looked up (the module
 # __getattr__ below) - never at `import greenhub`.
 if _sys.version_info >= (3, 14):
-    _PolicyBase = _private.DefaultEventLoopPolicy
+    _PolicyBase = _private.DefaultEventLoopPolicy  # type: ignore[attr-defined]  # (3.14+)
 else:
     _PolicyBase = _asyncio.DefaultEventLoopPolicy
 
@@ -146,7 +146,7 @@ def install() -> None:
     3.14+ without the DeprecationWarning that ``asyncio.set_event_loop_policy()``
     gives, as greenhub, not the caller, uses the deprecated mechanism there."""
     if _sys.version_info >= (3, 14):
-        _private.set_event_loop_policy(_Policy())
+        _private.set_event_loop_policy(_Policy())  # type: ignore[attr-defined]  # (3.14+)
     else:
         _asyncio.set_event_loop_policy(_Policy())
 

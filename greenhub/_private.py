@@ -26,6 +26,7 @@ docs/development.md ("The private-name contract") for what to do with a failure.
 import _socket
 import sys
 from _thread import _local
+from asyncio import Task as _asyncio_Task
 from asyncio.base_events import _format_handle  # type: ignore[attr-defined]
 from asyncio.events import _get_running_loop, _set_running_loop
 from asyncio.format_helpers import _format_callback_source
@@ -44,6 +45,7 @@ from typing import Any, NamedTuple
 __all__ = [
     "HAVE_RUN_FOREVER_SETUP",
     "NO_POLICY_NAMES",
+    "task_coro_field",
     "NAMES",
     "PrivateName",
     "_GLOBAL_DEFAULT_TIMEOUT",
@@ -95,9 +97,16 @@ else:  # 3.11, 3.12: no `debug` parameter
 # function, neither of which warns.
 NO_POLICY_NAMES = sys.version_info >= (3, 14)
 
-if NO_POLICY_NAMES:
+if sys.version_info >= (3, 14):  # (spelled out for the type checkers)
     from asyncio.events import _set_event_loop_policy as set_event_loop_policy
     from asyncio.unix_events import _DefaultEventLoopPolicy as DefaultEventLoopPolicy
+
+    __all__ += ["DefaultEventLoopPolicy", "set_event_loop_policy"]
+
+
+# The Task's coroutine field, through asyncio.Task's own `_coro` descriptor (greenhub's
+# Task overrides get_coro(); greenhub._task reads the wrapper with this).
+task_coro_field = _asyncio_Task._coro.__get__  # type: ignore[attr-defined]
 
 
 # -- the table ----------------------------------------------------------------------
@@ -599,6 +608,13 @@ NAMES: tuple[PrivateName, ...] = (
         "_cancel.py; src/fd_wait.c (looked up by name)",
         "the flag a Task checks on what a step yields: greenhub sets it on the "
         "stand-in futures it hands the Task and reads it on yielded objects",
+    ),
+    PrivateName(
+        "asyncio.tasks.Task", "_coro", ATTRIBUTE, "3.11+",
+        "_task.py; src/task_create.c (looked up by name)",
+        "the Task's coroutine field as stored (greenhub's GreenCoro wrapper), read "
+        "through the class's descriptor: what asyncio.Task.get_coro() returns, without "
+        "the crash of 3.12.0-3.12.1's get_coro() on an eager task that dropped it",
     ),
     PrivateName(
         "asyncio.tasks.Task", "_fut_waiter", ATTRIBUTE, "3.11+",

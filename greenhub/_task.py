@@ -19,6 +19,7 @@ import asyncio
 from typing import Any, TypeVar
 
 from . import _core
+from ._private import task_coro_field
 
 __all__ = ["Task", "green_coro"]
 
@@ -28,7 +29,7 @@ _T_co = TypeVar("_T_co", covariant=True)
 # Task's class or instance attributes say: what asyncio's get_coro() returns, and None
 # once the Task has dropped it (an eager task that finished in its first step), where
 # the get_coro() of 3.12.0 and 3.12.1 crashes.
-_coro_field = asyncio.Task._coro.__get__  # type: ignore[attr-defined]
+_coro_field = task_coro_field
 
 
 class Task(asyncio.Task[_T_co]):

@@ -1,8 +1,8 @@
 """create_future, create_task (name=, context=, eager start) and task factories."""
 
 import asyncio
-import sys
 import contextvars
+import sys
 
 import pytest
 from support import PY312, error_of, run_once
