@@ -6,7 +6,7 @@ An asyncio event loop written in C on libev.  Use it as any asyncio loop::
 
     greenhub.run(main())                                   # like asyncio.run()
     asyncio.run(main(), loop_factory=greenhub.new_event_loop)   # Python 3.12+
-    asyncio.set_event_loop_policy(greenhub.Policy())       # or greenhub.install()
+    greenhub.install()               # every new asyncio loop is a greenhub loop
 """
 
 import asyncio as _asyncio
