@@ -68,6 +68,8 @@ DEFAULT_MODULES = [
     # beyond the list: scheduling-level suites that also pass
     "test_eager_task_factory",  # 3.12+ (absent on 3.11: reported and skipped)
     "test_staggered",
+    "test_free_threading",  # 3.14+: tasks, futures and all_tasks() across threads
+    "test_graph",  # 3.14+: capture_call_graph() and friends
 ]
 
 # The I/O suites: sockets, transports, servers, streams, TLS, pipes,
