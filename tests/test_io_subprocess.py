@@ -381,6 +381,11 @@ def test_no_thread_per_child_with_pidfd(greenhub_loop):
     assert loop._gh_children == {}
 
 
+@pytest.mark.skipif(
+    _children._NO_CHILD_WATCHERS,
+    reason="3.14+: greenhub takes the stock path (the loop's own child watcher), which "
+    "CPython's test_subprocess covers under compat/run_cpython.py",
+)
 def test_threaded_fallback_without_pidfd(greenhub_loop, monkeypatch):
     loop = greenhub_loop
     monkeypatch.setattr(_children, "_pidfd_works", False)
@@ -399,6 +404,11 @@ def test_threaded_fallback_without_pidfd(greenhub_loop, monkeypatch):
     assert any(n.startswith("greenhub-waitpid") for n in names)
 
 
+@pytest.mark.skipif(
+    _children._NO_CHILD_WATCHERS,
+    reason="3.14+: greenhub takes the stock path (the loop's own child watcher), which "
+    "CPython's test_subprocess covers under compat/run_cpython.py",
+)
 def test_pidfd_exhaustion_falls_back_to_a_thread(greenhub_loop, monkeypatch):
     if not _children._can_use_pidfd():
         pytest.skip("pidfd_open not available")
