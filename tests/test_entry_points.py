@@ -14,6 +14,13 @@ import pytest
 from support import PY312, error_of
 
 
+# These tests use asyncio's policy API on purpose, which 3.14 deprecates (its warnings
+# are expected there; tests/test_policy_versions.py checks them).
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:.* is deprecated and slated for removal in Python 3.16:DeprecationWarning"
+)
+
+
 @pytest.fixture
 def gh(greenhub_leak_check):
     import greenhub as module

@@ -456,6 +456,9 @@ def test_no_deprecation_warning_from_greenhub_path(greenhub_loop):
         assert run(greenhub_loop, main()) == 1
 
 
+@pytest.mark.filterwarnings(
+    "ignore:.* is deprecated and slated for removal in Python 3.16:DeprecationWarning"
+)
 def test_policy_without_child_watchers_still_runs_children(greenhub_loop):
     """A policy that does not implement get_child_watcher() (the stock loop raises
     NotImplementedError there on 3.11-3.13): greenhub needs no watcher, so it works."""
