@@ -848,6 +848,17 @@ def test_socket_waits_in_vthreads_overlap_and_lookups_do_not_hold_the_loop():
                     except TimeoutError:
                         gave_up.append("the server never answered: recv() held the loop")
                         return gave_up[0]
+        # The resolver's own work on "localhost" may be too quick for five lookups to be
+        # seen in progress together (an /etc/hosts hit): each one, in the executor's
+        # thread, waits until all five are there - which they only can be if none held
+        # the loop (a lookup that did would break the barrier after HANG).
+        import _socket, threading
+        real_getaddrinfo, together = _socket.getaddrinfo, threading.Barrier(5, timeout=HANG)
+        def slow_getaddrinfo(host, *args):
+            if host == "localhost":
+                together.wait()
+            return real_getaddrinfo(host, *args)
+        _socket.getaddrinfo = slow_getaddrinfo
         def lookup(i):
             with looking_up:
                 return len(socket.getaddrinfo("localhost", 80)) > 0
