@@ -56,6 +56,13 @@ gh_handle_new(gh_state *st, PyTypeObject *tp, PyObject *loop, PyObject *callback
     if (tp == st->TimerHandleType) {
         st->live_timers++;
     }
+    if (tp == st->ThreadSafeHandleType) {
+        d->lock = PyObject_CallNoArgs(st->RLock);
+        if (d->lock == NULL) {
+            Py_DECREF(h);
+            return NULL;
+        }
+    }
     return h;
 }
 
@@ -81,8 +88,50 @@ report_callback_error(gh_state *st, PyObject *h)
     return 0;
 }
 
+/* A thread-safe handle's lock: acquire (blocking; the GIL is released while
+ * it waits) or release.  Returns -1 with an exception set on failure. */
+static int
+lock_call(PyObject *lock, const char *what)
+{
+    PyObject *r = PyObject_CallMethod(lock, what, NULL);
+    if (r == NULL) {
+        return -1;
+    }
+    Py_DECREF(r);
+    return 0;
+}
+
+static int handle_run_unlocked(gh_state *st, PyObject *h);
+
 int
 gh_handle_run(gh_state *st, PyObject *h)
+{
+    gh_handle_data *d = gh_hd(h);
+    if (d->lock == NULL) {
+        return handle_run_unlocked(st, h);
+    }
+    /* Owned for the call: the callback may cancel the handle (it keeps the
+     * lock), but nothing clears it before the handle goes. */
+    PyObject *lock = Py_NewRef(d->lock);
+    if (lock_call(lock, "acquire") < 0) {
+        Py_DECREF(lock);
+        return report_callback_error(st, h);
+    }
+    int rc = d->cancelled ? 0 : handle_run_unlocked(st, h);
+    PyObject *exc = rc < 0 ? gh_err_get_raised() : NULL;
+    if (lock_call(lock, "release") < 0) {
+        /* cannot happen for an RLock this thread holds; reported, not lost */
+        PyErr_WriteUnraisable(lock);
+    }
+    Py_DECREF(lock);
+    if (exc != NULL) {
+        gh_err_set_raised(exc);
+    }
+    return rc;
+}
+
+static int
+handle_run_unlocked(gh_state *st, PyObject *h)
 {
     gh_handle_data *d = gh_hd(h);
     PyObject *res;
@@ -262,6 +311,7 @@ handle_traverse(PyObject *self, visitproc visit, void *arg)
     Py_VISIT(h->source_traceback);
     Py_VISIT(h->repr);
     Py_VISIT(h->when_obj);
+    Py_VISIT(h->lock);
     return 0;
 }
 
@@ -276,6 +326,7 @@ handle_clear(PyObject *self)
     Py_CLEAR(h->source_traceback);
     Py_CLEAR(h->repr);
     Py_CLEAR(h->when_obj);
+    Py_CLEAR(h->lock);
     return 0;
 }
 
@@ -344,6 +395,84 @@ static PyType_Slot handle_slots[] = {
     {Py_tp_repr, handle_repr},
     {Py_tp_methods, handle_methods},
     {Py_tp_getset, handle_getset},
+    {0, NULL},
+};
+
+/* --- ThreadSafeHandle -------------------------------------------------- */
+
+/* What call_soon_threadsafe() returns on a Python whose asyncio has
+ * events._ThreadSafeHandle (3.14+): cancel() and cancelled() take the
+ * handle's RLock, which the loop holds while the callback runs, so another
+ * thread that asks blocks until the callback is done, and a cancel() that
+ * wins the lock keeps the callback from running. */
+
+static PyObject *
+safe_cancel(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *lock = Py_NewRef(gh_hd(self)->lock);
+    if (lock_call(lock, "acquire") < 0) {
+        Py_DECREF(lock);
+        return NULL;
+    }
+    int rc = gh_handle_cancel(self);
+    PyObject *exc = rc < 0 ? gh_err_get_raised() : NULL;
+    int released = lock_call(lock, "release");
+    Py_DECREF(lock);
+    if (exc != NULL) {
+        gh_err_set_raised(exc);
+        return NULL;
+    }
+    if (released < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+safe_cancelled(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *lock = Py_NewRef(gh_hd(self)->lock);
+    if (lock_call(lock, "acquire") < 0) {
+        Py_DECREF(lock);
+        return NULL;
+    }
+    int cancelled = gh_hd(self)->cancelled;
+    int released = lock_call(lock, "release");
+    Py_DECREF(lock);
+    return released < 0 ? NULL : PyBool_FromLong(cancelled);
+}
+
+static PyObject *
+get_lock(PyObject *self, void *Py_UNUSED(closure))
+{
+    return Py_NewRef(gh_hd(self)->lock);
+}
+
+static PyMethodDef safe_methods[] = {
+    {"cancel", safe_cancel, METH_NOARGS, "Cancel the call (waits while it runs)."},
+    {"cancelled", safe_cancelled, METH_NOARGS,
+     "Return True if the call was cancelled (waits while it runs)."},
+    {"get_context", handle_get_context, METH_NOARGS,
+     "Return the contextvars.Context the callback runs in."},
+    {"_run", handle_run_method, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef safe_getset[] = {
+    HANDLE_GETSETS,
+    {"_lock", get_lock, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot safe_slots[] = {
+    {Py_tp_doc, "Object returned by call_soon_threadsafe() (an asyncio "
+                "_ThreadSafeHandle): cancel() and cancelled() wait while the callback runs."},
+    {Py_tp_dealloc, handle_dealloc},
+    {Py_tp_traverse, handle_traverse},
+    {Py_tp_clear, handle_clear},
+    {Py_tp_repr, handle_repr},
+    {Py_tp_methods, safe_methods},
+    {Py_tp_getset, safe_getset},
     {0, NULL},
 };
 
@@ -573,9 +702,20 @@ gh_handle_types_init(PyObject *mod, gh_state *st)
     }
     PyObject *base = PyObject_GetAttrString(events, "Handle");
     PyObject *tbase = base ? PyObject_GetAttrString(events, "TimerHandle") : NULL;
+    /* The thread-safe handle is asyncio's from 3.14 (NULL where it has none). */
+    PyObject *sbase = NULL;
+    PyObject *sname = tbase ? PyUnicode_FromString("_ThreadSafeHandle") : NULL;
+    if (sname == NULL || gh_get_optional_attr(events, sname, &sbase) < 0) {
+        Py_CLEAR(tbase);
+    }
+    Py_XDECREF(sname);
     Py_DECREF(events);
     int rc = -1;
     if (tbase == NULL) {
+        goto done;
+    }
+    if (sbase != NULL && !PyType_Check(sbase)) {
+        PyErr_SetString(PyExc_TypeError, "asyncio's _ThreadSafeHandle must be a class");
         goto done;
     }
     if (!PyType_Check(base) || !PyType_Check(tbase)) {
@@ -586,6 +726,9 @@ gh_handle_types_init(PyObject *mod, gh_state *st)
     Py_ssize_t off = ((PyTypeObject *)base)->tp_basicsize;
     if (((PyTypeObject *)tbase)->tp_basicsize > off) {
         off = ((PyTypeObject *)tbase)->tp_basicsize;
+    }
+    if (sbase != NULL && ((PyTypeObject *)sbase)->tp_basicsize > off) {
+        off = ((PyTypeObject *)sbase)->tp_basicsize;
     }
     off = (off + 15) & ~(Py_ssize_t)15;
     if (gh_handle_data_offset != 0 && gh_handle_data_offset != off) {
@@ -598,9 +741,20 @@ gh_handle_types_init(PyObject *mod, gh_state *st)
                         &st->TimerHandleType) < 0) {
         goto done;
     }
+    if (sbase != NULL) {
+        PyObject *threading = PyImport_ImportModule("threading");
+        st->RLock = threading ? PyObject_GetAttrString(threading, "RLock") : NULL;
+        Py_XDECREF(threading);
+        if (st->RLock == NULL ||
+            add_handle_type(mod, "greenhub._core._ThreadSafeHandle", safe_slots, sbase,
+                            &st->ThreadSafeHandleType) < 0) {
+            goto done;
+        }
+    }
     rc = 0;
 done:
     Py_XDECREF(base);
     Py_XDECREF(tbase);
+    Py_XDECREF(sbase);
     return rc;
 }

@@ -26,6 +26,7 @@ typedef struct {
     PyObject *source_traceback; /* owned or NULL; only made in debug mode */
     PyObject *repr;             /* owned or NULL: repr frozen by cancel() in debug mode */
     PyObject *when_obj;         /* owned or NULL: a timer's `when` as given, if not a float */
+    PyObject *lock;             /* owned threading.RLock of a thread-safe handle, else NULL */
     double when;                /* a timer's deadline on the loop.time() clock */
     char cancelled;
     char scheduled; /* a timer the loop's timer queue holds */
@@ -53,7 +54,9 @@ PyObject *gh_handle_new(gh_state *st, PyTypeObject *tp, PyObject *loop, PyObject
 
 /* Runs the callback in its context.  An exception other than SystemExit and
  * KeyboardInterrupt goes to the loop's exception handler, as asyncio does;
- * returns -1 (exception set) only for those two, or if reporting failed. */
+ * returns -1 (exception set) only for those two, or if reporting failed.  A
+ * thread-safe handle holds its lock meanwhile, and does nothing if it was
+ * cancelled by the time it has the lock (as asyncio's _ThreadSafeHandle). */
 int gh_handle_run(gh_state *st, PyObject *h);
 
 /* Cancels as Handle.cancel() does. */

@@ -206,10 +206,11 @@ gh_loop_push_ready(gh_Loop *self, PyObject *h)
 }
 
 static PyObject *
-new_soon_handle(gh_Loop *self, PyObject *const *args, Py_ssize_t nargs, PyObject *context)
+new_soon_handle(gh_Loop *self, PyTypeObject *tp, PyObject *const *args, Py_ssize_t nargs,
+                PyObject *context)
 {
-    PyObject *h = gh_handle_new(self->st, self->st->HandleType, (PyObject *)self, args[0], args + 1,
-                                nargs - 1, context);
+    PyObject *h = gh_handle_new(self->st, tp, (PyObject *)self, args[0], args + 1, nargs - 1,
+                                context);
     if (h == NULL) {
         return NULL;
     }
@@ -755,7 +756,7 @@ loop_call_soon(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwn
         check_callback(self->st, args[0], "call_soon") < 0) {
         return NULL;
     }
-    return new_soon_handle(self, args, nargs, context);
+    return new_soon_handle(self, self->st->HandleType, args, nargs, context);
 }
 
 static PyObject *
@@ -770,7 +771,9 @@ loop_call_soon_threadsafe(PyObject *op, PyObject *const *args, size_t nargsf, Py
         (self->debug && check_callback(self->st, args[0], "call_soon_threadsafe") < 0)) {
         return NULL;
     }
-    PyObject *h = new_soon_handle(self, args, nargs, context);
+    PyTypeObject *tp = self->st->ThreadSafeHandleType ? self->st->ThreadSafeHandleType
+                                                       : self->st->HandleType;
+    PyObject *h = new_soon_handle(self, tp, args, nargs, context);
     if (h != NULL) {
         gh_loop_wake_if_sleeping(self);
     }

@@ -283,6 +283,8 @@ module_traverse(PyObject *mod, visitproc visit, void *arg)
     Py_VISIT(st->LoopType);
     Py_VISIT(st->HandleType);
     Py_VISIT(st->TimerHandleType);
+    Py_VISIT(st->ThreadSafeHandleType);
+    Py_VISIT(st->RLock);
     Py_VISIT(st->GreenCoroType);
     Py_VISIT(st->TransportStateType);
     Py_VISIT(st->TransportBaseType);
@@ -335,6 +337,8 @@ module_clear(PyObject *mod)
     Py_CLEAR(st->LoopType);
     Py_CLEAR(st->HandleType);
     Py_CLEAR(st->TimerHandleType);
+    Py_CLEAR(st->ThreadSafeHandleType);
+    Py_CLEAR(st->RLock);
     Py_CLEAR(st->GreenCoroType);
     Py_CLEAR(st->TransportStateType);
     Py_CLEAR(st->TransportBaseType);

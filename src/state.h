@@ -18,6 +18,10 @@ typedef struct {
     PyTypeObject *LoopType;
     PyTypeObject *HandleType;
     PyTypeObject *TimerHandleType;
+    /* What call_soon_threadsafe() returns where asyncio has a thread-safe handle
+     * (events._ThreadSafeHandle, 3.14+), else NULL (it returns a Handle then). */
+    PyTypeObject *ThreadSafeHandleType;
+    PyObject *RLock; /* owned: threading.RLock, for those handles' locks */
     PyTypeObject *GreenCoroType;
     PyTypeObject *TransportStateType;  /* transport.c */
     PyTypeObject *TransportBaseType;   /* transport.c */

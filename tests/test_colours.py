@@ -7,9 +7,9 @@ model; each test states what differs.  Calls with no loop run in helper threads
 """
 
 import asyncio
-import sys
 import contextvars
 import inspect
+import sys
 import threading
 import traceback
 import warnings

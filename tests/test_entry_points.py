@@ -13,7 +13,6 @@ import warnings
 import pytest
 from support import PY312, error_of
 
-
 # These tests use asyncio's policy API on purpose, which 3.14 deprecates (its warnings
 # are expected there; tests/test_policy_versions.py checks them).
 pytestmark = pytest.mark.filterwarnings(
