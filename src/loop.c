@@ -209,8 +209,8 @@ static PyObject *
 new_soon_handle(gh_Loop *self, PyTypeObject *tp, PyObject *const *args, Py_ssize_t nargs,
                 PyObject *context)
 {
-    PyObject *h = gh_handle_new(self->st, tp, (PyObject *)self, args[0], args + 1, nargs - 1,
-                                context);
+    PyObject *h =
+        gh_handle_new(self->st, tp, (PyObject *)self, args[0], args + 1, nargs - 1, context);
     if (h == NULL) {
         return NULL;
     }
@@ -771,8 +771,8 @@ loop_call_soon_threadsafe(PyObject *op, PyObject *const *args, size_t nargsf, Py
         (self->debug && check_callback(self->st, args[0], "call_soon_threadsafe") < 0)) {
         return NULL;
     }
-    PyTypeObject *tp = self->st->ThreadSafeHandleType ? self->st->ThreadSafeHandleType
-                                                       : self->st->HandleType;
+    PyTypeObject *tp =
+        self->st->ThreadSafeHandleType ? self->st->ThreadSafeHandleType : self->st->HandleType;
     PyObject *h = new_soon_handle(self, tp, args, nargs, context);
     if (h != NULL) {
         gh_loop_wake_if_sleeping(self);
