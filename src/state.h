@@ -55,6 +55,7 @@ typedef struct {
     PyObject *tasks_module;     /* asyncio.tasks: Task is looked up per call, as asyncio does */
     PyObject *base_create_task; /* asyncio.BaseEventLoop.create_task */
     PyObject *kw_task_init;     /* ("loop", "name", "context") */
+    PyObject *await_probe;      /* owned: `async def (x): await x` (bridge.c) */
 
     /* Interned strings; owned. */
     PyObject *str_context;
