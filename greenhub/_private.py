@@ -223,6 +223,12 @@ NAMES: tuple[PrivateName, ...] = (
         "wrappers drop that attribute rather than copy it",
     ),
     PrivateName(
+        "asyncio.events", "_ThreadSafeHandle", CLASS, "3.14+",
+        "src/handle.c (looked up by name; greenhub's _ThreadSafeHandle subclasses it)",
+        "what call_soon_threadsafe() returns: a Handle whose cancel()/cancelled() take "
+        "an RLock that the loop holds while the callback runs",
+    ),
+    PrivateName(
         "asyncio.unix_events", "_DefaultEventLoopPolicy", CLASS, "3.14+",
         "__init__.py (greenhub.Policy's base on 3.14+)",
         "the stock policy class behind the deprecated asyncio.DefaultEventLoopPolicy "
@@ -682,6 +688,22 @@ NAMES: tuple[PrivateName, ...] = (
         "threading's after-fork code calls it on each thread's started Event, which "
         "patch_thread() makes a greenhub.sync.Event",
         params="",
+    ),
+    PrivateName(
+        "threading.Condition", "_release_save", OVERRIDDEN_METHOD, "3.11+", "sync.py",
+        "Condition.wait() calls it after queueing its waiter: greenhub.sync's _WaitProbe "
+        "releases the waiter there, so that wait(timeout) makes the stdlib's checks of "
+        "the timeout without blocking",
+        params="",
+    ),
+    PrivateName(
+        "threading.Condition", "_acquire_restore", OVERRIDDEN_METHOD, "3.11+", "sync.py",
+        "Condition.wait() calls it on the way out: _WaitProbe has nothing to restore",
+        params="x",
+    ),
+    PrivateName(
+        "threading.Condition", "_waiters", ATTRIBUTE, "3.11+", "sync.py",
+        "the queue of waiter locks, whose last one _WaitProbe releases",
     ),
     # -- greenhub.contrib: private names of the libraries it adapts -----------------
     # Checked when the library is installed (the [test] extra installs them all).

@@ -21,9 +21,14 @@ then resolves its future (directly on the loop's own thread, else through
 without being woken (timeout) removes itself; one that was woken but then
 cancelled passes the wakeup on, so no notification is ever lost.
 
-The raw locks, ``get_ident`` and ``time.sleep`` are captured at import, so
-``greenhub.monkey`` patching the `threading`/`time` modules never changes
-them underneath.
+The raw locks, ``get_ident``, ``time.sleep`` and ``threading.Condition``
+are captured at import, so ``greenhub.monkey`` patching the
+`threading`/`time` modules never changes them underneath.
+
+Timeouts are taken as `threading`, `queue` and `time.sleep()` take them on
+the running Python version, by letting the stdlib's own checks run: a free
+raw lock's acquire() makes CPython's conversion of a timeout and raises its
+errors; Condition.wait() itself decides what it accepts (_WaitProbe).
 """
 
 import _thread
@@ -31,6 +36,7 @@ import asyncio
 import heapq
 import operator
 import queue as _queue
+import threading as _threading
 import time as _time
 from collections import deque
 from collections.abc import Callable
@@ -53,6 +59,7 @@ __all__ = [
 ]
 
 _allocate_lock = _thread.allocate_lock
+_Condition = _threading.Condition
 _TIMEOUT_MAX = _thread.TIMEOUT_MAX
 _get_ident = _thread.get_ident
 _monotonic = _time.monotonic
@@ -71,27 +78,41 @@ _Mutex: TypeAlias = _thread.LockType
 # sleep
 
 
-def _pytime_check(seconds: float) -> float:
-    """Raises what CPython's conversion of a timeout raises (time.sleep(),
-    lock timeouts, socket timeouts share it): TypeError for what is neither
-    a float nor an integer, ValueError for NaN, OverflowError out of range
-    (inf, 1e308, 10**400: the messages change between Python versions).  A
-    new raw lock's acquire(True, seconds) makes that very conversion and,
-    being free, returns at once; it is given the magnitude, so that its own
-    rule for negative timeouts does not apply."""
-    if not isinstance(seconds, float):
-        seconds = operator.index(seconds)
-    _allocate_lock().acquire(True, -seconds if seconds < 0 else seconds)
-    return seconds
+def _seconds(timeout: Any) -> float:
+    """The seconds a timeout stands for, once CPython's conversion of timeouts
+    has accepted it: as that conversion reads it, a float's own value, else
+    the integer ``__index__`` gives, else (3.15 takes any real number)
+    ``float()``."""
+    if isinstance(timeout, float):
+        return float.__float__(timeout)  # a subclass's own value, as CPython reads it
+    try:
+        index = operator.index(timeout)
+    except TypeError:
+        return float(timeout)
+    return float(index)
 
 
 def _sleep_seconds(seconds: float) -> float:
-    """Validates `seconds` the way time.sleep() does (same errors)."""
-    if not (type(seconds) in (int, float) and 0 <= seconds <= _TIMEOUT_MAX):
-        seconds = _pytime_check(seconds)
-        if seconds < 0:
-            raise ValueError("sleep length must be non-negative")
-    return seconds
+    """time.sleep()'s argument as seconds >= 0; raises what time.sleep()
+    raises for it, on this Python version.
+
+    A free raw lock's acquire(True, seconds) makes CPython's conversion of a
+    timeout - the one time.sleep() makes, with its TypeError, ValueError and
+    OverflowError and their messages, which change between versions - and
+    returns at once.  It refuses NaN and negative timeouts with a ValueError
+    of its own and reads -1 as "no timeout"; time.sleep() refuses all of
+    those at once, so for them time.sleep() itself is called, to raise."""
+    if type(seconds) in (int, float) and 0 <= seconds <= _TIMEOUT_MAX:
+        return seconds
+    try:
+        _allocate_lock().acquire(True, seconds)
+    except ValueError:
+        _os_sleep(seconds)  # raises: NaN or a negative length
+        raise
+    value = _seconds(seconds)
+    if value < 0:
+        _os_sleep(seconds)  # raises: a negative length (-1)
+    return value
 
 
 def _resolve(fut: asyncio.Future[_T], value: _T) -> None:
@@ -126,19 +147,47 @@ def sleep(seconds: float) -> None:
 # waiters
 
 
-def _cond_timeout(timeout: float | None) -> float | None:
+class _WaitProbe(_Condition):
+    """threading.Condition whose wait(timeout) never blocks: it runs the
+    interpreter's own Condition.wait() for its checks of the timeout.
+
+    Condition.wait() queues a held raw lock as its waiter, releases the
+    condition's lock (`_release_save`), then decides from `timeout` whether
+    and how long to block on the waiter: ``timeout > 0`` up to 3.13,
+    ``timeout <= 0`` from 3.14, where NaN reaches the lock, which refuses it.
+    Here `_release_save` releases the waiter instead, so the acquire that
+    follows returns at once, having made the stdlib's checks and conversion.
+    The condition's own lock is held by nobody else and never released."""
+
+    def __init__(self) -> None:
+        lock = _allocate_lock()
+        lock.acquire()  # owned, for wait()'s check
+        super().__init__(lock)
+
+    def _release_save(self) -> None:
+        self._waiters[-1].release()  # type: ignore[attr-defined]
+
+    def _acquire_restore(self, state: object) -> None:
+        pass
+
+
+def _cond_timeout(timeout: Any) -> float | None:
     """A timeout as threading.Condition.wait() takes it: None (no limit),
-    0.0 (do not block: zero, negative, NaN - `timeout > 0` is false), else
-    seconds as a float.  Raises what it raises: `timeout > 0` for what does
-    not compare with 0, then the raw lock's conversion (a Decimal or
-    Fraction is no timeout there; inf overflows)."""
+    0.0 (do not block: zero, negative, and NaN up to 3.13), else seconds as a
+    float.  Raises what Condition.wait() raises for it on this Python
+    version: every value but a plain number is checked by running
+    Condition.wait() itself (_WaitProbe)."""
     if timeout is None:
         return None
-    if timeout > 0:
-        if not (type(timeout) in (int, float) and timeout <= _TIMEOUT_MAX):
-            _allocate_lock().acquire(True, timeout)
-        return float(timeout)
-    return 0.0
+    if type(timeout) in (int, float):
+        if timeout <= 0:
+            return 0.0
+        if timeout <= _TIMEOUT_MAX:
+            return float(timeout)
+    _WaitProbe().wait(timeout)
+    # Accepted.  It blocks for a number > 0 (on 3.14+ `not timeout <= 0`: the
+    # same for every number; NaN, where the two differ, was refused there).
+    return _seconds(timeout) if timeout > 0 else 0.0
 
 
 class _Waiter:
@@ -299,15 +348,17 @@ def _deadline(timeout: float | None) -> float | None:
 
 
 def _remaining(deadline: float | None) -> float | None:
-    """Seconds left before `deadline`, 0.0 once it has passed.  A NaN
-    deadline counts as passed: threading would call Condition.wait(nan),
-    which does not block, and compute NaN again, forever.  What is left
-    is then waited for with _cond_timeout()'s rules (an infinite deadline
-    overflows there, as threading's lock does)."""
+    """Seconds left before `deadline`, 0.0 once it has passed; as threading's
+    loops do (`if remaining <= 0: ...`, else Condition.wait(remaining)), what
+    is left goes through _cond_timeout()'s rules: an infinite deadline
+    overflows there, and a NaN one raises ValueError from 3.14, as there.  Up
+    to 3.13 Condition.wait(nan) does not block, and threading computes NaN
+    again, forever; there _cond_timeout(nan) is 0.0, so the deadline counts
+    as passed."""
     if deadline is None:
         return None
     left = deadline - _monotonic()
-    return _cond_timeout(left) if left > 0 else 0.0
+    return 0.0 if left <= 0 else _cond_timeout(left)
 
 
 # --------------------------------------------------------------------------
@@ -316,10 +367,11 @@ def _remaining(deadline: float | None) -> float | None:
 
 def _lock_timeout(blocking: bool, timeout: float) -> float | None:
     """threading.Lock.acquire()'s arguments -> None (forever) or seconds."""
-    if timeout == -1:
-        return None if blocking else 0.0
-    if blocking and type(timeout) in (int, float) and 0 <= timeout <= _TIMEOUT_MAX:
-        return float(timeout)
+    if type(timeout) in (int, float):
+        if timeout == -1:
+            return None if blocking else 0.0
+        if blocking and 0 <= timeout <= _TIMEOUT_MAX:
+            return float(timeout)
     # Anything else: a raw lock raises exactly what threading raises on this
     # Python version (the messages differ between versions).
     probe = _allocate_lock()
@@ -327,8 +379,9 @@ def _lock_timeout(blocking: bool, timeout: float) -> float | None:
     probe.release()
     if not blocking:
         return 0.0
-    # Accepted by the lock: a float, or an integer through __index__.
-    return float(timeout if isinstance(timeout, float) else operator.index(timeout))
+    seconds = _seconds(timeout)
+    # The lock refuses negative timeouts but -1, which it reads as no limit.
+    return None if seconds < 0 else seconds
 
 
 class Lock:
@@ -792,14 +845,11 @@ class Event:
         self._waiters = _WaitQueue()
 
 
-def _semaphore_timeout(blocking: bool, timeout: float | None) -> float | None:
-    """Semaphore.acquire()'s timeout: 0.0 for a non-blocking call, else as
-    given (threading looks at it only once it has to wait)."""
-    if not blocking:
-        if timeout is not None:
-            raise ValueError("can't specify timeout for non-blocking acquire")
-        return 0.0
-    return timeout
+def _semaphore_check(blocking: bool, timeout: float | None) -> None:
+    """Semaphore.acquire()'s one check of its arguments before it has to
+    wait; threading looks at the timeout only then (_first_deadline)."""
+    if not blocking and timeout is not None:
+        raise ValueError("can't specify timeout for non-blocking acquire")
 
 
 def _first_deadline(timeout: float | None) -> float | None:
@@ -824,17 +874,19 @@ class Semaphore:
         return f"<{type(self).__module__}.{type(self).__qualname__} at {id(self):#x}: value={self._value}>"
 
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
-        seconds = _semaphore_timeout(blocking, timeout)
+        _semaphore_check(blocking, timeout)
         started = False
         deadline = None
         mutex = self._mutex
         mutex.acquire()
         try:
             while self._value == 0:
-                if not started and seconds != 0.0:
-                    deadline = _first_deadline(seconds)
+                if not blocking:
+                    return False
+                if not started:
+                    deadline = _first_deadline(timeout)
                     started = True
-                remaining = 0.0 if seconds == 0.0 else _remaining(deadline)
+                remaining = _remaining(deadline)
                 if remaining == 0.0:
                     return False
                 self._waiters.wait(mutex, remaining)
@@ -844,17 +896,19 @@ class Semaphore:
             mutex.release()
 
     async def async_acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
-        seconds = _semaphore_timeout(blocking, timeout)
+        _semaphore_check(blocking, timeout)
         started = False
         deadline = None
         mutex = self._mutex
         mutex.acquire()
         try:
             while self._value == 0:
-                if not started and seconds != 0.0:
-                    deadline = _first_deadline(seconds)
+                if not blocking:
+                    return False
+                if not started:
+                    deadline = _first_deadline(timeout)
                     started = True
-                remaining = 0.0 if seconds == 0.0 else _remaining(deadline)
+                remaining = _remaining(deadline)
                 if remaining == 0.0:
                     return False
                 await self._waiters.async_wait(mutex, remaining)

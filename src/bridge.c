@@ -24,9 +24,90 @@
 #include "switches.h"
 #include "vthread.h"
 
+/* A generator made by a @types.coroutine function: `await` takes it as it
+ * takes a coroutine.  1 if so, 0 if not, -1 with an exception. */
+static int
+is_iterable_coroutine(PyObject *obj)
+{
+    if (!PyGen_CheckExact(obj)) {
+        return 0;
+    }
+    PyObject *code = PyObject_GetAttrString(obj, "gi_code");
+    if (code == NULL) {
+        return -1;
+    }
+    int flags = ((PyCodeObject *)code)->co_flags;
+    Py_DECREF(code);
+    return (flags & CO_ITERABLE_COROUTINE) != 0;
+}
+
+/* The TypeError `await` raises when __await__() returned `it`, which it
+ * refuses: a coroutine (or a @types.coroutine generator), or no iterator.
+ * 3.15 reworded both messages.  Unlike refuse_as_await_does(), this cannot
+ * let the interpreter raise its own error: that would call __await__() a
+ * second time.  This is the one place that follows the wording by version. */
+static void
+bad_await_result(PyObject *awaitable, PyObject *it, int coroutine)
+{
+#if PY_VERSION_HEX >= 0x030F0000
+    if (coroutine) {
+        PyErr_Format(PyExc_TypeError, "%T.__await__() must return an iterator, not coroutine",
+                     awaitable);
+    }
+    else {
+        PyErr_Format(PyExc_TypeError, "%T.__await__() must return an iterator, not %T", awaitable,
+                     it);
+    }
+#else
+    (void)awaitable;
+    if (coroutine) {
+        PyErr_SetString(PyExc_TypeError, "__await__() returned a coroutine");
+    }
+    else {
+        PyErr_Format(PyExc_TypeError, "__await__() returned non-iterator of type '%.100s'",
+                     Py_TYPE(it)->tp_name);
+    }
+#endif
+}
+
+/* Raises the TypeError `await awaitable` raises, for an object in which
+ * await_iterator() found nothing `await` would drive.  The interpreter's
+ * wording changes between versions ("object int can't be used in 'await'
+ * expression" up to 3.13, "'int' object can't be awaited" from 3.14), so the
+ * interpreter makes it: `await awaitable` in st->await_probe's coroutine
+ * fails in its first step, before anything runs.  Its traceback entry (the
+ * probe's frame) is dropped: the error is await_()'s.  Should the
+ * interpreter take the object after all, greenhub's own TypeError says so. */
+static PyObject *
+refuse_as_await_does(gh_state *st, PyObject *awaitable)
+{
+    PyObject *coro = PyObject_CallOneArg(st->await_probe, awaitable);
+    if (coro == NULL) {
+        return NULL;
+    }
+    PyObject *res = NULL;
+    if (PyIter_Send(coro, Py_None, &res) == PYGEN_ERROR) {
+        PyObject *exc = gh_err_get_raised();
+        PyException_SetTraceback(exc, Py_None);
+        gh_err_set_raised(exc);
+        Py_DECREF(coro);
+        return NULL;
+    }
+    Py_XDECREF(res);
+    PyObject *closed = PyObject_CallMethodNoArgs(coro, st->str_close);
+    Py_DECREF(coro);
+    if (closed == NULL) {
+        return NULL;
+    }
+    Py_DECREF(closed);
+    PyErr_Format(PyExc_TypeError, "greenhub.await_() cannot wait on a %.100s object",
+                 Py_TYPE(awaitable)->tp_name);
+    return NULL;
+}
+
 /* The iterator `await awaitable` would drive, or NULL + TypeError. */
 static PyObject *
-await_iterator(PyObject *awaitable)
+await_iterator(gh_state *st, PyObject *awaitable)
 {
     if (PyCoro_CheckExact(awaitable)) {
         return Py_NewRef(awaitable);
@@ -34,34 +115,48 @@ await_iterator(PyObject *awaitable)
     PyAsyncMethods *am = Py_TYPE(awaitable)->tp_as_async;
     if (am != NULL && am->am_await != NULL) {
         PyObject *it = am->am_await(awaitable);
-        if (it != NULL && PyCoro_CheckExact(it)) {
-            PyErr_SetString(PyExc_TypeError, "__await__() returned a coroutine");
+        if (it == NULL) {
+            return NULL;
+        }
+        int coroutine = PyCoro_CheckExact(it) ? 1 : is_iterable_coroutine(it);
+        if (coroutine < 0) {
             Py_DECREF(it);
             return NULL;
         }
-        if (it != NULL && !PyIter_Check(it)) {
-            PyErr_Format(PyExc_TypeError, "__await__() returned non-iterator of type '%.100s'",
-                         Py_TYPE(it)->tp_name);
+        if (coroutine || !PyIter_Check(it)) {
+            bad_await_result(awaitable, it, coroutine);
             Py_DECREF(it);
             return NULL;
         }
         return it;
     }
-    if (PyGen_CheckExact(awaitable)) {
-        /* a @types.coroutine generator: awaitable by `await` as well */
-        PyObject *code = PyObject_GetAttrString(awaitable, "gi_code");
-        if (code == NULL) {
-            return NULL;
-        }
-        int flags = ((PyCodeObject *)code)->co_flags;
-        Py_DECREF(code);
-        if (flags & CO_ITERABLE_COROUTINE) {
-            return Py_NewRef(awaitable);
-        }
+    int iterable = is_iterable_coroutine(awaitable);
+    if (iterable != 0) {
+        return iterable < 0 ? NULL : Py_NewRef(awaitable);
     }
-    PyErr_Format(PyExc_TypeError, "object %.100s can't be used in 'await' expression",
-                 Py_TYPE(awaitable)->tp_name);
-    return NULL;
+    return refuse_as_await_does(st, awaitable);
+}
+
+int
+gh_bridge_init(gh_state *st)
+{
+    /* refuse_as_await_does()'s probe: a coroutine function of the
+     * interpreter's, so that `await` itself refuses what it refuses. */
+    static const char src[] = "async def await_probe(awaitable):\n"
+                              "    await awaitable\n";
+    PyObject *code = Py_CompileString(src, "<greenhub.await_>", Py_file_input);
+    if (code == NULL) {
+        return -1;
+    }
+    PyObject *ns = PyDict_New();
+    PyObject *res = ns == NULL ? NULL : PyEval_EvalCode(code, ns, ns);
+    Py_DECREF(code);
+    Py_XDECREF(res);
+    if (res != NULL) {
+        st->await_probe = PyMapping_GetItemString(ns, "await_probe"); /* owned */
+    }
+    Py_XDECREF(ns);
+    return st->await_probe == NULL ? -1 : 0;
 }
 
 /* Closes a coroutine we were given but will not run, so it does not warn
@@ -325,7 +420,7 @@ gh_await(gh_state *st, PyObject *awaitable)
         return NULL;
     }
 
-    PyObject *it = await_iterator(awaitable);
+    PyObject *it = await_iterator(st, awaitable);
     if (it == NULL) {
         return NULL;
     }

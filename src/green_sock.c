@@ -320,6 +320,37 @@ send_until(waitctx *c, const char *buf, Py_ssize_t len, int flags)
  * wait for readability (recv(fd, buf, 0) on the non-blocking fd fails with
  * EAGAIN until data arrives). */
 
+/* Raises what socket.socket's method `name` raises for `args` and `kwargs`,
+ * which broke one of its rules: our parse of them (with its format) failed,
+ * or a rule it checks before any I/O (a negative size, a buffer too small).
+ * socket words those errors itself, differently between versions (3.15 moved
+ * send and sendall to another argument parser), so socket raises them: the
+ * same call on a socket with no fd - made by socket.socket's own __new__
+ * without __init__, so its fd is -1 and nothing is sent or received - fails
+ * with socket's own error.  Should socket accept the arguments (the call
+ * then fails with EBADF), the error the caller set stands. */
+static PyObject *
+socket_arg_error(gh_state *st, const char *name, PyObject *args, PyObject *kwargs)
+{
+    PyObject *ours = gh_err_get_raised();
+    PyTypeObject *tp = (PyTypeObject *)st->tr.socket_type;
+    PyObject *empty = PyTuple_New(0);
+    PyObject *nofd = empty == NULL ? NULL : tp->tp_new(tp, empty, NULL);
+    Py_XDECREF(empty);
+    PyObject *meth = nofd == NULL ? NULL : PyObject_GetAttrString(nofd, name);
+    Py_XDECREF(nofd);
+    PyObject *res = meth == NULL ? NULL : PyObject_Call(meth, args, kwargs);
+    Py_XDECREF(meth);
+    if (res == NULL && !PyErr_ExceptionMatches(PyExc_OSError)) {
+        Py_XDECREF(ours); /* socket's own error is set */
+        return NULL;
+    }
+    Py_XDECREF(res);
+    PyErr_Clear();
+    gh_err_set_raised(ours);
+    return NULL;
+}
+
 /* _green_recv(sock, args): socket.recv(*args). */
 static PyObject *
 green_recv(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
@@ -332,11 +363,11 @@ green_recv(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     if (!PyArg_ParseTuple(args[1], "n|i:recv", &len, &flags)) {
-        return NULL;
+        return socket_arg_error(st, "recv", args[1], NULL);
     }
     if (len < 0) {
         PyErr_SetString(PyExc_ValueError, "negative buffersize in recv");
-        return NULL;
+        return socket_arg_error(st, "recv", args[1], NULL);
     }
     waitctx c;
     if (ctx_init(&c, st, args[0]) < 0) {
@@ -378,19 +409,17 @@ green_recv_into(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     int flags = 0;
     PyObject *kw = args[2] == Py_None ? NULL : args[2];
     if (!PyArg_ParseTupleAndKeywords(args[1], kw, "w*|ni:recv_into", kwlist, &view, &len, &flags)) {
-        return NULL;
+        return socket_arg_error(st, "recv_into", args[1], kw);
     }
     PyObject *res = NULL;
-    if (len < 0) {
-        PyErr_SetString(PyExc_ValueError, "negative buffersize in recv_into");
-        goto done;
+    if (len < 0 || view.len < (len == 0 ? view.len : len)) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, len < 0 ? "negative buffersize in recv_into"
+                                                  : "buffer too small for requested bytes");
+        return socket_arg_error(st, "recv_into", args[1], kw);
     }
     if (len == 0) {
         len = view.len;
-    }
-    if (view.len < len) {
-        PyErr_SetString(PyExc_ValueError, "buffer too small for requested bytes");
-        goto done;
     }
     waitctx c;
     if (ctx_init(&c, st, args[0]) < 0) {
@@ -416,7 +445,7 @@ green_send(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     Py_buffer view;
     int flags = 0;
     if (!PyArg_ParseTuple(args[1], "y*|i:send", &view, &flags)) {
-        return NULL;
+        return socket_arg_error(st, "send", args[1], NULL);
     }
     waitctx c;
     PyObject *res = NULL;
@@ -441,7 +470,7 @@ green_sendall(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     Py_buffer view;
     int flags = 0;
     if (!PyArg_ParseTuple(args[1], "y*|i:sendall", &view, &flags)) {
-        return NULL;
+        return socket_arg_error(st, "sendall", args[1], NULL);
     }
     waitctx c;
     PyObject *res = NULL;

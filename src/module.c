@@ -203,7 +203,7 @@ module_exec(PyObject *mod)
         add_type(mod, &gh_transport_base_spec, NULL, &st->TransportBaseType) < 0 ||
         add_type(mod, &gh_sockdone_spec, NULL, &st->SockDoneType) < 0 ||
         gh_transport_state_init(st) < 0 || gh_sock_state_init(st) < 0 ||
-        gh_fd_wait_init(mod, st) < 0 || gh_green_sock_init(mod, st) < 0) {
+        gh_fd_wait_init(mod, st) < 0 || gh_green_sock_init(mod, st) < 0 || gh_bridge_init(st) < 0) {
         return -1;
     }
     if (gh_green_import() < 0) {
@@ -307,6 +307,7 @@ module_traverse(PyObject *mod, visitproc visit, void *arg)
     Py_VISIT(st->CancelledError);
     Py_VISIT(st->hook_deferred_wait);
     Py_VISIT(st->str_standin);
+    Py_VISIT(st->await_probe);
     Py_VISIT(st->str_gr_context);
     Py_VISIT(st->str_throw);
     Py_VISIT(st->str_close);
@@ -351,6 +352,7 @@ module_clear(PyObject *mod)
     gh_tasks_clear(st);
     Py_CLEAR(st->worker_main);
     Py_CLEAR(st->get_running_loop);
+    Py_CLEAR(st->await_probe);
     Py_CLEAR(st->hook_run_sync);
     Py_CLEAR(st->str_gr_context);
     Py_CLEAR(st->str_throw);

@@ -73,6 +73,7 @@ typedef struct {
         PyObject *kw_init_eager;      /* ("loop", "name", "context", "eager_start") */
         PyObject *str_Task, *str_get_coro;
     } tk;
+    PyObject *await_probe; /* owned: `async def (x): await x` (bridge.c) */
 
     /* Interned strings; owned. */
     PyObject *str_context;

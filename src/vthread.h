@@ -76,6 +76,9 @@ extern PyType_Spec gh_greencoro_spec;
 /* greenhub.await_(awaitable) - see bridge.c. */
 PyObject *gh_await(gh_state *st, PyObject *awaitable);
 
+/* Makes st->await_probe; module_exec() calls it.  0, or -1 with an exception. */
+int gh_bridge_init(gh_state *st);
+
 /* 1 if the caller runs inside a task step of a greenhub loop running in
  * this thread (where gh_await() suspends only that task), 0 if not, -1 with
  * an exception set on error. */

@@ -13,9 +13,10 @@ greenhub's documented behaviour instead (docs/design.md, "Timer deadlines"):
 - a timer whose heappush() comparison fails stays in asyncio's heap and breaks every
   later iteration; greenhub does not schedule it;
 - with time() stuck at +/-inf, asyncio spins without running a timer due then;
-- threading's Condition.wait_for, Semaphore.acquire and queue get/put spin forever on a
-  NaN timeout (Condition.wait(nan) does not block, and the NaN deadline never passes);
-  greenhub's counterparts treat the NaN deadline as passed.
+- up to 3.13, threading's Condition.wait_for, Semaphore.acquire and queue get/put spin
+  forever on a NaN timeout (Condition.wait(nan) does not block, and the NaN deadline never
+  passes); greenhub's counterparts treat the NaN deadline as passed.  From 3.14
+  Condition.wait(nan) raises ValueError, so they raise it at once, and greenhub does too.
 
 No scenario waits for a real timer beyond a few hundredths of a second: deadlines are in
 the past, or far in the future and never reached, and the loops stop on a readable fd or
@@ -426,11 +427,25 @@ def _stuck_clock(lp, stuck):
 # threading: not worth a second per row.
 SYNC_EDGES = [e for e in EDGE_IDS if e not in ("True",)]
 
+# Numbers of other types at 0 and -1, for greenhub's own waits: the stdlib's checks take
+# other paths there (`_time() + Decimal(0)` fails; a lock reads -1 as "no limit").
+SYNC_EXTRA = {
+    "Decimal-zero": Decimal(0),
+    "Fraction-zero": Fraction(0),
+    "Decimal-minus-one": Decimal(-1),
+    "index-minus-one": IndexOnly(-1),
+}
+SYNC_EDGES += list(SYNC_EXTRA)
+# A held lock waits for ever where the lock takes -1 as no limit: -2 and -0.5 there.
+HELD_LOCK_VALUES = {"Decimal-minus-one": Decimal("-0.5"), "index-minus-one": IndexOnly(-2)}
+
 
 def _value_for(prim, edge):
-    v = EDGES[edge]
+    v = EDGES[edge] if edge in EDGES else SYNC_EXTRA[edge]
     if edge == "negative" and prim in ("lock_held", "lock_free", "rlock"):
         return -0.5
+    if prim == "lock_held" and edge in HELD_LOCK_VALUES:
+        return HELD_LOCK_VALUES[edge]
     return v
 
 
@@ -494,6 +509,18 @@ NAN_SPINS = {"wait_for": ("ok", False), "semaphore": ("ok", False)}
 NAN_SPINS.update(queue_get=("raise", "Empty", ""), queue_put=("raise", "Full", ""))
 
 
+def _threading_spins_on_nan():
+    """Whether those rows spin on this Python: Condition.wait(nan) returns at once there
+    (up to 3.13); from 3.14 it raises ValueError, and so do the loops built on it."""
+    c = threading.Condition()
+    with c:
+        try:
+            c.wait(math.nan)
+        except ValueError:
+            return False
+    return True
+
+
 def _in_vthread(fn, arg):
     async def main():
         return await greenhub.spawn(fn, arg)
@@ -509,7 +536,7 @@ def _in_vthread(fn, arg):
 @pytest.mark.parametrize("edge", SYNC_EDGES)
 def test_sync_primitive_timeouts_edge(greenhub_leak_check, prim, edge):
     arg = _value_for(prim, edge)
-    if edge == "nan" and prim in NAN_SPINS:
+    if edge == "nan" and prim in NAN_SPINS and _threading_spins_on_nan():
         expected = NAN_SPINS[prim]
     else:
         expected = outcome(lambda: STD[prim](arg))
@@ -520,12 +547,12 @@ def test_sync_primitive_timeouts_edge(greenhub_leak_check, prim, edge):
 # time.sleep() raises or returns at once for these (the others would really sleep).
 SLEEP_EDGES = ["nan", "inf", "-inf", "negative", "zero", "zero-float", "1e308", "-1e308"]
 SLEEP_EDGES += ["10**400", "-10**400", "False", "Decimal", "Fraction", "float-only"]
-SLEEP_EDGES += ["index-only", "float-raises", "int-subclass", "str"]
+SLEEP_EDGES += ["index-only", "float-raises", "int-subclass", "str", *SYNC_EXTRA]
 
 
 @pytest.mark.parametrize("edge", SLEEP_EDGES)
 def test_greenhub_sleep_edge(greenhub_leak_check, edge):
-    arg = EDGES[edge]
+    arg = EDGES[edge] if edge in EDGES else SYNC_EXTRA[edge]
     expected = outcome(lambda: time.sleep(arg))
     assert outcome(lambda: gsync.sleep(arg)) == expected
     assert outcome(lambda: _in_vthread(gsync.sleep, arg)) == expected

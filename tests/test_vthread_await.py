@@ -516,6 +516,18 @@ async def _bare():
     pass
 
 
+@types.coroutine
+def _iterable_coroutine():
+    yield
+
+
+class AwaitReturnsIterableCoroutine:
+    """`await` refuses a @types.coroutine generator from __await__, as a coroutine."""
+
+    def __await__(self):
+        return _iterable_coroutine()
+
+
 def _plain_generator():
     yield
 
@@ -528,10 +540,22 @@ def _plain_generator():
         lambda: "text",
         lambda: object(),
         lambda: AwaitReturnsNonIterator(),
+        lambda: AwaitReturnsCoroutine(),
+        lambda: AwaitReturnsIterableCoroutine(),
         lambda: _plain_generator(),
         lambda: asyncio.sleep,
     ],
-    ids=["int", "None", "str", "object", "await-non-iterator", "plain-generator", "function"],
+    ids=[
+        "int",
+        "None",
+        "str",
+        "object",
+        "await-non-iterator",
+        "await-coroutine",
+        "await-types-coroutine",
+        "plain-generator",
+        "function",
+    ],
 )
 def test_non_awaitable_raises_the_type_error_await_raises(gloop, make):
     async def with_await():
@@ -544,11 +568,15 @@ def test_non_awaitable_raises_the_type_error_await_raises(gloop, make):
         try:
             greenhub.await_(make())
         except TypeError as exc:
+            # raised by await_() itself: no frame of greenhub's own below the caller's
+            assert exc.__traceback__.tb_next is None
             return str(exc)
 
-    expected = run(gloop, with_await())
-    assert expected is not None
-    assert run(gloop, sync_task(with_await_)) == expected
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # __await__'s coroutine, never awaited
+        expected = run(gloop, with_await())
+        assert expected is not None
+        assert run(gloop, sync_task(with_await_)) == expected
 
 
 def test_already_awaited_coroutine_raises_like_await(gloop):
