@@ -7,6 +7,7 @@ loops (on greenhub its calls run in the awaiting task, elsewhere in worker threa
 """
 
 import asyncio
+import inspect
 import itertools
 import sys
 import threading
@@ -130,5 +131,5 @@ def test_async_and_sync_apis_are_the_same_code():
     for name in ("get", "set", "delete", "incr", "wait", "close"):
         sync_method, async_method = getattr(Client, name), getattr(AsyncClient, name)
         assert async_method.__wrapped__ is sync_method
-        assert asyncio.iscoroutinefunction(async_method)
-        assert not asyncio.iscoroutinefunction(sync_method)
+        assert inspect.iscoroutinefunction(async_method)
+        assert not inspect.iscoroutinefunction(sync_method)
