@@ -580,6 +580,11 @@ NAMES: tuple[PrivateName, ...] = (
             "_read_ready_cb",
         )
     ),
+    PrivateName(
+        _TRANSPORT, "_high_water", OVERRIDDEN_ATTRIBUTE, "3.11+", "src/transport.c",
+        "stored in the C TransportState as the others above: write() sends the queue at "
+        "once when it grows past the mark, where the stock write() may pause the protocol",
+    ),
     # -- handles, futures, tasks ------------------------------------------------------
     PrivateName(
         _HANDLE, "_run", OVERRIDDEN_METHOD, "3.11+", "src/handle.c; _loop.py",

@@ -29,9 +29,13 @@
  * Queued data is sent before anything can tell it was queued: at the end of
  * every loop iteration (also when a callback raises out of the loop), and,
  * from the Python layer, before close(), abort(), write_eof(), writelines(),
- * get_write_buffer_size() and sendfile.  A queue past GH_WQ_FLUSH_AT bytes is
- * sent at once, so flow control sees what the kernel did not take, as with
- * asyncio, which sends in write() itself.
+ * get_write_buffer_size() and sendfile.  A queue past the transport's
+ * high-water mark (or past GH_WQ_FLUSH_AT bytes) is sent at once, in write():
+ * what the kernel does not take of it can pause the protocol, and asyncio
+ * calls pause_writing() inside write() itself - in the caller's context, with
+ * the caller still to run.  A queue that waits for the end of the iteration
+ * is never over the mark, so what is left of it cannot pause the protocol
+ * there, in the loop's own context.
  */
 #include "transport.h"
 
@@ -49,7 +53,8 @@
 #define IOV_MAX 1024
 #endif
 
-/* asyncio's default high-water mark: a queue this big is sent at once. */
+/* asyncio's default high-water mark: a queue this big is sent at once, whatever
+ * the transport's mark (a bound on what one iteration holds back). */
 #define GH_WQ_FLUSH_AT (64 * 1024)
 
 /* sock_fd() results besides a valid fd. */
@@ -738,7 +743,7 @@ tr_write(PyObject *self, PyTypeObject *cls, PyObject *const *args, size_t nargsf
     if (!wq->queued) {
         wq_link(loop, wq, self);
     }
-    if (wq->size >= GH_WQ_FLUSH_AT && wq_flush_now(st, wq) < 0) {
+    if (wq->size > wq->hold_max && wq_flush_now(st, wq) < 0) {
         goto decided;
     }
     res = Py_NewRef(Py_None);
@@ -828,6 +833,7 @@ wq_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     gh_TransportState *wq = (gh_TransportState *)type->tp_alloc(type, 0);
     if (wq != NULL) {
         wq->loop = (gh_Loop *)Py_NewRef(loop);
+        wq->hold_max = -1; /* until asyncio's __init__ sets _high_water */
         st->live_transport_states++;
     }
     return (PyObject *)wq;
@@ -847,6 +853,7 @@ wq_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(wq->sock);
     Py_VISIT(wq->protocol);
     Py_VISIT(wq->read_ready_cb);
+    Py_VISIT(wq->high_water);
     return 0;
 }
 
@@ -868,6 +875,8 @@ wq_clear(PyObject *op)
     Py_CLEAR(wq->sock);
     Py_CLEAR(wq->protocol);
     Py_CLEAR(wq->read_ready_cb);
+    Py_CLEAR(wq->high_water);
+    wq->hold_max = -1;
     return 0;
 }
 
@@ -985,6 +994,40 @@ sock_get(PyObject *self, void *closure)
     return v;
 }
 
+/* _high_water (asyncio's _set_write_buffer_limits() sets it): kept as the
+ * object asyncio compares, and as the queue bound write() checks.  A mark
+ * that is not an int (a float from set_write_buffer_limits(high=1.5)) makes
+ * every write go out at once: asyncio's own behaviour, for any mark. */
+static int
+high_water_set(PyObject *self, PyObject *value, void *closure)
+{
+    if (field_set(self, value, closure) < 0) {
+        return -1;
+    }
+    Py_ssize_t hold = -1;
+    if (value != NULL && PyLong_Check(value)) {
+        int overflow;
+        long long v = PyLong_AsLongLongAndOverflow(value, &overflow);
+        if (v == -1 && PyErr_Occurred()) {
+            return -1;
+        }
+        if (overflow > 0 || v >= GH_WQ_FLUSH_AT) {
+            hold = GH_WQ_FLUSH_AT - 1;
+        }
+        else if (overflow == 0 && v >= 0) {
+            hold = (Py_ssize_t)v;
+        }
+    }
+    gh_state *st = gh_state_from_type(Py_TYPE(self));
+    gh_TransportState *ts = st != NULL ? state_of(st, self) : NULL;
+    if (ts == NULL) {
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    ts->hold_max = hold;
+    Py_DECREF(ts);
+    return 0;
+}
+
 #define FIELD(name, field)                                                                         \
     {                                                                                              \
         name, field_get, field_set, NULL, (void *)offsetof(gh_TransportState, field)               \
@@ -998,6 +1041,8 @@ static PyGetSetDef transport_getset[] = {
     {"_sock", sock_get, field_set, NULL, (void *)offsetof(gh_TransportState, sock)},
     FIELD("_protocol", protocol),
     FIELD("_read_ready_cb", read_ready_cb),
+    {"_high_water", field_get, high_water_set, NULL,
+     (void *)offsetof(gh_TransportState, high_water)},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

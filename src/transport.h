@@ -22,6 +22,11 @@ typedef struct gh_TransportState {
     PyObject_HEAD struct gh_Loop_s *loop; /* owned */
     /* asyncio's attributes of the same names; each owned, NULL while unset. */
     PyObject *conn_lost, *eof, *empty_waiter, *buffer, *sock, *protocol, *read_ready_cb;
+    PyObject *high_water;
+    /* The most bytes write() may leave queued for the end of the iteration:
+     * the smaller of _high_water and GH_WQ_FLUSH_AT - 1; -1 (send every write
+     * at once) while _high_water is unset or not an int. */
+    Py_ssize_t hold_max;
     PyObject *transport;                   /* owned while queued, else NULL */
     struct gh_TransportState *prev, *next; /* the loop's flush list */
     PyObject **items;                      /* owned bytes objects; PyMem array */

@@ -264,6 +264,30 @@ def test_flow_control_with_a_peer_that_does_not_read(loop):
     peer.close()
 
 
+def test_write_past_a_low_high_water_mark_pauses_in_write(loop):
+    # asyncio sends in write() and pauses the protocol there, as soon as what the kernel
+    # did not take is over the high-water mark.  greenhub's queue waits for the end of the
+    # iteration only while it is under the mark: otherwise the pause would come later,
+    # after more writes, and outside the code that wrote (in the loop's own context).
+    transport, protocol, peer = peer_pair(loop, FlowProtocol)
+    transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    transport.set_write_buffer_limits(high=0)
+    chunk = b"x" * 1024
+
+    def fill():
+        for _ in range(10_000):
+            transport.write(chunk)
+            if protocol.events:
+                return protocol.events[0]
+        return None
+
+    event, buffered = run_soon(loop, fill)
+    assert event == "pause"
+    assert 0 < buffered <= len(chunk)  # the rest of the write that filled the kernel
+    close_and_drain(loop, transport)
+    peer.close()
+
+
 class WriteOnResume(FlowProtocol):
     """Writes more when resumed, on a transport already closing: asyncio's writer
     callback closes the socket right after resume_writing() if its buffer is empty, so
