@@ -16,6 +16,7 @@ which is what a drop-in loop must do.  The selector itself is never used.
 
 import asyncio
 import collections.abc
+import contextvars
 import functools
 import os as _os
 import selectors
@@ -33,6 +34,7 @@ from . import _core, _dump, _task, _transport, _vthread
 from ._children import ChildrenMixin
 from ._private import (
     HAVE_RUN_FOREVER_SETUP,
+    TRANSPORT_CONTEXT,
     _fileobj_to_fd,
     _format_handle,
     _set_running_loop,
@@ -173,16 +175,36 @@ class Loop(_core.Loop, ChildrenMixin, ResolveMixin, _UnixSelectorEventLoop):
     # TCP and Unix socket connections (plain and TLS) get greenhub's socket
     # transport: asyncio's, with reads and writes in C (_transport.py).
 
-    def _make_socket_transport(
-        self,
-        sock: socket.socket,
-        protocol: asyncio.BaseProtocol,
-        waiter: asyncio.Future[None] | None = None,
-        *,
-        extra: dict[str, Any] | None = None,
-        server: asyncio.Server | None = None,
-    ) -> _transport.SocketTransport:
-        return _transport.SocketTransport(self, sock, protocol, waiter, extra, server)
+    if TRANSPORT_CONTEXT:
+        # 3.15: the transport runs its protocol's callbacks in `context` (the server's
+        # per-connection copy, or a copy of the context create_connection() ran in).
+
+        def _make_socket_transport(
+            self,
+            sock: socket.socket,
+            protocol: asyncio.BaseProtocol,
+            waiter: asyncio.Future[None] | None = None,
+            *,
+            extra: dict[str, Any] | None = None,
+            server: asyncio.Server | None = None,
+            context: contextvars.Context | None = None,
+        ) -> _transport.SocketTransport:
+            return _transport.SocketTransport(
+                self, sock, protocol, waiter, extra, server, context=context
+            )
+
+    else:
+
+        def _make_socket_transport(
+            self,
+            sock: socket.socket,
+            protocol: asyncio.BaseProtocol,
+            waiter: asyncio.Future[None] | None = None,
+            *,
+            extra: dict[str, Any] | None = None,
+            server: asyncio.Server | None = None,
+        ) -> _transport.SocketTransport:
+            return _transport.SocketTransport(self, sock, protocol, waiter, extra, server)
 
     # -- sock_* ------------------------------------------------------------
     #
@@ -233,6 +255,11 @@ class Loop(_core.Loop, ChildrenMixin, ResolveMixin, _UnixSelectorEventLoop):
         server: asyncio.Server | None = None,
         **timeouts: Any,
     ) -> asyncio.Transport:
+        # From 3.15 `context` comes with the timeouts, for the socket transport
+        # (the stock method gives it only to that, not to the SSLProtocol).
+        transport_kwargs = {}
+        if TRANSPORT_CONTEXT:
+            transport_kwargs["context"] = timeouts.pop("context", None)
         ssl_protocol = sslproto.SSLProtocol(
             self,
             protocol,
@@ -242,7 +269,9 @@ class Loop(_core.Loop, ChildrenMixin, ResolveMixin, _UnixSelectorEventLoop):
             server_hostname,
             **timeouts,
         )
-        _transport.SocketTransport(self, rawsock, ssl_protocol, extra=extra, server=server)
+        _transport.SocketTransport(
+            self, rawsock, ssl_protocol, extra=extra, server=server, **transport_kwargs
+        )
         return ssl_protocol._app_transport
 
     # -- running ----------------------------------------------------------

@@ -45,6 +45,7 @@ from typing import Any, NamedTuple
 __all__ = [
     "HAVE_RUN_FOREVER_SETUP",
     "NO_POLICY_NAMES",
+    "TRANSPORT_CONTEXT",
     "task_coro_field",
     "NAMES",
     "PrivateName",
@@ -107,6 +108,14 @@ if sys.version_info >= (3, 14):  # (spelled out for the type checkers)
 # The Task's coroutine field, through asyncio.Task's own `_coro` descriptor (greenhub's
 # Task overrides get_coro(); greenhub._task reads the wrapper with this).
 task_coro_field = _asyncio_Task._coro.__get__  # type: ignore[attr-defined]
+
+
+# 3.15 gave socket transports a contextvars.Context: the loop's _make_socket_transport()
+# and _make_ssl_transport() and _SelectorSocketTransport() take `context`, and the
+# transport runs its protocol's callbacks in it (through _add_reader(), _add_writer()
+# and call_soon() with context=).  greenhub's overrides take it from 3.15 on, as the
+# stock methods do, and refuse it before.
+TRANSPORT_CONTEXT = sys.version_info >= (3, 15)
 
 
 # -- the table ----------------------------------------------------------------------

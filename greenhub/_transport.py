@@ -40,9 +40,12 @@ class SocketTransport(
         waiter: asyncio.Future[None] | None = None,
         extra: dict[str, Any] | None = None,
         server: asyncio.Server | None = None,
+        **context: Any,
     ) -> None:
+        # `context` (3.15+: the contextvars.Context the protocol's callbacks run in)
+        # goes to asyncio's __init__, which decides whether it takes one.
         self._gh_state = _core.TransportState(loop)
-        super().__init__(loop, sock, protocol, waiter, extra, server)
+        super().__init__(loop, sock, protocol, waiter, extra, server, **context)
 
     def is_closing(self) -> bool:
         # StreamWriter.drain() asks this first: once drain() returns, what was written

@@ -5,7 +5,8 @@
  *
  * As in asyncio's selector loop: each fd has at most one reader and one
  * writer Handle, made when the callback is added (with a copy of the
- * current context); while the fd is ready, its Handle is queued once per
+ * current context, or from 3.15 the `context` given: see io_context_arg);
+ * while the fd is ready, its Handle is queued once per
  * loop iteration (level-triggered).  A cancelled Handle found ready is
  * removed instead.  The reactor (libev) only reports readiness; the handles
  * run with the other ready callbacks, in order.
@@ -151,11 +152,49 @@ fd_of_fileobj(gh_Loop *self, PyObject *fileobj)
     return -1;
 }
 
-/* add_reader / add_writer; `which` is GH_IO_READ or GH_IO_WRITE. */
+/* Python 3.15's asyncio gave _add_reader() and _add_writer() a keyword-only
+ * `context`: the Context the Handle runs in.  A socket transport passes its
+ * own (None when it has none), so that its protocol's callbacks all run in
+ * the connection's context.  Before 3.15 the stock methods take no keyword,
+ * and neither do these.  *context is borrowed from kwvalues, NULL if not
+ * given; -1 with TypeError for any other keyword. */
+static int
+io_context_arg(gh_state *st, const char *name, PyObject *kwnames, PyObject *const *kwvalues,
+               PyObject **context)
+{
+    *context = NULL;
+    Py_ssize_t n = kwnames != NULL ? PyTuple_GET_SIZE(kwnames) : 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *key = PyTuple_GET_ITEM(kwnames, i);
+#if PY_VERSION_HEX >= 0x030F0000
+        if (key == st->str_context || PyUnicode_Compare(key, st->str_context) == 0) {
+            *context = kwvalues[i];
+            continue;
+        }
+        if (PyErr_Occurred()) {
+            return -1;
+        }
+#else
+        (void)st;
+        (void)kwvalues;
+#endif
+        PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'", name, key);
+        return -1;
+    }
+    return 0;
+}
+
+/* _add_reader / _add_writer; `which` is GH_IO_READ or GH_IO_WRITE. */
 static PyObject *
-add_io(PyObject *op, PyObject *const *args, Py_ssize_t nargs, int which, const char *name)
+add_io(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames, int which,
+       const char *name)
 {
     gh_Loop *self = (gh_Loop *)op;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *context;
+    if (io_context_arg(self->st, name, kwnames, args + nargs, &context) < 0) {
+        return NULL;
+    }
     if (nargs < 2) {
         PyErr_Format(PyExc_TypeError, "%s() missing required arguments: 'fd' and 'callback'", name);
         return NULL;
@@ -181,7 +220,7 @@ add_io(PyObject *op, PyObject *const *args, Py_ssize_t nargs, int which, const c
     /* The handle first: making it allocates, and a garbage collection there
      * can run a __del__ that adds watchers and moves the slot array. */
     PyObject *h =
-        gh_handle_new(self->st, self->st->HandleType, op, args[1], args + 2, nargs - 2, NULL);
+        gh_handle_new(self->st, self->st->HandleType, op, args[1], args + 2, nargs - 2, context);
     if (h == NULL) {
         return NULL;
     }
@@ -301,15 +340,15 @@ remove_io_method(PyObject *op, PyObject *fileobj, int which)
 }
 
 PyObject *
-gh_loop_add_reader(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+gh_loop_add_reader(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
-    return add_io(op, args, nargs, GH_IO_READ, "add_reader");
+    return add_io(op, args, nargsf, kwnames, GH_IO_READ, "_add_reader");
 }
 
 PyObject *
-gh_loop_add_writer(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+gh_loop_add_writer(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
-    return add_io(op, args, nargs, GH_IO_WRITE, "add_writer");
+    return add_io(op, args, nargsf, kwnames, GH_IO_WRITE, "_add_writer");
 }
 
 PyObject *

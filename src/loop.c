@@ -1557,10 +1557,12 @@ static PyMethodDef loop_methods[] = {
     {"_check_callback", (PyCFunction)(void (*)(void))loop_check_callback, METH_FASTCALL, NULL},
     {"_write_to_self", loop_write_to_self, METH_NOARGS, NULL},
     {"_parked_coros", loop_parked_coros, METH_NOARGS, NULL},
-    {"_add_reader", (PyCFunction)(void (*)(void))gh_loop_add_reader, METH_FASTCALL,
-     "_add_reader(fd, callback, *args) -> Handle: run callback(*args) while fd is readable."},
-    {"_add_writer", (PyCFunction)(void (*)(void))gh_loop_add_writer, METH_FASTCALL,
-     "_add_writer(fd, callback, *args) -> Handle: run callback(*args) while fd is writable."},
+    {"_add_reader", (PyCFunction)(void (*)(void))gh_loop_add_reader, METH_FASTCALL | METH_KEYWORDS,
+     "_add_reader(fd, callback, *args) -> Handle: run callback(*args) while fd is readable.\n"
+     "From Python 3.15, context=None: the contextvars.Context callback runs in."},
+    {"_add_writer", (PyCFunction)(void (*)(void))gh_loop_add_writer, METH_FASTCALL | METH_KEYWORDS,
+     "_add_writer(fd, callback, *args) -> Handle: run callback(*args) while fd is writable.\n"
+     "From Python 3.15, context=None: the contextvars.Context callback runs in."},
     {"_io_watchers", gh_loop_io_watchers, METH_NOARGS,
      "_io_watchers() -> {fd: events}: what the loop watches (selectors' EVENT_* masks)."},
     {"_remove_reader", gh_loop_remove_reader, METH_O,

@@ -128,8 +128,8 @@ void gh_loop_wake_if_sleeping(gh_Loop *loop);
 int gh_loop_push_ready(gh_Loop *loop, PyObject *h);
 
 /* io.c: the four reader/writer methods, and the reactor callback. */
-PyObject *gh_loop_add_reader(PyObject *op, PyObject *const *args, Py_ssize_t nargs);
-PyObject *gh_loop_add_writer(PyObject *op, PyObject *const *args, Py_ssize_t nargs);
+PyObject *gh_loop_add_reader(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames);
+PyObject *gh_loop_add_writer(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames);
 PyObject *gh_loop_remove_reader(PyObject *op, PyObject *fd);
 PyObject *gh_loop_remove_writer(PyObject *op, PyObject *fd);
 void gh_loop_io_ready(void *arg, int fd, int readable, int writable);

@@ -200,12 +200,17 @@ def test_version_conditions():
     """What _private.py resolves by version agrees with the table and with Python."""
     import asyncio.base_events
     import asyncio.format_helpers
+    import asyncio.selector_events
 
     setup = next(e for e in NAMES if e.name == "_run_forever_setup")
     assert _private.HAVE_RUN_FOREVER_SETUP == _in_versions(setup.versions)
     assert _private.HAVE_RUN_FOREVER_SETUP == hasattr(
         asyncio.base_events.BaseEventLoop, "_run_forever_setup"
     )
+    # Socket transports take a context where the stock loop's transport factories do.
+    stock_loop = asyncio.selector_events.BaseSelectorEventLoop
+    for factory in (stock_loop._make_socket_transport, stock_loop._make_ssl_transport):
+        assert _private.TRANSPORT_CONTEXT == ("context" in inspect.signature(factory).parameters)
 
     def callback(a, b):
         pass
