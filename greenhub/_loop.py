@@ -35,6 +35,7 @@ from ._children import ChildrenMixin
 from ._private import (
     HAVE_RUN_FOREVER_SETUP,
     TRANSPORT_CONTEXT,
+    TRANSPORT_REFUSES_USED_FDS,
     _fileobj_to_fd,
     _format_handle,
     _set_running_loop,
@@ -189,6 +190,8 @@ class Loop(_core.Loop, ChildrenMixin, ResolveMixin, _UnixSelectorEventLoop):
             server: asyncio.Server | None = None,
             context: contextvars.Context | None = None,
         ) -> _transport.SocketTransport:
+            if TRANSPORT_REFUSES_USED_FDS:
+                self._ensure_fd_no_transport(sock)
             return _transport.SocketTransport(
                 self, sock, protocol, waiter, extra, server, context=context
             )
@@ -204,6 +207,8 @@ class Loop(_core.Loop, ChildrenMixin, ResolveMixin, _UnixSelectorEventLoop):
             extra: dict[str, Any] | None = None,
             server: asyncio.Server | None = None,
         ) -> _transport.SocketTransport:
+            if TRANSPORT_REFUSES_USED_FDS:
+                self._ensure_fd_no_transport(sock)
             return _transport.SocketTransport(self, sock, protocol, waiter, extra, server)
 
     # -- sock_* ------------------------------------------------------------
@@ -255,6 +260,8 @@ class Loop(_core.Loop, ChildrenMixin, ResolveMixin, _UnixSelectorEventLoop):
         server: asyncio.Server | None = None,
         **timeouts: Any,
     ) -> asyncio.Transport:
+        if TRANSPORT_REFUSES_USED_FDS:
+            self._ensure_fd_no_transport(rawsock)
         # From 3.15 `context` comes with the timeouts, for the socket transport
         # (the stock method gives it only to that, not to the SSLProtocol).
         transport_kwargs = {}

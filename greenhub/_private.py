@@ -46,6 +46,7 @@ __all__ = [
     "HAVE_RUN_FOREVER_SETUP",
     "NO_POLICY_NAMES",
     "TRANSPORT_CONTEXT",
+    "TRANSPORT_REFUSES_USED_FDS",
     "task_coro_field",
     "NAMES",
     "PrivateName",
@@ -116,6 +117,27 @@ task_coro_field = _asyncio_Task._coro.__get__  # type: ignore[attr-defined]
 # and call_soon() with context=).  greenhub's overrides take it from 3.15 on, as the
 # stock methods do, and refuse it before.
 TRANSPORT_CONTEXT = sys.version_info >= (3, 15)
+
+
+def _stock_refuses_used_fds() -> bool:
+    """Whether the stock _make_socket_transport() and _make_ssl_transport() refuse a
+    socket that another open transport uses (_ensure_fd_no_transport(), which 3.12
+    added there), asked of the stock methods' code rather than of the version number:
+    a patch release may have it too."""
+    from asyncio.selector_events import BaseSelectorEventLoop
+
+    for method in (
+        BaseSelectorEventLoop._make_socket_transport,
+        BaseSelectorEventLoop._make_ssl_transport,
+    ):
+        code = getattr(method, "__code__", None)
+        if code is None or "_ensure_fd_no_transport" not in code.co_names:
+            return False
+    return True
+
+
+# greenhub's overrides of the two make the same check where the stock ones do.
+TRANSPORT_REFUSES_USED_FDS = _stock_refuses_used_fds()
 
 
 # -- the table ----------------------------------------------------------------------
@@ -346,8 +368,9 @@ NAMES: tuple[PrivateName, ...] = (
     ),
     PrivateName(
         _LOOP, "_ensure_fd_no_transport", METHOD, "3.11+",
-        "_loop.py (sock_sendall)",
-        "the stock refusal of sock_* calls on a socket a transport owns",
+        "_loop.py (sock_sendall, _make_socket_transport, _make_ssl_transport)",
+        "the stock refusal of sock_* calls, and from 3.12 of a new transport, on a "
+        "socket a transport owns",
         params="fd",
     ),
     PrivateName(

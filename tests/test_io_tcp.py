@@ -438,6 +438,39 @@ def test_unix_connection_and_server(loop, tmp_path):
     assert exists_after is (not PY313)
 
 
+@pytest.mark.parametrize(
+    "use_tls",
+    [
+        False,
+        pytest.param(
+            True,
+            marks=pytest.mark.skipif(
+                not PY312, reason="before 3.12 a second TLS transport waits for a handshake"
+            ),
+        ),
+    ],
+    ids=["plain", "tls"],
+)
+def test_connection_on_a_socket_another_transport_uses(loop, request, use_tls):
+    # From 3.12 the stock loop refuses to make a transport for a socket that an open
+    # transport uses (RuntimeError); before, it makes a second one.
+    client_ctx = request.getfixturevalue("tls")[1] if use_tls else None
+
+    async def main():
+        a, b = socket.socketpair()
+        first, _ = await loop.create_connection(asyncio.Protocol, sock=a)
+        kwargs = {"ssl": client_ctx, "server_hostname": "localhost"} if use_tls else {}
+        second = await aoutcome(loop.create_connection(asyncio.Protocol, sock=a, **kwargs))
+        if second[0] == "ok":
+            second[1][0].abort()
+        first.abort()
+        b.close()
+        await asyncio.sleep(0)
+        return second[:2] if second[0] == "error" else ("ok",)
+
+    assert run(loop, main()) == (("error", RuntimeError) if PY312 else ("ok",))
+
+
 @pytest.mark.skipif(not PY313, reason="cleanup_socket= is new in Python 3.13")
 def test_unix_server_cleanup_socket_false(loop, tmp_path):
     path = str(tmp_path / "kept.sock")
