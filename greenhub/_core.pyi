@@ -122,20 +122,38 @@ class Loop:
     def _check_callback(self, callback: object, method: str, /) -> None: ...
     def _write_to_self(self) -> None: ...
     def _parked_coros(self) -> list[GreenCoro]: ...
-    def _add_reader(
-        self,
-        fd: FileDescriptorLike,
-        callback: Callable[[Unpack[_Ts]], object],
-        /,
-        *args: Unpack[_Ts],
-    ) -> Handle: ...
-    def _add_writer(
-        self,
-        fd: FileDescriptorLike,
-        callback: Callable[[Unpack[_Ts]], object],
-        /,
-        *args: Unpack[_Ts],
-    ) -> Handle: ...
+    if sys.version_info >= (3, 15):
+        def _add_reader(
+            self,
+            fd: FileDescriptorLike,
+            callback: Callable[[Unpack[_Ts]], object],
+            /,
+            *args: Unpack[_Ts],
+            context: Context | None = None,
+        ) -> Handle: ...
+        def _add_writer(
+            self,
+            fd: FileDescriptorLike,
+            callback: Callable[[Unpack[_Ts]], object],
+            /,
+            *args: Unpack[_Ts],
+            context: Context | None = None,
+        ) -> Handle: ...
+    else:
+        def _add_reader(
+            self,
+            fd: FileDescriptorLike,
+            callback: Callable[[Unpack[_Ts]], object],
+            /,
+            *args: Unpack[_Ts],
+        ) -> Handle: ...
+        def _add_writer(
+            self,
+            fd: FileDescriptorLike,
+            callback: Callable[[Unpack[_Ts]], object],
+            /,
+            *args: Unpack[_Ts],
+        ) -> Handle: ...
     def _io_watchers(self) -> dict[int, int]: ...
     def _remove_reader(self, fd: FileDescriptorLike, /) -> bool: ...
     def _remove_writer(self, fd: FileDescriptorLike, /) -> bool: ...
@@ -251,6 +269,7 @@ class _SocketTransportBase:
     _sock: socket.socket | None
     _protocol: asyncio.BaseProtocol
     _read_ready_cb: Callable[[], None] | None
+    _high_water: int
     def write(self, data: bytes | bytearray | memoryview, /) -> None: ...
     def _read_ready(self) -> None: ...
     def _read_ready__data_received(self) -> None: ...

@@ -176,7 +176,7 @@ class Loop(_core.Loop, ChildrenMixin, ResolveMixin, _UnixSelectorEventLoop):
     # TCP and Unix socket connections (plain and TLS) get greenhub's socket
     # transport: asyncio's, with reads and writes in C (_transport.py).
 
-    if TRANSPORT_CONTEXT:
+    if sys.version_info >= (3, 15):  # TRANSPORT_CONTEXT, spelled out for the type checkers
         # 3.15: the transport runs its protocol's callbacks in `context` (the server's
         # per-connection copy, or a copy of the context create_connection() ran in).
 

@@ -126,11 +126,8 @@ def _stock_refuses_used_fds() -> bool:
     a patch release may have it too."""
     from asyncio.selector_events import BaseSelectorEventLoop
 
-    for method in (
-        BaseSelectorEventLoop._make_socket_transport,
-        BaseSelectorEventLoop._make_ssl_transport,
-    ):
-        code = getattr(method, "__code__", None)
+    for name in ("_make_socket_transport", "_make_ssl_transport"):
+        code = getattr(getattr(BaseSelectorEventLoop, name), "__code__", None)
         if code is None or "_ensure_fd_no_transport" not in code.co_names:
             return False
     return True
