@@ -30,6 +30,7 @@ The paths:
 
 import array
 import asyncio
+import inspect
 import mmap
 import socket
 
@@ -274,6 +275,16 @@ def collect_errors(loop):
 # -- the transport: write() and writelines() ------------------------------------------
 
 
+# CPython 3.15.2's selector transport: writelines([good, bad]) keeps `good` buffered with
+# no writer armed when memoryview(bad) raises (3.14 made every view first), so close()
+# never completes - on the stock loop, and on greenhub, whose writelines() hands such a
+# list to asyncio's.  Read from the stock method's code, so a fixed release is tested
+# with close() again.
+STRANDED_WRITELINES = "self._buffer.append(memoryview(data))" in inspect.getsource(
+    asyncio.selector_events._SelectorSocketTransport.writelines
+)
+
+
 class Recorder(asyncio.Protocol):
     def connection_made(self, transport):
         self.lost = asyncio.get_running_loop().create_future()
@@ -324,7 +335,13 @@ def write_case(loop, kind, path, mode, route=None):
         await asyncio.sleep(0)
         await asyncio.sleep(0)
         rec["buffer"] = state(buf)
-        tr.close()
+        if STRANDED_WRITELINES and path == "writelines" and rec["call"][0] == "raised":
+            # 3.15's writelines() buffers the chunks before the bad one and then raises
+            # without arming its writer: nothing would ever send them, and close() would
+            # wait for them forever.  abort() ends the connection all the same.
+            tr.abort()
+        else:
+            tr.close()
         received = bytearray()
         while chunk := await loop.sock_recv(b, 65536):
             received += chunk
