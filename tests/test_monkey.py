@@ -269,12 +269,13 @@ def test_select_bad_arguments_raise_as_the_originals_inside_vthreads():
             lambda: select.select([-1], [], [], 0),
             lambda: select.poll().poll("x"),
             lambda: select.poll().poll(float("nan")),
-            lambda: select.poll().poll(2**40),
             lambda: select.poll().register("x"),
             lambda: select.poll().unregister(12345),
             lambda: select.epoll().poll(0, 0),
             lambda: select.epoll().poll("x"),
         ]
+        if sys.version_info < (3, 15):  # 3.15's poll() takes it: a 35-year wait
+            cases.append(lambda: select.poll().poll(2**40))
         def run_all(_=None):
             return errors(lambda case: case(), cases)
         orig_cases = errors(lambda case: case(), [
