@@ -6,6 +6,8 @@
 
 #include <greenlet.h>
 
+#include "compat.h"
+
 int
 gh_green_import(void)
 {
@@ -144,9 +146,81 @@ gh_green_subclass_traverse(PyObject *self, visitproc visit, void *arg)
     return PyGreenlet_Type.tp_traverse(self, visit, arg);
 }
 
+/* The main greenlet g's parent links end at (a new reference): that of g's
+ * thread, since a started greenlet's parents all run in its thread. */
+static PyObject *
+root_of(PyObject *g)
+{
+    PyGreenlet *p = (PyGreenlet *)Py_NewRef(g); /* owned: walks up the parents */
+    for (;;) {
+        PyGreenlet *parent = PyGreenlet_GetParent(p);
+        if (parent == NULL) {
+            return (PyObject *)p;
+        }
+        Py_SETREF(p, parent);
+    }
+}
+
+/* Is g's thread the current one (1), another live one (2), or gone (0)? */
+static int
+thread_of(PyObject *g)
+{
+    PyObject *root = root_of(g);
+    PyObject *main = gh_green_main();
+    int res = 1;
+    if (main == NULL || root != main) {
+        /* greenlet's `dead` is true for the main greenlet of an ended thread. */
+        PyObject *dead = PyObject_GetAttrString(root, "dead");
+        res = dead == Py_False ? 2 : 0;
+        Py_XDECREF(dead);
+        PyErr_Clear();
+    }
+    Py_XDECREF(main);
+    Py_DECREF(root);
+    return res;
+}
+
+/* Started, not finished, not a main greenlet: its stack is saved away. */
+static int
+suspended(PyObject *self)
+{
+    PyGreenlet *g = (PyGreenlet *)self;
+    return PyGreenlet_STARTED(g) && PyGreenlet_ACTIVE(g) && !PyGreenlet_MAIN(g);
+}
+
+void
+gh_green_subclass_finalize(PyObject *self)
+{
+    /* Only the cyclic GC calls this (the dealloc does not), for a greenlet
+     * it found unreachable: on CPython 3.15, where greenlet lets the GC
+     * collect suspended greenlets, that includes those.  Kill it as its
+     * dealloc would, now, while everything it refers to is intact. */
+    if (!suspended(self) || thread_of(self) != 1) {
+        return;
+    }
+    PyObject *saved = gh_err_get_raised();
+    PyObject *res = PyGreenlet_Throw((PyGreenlet *)self, PyExc_GreenletExit, NULL, NULL);
+    if (res == NULL) {
+        PyErr_WriteUnraisable(self);
+    }
+    Py_XDECREF(res);
+    if (saved != NULL) {
+        gh_err_set_raised(saved);
+    }
+}
+
 int
 gh_green_subclass_clear(PyObject *self)
 {
+    if (suspended(self) && thread_of(self) != 0) {
+        /* Still suspended after its finalizer: another thread's, or it would
+         * not die.  greenlet's tp_clear would forget its thread, after which
+         * its dealloc no longer throws GreenletExit in but discards the stack
+         * unwound.  Left whole, its dealloc kills it (in its own thread) once
+         * the cycle that holds it is gone, as on 3.11-3.14, where the GC
+         * never looks at a suspended greenlet of a live thread. */
+        return 0;
+    }
     return PyGreenlet_Type.tp_clear(self);
 }
 

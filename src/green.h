@@ -53,6 +53,7 @@ void **gh_green_extra(PyObject *g);
 void gh_green_subclass_dealloc(PyObject *self);
 int gh_green_subclass_traverse(PyObject *self, visitproc visit, void *arg);
 int gh_green_subclass_clear(PyObject *self);
+void gh_green_subclass_finalize(PyObject *self);
 int gh_green_subclass_is_gc(PyObject *self);
 
 /* greenlet's own switch(*args, **kwargs), and any other greenlet method by

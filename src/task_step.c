@@ -519,6 +519,7 @@ static PyType_Slot vthread_greenlet_slots[] = {
     {Py_tp_dealloc, gh_green_subclass_dealloc},
     {Py_tp_traverse, gh_green_subclass_traverse},
     {Py_tp_clear, gh_green_subclass_clear},
+    {Py_tp_finalize, gh_green_subclass_finalize},
     {Py_tp_is_gc, gh_green_subclass_is_gc},
     {Py_tp_methods, vthread_greenlet_methods},
     {0, NULL},

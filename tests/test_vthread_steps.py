@@ -14,7 +14,13 @@ import weakref
 
 import greenlet
 import pytest
-from vthread_helpers import PY312, assert_counters_back, gloop_fixture, sync_task  # noqa: F401
+from vthread_helpers import (  # noqa: F401
+    PY312,
+    assert_counters_back,
+    counters,
+    gloop_fixture,
+    sync_task,
+)
 
 import greenhub
 from greenhub import _core
@@ -225,6 +231,34 @@ def test_counters_count_coros_and_parked_then_return_to_zero(greenhub_leak_check
     loop.close()
     loop = None
     assert_counters_back(base, "after closing the loop")
+
+
+def test_worker_greenlet_left_in_a_garbage_cycle_is_killed(gloop):
+    # A finished task's worker that the task's code kept (greenlet.getcurrent()) stays
+    # suspended in greenhub's worker loop; dropped into a garbage cycle, the GC must kill
+    # it (GreenletExit) like the last reference going away does.  On 3.15, greenlet lets
+    # the GC tp_clear() a suspended greenlet, which made its dealloc discard the stack
+    # without unwinding it: the worker was lost and the "workers" counter stayed up.
+    baseline = counters()
+
+    async def main():
+        return await asyncio.get_running_loop().create_task(sync_task(greenlet.getcurrent))
+
+    workers = []
+    for _ in range(20):
+        workers.append(run(gloop, main()))
+    gloop.close()
+    assert all(workers) and len(set(map(id, workers))) == len(workers)  # alive, suspended
+
+    class Cycle:
+        pass
+
+    for w in workers:
+        # Tracked after the worker, so the collector clears the worker before the cycle.
+        c = Cycle()
+        c.me, c.worker = c, w
+    del w, c, workers
+    assert_counters_back(baseline)
 
 
 # --- the asyncio.Task surface ----------------------------------------------------------
