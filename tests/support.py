@@ -260,3 +260,20 @@ def warnings_ignored():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
+
+
+def tls_contexts():
+    """(server, client) SSLContexts for "localhost"/127.0.0.1 from a throwaway CA;
+    skips the test where trustme is missing."""
+    import ssl
+
+    import pytest
+
+    trustme = pytest.importorskip("trustme", reason="trustme (make deps installs it)")
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    cert.configure_cert(server_ctx)
+    client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ca.configure_trust(client_ctx)
+    return server_ctx, client_ctx

@@ -295,6 +295,19 @@ def test_create_task_eager_start_get_coro(loop):
 # --- eager first steps that wait in synchronous code ------------------------------------
 
 
+# What _eager_waiter_program() logs: the first step runs in create_task() and waits in
+# sync code; the creator goes on; the task resumes as itself.
+EAGER_WAITER_LOG = [
+    "first step",
+    "sync part waits",
+    "created, done=False",
+    "creator goes on",
+    "sync part got 21",
+    "current task is mine: True",
+    "result 42",
+]
+
+
 def _eager_waiter_program(loop, kind, log):
     """A task whose eager first step waits (greenhub: in sync code, under await_)."""
 
@@ -340,15 +353,7 @@ def test_eager_factory_first_step_waits_in_sync_code(loop, kind):
     log = []
     main = _eager_waiter_program(loop, kind, log)
     run(loop, main(asyncio.create_task))
-    assert log == [
-        "first step",
-        "sync part waits",
-        "created, done=False",
-        "creator goes on",
-        "sync part got 21",
-        "current task is mine: True",
-        "result 42",
-    ]
+    assert log == EAGER_WAITER_LOG
 
 
 @pytest.mark.skipif(not PY314, reason="create_task(eager_start=) is 3.14+")
@@ -356,15 +361,7 @@ def test_eager_start_first_step_waits_in_sync_code(loop, kind):
     log = []
     main = _eager_waiter_program(loop, kind, log)
     run(loop, main(lambda c: asyncio.create_task(c, eager_start=True)))
-    assert log == [
-        "first step",
-        "sync part waits",
-        "created, done=False",
-        "creator goes on",
-        "sync part got 21",
-        "current task is mine: True",
-        "result 42",
-    ]
+    assert log == EAGER_WAITER_LOG
 
 
 # --- 3.14: capture_call_graph(), print_call_graph(), format_call_graph() -----------------

@@ -229,14 +229,7 @@ def test_unix_protocol_callbacks(loop):
 
 @pytest.fixture(scope="module")
 def tls():
-    trustme = pytest.importorskip("trustme", reason="trustme (make deps installs it)")
-    ca = trustme.CA()
-    cert = ca.issue_cert("localhost", "127.0.0.1")
-    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    cert.configure_cert(server_ctx)
-    client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ca.configure_trust(client_ctx)
-    return server_ctx, client_ctx
+    return support.tls_contexts()
 
 
 async def tls_scenario(loop, contexts):

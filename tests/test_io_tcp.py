@@ -14,7 +14,7 @@ import ssl
 
 import pytest
 from io_helpers import RecordingProtocol, aoutcome, free_port, run
-from support import PY312, PY313
+from support import PY312, PY313, tls_contexts
 
 # -- shared servers ----------------------------------------------------------------------
 
@@ -1258,14 +1258,7 @@ def test_pipes_refuse_other_files(loop, tmp_path):
 
 @pytest.fixture(scope="module")
 def tls():
-    trustme = pytest.importorskip("trustme", reason="trustme (make deps installs it)")
-    ca = trustme.CA()
-    cert = ca.issue_cert("localhost", "127.0.0.1")
-    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    cert.configure_cert(server_ctx)
-    client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ca.configure_trust(client_ctx)
-    return server_ctx, client_ctx
+    return tls_contexts()
 
 
 def test_tls_echo(loop, tls):
