@@ -27,8 +27,9 @@ import _socket
 import sys
 from _thread import _local
 from asyncio import Task as _asyncio_Task
+from asyncio import events as _events
 from asyncio.base_events import _format_handle  # type: ignore[attr-defined]
-from asyncio.events import _get_running_loop, _set_running_loop
+from asyncio.events import _get_running_loop
 from asyncio.format_helpers import _format_callback_source
 from asyncio.selector_events import _SelectorSocketTransport  # type: ignore[attr-defined]
 from asyncio.unix_events import (  # type: ignore[attr-defined]  # (_UnixSubprocessTransport)
@@ -65,6 +66,12 @@ __all__ = [
     "_socket",
     "format_callback_source",
 ]
+
+
+def _set_running_loop(loop: Any) -> None:
+    """asyncio.events._set_running_loop(), looked up at each call as asyncio's own
+    run_forever() looks it up: CPython's tests swap in its pure-Python twin there."""
+    _events._set_running_loop(loop)
 
 
 # -- what differs between versions ------------------------------------------------
