@@ -409,6 +409,9 @@ static PyType_Slot handle_slots[] = {
 static PyObject *
 safe_cancel(PyObject *self, PyObject *Py_UNUSED(ignored))
 {
+    if (gh_hd(self)->lock == NULL) { /* cleared by the GC: nothing runs it any more */
+        return handle_cancel(self, NULL);
+    }
     PyObject *lock = Py_NewRef(gh_hd(self)->lock);
     if (lock_call(lock, "acquire") < 0) {
         Py_DECREF(lock);
@@ -431,6 +434,9 @@ safe_cancel(PyObject *self, PyObject *Py_UNUSED(ignored))
 static PyObject *
 safe_cancelled(PyObject *self, PyObject *Py_UNUSED(ignored))
 {
+    if (gh_hd(self)->lock == NULL) {
+        return handle_cancelled(self, NULL);
+    }
     PyObject *lock = Py_NewRef(gh_hd(self)->lock);
     if (lock_call(lock, "acquire") < 0) {
         Py_DECREF(lock);
@@ -445,7 +451,8 @@ safe_cancelled(PyObject *self, PyObject *Py_UNUSED(ignored))
 static PyObject *
 get_lock(PyObject *self, void *Py_UNUSED(closure))
 {
-    return Py_NewRef(gh_hd(self)->lock);
+    PyObject *lock = gh_hd(self)->lock;
+    return Py_NewRef(lock ? lock : Py_None);
 }
 
 static PyMethodDef safe_methods[] = {
