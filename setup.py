@@ -18,6 +18,7 @@ import sys
 import sysconfig
 
 from setuptools import Extension, setup
+from setuptools.command.build_py import build_py
 
 
 def _lib_dirs(prefix):
@@ -90,6 +91,8 @@ def extension():
     if os.environ.get("GREENHUB_WERROR") == "1":
         compile_args.append("-Werror")
     sources = sorted(glob.glob("src/*.c"))
+    # What `python -m greenhub info` reports as the build flags (_core.BUILD_FLAGS).
+    build_flags = " ".join(compile_args + [f"-lev (libev from {libdir})"])
     return Extension(
         "greenhub._core",
         sources=sources,
@@ -100,7 +103,24 @@ def extension():
         libraries=["ev"],
         extra_compile_args=compile_args,
         extra_link_args=link_args,
+        define_macros=[("GH_BUILD_FLAGS", '"%s"' % build_flags.replace('"', "'"))],
     )
 
 
-setup(ext_modules=[extension()])
+# The benchmark scripts ship in the wheel as greenhub/_benchmarks/, so that
+# `python -m greenhub bench` works from an installed package; in the checkout they stay
+# in benchmarks/, where the CLI finds them for an in-place build.
+BENCHMARK_FILES = ("*.py", "*.c", "README.md")
+
+
+class BuildPyWithBenchmarks(build_py):
+    def run(self):
+        super().run()
+        dest = os.path.join(self.build_lib, "greenhub", "_benchmarks")
+        self.mkpath(dest)
+        for pattern in BENCHMARK_FILES:
+            for path in sorted(glob.glob(os.path.join("benchmarks", pattern))):
+                self.copy_file(path, os.path.join(dest, os.path.basename(path)))
+
+
+setup(ext_modules=[extension()], cmdclass={"build_py": BuildPyWithBenchmarks})

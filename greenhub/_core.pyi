@@ -29,6 +29,7 @@ _WatchdogHandler: TypeAlias = Callable[[AbstractEventLoop, _ExceptionContext], o
 _NoSwitchToken: TypeAlias = tuple[GreenCoro, str | None] | None
 
 DEBUG_BUILD: Final[int]
+BUILD_FLAGS: Final[str]
 """1 in a ``make debug`` build (assertions on), else 0."""
 LIBEV_VERSION: Final[tuple[int, int]]
 """(major, minor) of the libev the module runs with."""

@@ -1401,8 +1401,20 @@ loop_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwds
     if (st == NULL) {
         return NULL;
     }
+    /* What can fail is done before the object exists: a Loop freed here would run
+     * the Python subclass's __del__ (BaseEventLoop.__del__ -> close()) on an object
+     * whose __init__ never ran. */
+    double wd_threshold;
+    if (gh_watchdog_env_threshold(&wd_threshold) < 0) {
+        return NULL;
+    }
+    gh_reactor *reactor = gh_reactor_new();
+    if (reactor == NULL) {
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
     gh_Loop *self = (gh_Loop *)type->tp_alloc(type, 0);
     if (self == NULL) {
+        gh_reactor_free(reactor);
         return NULL;
     }
     /* tp_alloc zeroed the struct; set what is not zero. */
@@ -1417,18 +1429,10 @@ loop_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwds
         st->loops->prev_loop = self;
     }
     st->loops = self;
-    self->reactor = gh_reactor_new();
-    if (self->reactor == NULL) {
-        PyErr_SetFromErrno(PyExc_OSError);
-        Py_DECREF(self);
-        return NULL;
-    }
+    self->reactor = reactor; /* owned: freed by dealloc */
     gh_reactor_set_blocking_hooks(self->reactor, release_gil, acquire_gil, self);
     gh_reactor_set_io_callback(self->reactor, gh_loop_io_ready, self);
-    if (gh_watchdog_from_env(self) < 0) {
-        Py_DECREF(self);
-        return NULL;
-    }
+    self->wd_threshold = wd_threshold;
     return (PyObject *)self;
 }
 

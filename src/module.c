@@ -265,6 +265,12 @@ module_exec(PyObject *mod)
     if (PyModule_AddIntConstant(mod, "DEBUG_BUILD", debug_build) < 0) {
         return -1;
     }
+#ifndef GH_BUILD_FLAGS /* set by setup.py; a build by other means says so */
+#define GH_BUILD_FLAGS "unknown (not built by setup.py)"
+#endif
+    if (PyModule_AddStringConstant(mod, "BUILD_FLAGS", GH_BUILD_FLAGS) < 0) {
+        return -1;
+    }
     int major, minor;
     gh_reactor_libev_version(&major, &minor);
     PyObject *version = Py_BuildValue("(ii)", major, minor);

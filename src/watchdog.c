@@ -442,8 +442,9 @@ gh_loop_get_watchdog(PyObject *op, PyObject *Py_UNUSED(ignored))
 }
 
 int
-gh_watchdog_from_env(gh_Loop *loop)
+gh_watchdog_env_threshold(double *threshold)
 {
+    *threshold = 0.;
     const char *s = getenv("GREENHUB_WATCHDOG");
     if (s == NULL || *s == '\0') {
         return 0;
@@ -461,7 +462,7 @@ gh_watchdog_from_env(gh_Loop *loop)
                      s);
         return -1;
     }
-    loop->wd_threshold = v;
+    *threshold = v;
     return 0;
 }
 

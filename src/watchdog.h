@@ -17,9 +17,9 @@ int gh_watchdog_run_begin(gh_Loop *loop);
  * the watchdog thread, releasing the GIL while it waits. */
 void gh_watchdog_run_end(gh_Loop *loop);
 
-/* The configuration from the GREENHUB_WATCHDOG environment variable, for a
- * new loop.  -1 with ValueError if it is not a number. */
-int gh_watchdog_from_env(gh_Loop *loop);
+/* The threshold the GREENHUB_WATCHDOG environment variable sets for a new loop
+ * (0: off).  -1 with ValueError if it is not a number of seconds. */
+int gh_watchdog_env_threshold(double *threshold);
 
 /* Loop.set_watchdog() and Loop.get_watchdog(). */
 PyObject *gh_loop_set_watchdog(PyObject *op, PyObject *const *args, Py_ssize_t nargs,

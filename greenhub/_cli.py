@@ -1,0 +1,480 @@
+"""``python -m greenhub``: run a program on greenhub, benchmark it, describe the build.
+
+    python -m greenhub run [--debug] [--watchdog SECONDS] [--patch] script.py [args...]
+    python -m greenhub run [--debug] [--watchdog SECONDS] [--patch] -m module [args...]
+    python -m greenhub bench [--full] [--only NAMES] [--json DIR]
+    python -m greenhub info [--json]
+
+``run`` makes greenhub the loop asyncio creates (``greenhub.install()``) and then runs
+the program as ``python script.py`` / ``python -m module`` would: same ``sys.argv``,
+``sys.path[0]`` and ``__main__``.  ``bench`` runs the benchmark scripts (shipped in the
+wheel as ``greenhub._benchmarks``; ``benchmarks/`` in a checkout) against the peers that
+are installed and ends with one table of ratios.  ``info`` prints what a bug report needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import runpy
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from importlib import metadata
+from typing import Any
+
+_PROG = "python -m greenhub"
+
+
+# -- run ---------------------------------------------------------------------------
+
+_RUN_USAGE = f"""\
+usage: {_PROG} run [--debug] [--watchdog SECONDS] [--patch] script.py [args...]
+       {_PROG} run [--debug] [--watchdog SECONDS] [--patch] -m module [args...]
+
+Run a Python program with greenhub as the asyncio event loop: asyncio.run(),
+asyncio.Runner() and asyncio.new_event_loop() without a loop factory make greenhub
+loops (greenhub.install()), and greenhub.await_() works in the program's sync code.
+
+options (before the script or -m; everything after belongs to the program):
+  -h, --help           show this help and exit
+  --debug              asyncio's debug mode on every loop (PYTHONASYNCIODEBUG=1, also
+                       for processes the program starts) and warnings shown as in
+                       Python's development mode
+  --watchdog SECONDS   report any callback or task step that holds a greenhub loop
+                       longer than SECONDS (sets GREENHUB_WATCHDOG=SECONDS: every
+                       greenhub loop the program makes, or its child processes make,
+                       watches itself)
+  --patch              greenhub.monkey.patch_all() before the program starts
+"""
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _parse_run(argv: Sequence[str]) -> dict[str, Any]:
+    """The run subcommand's options, parsed as the interpreter parses its own: options
+    end at the script (or -m MODULE); what follows is the program's."""
+    opts: dict[str, Any] = {"debug": False, "watchdog": None, "patch": False}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("-h", "--help"):
+            opts["help"] = True
+            return opts
+        if arg == "--debug":
+            opts["debug"] = True
+        elif arg == "--patch":
+            opts["patch"] = True
+        elif arg == "--watchdog" or arg.startswith("--watchdog="):
+            if "=" in arg:
+                value = arg.partition("=")[2]
+            else:
+                i += 1
+                if i == len(argv):
+                    raise _UsageError("--watchdog needs a number of seconds")
+                value = argv[i]
+            opts["watchdog"] = _watchdog_seconds(value)
+        elif arg == "-m" or (arg.startswith("-m") and not arg.startswith("--")):
+            module = arg[2:] or (argv[i + 1] if i + 1 < len(argv) else "")
+            if not module:
+                raise _UsageError("-m needs a module name")
+            rest = argv[i + 1 :] if arg[2:] else argv[i + 2 :]
+            opts["module"], opts["args"] = module, list(rest)
+            return opts
+        elif arg == "--":
+            if i + 1 == len(argv):
+                raise _UsageError("a script or -m module is required")
+            opts["script"], opts["args"] = argv[i + 1], list(argv[i + 2 :])
+            return opts
+        elif arg.startswith("-") and arg != "-":
+            raise _UsageError(f"unknown option {arg!r}")
+        else:
+            opts["script"], opts["args"] = arg, list(argv[i + 1 :])
+            return opts
+        i += 1
+    raise _UsageError("a script or -m module is required")
+
+
+def _watchdog_seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise _UsageError(f"--watchdog takes seconds (a number), not {value!r}") from None
+    from . import _core
+
+    try:
+        _core._check_watchdog_threshold(seconds)
+    except (TypeError, ValueError) as exc:
+        raise _UsageError(f"--watchdog {value}: {exc}") from None
+    return seconds
+
+
+def _cmd_run(argv: Sequence[str]) -> int:
+    try:
+        opts = _parse_run(argv)
+    except _UsageError as exc:
+        sys.stderr.write(_RUN_USAGE.split("\n\n")[0] + f"\n{_PROG} run: error: {exc}\n")
+        return 2
+    if opts.get("help"):
+        sys.stdout.write(_RUN_USAGE)
+        return 0
+    if "script" in opts and not os.path.exists(opts["script"]):
+        # What the interpreter says for a missing script, and its exit status.
+        path = os.path.abspath(opts["script"])
+        sys.stderr.write(f"{_PROG} run: can't open file {path!r}: No such file or directory\n")
+        return 2
+    if opts["debug"]:
+        os.environ["PYTHONASYNCIODEBUG"] = "1"  # read by every new loop, as asyncio does
+        if not sys.warnoptions:
+            warnings.simplefilter("default")  # what -X dev shows: ResourceWarning & co.
+    if opts["watchdog"] is not None:
+        os.environ["GREENHUB_WATCHDOG"] = repr(opts["watchdog"])
+    import greenhub
+
+    if opts["patch"]:
+        from greenhub import monkey
+
+        monkey.patch_all()
+    greenhub.install()
+    if "module" in opts:
+        # As `python -m`: the current directory first on sys.path; runpy sets argv[0].
+        sys.argv[:] = [opts["module"], *opts["args"]]
+        sys.path[0] = os.getcwd()
+        runpy.run_module(opts["module"], run_name="__main__", alter_sys=True)
+    else:
+        script = opts["script"]
+        sys.argv[:] = [script, *opts["args"]]
+        sys.path[0] = os.path.dirname(os.path.abspath(script))
+        runpy.run_path(script, run_name="__main__")
+    return 0
+
+
+# -- info --------------------------------------------------------------------------
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def info() -> dict[str, Any]:
+    """What `python -m greenhub info` reports, as a dict."""
+    import greenlet
+
+    import greenhub
+    from greenhub import _core
+
+    loop = greenhub.new_event_loop()
+    try:
+        backend = loop._backend
+    finally:
+        loop.close()
+    peers = {}
+    for dist in ("uvloop", "gevent", "greenback", "asgiref", "sqlalchemy", "anyio", "django"):
+        version = _version(dist)
+        if version is not None:
+            peers[dist] = version
+    return {
+        "greenhub": {
+            "version": _version("greenhub-loop") or "unknown (not installed: a checkout?)",
+            "path": os.path.dirname(os.path.abspath(greenhub.__file__)),
+            "extension": os.path.abspath(_core.__file__),
+            "debug_build": bool(_core.DEBUG_BUILD),
+            "build_flags": _core.BUILD_FLAGS,
+        },
+        "libev": {
+            "version": "%d.%d" % _core.LIBEV_VERSION,
+            "backend": backend,
+        },
+        "greenlet": greenlet.__version__,
+        "python": {
+            "version": platform.python_version(),
+            "implementation": platform.python_implementation(),
+            "executable": sys.executable,
+            "gil_disabled": bool(getattr(sys, "_is_gil_enabled", lambda: True)() is False),
+        },
+        "platform": platform.platform(),
+        "peers": peers,
+    }
+
+
+def _cmd_info(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog=f"{_PROG} info",
+        description="Versions of greenhub, libev (and the backend it chose), greenlet and "
+        "Python, the extension's build flags, and the peers installed: what a bug report needs.",
+    )
+    p.add_argument("--json", action="store_true", help="print it as JSON")
+    args = p.parse_args(argv)
+    data = info()
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    gh, ev, py = data["greenhub"], data["libev"], data["python"]
+    build = "debug build" if gh["debug_build"] else "release build"
+    lines = [
+        f"greenhub   {gh['version']}  ({gh['path']})",
+        f"extension  {build}: {gh['build_flags']}",
+        f"           {gh['extension']}",
+        f"libev      {ev['version']}, backend {ev['backend']}",
+        f"greenlet   {data['greenlet']}",
+        f"Python     {py['version']} ({py['implementation']}, {py['executable']})",
+        f"platform   {data['platform']}",
+        "peers      "
+        + (", ".join(f"{k} {v}" for k, v in data["peers"].items()) or "none installed"),
+    ]
+    print("\n".join(lines))
+    return 0
+
+
+# -- bench -------------------------------------------------------------------------
+
+# (name, script, what it compares); each script's --quick is the quick profile.
+_BENCHMARKS: tuple[tuple[str, str, str], ...] = (
+    ("scheduling", "bench_scheduling.py", "loop and task micro-benchmarks"),
+    ("bridge", "bench_vthread.py", "await from sync code: greenhub vs its peers"),
+    ("memory", "bench_memory.py", "bytes per idle task / virtual thread"),
+    ("echo", "bench_echo.py", "TCP echo servers, CPU per round trip"),
+    ("green", "bench_green.py", "green sockets and sleeps vs gevent"),
+)
+
+
+def benchmarks_dir() -> str | None:
+    """Where the benchmark scripts are: inside the installed package, or the
+    checkout's benchmarks/ next to an in-place build."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for path in (
+        os.path.join(here, "_benchmarks"),
+        os.path.join(os.path.dirname(here), "benchmarks"),
+    ):
+        if os.path.exists(os.path.join(path, "_common.py")):
+            return path
+    return None
+
+
+Row = tuple[str, dict[str, float], str]
+
+
+class Section:
+    """One benchmark's part of the summary: rows of values by column, and the ratio
+    columns to print (numerator column, denominator column)."""
+
+    def __init__(self, columns: list[str], ratios: list[tuple[str, str]], rows: list[Row]):
+        self.columns, self.ratios, self.rows = columns, ratios, rows
+
+
+_LOOPS = ["greenhub", "uvloop", "asyncio"]
+_LOOP_RATIOS = [("greenhub", "uvloop"), ("greenhub", "asyncio")]
+
+
+def _section_scheduling(doc: dict[str, Any]) -> Section:
+    rows = []
+    for r in doc["results"]:
+        values = {k: v["median"] for k, v in r["loops"].items() if v.get("median")}
+        rows.append((f"{r['bench']} (n={r['n']})", values, "ns/op"))
+    return Section(_LOOPS, _LOOP_RATIOS, rows)
+
+
+def _section_echo(doc: dict[str, Any]) -> Section:
+    rows = []
+    for r in doc["results"]:
+        values = {k: v["user_us"] for k, v in r["loops"].items() if v.get("user_us")}
+        rows.append((f"{r['server']} {r['size']} B x{r['conns']}", values, "user us/rt"))
+    return Section(_LOOPS, _LOOP_RATIOS, rows)
+
+
+def _section_bridge(doc: dict[str, Any]) -> Section:
+    # Each way of awaiting from sync code: its extra cost per call over a native
+    # `await` of the same coroutine (op "ret"), beside greenhub.await_'s.
+    extra = {
+        (r["contender"], r["label"].strip()): r["extra"]["median"]
+        for r in doc["summary"]
+        if r.get("op") == "ret" and r.get("extra")
+    }
+    ours = extra.get(("greenhub.await_@greenhub", "greenhub.await_(f()) in a sync fn"))
+    rows: list[Row] = []
+    for (contender, label), value in extra.items():
+        loop = contender.rpartition("@")[2]
+        values = {"bridge": value}
+        if ours is not None:
+            values["greenhub.await_"] = ours
+        rows.append((f"{label} [{loop}]", values, "ns/call"))
+    return Section(["bridge", "greenhub.await_"], [("bridge", "greenhub.await_")], rows)
+
+
+def _section_memory(doc: dict[str, Any]) -> Section:
+    got = {k: v["bytes_per_obj"] for k, v in doc["summary"].items()}
+    cols = {
+        "idle task": {
+            "greenhub": "greenhub_task",
+            "uvloop": "uvloop_task",
+            "asyncio": "asyncio_task",
+        },
+        "idle virtual thread (in sync code)": {
+            "greenhub": "greenhub_vthread",
+            "gevent": "gevent_greenlet",
+            "sqlalchemy": "sqla_asyncio",
+        },
+    }
+    rows: list[Row] = []
+    for label, kinds in cols.items():
+        values = {col: got[kind] for col, kind in kinds.items() if kind in got}
+        if values:
+            rows.append((label, values, "bytes"))
+    columns = [*_LOOPS, "gevent", "sqlalchemy"]
+    return Section(columns, [("greenhub", c) for c in columns[1:]], rows)
+
+
+def _section_green(doc: dict[str, Any]) -> Section:
+    rows: list[Row] = []
+    echo = doc["workloads"].get("echo", {}).get("results", {})
+    values = {k: v["user_us"] for k, v in echo.items() if v.get("user_us")}
+    if values:
+        rows.append(("green socket echo, 64 conns", values, "user us/rt"))
+    sleep = doc["workloads"].get("sleep", {}).get("results", {})
+    values = {k: v["warm_cpu_s"] for k, v in sleep.items() if v.get("warm_cpu_s")}
+    if values:
+        rows.append(("10k patched time.sleep()", values, "CPU s"))
+    return Section(["greenhub", "greenhub-await_", "gevent"], [("greenhub", "gevent")], rows)
+
+
+_SECTIONS: dict[str, Callable[[dict[str, Any]], Section]] = {
+    "scheduling": _section_scheduling,
+    "bridge": _section_bridge,
+    "memory": _section_memory,
+    "echo": _section_echo,
+    "green": _section_green,
+}
+
+
+def _short(column: str) -> str:
+    return {"greenhub": "gh", "asyncio": "aio", "greenhub.await_": "await_"}.get(column, column)
+
+
+def ratio_table(results: dict[str, dict[str, Any]]) -> str:
+    """One table per benchmark: each row's value per peer, and the ratios (a/b: a's
+    value divided by b's; lower is better for a)."""
+    out = []
+    for name, doc in results.items():
+        section = _SECTIONS[name](doc)
+        rows = section.rows
+        if not rows:
+            continue
+        present = [c for c in section.columns if any(c in r[1] for r in rows)]
+        ratios = [(a, b) for a, b in section.ratios if a in present and b in present]
+        width = max(len(name), *(len(r[0]) for r in rows)) + 2
+        head = f"{name:<{width}}{'unit':<11}" + "".join(f"{c:>16}" for c in present)
+        names = [f"{_short(a)}/{_short(b)}" for a, b in ratios]
+        widths = [max(11, len(n) + 2) for n in names]
+        head += "".join(f"{n:>{w}}" for n, w in zip(names, widths, strict=True))
+        out += ["", head, "-" * len(head)]
+        for label, values, unit in rows:
+            line = f"{label:<{width}}{unit:<11}"
+            line += "".join(f"{values[c]:>16.4g}" if c in values else f"{'-':>16}" for c in present)
+            for (a, b), w in zip(ratios, widths, strict=True):
+                ok = values.get(a) and values.get(b)
+                line += f"{values[a] / values[b]:>{w}.2f}" if ok else f"{'-':>{w}}"
+            out.append(line)
+    out += ["", "a/b: a's value divided by b's (time, CPU or bytes: below 1, a is better)."]
+    return "\n".join(out)
+
+
+def _cmd_bench(argv: Sequence[str]) -> int:
+    names = [b[0] for b in _BENCHMARKS]
+    p = argparse.ArgumentParser(
+        prog=f"{_PROG} bench",
+        description="Run greenhub's benchmarks side by side with the stock asyncio loop, "
+        "uvloop and gevent (each where installed: pip install 'greenhub-loop[bench]') and "
+        "print one table of ratios.  The quick profile takes about a minute; each "
+        "benchmark's own table is printed too (--quiet: only the summary).",
+    )
+    p.add_argument("--full", action="store_true", help="the full runs (several minutes)")
+    p.add_argument("--only", metavar="NAMES", help="comma-separated subset of: " + ",".join(names))
+    p.add_argument("--json", metavar="DIR", help="also keep each benchmark's JSON results here")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the summary table")
+    args = p.parse_args(argv)
+    selected = names
+    if args.only:
+        selected = [n.strip() for n in args.only.split(",") if n.strip()]
+        unknown = [n for n in selected if n not in names]
+        if unknown or not selected:
+            p.error(f"unknown benchmark {', '.join(unknown) or '(none)'}; choose from {names}")
+    where = benchmarks_dir()
+    if where is None:
+        sys.stderr.write(f"{_PROG} bench: the benchmark scripts are not installed\n")
+        return 2
+    import greenhub
+
+    # The workers import the same greenhub as this process.
+    gh_path = os.path.dirname(os.path.dirname(os.path.abspath(greenhub.__file__)))
+    out_dir = args.json or tempfile.mkdtemp(prefix="greenhub-bench-")
+    os.makedirs(out_dir, exist_ok=True)
+    results: dict[str, dict[str, Any]] = {}
+    failed = []
+    todo = [b for b in _BENCHMARKS if b[0] in selected]
+    for n, (name, script, what) in enumerate(todo, 1):
+        print(f"[{n}/{len(todo)}] {name}: {what} ...", file=sys.stderr, flush=True)
+        path = os.path.join(out_dir, f"{name}.json")
+        cmd = [sys.executable, os.path.join(where, script), "--json", path]
+        cmd += ["--greenhub-path", gh_path] + ([] if args.full else ["--quick"])
+        start = time.monotonic()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        took = time.monotonic() - start
+        if not args.quiet and proc.stdout.strip():
+            print(proc.stdout.rstrip() + "\n", flush=True)
+        if proc.returncode != 0 or not os.path.exists(path):
+            failed.append(name)
+            tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
+            print(
+                f"[{n}/{len(todo)}] {name}: FAILED (exit {proc.returncode})\n{tail}",
+                file=sys.stderr,
+            )
+            continue
+        with open(path) as f:
+            results[name] = json.load(f)
+        print(f"[{n}/{len(todo)}] {name}: done in {took:.0f} s", file=sys.stderr, flush=True)
+    print("summary: greenhub and its peers, side by side from this run", flush=True)
+    print(ratio_table(results))
+    if args.json:
+        print(f"JSON results in {out_dir}")
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# -- main --------------------------------------------------------------------------
+
+_COMMANDS = {
+    "run": (_cmd_run, "run a script or module with greenhub as the asyncio loop"),
+    "bench": (_cmd_bench, "benchmarks against the stock loop, uvloop and gevent"),
+    "info": (_cmd_info, "versions, libev backend and build flags"),
+}
+
+
+def _usage() -> str:
+    lines = [f"usage: {_PROG} {{{','.join(_COMMANDS)}}} ...", "", "commands:"]
+    lines += [f"  {name:<8}{help_}" for name, (_, help_) in _COMMANDS.items()]
+    lines.append(f"\n'{_PROG} COMMAND --help' describes each.")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        (sys.stdout if args else sys.stderr).write(_usage())
+        return 0 if args else 2
+    command = _COMMANDS.get(args[0])
+    if command is None:
+        sys.stderr.write(_usage() + f"{_PROG}: error: unknown command {args[0]!r}\n")
+        return 2
+    return command[0](args[1:])

@@ -1,0 +1,230 @@
+"""`python -m greenhub`: run, info and bench, as a user runs them (a child interpreter
+importing the same greenhub as this suite).
+
+The command line has no stock-asyncio counterpart to compare with; where it runs a
+program, the program's view (sys.argv, sys.path[0], __main__, exit status, traceback)
+is compared with what the plain interpreter gives the same program.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import greenhub
+from greenhub import _core
+
+GREENHUB_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(greenhub.__file__)))
+
+
+def _env(**extra):
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PYTHONASYNCIODEBUG", "GREENHUB_WATCHDOG", "PYTHONDEVMODE")
+    }
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [GREENHUB_ROOT, env.get("PYTHONPATH")]))
+    env.update(extra)
+    return env
+
+
+def cli(*args, cwd=None, timeout=50, **env):
+    return subprocess.run(
+        [sys.executable, "-m", "greenhub", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=_env(**env),
+        timeout=timeout,
+    )
+
+
+def plain(*args, cwd=None):
+    """The same program under the plain interpreter."""
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, cwd=cwd, env=_env(), timeout=50
+    )
+
+
+PROGRAM = textwrap.dedent(
+    """
+    import asyncio, json, sys
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        return {"loop": type(loop).__module__ + "." + type(loop).__qualname__,
+                "debug": loop.get_debug()}
+
+    out = asyncio.run(main())
+    out.update(argv=sys.argv, path0=sys.path[0], name=__name__,
+               main_file=sys.modules["__main__"].__file__)
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.fixture
+def program(tmp_path):
+    path = tmp_path / "prog.py"
+    path.write_text(PROGRAM)
+    return path
+
+
+def _last_json(stdout):
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+# -- run -------------------------------------------------------------------------
+
+
+def test_run_script_gets_a_greenhub_loop_and_the_interpreters_view(program, tmp_path):
+    got = cli("run", str(program), "a", "--b", cwd=tmp_path)
+    assert got.returncode == 0, got.stderr
+    ours = _last_json(got.stdout)
+    theirs = _last_json(plain(str(program), "a", "--b", cwd=tmp_path).stdout)
+    assert ours["loop"] == "greenhub.Loop"
+    assert theirs["loop"] != "greenhub.Loop"
+    for key in ("argv", "path0", "name", "main_file", "debug"):
+        assert ours[key] == theirs[key], key
+
+
+def test_run_module_as_python_dash_m(tmp_path):
+    pkg = tmp_path / "mypkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "__main__.py").write_text(PROGRAM)
+    got = cli("run", "-m", "mypkg", "x", cwd=tmp_path)
+    assert got.returncode == 0, got.stderr
+    ours = _last_json(got.stdout)
+    theirs = _last_json(plain("-m", "mypkg", "x", cwd=tmp_path).stdout)
+    assert ours["loop"] == "greenhub.Loop"
+    for key in ("argv", "path0", "name", "main_file"):
+        assert ours[key] == theirs[key], key
+
+
+def test_run_exit_status_and_traceback_are_the_programs(tmp_path):
+    (tmp_path / "exits.py").write_text("import sys; sys.exit(3)\n")
+    assert cli("run", "exits.py", cwd=tmp_path).returncode == 3
+    (tmp_path / "raises.py").write_text("def f():\n    raise KeyError('boom')\nf()\n")
+    got = cli("run", "raises.py", cwd=tmp_path)
+    assert got.returncode == plain("raises.py", cwd=tmp_path).returncode == 1
+    assert got.stderr.rstrip().endswith("KeyError: 'boom'")
+    assert 'raises.py", line 2, in f' in got.stderr
+
+
+def test_run_sync_program_awaits_at_top_level(tmp_path):
+    (tmp_path / "sync.py").write_text(
+        "import asyncio, greenhub\n"
+        "async def f():\n    await asyncio.sleep(0)\n    return 42\n"
+        "print(greenhub.await_(f()))\n"
+    )
+    got = cli("run", "sync.py", cwd=tmp_path)
+    assert (got.returncode, got.stdout.strip()) == (0, "42"), got.stderr
+
+
+def test_run_debug_turns_on_asyncio_debug_mode(program):
+    got = cli("run", "--debug", str(program))
+    assert got.returncode == 0, got.stderr
+    assert _last_json(got.stdout)["debug"] is True
+
+
+def test_run_watchdog_reports_a_blocking_step(tmp_path):
+    (tmp_path / "blocks.py").write_text(
+        "import asyncio, time\n"
+        "async def main():\n    time.sleep(0.5)\n    await asyncio.sleep(0)\n"
+        "asyncio.run(main())\n"
+    )
+    got = cli("run", "--watchdog", "0.05", "blocks.py", cwd=tmp_path)
+    assert got.returncode == 0, got.stderr
+    assert "blocked the event loop" in got.stderr
+    assert "blocks.py" in got.stderr  # the stack points at the blocking line
+    quiet = cli("run", "blocks.py", cwd=tmp_path)
+    assert "blocked the event loop" not in quiet.stderr
+
+
+def test_run_patch_patches_before_the_program(tmp_path):
+    (tmp_path / "patched.py").write_text(
+        "import greenhub.monkey as m\nprint(m.is_patched('time'), m.is_patched('socket'))\n"
+    )
+    assert cli("run", "--patch", "patched.py", cwd=tmp_path).stdout.strip() == "True True"
+    assert cli("run", "patched.py", cwd=tmp_path).stdout.strip() == "False False"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run"], "a script or -m module is required"),
+        (["run", "--debug"], "a script or -m module is required"),
+        (["run", "-m"], "-m needs a module name"),
+        (["run", "--watchdog"], "--watchdog needs a number of seconds"),
+        (["run", "--watchdog", "soon", "x.py"], "not 'soon'"),
+        (["run", "--watchdog", "nan", "x.py"], "--watchdog nan"),
+        (["run", "--watchdog=-1", "x.py"], "--watchdog -1"),
+        (["run", "--frobnicate", "x.py"], "unknown option '--frobnicate'"),
+        (["run", "missing.py"], "can't open file"),
+        (["frobnicate"], "unknown command 'frobnicate'"),
+        ([], "usage: python -m greenhub"),
+        (["bench", "--only", "nope"], "unknown benchmark nope"),
+    ],
+)
+def test_usage_errors_exit_2_with_a_message(args, message, tmp_path):
+    got = cli(*args, cwd=tmp_path)
+    assert got.returncode == 2
+    assert message in got.stderr
+    assert "Traceback" not in got.stderr
+
+
+def test_help_of_each_command(program):
+    assert "commands:" in cli("--help").stdout
+    assert "--watchdog SECONDS" in cli("run", "--help").stdout
+    assert "--only NAMES" in cli("bench", "--help").stdout
+    assert "--json" in cli("info", "--help").stdout
+    # Options after the script belong to the program, as with the interpreter.
+    got = cli("run", str(program), "--help", "--debug")
+    assert _last_json(got.stdout)["argv"][1:] == ["--help", "--debug"]
+
+
+# -- info ------------------------------------------------------------------------
+
+
+def test_info_describes_this_build():
+    got = cli("info", "--json")
+    assert got.returncode == 0, got.stderr
+    data = json.loads(got.stdout)
+    assert data["greenhub"]["path"] == os.path.dirname(os.path.abspath(greenhub.__file__))
+    assert data["greenhub"]["debug_build"] is bool(_core.DEBUG_BUILD)
+    assert data["greenhub"]["build_flags"] == _core.BUILD_FLAGS
+    assert "-Wall" in _core.BUILD_FLAGS  # setup.py's flags, recorded at build time
+    assert data["libev"]["version"] == "%d.%d" % _core.LIBEV_VERSION
+    loop = greenhub.new_event_loop()
+    try:
+        assert data["libev"]["backend"] == loop._backend
+    finally:
+        loop.close()
+    assert data["python"]["version"] == "%d.%d.%d" % sys.version_info[:3]
+    import greenlet
+
+    assert data["greenlet"] == greenlet.__version__
+    text = cli("info")
+    assert text.returncode == 0
+    assert f"libev      {data['libev']['version']}, backend {data['libev']['backend']}" in (
+        text.stdout
+    )
+
+
+# -- bench -----------------------------------------------------------------------
+
+
+def test_bench_quick_profile_prints_one_ratio_table(tmp_path):
+    got = cli("bench", "--only", "scheduling,memory", "-q", "--json", str(tmp_path), timeout=55)
+    assert got.returncode == 0, got.stderr
+    assert "[1/2] scheduling" in got.stderr and "[2/2] memory" in got.stderr
+    table = got.stdout
+    assert "gh/aio" in table  # greenhub against the stock loop, always there
+    assert "sleep0_100_tasks (n=" in table and "idle task" in table
+    for name in ("scheduling", "memory"):
+        with open(tmp_path / f"{name}.json") as f:
+            assert json.load(f)  # each benchmark's raw results are kept
