@@ -22,7 +22,8 @@ help:
 	@echo "make fuzz        differential fuzzer, greenhub vs the stock loop: random seeds for"
 	@echo "                 FUZZ_SECONDS (default 900), or FUZZ_SEEDS=A:B; FUZZ_OPS per program"
 	@echo "                 (default 200); stops at the first divergence and shrinks it"
-	@echo "make bench       benchmarks: greenhub vs asyncio vs uvloop (and vthread peers), echo, HTTP"
+	@echo "make bench       benchmarks: greenhub vs asyncio vs uvloop (and vthread peers), echo, HTTP,"
+	@echo "                 Django; JSON, charts and report.md in BENCH_OUT (benchmarks/results/latest)"
 	@echo "make soak        20-minute soak: 10,000 churning connections, waves of 10,000 virtual"
 	@echo "                 threads; server RSS and counters (SOAK_ARGS=--quick: about 1 minute)"
 	@echo "make lint        ruff + clang-format checks;  make format  applies them"
@@ -117,17 +118,21 @@ fuzz: build
 
 # The peers the benchmarks compare with are the [bench] extra; each benchmark skips a
 # missing one.
+# Each benchmark's JSON goes to BENCH_OUT; report.py draws the charts and report.md there.
+BENCH_OUT ?= benchmarks/results/latest
 bench: build
 	@$(PY) .ci/deps bench
-	$(PY) benchmarks/bench_scheduling.py
-	$(PY) benchmarks/bench_vthread.py
-	$(PY) benchmarks/bench_memory.py
-	$(PY) benchmarks/bench_echo.py
-	$(PY) benchmarks/bench_green.py
+	@mkdir -p $(BENCH_OUT)
+	$(PY) benchmarks/bench_scheduling.py --json $(BENCH_OUT)/scheduling.json
+	$(PY) benchmarks/bench_vthread.py --json $(BENCH_OUT)/bridge.json
+	$(PY) benchmarks/bench_memory.py --json $(BENCH_OUT)/memory.json
+	$(PY) benchmarks/bench_echo.py --json $(BENCH_OUT)/echo.json
+	$(PY) benchmarks/bench_green.py --json $(BENCH_OUT)/green.json
 	@command -v wrk >/dev/null || { echo "installing wrk (bench_http.py's load generator)"; \
 	    (apt-get update -qq && apt-get install -y -qq wrk) >/dev/null || true; }
-	$(PY) benchmarks/bench_http.py
-	$(PY) benchmarks/bench_django.py
+	$(PY) benchmarks/bench_http.py --json $(BENCH_OUT)/http.json
+	$(PY) benchmarks/bench_django.py --json $(BENCH_OUT)/django.json
+	$(PY) benchmarks/report.py $(BENCH_OUT)
 
 # dist/: the sdist and a wheel built from it whose _core carries its own libev
 # (auditwheel repair), tagged with the manylinux level its symbols allow (.ci/wheel).

@@ -47,7 +47,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path[:0] = [REPO, os.path.join(REPO, "tests")]
 
-from bench_http import parse_wrk  # noqa: E402 - after the path set-up
+from _common import machine_info, write_json  # noqa: E402 - after the path set-up
+from bench_http import parse_wrk  # noqa: E402
 
 KINDS = ("greenhub", "stock", "greenhub-nopool", "stock-nopool")
 # greenhub's ratios are taken over the stock setup doing the same database work.
@@ -240,6 +241,28 @@ def report(results, args):
                 )
 
 
+def write_results(path, results, args):
+    """The results as JSON: each setup per workload, and each pair greenhub/stock."""
+    pairs = []
+    for workload in args.workloads:
+        for gkind, kind in PAIRS:
+            g, s = results.get((workload, gkind)), results.get((workload, kind))
+            servers = {}
+            for side, r in (("greenhub", g), ("stock", s)):
+                if r and "failed" not in r:
+                    servers[side] = r
+            pairs.append({"workload": workload, "setup": f"{gkind} vs {kind}", "servers": servers})
+    doc = {
+        "machine": machine_info(),
+        "config": {"conns": args.conns, "duration": args.duration, "warmup": args.warmup},
+        "django": django_version(),
+        "http": http_parser(),
+        "setups": {f"{w}/{k}": r for (w, k), r in results.items()},
+        "results": pairs,
+    }
+    write_json(path, doc)
+
+
 def django_version():
     import django
 
@@ -268,6 +291,7 @@ def main():
     ap.add_argument("--workloads", default="sleep,lookup", help="sleep,lookup")
     ap.add_argument("--kinds", default=",".join(KINDS), help="servers to run: " + ",".join(KINDS))
     ap.add_argument("--pin", default="auto", help="SERVER_CPU,CLIENT_CPU, 'auto' or 'none'")
+    ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     ap.add_argument("--serve", choices=KINDS, help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -306,6 +330,8 @@ def main():
                 except (RuntimeError, subprocess.TimeoutExpired) as e:
                     results[(workload, kind)] = {"failed": str(e)}
         report(results, args)
+        if args.json:
+            write_results(args.json, results, args)
     finally:
         if cluster:
             subprocess.run([os.path.join(REPO, ".ci", "pg"), "stop", cluster])
