@@ -26,7 +26,7 @@ except ImportError as _exc:  # not built for this Python, or it does not load: s
     from ._build_hint import core_import_error
 
     raise core_import_error(_exc) from None
-from . import _core, _private, _vthread, _watchdog, vthread  # noqa: F401 - _core: diagnostics
+from . import _core, _private, _thread_loop, _vthread, _watchdog, vthread  # noqa: F401 - _core: diagnostics
 from ._cancel import defer_cancellation
 from ._colours import async_to_sync, sync_to_async, to_thread
 from ._dump import disable_dump_on_signal, dump_tasks, enable_dump_on_signal, task_stacks

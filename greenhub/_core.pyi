@@ -300,11 +300,11 @@ def _wait_fd(fd: int, events: int, timeout: float | None, /) -> int: ...
 def _register_green_socket(cls: type[socket.socket], /) -> None: ...
 def _wrap_worker_main(entry: Callable[[Callable[[], object]], Callable[[], object]], /) -> None: ...
 def _install_hooks(
-    handle_repr: Callable[[Handle | TimerHandle], str],
-    callback_error: Callable[[Handle | TimerHandle, BaseException], None],
-    slow_callback: Callable[[Handle | TimerHandle, float], None],
-    extract_stack: Callable[..., Any],
-    run_sync: Callable[..., Any],
+    *,
+    handle_repr: Callable[[Handle | TimerHandle], str] = ...,
+    callback_error: Callable[[Handle | TimerHandle, BaseException], None] = ...,
+    slow_callback: Callable[[Handle | TimerHandle, float], None] = ...,
+    run_sync: Callable[..., Any] = ...,
 ) -> None: ...
 def _install_tool_hooks(
     *,
