@@ -1,7 +1,7 @@
 """Blocking primitives for virtual threads, OS threads and async code at once.
 
 Each primitive has the `threading` / `queue` interface.  A blocking call made
-inside a greenhub virtual thread (``_core.in_vthread()``: sync code running in
+inside a greenhub virtual thread (``greenhub.in_vthread()``: sync code running in
 a task step) suspends only that task; the same call made anywhere else - an OS
 thread, a program with no loop, a loop callback, a stock asyncio loop - blocks
 the calling OS thread exactly as the `threading` call does.  Async code uses

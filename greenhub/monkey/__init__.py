@@ -7,7 +7,7 @@ primitives, `queue`'s queues and (with `greenhub.socket`) `socket`/`ssl`.
 Importing greenhub patches nothing.
 
 The rule every replacement follows.  A call made *inside a greenhub virtual
-thread* (``_core.in_vthread()``: a task step on a greenhub loop running in
+thread* (``greenhub.in_vthread()``: a task step on a greenhub loop running in
 this OS thread) waits cooperatively: only that task is suspended, on the
 loop's own watchers and timers.  The same call made anywhere else - another
 OS thread, no loop, the loop's callbacks, a stock asyncio loop - is the
