@@ -10,6 +10,7 @@ call they stand in for, before they come here.
 
 import asyncio
 import time
+from typing import overload
 
 from . import _core
 
@@ -40,6 +41,10 @@ def sleep(seconds: float) -> None:
         timer.cancel()
 
 
+@overload
+def remaining(deadline: float) -> float: ...
+@overload
+def remaining(deadline: None) -> None: ...
 def remaining(deadline: float | None) -> float | None:
     """Seconds left before `deadline` (a ``time.monotonic()`` value; None: no
     limit), 0.0 once it has passed (and for a NaN deadline).  greenhub.sync puts
