@@ -184,9 +184,7 @@ def _cycles(graph):
                     counter += 1
                     stack.append(child)
                     on_stack.add(child)
-                    work.append(
-                        (child, iter(t for t, k in graph[child].items() if k == MODULE))
-                    )
+                    work.append((child, iter(t for t, k in graph[child].items() if k == MODULE)))
                     break
                 if child in on_stack:
                     low[node] = min(low[node], index[child])
@@ -230,7 +228,9 @@ def main(argv=None) -> int:
             )
     for row in rows:
         if not (PACKAGE / row).is_file():
-            errors.append(f"docs/design.md's layer table lists greenhub/{row}, which does not exist")
+            errors.append(
+                f"docs/design.md's layer table lists greenhub/{row}, which does not exist"
+            )
     for component in _cycles(graph):
         errors.append("a circle of module-level imports: " + " -> ".join(component))
     notes = []
