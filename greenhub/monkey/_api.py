@@ -23,23 +23,6 @@ from ._subprocess import _plan_subprocess
 from ._threading import _plan_thread
 from ._time import _plan_time
 
-__all__ = [
-    "MonkeyPatchWarning",
-    "get_original",
-    "is_patched",
-    "patch_all",
-    "patch_queue",
-    "patch_select",
-    "patch_selectors",
-    "patch_socket",
-    "patch_ssl",
-    "patch_subprocess",
-    "patch_thread",
-    "patch_time",
-    "patched",
-    "unpatch_all",
-]
-
 _PACKAGE = __name__.rpartition(".")[0]  # greenhub.monkey
 
 

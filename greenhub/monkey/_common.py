@@ -24,8 +24,8 @@ _running_loop = asyncio.get_running_loop  # where a loop must run (in a virtual 
 _current_task = asyncio.current_task
 _monotonic = _time_mod.monotonic
 
-# The originals this module needs itself, captured at import so that patching
-# never changes them underneath (greenhub.* modules are never rewritten).
+# The originals the green implementations build on, captured at import so that
+# patching never changes them underneath (greenhub.* modules are never rewritten).
 _orig_poll = _select_mod.poll
 _orig_epoll = _select_mod.epoll
 _EPOLLIN = _select_mod.EPOLLIN
@@ -67,7 +67,7 @@ def _wait_fds(masks, timeout, check):
     virtual thread is cancelled; return check()'s last answer.
 
     `masks` maps fds to epoll event masks.  They go into a private epoll set
-    (see the module docstring).  An fd epoll refuses (a regular file, which
+    (see the package docstring).  An fd epoll refuses (a regular file, which
     poll() and select() always report ready) is left out: check() sees it."""
     deadline = None if timeout is None else _monotonic() + timeout
     ep = _orig_epoll()

@@ -1,8 +1,5 @@
-"""What patch_queue() puts in queue: greenhub.sync's queues.
-
-Each replacement dispatches: inside a virtual thread it waits cooperatively,
-anywhere else it is the original (see greenhub/monkey/__init__.py).
-"""
+"""What patch_queue() puts in queue: greenhub.sync's queues, which wait
+cooperatively inside a virtual thread and block as queue's do anywhere else."""
 
 import queue
 
