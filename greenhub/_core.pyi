@@ -3,8 +3,9 @@
 Checked against the built module by ``make typecheck`` (``python -m mypy.stubtest
 greenhub._core``): every name the module exposes is here.  The private names are
 greenhub's own plumbing between its C and Python halves, typed as the Python half calls
-them; user code needs only ``await_``, ``in_vthread``, ``check_switch``,
-``debug_counters``, ``SwitchError`` and, through ``greenhub.Loop``, the Loop methods.
+them.  User code reaches what it needs through ``greenhub`` (``await_``,
+``in_vthread``, ``check_switch``, ``GreenCoro``, ``SwitchError``, and the Loop methods
+through ``greenhub.Loop``); ``debug_counters`` is the one diagnostic it calls here.
 """
 
 import asyncio
