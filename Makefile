@@ -26,7 +26,8 @@ help:
 	@echo "                 Django; JSON, charts and report.md in BENCH_OUT (benchmarks/results/latest)"
 	@echo "make soak        20-minute soak: 10,000 churning connections, waves of 10,000 virtual"
 	@echo "                 threads; server RSS and counters (SOAK_ARGS=--quick: about 1 minute)"
-	@echo "make lint        ruff + clang-format checks;  make format  applies them"
+	@echo "make lint        ruff + clang-format checks, the Python import graph against"
+	@echo "                 docs/design.md's layers;  make format  applies ruff and clang-format"
 	@echo "make typecheck   mypy --strict: the package, examples/typed_usage.py; stubtest of _core"
 	@echo "make wheel       dist/: the sdist and a wheel built from it that carries its own libev"
 	@echo "make test-installed  that wheel in a fresh virtualenv: the pytest suite against it"
@@ -167,13 +168,14 @@ soak: build
 	$(PY) benchmarks/bench_soak.py $(SOAK_ARGS)
 
 lint:
-	ruff check greenhub tests compat benchmarks examples
-	ruff format --check greenhub examples
+	ruff check greenhub tests compat benchmarks examples .ci/check_imports.py
+	ruff format --check greenhub examples .ci/check_imports.py
+	$(PY) .ci/check_imports.py
 	clang-format --dry-run --Werror src/*.c src/*.h benchmarks/*.c
 
 format:
-	ruff check --fix greenhub tests compat benchmarks examples
-	ruff format greenhub examples
+	ruff check --fix greenhub tests compat benchmarks examples .ci/check_imports.py
+	ruff format greenhub examples .ci/check_imports.py
 	clang-format -i src/*.c src/*.h benchmarks/*.c
 
 clean:

@@ -26,10 +26,17 @@ except ImportError as _exc:  # not built for this Python, or it does not load: s
     from ._build_hint import core_import_error
 
     raise core_import_error(_exc) from None
-from . import _core, _private, _vthread, _watchdog, vthread  # noqa: F401 - _core: diagnostics
+from . import _core, _private, _thread_loop, _vthread, _watchdog, vthread  # noqa: F401 - _core: diagnostics
 from ._cancel import defer_cancellation
 from ._colours import async_to_sync, sync_to_async, to_thread
-from ._dump import disable_dump_on_signal, dump_tasks, enable_dump_on_signal, task_stacks
+from ._core import GreenCoro, check_switch, in_vthread
+from ._dump import (
+    TaskStack,
+    disable_dump_on_signal,
+    dump_tasks,
+    enable_dump_on_signal,
+    task_stacks,
+)
 from ._loop import Loop
 from ._private import _get_running_loop
 from ._switches import SwitchError, get_switch_log, no_switch, set_switch_log
@@ -51,6 +58,7 @@ __all__ = [
     "BoundedSemaphore",
     "Condition",
     "Event",
+    "GreenCoro",
     "LifoQueue",
     "Lock",
     "Loop",
@@ -60,13 +68,16 @@ __all__ = [
     "RLock",
     "Semaphore",
     "SwitchError",
+    "TaskStack",
     "async_to_sync",
     "await_",
+    "check_switch",
     "defer_cancellation",
     "disable_dump_on_signal",
     "dump_tasks",
     "enable_dump_on_signal",
     "get_switch_log",
+    "in_vthread",
     "install",
     "new_event_loop",
     "no_switch",

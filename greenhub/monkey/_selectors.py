@@ -1,0 +1,67 @@
+"""The selectors' select() methods in a virtual thread: the green implementation
+behind patch_selectors().
+
+Each replacement dispatches: inside a virtual thread it waits cooperatively,
+anywhere else it is the original (see greenhub/monkey/__init__.py).
+"""
+
+import selectors as _selectors_mod
+
+from .. import _waits
+from ._common import (
+    _EPOLLIN,
+    _EPOLLOUT,
+    _in_vthread,
+    _monotonic,
+    _sleep_until,
+    _wait_fds,
+    _wait_readable,
+    _wraps,
+)
+
+_EVENT_MASKS = {
+    _selectors_mod.EVENT_READ: _EPOLLIN,
+    _selectors_mod.EVENT_WRITE: _EPOLLOUT,
+    _selectors_mod.EVENT_READ | _selectors_mod.EVENT_WRITE: _EPOLLIN | _EPOLLOUT,
+}
+
+
+def _make_selector_select(original):
+    def select(self, timeout=None):
+        if not _in_vthread():
+            return original(self, timeout)
+        ready = original(self, 0)
+        if ready or (timeout is not None and timeout <= 0):
+            return ready
+        deadline = None if timeout is None else _monotonic() + timeout
+        if isinstance(self, _selectors_mod.EpollSelector):
+            while True:  # the selector's own epoll fd says when to look again
+                _wait_readable(self.fileno(), _waits.remaining(deadline))
+                ready = original(self, 0)
+                if ready or (deadline is not None and _monotonic() >= deadline):
+                    return ready
+        masks = {key.fd: _EVENT_MASKS.get(key.events, 0) for key in self.get_map().values()}
+        if not masks:
+            _sleep_until(deadline)
+            return original(self, 0)
+        return _wait_fds(masks, _waits.remaining(deadline), lambda: original(self, 0))
+
+    return _wraps(original, select)
+
+
+def _selector_classes():
+    names = ("SelectSelector", "PollSelector", "EpollSelector", "DevpollSelector")
+    return [getattr(_selectors_mod, n) for n in names if hasattr(_selectors_mod, n)]
+
+
+def _plan_selectors(batch):
+    seen = set()
+    for cls in _selector_classes():
+        for owner in cls.__mro__:  # patch the class that defines select()
+            if "select" in owner.__dict__:
+                break
+        if owner in seen or owner is _selectors_mod.BaseSelector:
+            continue
+        seen.add(owner)
+        original = owner.__dict__["select"]
+        batch.add("selectors", owner, "select", _make_selector_select(original), ("selectors",))
