@@ -22,6 +22,7 @@ import platform
 import runpy
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 import warnings
@@ -201,7 +202,7 @@ def info() -> dict[str, Any]:
             "version": platform.python_version(),
             "implementation": platform.python_implementation(),
             "executable": sys.executable,
-            "gil_disabled": bool(getattr(sys, "_is_gil_enabled", lambda: True)() is False),
+            "free_threaded_build": bool(sysconfig.get_config_var("Py_GIL_DISABLED")),
         },
         "platform": platform.platform(),
         "peers": peers,

@@ -8,6 +8,7 @@ package docstring, "Waiting on file descriptors").  Sleeping and deadlines are
 greenhub._waits', shared with greenhub.sync.
 """
 
+import _thread
 import asyncio
 import errno
 import math
@@ -28,6 +29,7 @@ _monotonic = _time_mod.monotonic
 # patching never changes them underneath (greenhub.* modules are never rewritten).
 _orig_poll = _select_mod.poll
 _orig_epoll = _select_mod.epoll
+_orig_allocate_lock = _thread.allocate_lock
 _EPOLLIN = _select_mod.EPOLLIN
 _EPOLLOUT = _select_mod.EPOLLOUT
 _EPOLLPRI = _select_mod.EPOLLPRI
@@ -103,7 +105,7 @@ def _sleep_until(deadline):
 # Number conversions the C functions make, or _INVALID when the original
 # would raise for the argument (it is then called, and raises its own error).
 _INVALID = object()
-_MAX_SECONDS = 9.2e9  # CPython's clock limit is 2**63 ns, ~9.22e9 s
+_MAX_NS = 2**63 - 1  # CPython's clock (PyTime_t) limit: timeouts past it raise OverflowError
 _INT_MAX = 2**31 - 1
 
 
@@ -117,7 +119,12 @@ def _seconds(value):
             value = operator.index(value)
         except TypeError:
             return _INVALID
-    if not 0 <= value <= _MAX_SECONDS:  # also NaN
+    if not value >= 0:  # also NaN
+        return _INVALID
+    # The interpreter's own check, exactly: a value just under the limit is accepted
+    # there, so refusing it here would hand the original a timeout it then waits out.
+    # (For a float: the C check is ceil(value * 1e9) < 2.0**63, the same as this.)
+    if not value * (1e9 if isinstance(value, float) else 10**9) <= _MAX_NS:
         return _INVALID
     return value
 
@@ -157,6 +164,13 @@ def _epoll_seconds(value):
     if not -_INT_MAX - 1 <= ms <= _INT_MAX:
         return _INVALID
     return None if ms < 0 else ms / 1000
+
+
+def _check_lock_timeout(timeout):
+    """Raise what a lock's ``acquire(True, timeout)`` raises for `timeout` (TypeError,
+    ValueError for NaN, OverflowError past what the platform takes; the messages are
+    each version's own) - without waiting: the lock is a fresh one, so it is free."""
+    _orig_allocate_lock().acquire(True, timeout)
 
 
 def _fileno(obj):

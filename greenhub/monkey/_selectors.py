@@ -5,14 +5,19 @@ Each replacement dispatches: inside a virtual thread it waits cooperatively,
 anywhere else it is the original (see greenhub/monkey/__init__.py).
 """
 
+import math
 import selectors as _selectors_mod
 
 from .. import _waits
 from ._common import (
     _EPOLLIN,
     _EPOLLOUT,
+    _INVALID,
+    _epoll_seconds,
     _in_vthread,
     _monotonic,
+    _poll_milliseconds,
+    _seconds,
     _sleep_until,
     _wait_fds,
     _wait_readable,
@@ -26,9 +31,25 @@ _EVENT_MASKS = {
 }
 
 
+def _refused(selector, timeout):
+    """Whether the original select() raises for `timeout` before it waits: its own
+    conversion of the timeout (selectors.py), then the system call's.  The original
+    is then called to raise it, with each version's exception and message."""
+    try:
+        if isinstance(selector, _selectors_mod.SelectSelector):
+            return _seconds(max(timeout, 0)) is _INVALID
+        if timeout <= 0:
+            return False
+        if isinstance(selector, _selectors_mod.EpollSelector):
+            return _epoll_seconds(math.ceil(timeout * 1e3) * 1e-3) is _INVALID
+        return _poll_milliseconds(math.ceil(timeout * 1e3)) is _INVALID
+    except (TypeError, ValueError, OverflowError):
+        return True
+
+
 def _make_selector_select(original):
     def select(self, timeout=None):
-        if not _in_vthread():
+        if not _in_vthread() or (timeout is not None and _refused(self, timeout)):
             return original(self, timeout)
         ready = original(self, 0)
         if ready or (timeout is not None and timeout <= 0):

@@ -13,8 +13,10 @@ from ._common import _in_vthread, _monotonic, _wait_readable, _wraps
 
 # A communicate() given no timeout but a single pipe reads or writes it with
 # one blocking call; with a timeout it takes the selector path, which waits
-# cooperatively.  This one is long enough never to expire (about 31 years).
-_FOREVER = 1e9
+# cooperatively.  This is the longest timeout that path's poll() takes (INT_MAX ms,
+# about 24.8 days); a communicate() that outlasts it starts again, which loses
+# nothing (subprocess documents retrying after TimeoutExpired).
+_LONG_WAIT = (2**31 - 1) // 1000
 
 
 def _child_exit_wait(popen, timeout):
@@ -77,7 +79,11 @@ def _make_communicate(original):
             and [self.stdin, self.stdout, self.stderr].count(None) >= 2
             and _in_vthread()
         ):
-            timeout = _FOREVER
+            while True:
+                try:
+                    return original(self, input, _LONG_WAIT)
+                except _subprocess_mod.TimeoutExpired:
+                    input = None  # sent already: communication has started
         return original(self, input, timeout)
 
     return _wraps(original, communicate)

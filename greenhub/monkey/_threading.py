@@ -12,7 +12,14 @@ from typing import Any
 
 from .. import _waits, sync
 from .._private import _local
-from ._common import _MISSING, _current_task, _in_vthread, _monotonic, _wraps
+from ._common import (
+    _MISSING,
+    _check_lock_timeout,
+    _current_task,
+    _in_vthread,
+    _monotonic,
+    _wraps,
+)
 
 _local_base = _local
 _local_getattribute = _local_base.__getattribute__
@@ -163,8 +170,15 @@ def _delattr_in(self, name, ns) -> None:
 
 def _make_join(original):
     def join(self, timeout=None):
-        if not _in_vthread() or (timeout is not None and timeout <= 0):
+        if not _in_vthread():
             return original(self, timeout)
+        if timeout is not None:
+            # As the original: a negative timeout counts as 0, and a timeout its lock
+            # wait cannot take (NaN, too large) raises before anything waits.
+            timeout = max(timeout, 0)
+            if timeout == 0:
+                return original(self, 0)
+            _check_lock_timeout(timeout)
         # The original first: it raises for a thread not started or the
         # current one, and returns at once with a zero timeout.
         original(self, 0)
