@@ -164,12 +164,12 @@ soak: build
 lint:
 	ruff check greenhub tests compat benchmarks examples
 	ruff format --check greenhub examples
-	clang-format --dry-run --Werror src/*.c src/*.h benchmarks/*.c
+	clang-format --dry-run --Werror src/*.c src/*.h benchmarks/*.c greenhub/include/*.h tests/capi_ext/*.c
 
 format:
 	ruff check --fix greenhub tests compat benchmarks examples
 	ruff format greenhub examples
-	clang-format -i src/*.c src/*.h benchmarks/*.c
+	clang-format -i src/*.c src/*.h benchmarks/*.c greenhub/include/*.h tests/capi_ext/*.c
 
 clean:
 	rm -rf build dist greenhub/*.so greenhub/__pycache__ tests/__pycache__ *.egg-info

@@ -126,8 +126,8 @@ capi_wait_fd(int fd, int events, double timeout)
         /* The step is the loop's current one (borrowed): hold it across
          * the suspension, as gh_fd_wait() asks of its caller. */
         Py_INCREF(w);
-        ready = gh_fd_wait(loop, w, fd, NULL, events,
-                           timeout < 0 ? -1.0 : gh_monotonic() + timeout);
+        ready =
+            gh_fd_wait(loop, w, fd, NULL, events, timeout < 0 ? -1.0 : gh_monotonic() + timeout);
         Py_DECREF(w);
     }
     else {

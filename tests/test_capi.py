@@ -532,3 +532,25 @@ def test_cancel_a_client_inside_c(ext, gloop):
             assert task.cancelled()
 
     gloop.run_until_complete(asyncio.wait_for(main(), 10))
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["-std=c99", "-Wpedantic", "-DPy_LIMITED_API=0x030b0000"],  # the limited API
+        ["-std=c11", "-DGREENHUB_NO_HELPERS"],  # the table only
+    ],
+)
+def test_header_compiles_warning_free(tmp_path, flags):
+    # Included and unused, or used: no warning with -Wall -Wextra (-Werror below).
+    src = tmp_path / "use.c"
+    src.write_text(
+        "#include <Python.h>\n#include <greenhub.h>\n"
+        "int use(void);\n"
+        "int use(void) { return Greenhub_ImportCAPI() == NULL ? -1 : 0; }\n"
+    )
+    cc = shlex.split(sysconfig.get_config_var("CC") or "cc")
+    inc = [f"-I{sysconfig.get_paths()['include']}", f"-I{greenhub.get_include()}"]
+    cmd = [*cc, "-fsyntax-only", "-Wall", "-Wextra", "-Werror", *flags, *inc, str(src)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

@@ -154,11 +154,11 @@ done:
 }
 
 static PyMethodDef methods[] = {
-    {"api_info", api_info, METH_NOARGS, NULL},
-    {"in_vthread", in_vthread, METH_NOARGS, NULL},
-    {"wait_fd", wait_fd, METH_VARARGS, NULL},
-    {"await_", await_, METH_O, NULL},
-    {"fetch", fetch, METH_VARARGS, NULL},
+    {"api_info", api_info, METH_NOARGS, "api_info() -> dict: the running greenhub's table"},
+    {"in_vthread", in_vthread, METH_NOARGS, "in_vthread() -> bool: Greenhub_InVirtualThread()"},
+    {"wait_fd", wait_fd, METH_VARARGS, "wait_fd(fd, events, timeout) -> int: Greenhub_WaitFd()"},
+    {"await_", await_, METH_O, "await_(awaitable) -> result: Greenhub_Await()"},
+    {"fetch", fetch, METH_VARARGS, "fetch(port, request, timeout) -> bytes: a tiny TCP client"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -177,6 +177,7 @@ static PyModuleDef_Slot slots[] = {
 static PyModuleDef def = {
     PyModuleDef_HEAD_INIT,
     .m_name = "gh_capi_c",
+    .m_doc = "A small C extension over greenhub's C API (tests/test_capi.py builds it).",
     .m_size = 0,
     .m_methods = methods,
     .m_slots = slots,
