@@ -554,3 +554,61 @@ def test_header_compiles_warning_free(tmp_path, flags):
     cmd = [*cc, "-fsyntax-only", "-Wall", "-Wextra", "-Werror", *flags, *inc, str(src)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def _legacy_subinterpreter():
+    """(module, id) of a new subinterpreter sharing the GIL, as greenhub supports."""
+    try:
+        import _interpreters as mod  # 3.13+
+
+        return mod, mod.create("legacy")
+    except ImportError:
+        import _xxsubinterpreters as mod
+
+        try:
+            return mod, mod.create(isolated=False)  # 3.12
+        except TypeError:
+            return mod, mod.create()  # 3.11
+
+
+def test_in_a_subinterpreter(built, tmp_path):
+    # The table is process-wide: the pointer the extension imported in the main
+    # interpreter serves a subinterpreter too, where each call finds that interpreter's
+    # own greenhub._core (its own loops and module state).
+    so = built["c"].__file__
+    out = tmp_path / "out.txt"
+    site = str(Path(greenhub.__file__).resolve().parent.parent)  # the greenhub under test
+    code = f"""if True:
+        import sys
+        sys.path.insert(0, {site!r})
+        import asyncio, importlib.util, math, socket, greenhub
+        spec = importlib.util.spec_from_file_location("gh_capi_c", {so!r})
+        ext = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(ext)
+        a, b = socket.socketpair()
+
+        def waiter():
+            return ext.in_vthread(), ext.wait_fd(a.fileno(), 1, math.inf), a.recv(5)
+
+        async def value():
+            return "awaited"
+
+        async def main():
+            task = greenhub.spawn(waiter)
+            await asyncio.sleep(0.01)
+            b.send(b"hello")
+            return await task, await greenhub.spawn(ext.await_, value())
+
+        result = greenhub.run(main())
+        a.close()
+        b.close()
+        with open({str(out)!r}, "w") as f:
+            f.write(repr(result))
+    """
+    mod, iid = _legacy_subinterpreter()
+    try:
+        err = mod.run_string(iid, code)
+    finally:
+        mod.destroy(iid)
+    assert err is None
+    assert out.read_text() == repr(((True, R, b"hello"), "awaited"))
