@@ -40,7 +40,13 @@
 #include "vthread.h"
 
 /* greenhub._core of the calling interpreter: a new reference (the caller
- * keeps it until its state is no longer used), or NULL with an exception. */
+ * keeps it until its state is no longer used), or NULL with an exception.
+ * Read from sys.modules directly: PyImport_GetModule() would also check that
+ * the module is not being imported (an attribute lookup on its spec), which
+ * costs more than the lookup itself, and greenhub._core's state is complete
+ * before anything can call this.  PySys_GetObject() rather than
+ * PyImport_GetModuleDict(), which aborts once sys.modules is gone (a
+ * finalizer running at interpreter shutdown may still call in). */
 static PyObject *
 current_module(void)
 {
@@ -48,9 +54,18 @@ current_module(void)
     if (name == NULL) {
         return NULL;
     }
-    PyObject *mod = PyImport_GetModule(name);
-    if (mod == NULL && !PyErr_Occurred()) {
-        mod = PyImport_Import(name); /* not imported in this interpreter yet */
+    PyObject *modules = PySys_GetObject("modules"); /* borrowed, NULL without error */
+    PyObject *mod = modules != NULL && PyDict_Check(modules)
+                        ? PyDict_GetItemWithError(modules, name) /* borrowed */
+                        : NULL;
+    if (mod != NULL) {
+        Py_INCREF(mod);
+    }
+    else if (!PyErr_Occurred()) {
+        mod = PyImport_GetModule(name); /* sys.modules is not a dict, or gone: ask import */
+        if (mod == NULL && !PyErr_Occurred()) {
+            mod = PyImport_Import(name); /* not imported in this interpreter yet */
+        }
     }
     Py_DECREF(name);
     if (mod == NULL) {
