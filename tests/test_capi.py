@@ -45,7 +45,8 @@ def _compile(source, out, *, werror):
     cmd = [*cc, "-shared", "-fPIC", "-O1", "-Wall", "-Wextra"]
     cmd += ["-Werror"] if werror else []
     cmd += [f"-I{d}" for d in sorted(includes)] + [f"-I{greenhub.get_include()}"]
-    subprocess.run([*cmd, str(source), "-o", str(out)], check=True, capture_output=True, text=True)
+    proc = subprocess.run([*cmd, str(source), "-o", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
 
 
 def _load(name, path):
@@ -65,11 +66,12 @@ def built(tmp_path_factory):
     # the greenhub package under test (site-packages when installed).
     site = Path(greenhub.__file__).resolve().parent.parent
     pyx_c = out / "gh_capi_cy.c"
-    subprocess.run(
+    proc = subprocess.run(
         [sys.executable, "-m", "cython", "-3", "-I", str(site), str(HERE / "gh_capi_cy.pyx"),
          "-o", str(pyx_c)],
-        check=True, capture_output=True, text=True,
+        capture_output=True, text=True,
     )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
     _compile(pyx_c, out / f"gh_capi_cy{suffix}", werror=False)
     return {
         "c": _load("gh_capi_c", out / f"gh_capi_c{suffix}"),
@@ -612,3 +614,31 @@ def test_in_a_subinterpreter(built, tmp_path):
         mod.destroy(iid)
     assert err is None
     assert out.read_text() == repr(((True, R, b"hello"), "awaited"))
+
+
+def test_helpers_before_import_raise(tmp_path):
+    # An extension that forgot Greenhub_Import() gets RuntimeError, not a crash.
+    src = tmp_path / "gh_capi_noimport.c"
+    src.write_text(
+        "#include <Python.h>\n#include <greenhub.h>\n"
+        "static PyObject *wait(PyObject *m, PyObject *a) {\n"
+        "    (void)m; (void)a;\n"
+        "    return Greenhub_WaitFd(0, GREENHUB_READ, 0.0) < 0 ? NULL : Py_NewRef(Py_None);\n"
+        "}\n"
+        "static PyObject *aw(PyObject *m, PyObject *a) { (void)m; return Greenhub_Await(a); }\n"
+        "static PyObject *inv(PyObject *m, PyObject *a) {\n"
+        "    (void)m; (void)a;\n"
+        "    return Greenhub_InVirtualThread() < 0 ? NULL : Py_NewRef(Py_None);\n"
+        "}\n"
+        "static PyMethodDef methods[] = {{\"wait\", wait, METH_NOARGS, NULL},\n"
+        "    {\"aw\", aw, METH_O, NULL}, {\"inv\", inv, METH_NOARGS, NULL}, {NULL, NULL, 0, NULL}};\n"
+        "static PyModuleDef def = {PyModuleDef_HEAD_INIT, .m_name = \"gh_capi_noimport\",\n"
+        "    .m_methods = methods};\n"
+        "PyMODINIT_FUNC PyInit_gh_capi_noimport(void) { return PyModule_Create(&def); }\n"
+    )
+    so = tmp_path / f"gh_capi_noimport{sysconfig.get_config_var('EXT_SUFFIX')}"
+    _compile(src, so, werror=True)
+    mod = _load("gh_capi_noimport", so)
+    for call in (mod.wait, mod.inv, lambda: mod.aw(None)):
+        with pytest.raises(RuntimeError, match=r"call Greenhub_Import\(\) first"):
+            call()
