@@ -171,12 +171,12 @@ lint:
 	ruff check greenhub tests compat benchmarks examples .ci/check_imports.py
 	ruff format --check greenhub examples .ci/check_imports.py
 	$(PY) .ci/check_imports.py
-	clang-format --dry-run --Werror src/*.c src/*.h benchmarks/*.c
+	clang-format --dry-run --Werror src/*.c src/*.h benchmarks/*.c greenhub/include/*.h tests/capi_ext/*.c
 
 format:
 	ruff check --fix greenhub tests compat benchmarks examples .ci/check_imports.py
 	ruff format greenhub examples .ci/check_imports.py
-	clang-format -i src/*.c src/*.h benchmarks/*.c
+	clang-format -i src/*.c src/*.h benchmarks/*.c greenhub/include/*.h tests/capi_ext/*.c
 
 clean:
 	rm -rf build dist greenhub/*.so greenhub/__pycache__ tests/__pycache__ *.egg-info

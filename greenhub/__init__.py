@@ -76,6 +76,7 @@ __all__ = [
     "disable_dump_on_signal",
     "dump_tasks",
     "enable_dump_on_signal",
+    "get_include",
     "get_switch_log",
     "in_vthread",
     "install",
@@ -100,6 +101,15 @@ _Ts = _TypeVarTuple("_Ts")
 def new_event_loop() -> Loop:
     """Return a new greenhub event loop (usable as ``loop_factory=``)."""
     return Loop()
+
+
+def get_include() -> str:
+    """Return the directory of greenhub's C header, ``greenhub.h``: add it to the include
+    path of a C or Cython extension that uses greenhub's C API (``greenhub/capi.pxd``
+    for Cython; docs/guide-c-api.md).  Nothing needs to be linked."""
+    import os
+
+    return os.path.join(os.path.dirname(__file__), "include")
 
 
 # asyncio's event loop policies are deprecated from Python 3.14 and go in 3.16: there

@@ -34,6 +34,8 @@ BUILD_FLAGS: Final[str]
 """1 in a ``make debug`` build (assertions on), else 0."""
 LIBEV_VERSION: Final[tuple[int, int]]
 """(major, minor) of the libev the module runs with."""
+_C_API: Final[object]
+"""The C API's table for extensions, a capsule (greenhub/include/greenhub.h)."""
 
 class SwitchError(RuntimeError):
     """A virtual thread tried to switch inside a ``greenhub.no_switch()`` block."""

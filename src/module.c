@@ -4,6 +4,7 @@
  */
 #include <Python.h>
 
+#include "capi.h"
 #include "defer.h"
 #include "fd_wait.h"
 #include "green.h"
@@ -209,7 +210,8 @@ module_exec(PyObject *mod)
         add_type(mod, &gh_transport_base_spec, NULL, &st->TransportBaseType) < 0 ||
         add_type(mod, &gh_sockdone_spec, NULL, &st->SockDoneType) < 0 ||
         gh_transport_state_init(st) < 0 || gh_sock_state_init(st) < 0 ||
-        gh_fd_wait_init(mod, st) < 0 || gh_green_sock_init(mod, st) < 0 || gh_bridge_init(st) < 0) {
+        gh_fd_wait_init(mod, st) < 0 || gh_green_sock_init(mod, st) < 0 || gh_bridge_init(st) < 0 ||
+        gh_capi_init(mod) < 0) {
         return -1;
     }
     if (gh_green_import() < 0) {
