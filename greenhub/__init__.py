@@ -33,6 +33,7 @@ from ._dump import disable_dump_on_signal, dump_tasks, enable_dump_on_signal, ta
 from ._loop import Loop
 from ._private import _get_running_loop
 from ._switches import SwitchError, get_switch_log, no_switch, set_switch_log
+from ._timeout import Timeout, timeout, timeout_at
 from ._vthread import await_, spawn
 from .sync import (
     BoundedSemaphore,
@@ -60,6 +61,7 @@ __all__ = [
     "RLock",
     "Semaphore",
     "SwitchError",
+    "Timeout",
     "async_to_sync",
     "await_",
     "defer_cancellation",
@@ -76,6 +78,8 @@ __all__ = [
     "spawn",
     "sync_to_async",
     "task_stacks",
+    "timeout",
+    "timeout_at",
     "to_thread",
     "vthread",
 ]
