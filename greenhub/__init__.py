@@ -31,6 +31,7 @@ from ._cancel import defer_cancellation
 from ._colours import async_to_sync, sync_to_async, to_thread
 from ._dump import disable_dump_on_signal, dump_tasks, enable_dump_on_signal, task_stacks
 from ._loop import Loop
+from .pool import Group, Pool
 from ._private import _get_running_loop
 from ._switches import SwitchError, get_switch_log, no_switch, set_switch_log
 from ._timeout import Timeout, timeout, timeout_at
@@ -52,10 +53,12 @@ __all__ = [
     "BoundedSemaphore",
     "Condition",
     "Event",
+    "Group",
     "LifoQueue",
     "Lock",
     "Loop",
     "Policy",
+    "Pool",
     "PriorityQueue",
     "Queue",
     "RLock",
