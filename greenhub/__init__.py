@@ -86,7 +86,7 @@ __all__ = [
     "to_thread",
     "vthread",
 ]
-__all__ += ["socket", "ssl"]  # green sockets (imported on first use: import greenhub.socket)
+__all__ += ["server", "socket", "ssl"]  # imported on first use: import greenhub.socket
 __version__ = "0.1.0.dev0"
 
 _T = _TypeVar("_T")
