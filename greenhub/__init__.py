@@ -31,11 +31,11 @@ from ._cancel import defer_cancellation
 from ._colours import async_to_sync, sync_to_async, to_thread
 from ._dump import disable_dump_on_signal, dump_tasks, enable_dump_on_signal, task_stacks
 from ._loop import Loop
-from .pool import Group, Pool
 from ._private import _get_running_loop
 from ._switches import SwitchError, get_switch_log, no_switch, set_switch_log
 from ._timeout import Timeout, timeout, timeout_at
 from ._vthread import await_, spawn
+from .pool import Group, Pool
 from .sync import (
     BoundedSemaphore,
     Condition,

@@ -24,9 +24,10 @@ Two mechanisms, chosen when the block is entered:
   plain socket, C code, ``greenhub.await_()`` running this thread's loop - runs to its
   end; the block then exits normally, as ``asyncio.timeout()`` does when nothing awaited.
 
-In a thread that runs an event loop outside a virtual thread (a coroutine, a loop
-callback) a sync block cannot be interrupted without blocking the loop: entering one
-raises ``RuntimeError`` that points at ``asyncio.timeout()``.
+Entered in async code - written directly in a coroutine (on greenhub a task's coroutine
+could be interrupted, but not on another loop), or anywhere in a thread that runs an
+event loop outside a virtual thread (a loop callback) - the block raises
+``RuntimeError`` that points at ``asyncio.timeout()``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from __future__ import annotations
 import _thread
 import asyncio
 import enum
+import inspect
 import sys
 import threading
 import time
@@ -51,6 +53,13 @@ _os_sleep = time.sleep
 _allocate_lock = _thread.allocate_lock
 _CancelledError = asyncio.CancelledError
 _CANCEL_SUBCLASSES = sys.version_info >= (3, 13)  # 3.13's __aexit__ rules (see _exit_vthread)
+
+
+_ASYNC_CODE = inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR | inspect.CO_ITERABLE_COROUTINE
+_IN_ASYNC_CODE = (
+    "greenhub.timeout() is for sync code in a virtual thread or in an OS thread with no "
+    "event loop running; in async code use 'async with asyncio.timeout(...)'"
+)
 
 
 class _State(enum.Enum):
@@ -137,6 +146,10 @@ class Timeout:
     def __enter__(self) -> Timeout:
         if self._state is not _State.CREATED:
             raise RuntimeError("Timeout has already been entered")
+        if sys._getframe(1).f_code.co_flags & _ASYNC_CODE:
+            # Written in async code: on greenhub every task step can wait like a virtual
+            # thread, so the block would work here, but not on another loop.
+            raise RuntimeError(_IN_ASYNC_CODE)
         if _in_vthread():
             task = asyncio.current_task()
             assert task is not None  # a virtual thread is a task step
@@ -146,11 +159,7 @@ class Timeout:
             self._state = _State.ENTERED
             self.reschedule(self._when)
         elif _get_running_loop() is not None:
-            raise RuntimeError(
-                "greenhub.timeout() is for sync code in a virtual thread or an OS thread "
-                "without an event loop; this thread runs an event loop outside a virtual "
-                "thread: in async code use 'async with asyncio.timeout(...)'"
-            )
+            raise RuntimeError(_IN_ASYNC_CODE)
         else:
             self._state = _State.ENTERED
             _local.blocks.append(self)
