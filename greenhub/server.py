@@ -107,7 +107,10 @@ class StreamServer:
         self._listener_arg = listener
         self.socket: _gsocket.socket | None = None
         self._accepting: asyncio.Task[None] | None = None
-        self._stopped: asyncio.Future[None] | None = None
+        self._closed: asyncio.Future[None] | None = None  # set by close()
+        self._finished: asyncio.Future[None] | None = None  # set once stopped
+        self._shutting_down = False
+        self._handlers: set[asyncio.Task[None]] = set()  # this server's, in the pool
         self._state = "new"  # -> "started" -> "stopping" -> "stopped"
         self._bound: Any = None  # the listening socket's address
 
@@ -184,7 +187,8 @@ class StreamServer:
             )
         self.socket = self._listen()
         self._bound = self.socket.getsockname()
-        self._stopped = loop.create_future()
+        self._closed = loop.create_future()
+        self._finished = loop.create_future()
         self._state = "started"
         self._accepting = _spawn_vthread(self._accept_loop, self.socket)
 
@@ -208,18 +212,20 @@ class StreamServer:
         run(self.serve_forever)
 
     async def async_serve_forever(self) -> None:
-        """``serve_forever()`` for async code.  Cancelling it stops the server:
-        handlers are cancelled and waited for."""
+        """``serve_forever()`` for async code.  It returns once the server is closed
+        (``close()``, ``stop()``), after a graceful stop (``stop_timeout``); cancelling
+        it stops the server at once: the handlers are cancelled and waited for."""
         if self._state == "new":
             self.start()
-        stopped = self._stopped
-        if stopped is None:
+        closed = self._closed
+        if closed is None:
             return  # closed before it started
         try:
-            await asyncio.shield(stopped)
+            await asyncio.shield(closed)
         except _CancelledError:
             await self._shutdown(0)
             raise
+        await self._shutdown(self.stop_timeout)
 
     # -- the accept loop -----------------------------------------------------------
 
@@ -242,10 +248,12 @@ class StreamServer:
                 # ECONNABORTED and the like: that connection is gone; accept the next.
                 continue
             try:
-                self.pool.spawn(self._serve_one, conn, addr)  # may wait for a slot
+                task = self.pool.spawn(self._serve_one, conn, addr)  # may wait for a slot
             except BaseException:
                 conn.close()
                 raise
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
 
     def _serve_one(self, conn: _gsocket.socket, address: Any) -> None:
         sock: Any = conn
@@ -273,13 +281,16 @@ class StreamServer:
     # -- stopping ------------------------------------------------------------------
 
     def close(self) -> None:
-        """Stop accepting connections (the handlers carry on).  Returns at once."""
+        """Stop accepting connections (the handlers carry on); returns at once.  A
+        ``serve_forever()`` in progress then stops the server gracefully and returns."""
         if self._state in ("new", "started"):
-            self._state = "stopping" if self._stopped is not None else "stopped"
+            self._state = "stopping" if self._closed is not None else "stopped"
         if self._accepting is not None:
             self._accepting.cancel()
         if self.socket is not None:
             self.socket.close()
+        if self._closed is not None and not self._closed.done():
+            self._closed.set_result(None)
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop accepting, wait up to `timeout` seconds (default: ``stop_timeout``)
@@ -290,7 +301,7 @@ class StreamServer:
                 "stop() blocks: call it from a virtual thread, or in async code use "
                 "'await server.async_stop()'"
             )
-        if self._stopped is None:
+        if self._closed is None:
             self.close()
             return
         _await(self.async_stop(timeout))
@@ -300,17 +311,30 @@ class StreamServer:
         await self._shutdown(self.stop_timeout if timeout is None else timeout)
 
     async def _shutdown(self, grace: float) -> None:
+        """Every stop ends here; the first does the work, the others wait for it."""
         self.close()
-        accepting = self._accepting
-        if accepting is not None and not accepting.done():
-            await asyncio.wait((accepting,))
-        if self.pool._tasks and grace > 0:
-            await self.pool.async_join(grace)
-        await self.pool.async_kill()
-        self._state = "stopped"
-        stopped = self._stopped
-        if stopped is not None and not stopped.done():
-            stopped.set_result(None)
+        finished = self._finished
+        if finished is None:
+            return  # never started
+        if self._shutting_down:
+            await asyncio.shield(finished)
+            return
+        self._shutting_down = True
+        try:
+            accepting = self._accepting
+            if accepting is not None and not accepting.done():
+                await asyncio.wait((accepting,))
+            if self._handlers and grace > 0:
+                await asyncio.wait(set(self._handlers), timeout=grace)
+            while self._handlers:
+                left = set(self._handlers)
+                for task in left:
+                    task.cancel()
+                await asyncio.wait(left)
+        finally:
+            self._state = "stopped"
+            if not finished.done():
+                finished.set_result(None)
 
     # -- with ------------------------------------------------------------------------
 
