@@ -12,7 +12,7 @@ import ssl
 
 import pytest
 from support import Gathering, Overlap, tls_contexts
-from vthread_helpers import gloop_fixture, in_thread
+from vthread_helpers import gloop_fixture, in_thread, run_child
 
 import greenhub
 import greenhub.socket as gsocket
@@ -382,3 +382,39 @@ def test_stock_loop_is_refused():
             StreamServer(("127.0.0.1", 0), echo).start()
 
     asyncio.run(main())
+
+
+def test_ctrl_c_stops_serve_forever_in_a_script():
+    # A script's serve_forever() runs its own loop; Ctrl-C cancels the handlers, stops
+    # the server and raises KeyboardInterrupt, as greenhub.run() does.
+    rc, out, err = run_child(
+        """
+        import socket, threading, time
+        from greenhub.server import StreamServer
+
+        def handle(sock, address):
+            ready()
+            try:
+                greenhub.Event().wait()
+            except BaseException as exc:
+                say("handler:", type(exc).__name__)
+                raise
+
+        server = StreamServer(("127.0.0.1", 0), handle)
+        clients = []
+
+        def connect():
+            while server.socket is None:
+                time.sleep(0.001)
+            clients.append(socket.create_connection(server.address))
+
+        threading.Thread(target=connect, daemon=True).start()
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            say("KeyboardInterrupt; closed:", server.closed)
+        """,
+        sigint=True,
+    )
+    assert rc == 0, err
+    assert out.splitlines()[-2:] == ["handler: CancelledError", "KeyboardInterrupt; closed: True"]
