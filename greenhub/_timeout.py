@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import _thread
 import asyncio
-import enum
 import inspect
 import sys
 import threading
@@ -62,7 +61,9 @@ _IN_ASYNC_CODE = (
 )
 
 
-class _State(enum.Enum):
+class _State:
+    """A block's states (asyncio.timeouts' names, which repr() and errors show)."""
+
     CREATED = "created"
     ENTERED = "active"
     EXPIRING = "expiring"
@@ -112,10 +113,10 @@ class Timeout:
 
     def reschedule(self, when: float | None) -> None:
         """Move the deadline to `when` (None: no deadline); only while the block runs."""
-        if self._state is not _State.ENTERED:
-            if self._state is _State.CREATED:
+        if self._state != _State.ENTERED:
+            if self._state == _State.CREATED:
                 raise RuntimeError("Timeout has not been entered")
-            raise RuntimeError(f"Cannot change state of {self._state.value} Timeout")
+            raise RuntimeError(f"Cannot change state of {self._state} Timeout")
         self._when = when
         if self._task is None:
             return  # OS thread: the waits read the deadline each time
@@ -136,17 +137,19 @@ class Timeout:
 
     def __repr__(self) -> str:
         info = ""
-        if self._state is _State.ENTERED:
+        if self._state == _State.ENTERED:
             when = round(self._when, 3) if self._when is not None else None
             info = f" when={when}"
-        return f"<greenhub.Timeout [{self._state.value}]{info}>"
+        return f"<greenhub.Timeout [{self._state}]{info}>"
 
     # -- entering ------------------------------------------------------------
 
     def __enter__(self) -> Timeout:
-        if self._state is not _State.CREATED:
+        if self._state != _State.CREATED:
             raise RuntimeError("Timeout has already been entered")
-        if sys._getframe(1).f_code.co_flags & _ASYNC_CODE:
+        frame = inspect.currentframe()
+        caller = frame.f_back if frame is not None else None
+        if caller is not None and caller.f_code.co_flags & _ASYNC_CODE:
             # Written in async code: on greenhub every task step can wait like a virtual
             # thread, so the block would work here, but not on another loop.
             raise RuntimeError(_IN_ASYNC_CODE)
@@ -167,7 +170,7 @@ class Timeout:
 
     def _on_timeout(self) -> None:
         # Loop callback (virtual-thread mechanism): asyncio's own.
-        assert self._task is not None and self._state is _State.ENTERED
+        assert self._task is not None and self._state == _State.ENTERED
         self._task.cancel()
         self._state = _State.EXPIRING
         self._handle = None
@@ -181,7 +184,7 @@ class Timeout:
         exc_tb: TracebackType | None,
     ) -> None:
         if self._state not in (_State.ENTERED, _State.EXPIRING):
-            raise RuntimeError(f"Cannot exit a {self._state.value} Timeout")
+            raise RuntimeError(f"Cannot exit a {self._state} Timeout")
         if self._task is None:
             self._exit_thread(exc_val)
         else:
@@ -194,7 +197,7 @@ class Timeout:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
-        if self._state is _State.ENTERED:
+        if self._state == _State.ENTERED:
             self._state = _State.EXITED
             return
         self._state = _State.EXPIRED
@@ -216,7 +219,7 @@ class Timeout:
         blocks = _local.blocks
         if self in blocks:
             blocks.remove(self)
-        if self._state is _State.ENTERED:
+        if self._state == _State.ENTERED:
             self._state = _State.EXITED
             return
         self._state = _State.EXPIRED
@@ -270,7 +273,7 @@ def _limit() -> Timeout | None:
         return None
     earliest: Timeout | None = None
     for block in blocks:
-        if block._state is _State.ENTERED and block._when is not None:
+        if block._state == _State.ENTERED and block._when is not None:
             if earliest is None or block._when < earliest._when:  # type: ignore[operator]
                 earliest = block
     return earliest
