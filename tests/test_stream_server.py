@@ -418,3 +418,22 @@ def test_ctrl_c_stops_serve_forever_in_a_script():
     )
     assert rc == 0, err
     assert out.splitlines()[-2:] == ["handler: CancelledError", "KeyboardInterrupt; closed: True"]
+
+
+def test_unix_socket_path(gloop, tmp_path):
+    path = str(tmp_path / "chat.sock")
+
+    async def client():
+        reader, writer = await asyncio.open_unix_connection(path)
+        writer.write(b"unix\n")
+        answer = await reader.readline()
+        writer.close()
+        await writer.wait_closed()
+        return answer
+
+    def main():
+        with StreamServer(path, echo) as server:
+            assert server.address == path
+            return greenhub.await_(client())
+
+    assert in_vthread(gloop, main) == b"UNIX\n"
