@@ -17,7 +17,7 @@ import threading
 import time
 
 import pytest
-from vthread_helpers import gloop_fixture, in_thread
+from vthread_helpers import gloop_fixture, in_thread, run_child
 
 import greenhub
 import greenhub.socket as gsocket
@@ -674,3 +674,33 @@ def test_exports():
     assert {"timeout", "timeout_at", "Timeout"} <= set(greenhub.__all__)
     assert greenhub.timeout_at(5).when() == 5
     assert greenhub.timeout(None).when() is None
+
+
+def test_interrupts_monkey_patched_calls():
+    # Patched blocking calls wait through the loop in a virtual thread: interrupted too.
+    rc, out, err = run_child(
+        """
+        from greenhub import monkey
+        monkey.patch_all()
+        import socket, threading, time
+
+        def main():
+            results = []
+            pair = socket.socketpair()  # (both ends kept open: no EOF)
+            for name, wait in [
+                ("time.sleep", lambda: time.sleep(3600)),
+                ("threading.Event", lambda: threading.Event().wait()),
+                ("socket.recv", lambda: pair[0].recv(1)),
+            ]:
+                try:
+                    with greenhub.timeout(0.01):
+                        wait()
+                except TimeoutError:
+                    results.append(name)
+            return results
+
+        say(greenhub.run(main))
+        """
+    )
+    assert rc == 0, err
+    assert out.strip() == "['time.sleep', 'threading.Event', 'socket.recv']"
