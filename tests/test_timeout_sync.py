@@ -704,3 +704,41 @@ def test_interrupts_monkey_patched_calls():
     )
     assert rc == 0, err
     assert out.strip() == "['time.sleep', 'threading.Event', 'socket.recv']"
+
+
+def test_os_thread_condition_wait_holds_the_lock_again_when_interrupted_twice():
+    # The inner deadline interrupts the wait; while the condition's lock is retaken
+    # (another thread holds it) the outer deadline passes too: wait() still returns
+    # with the lock held, and the outer block raises TimeoutError.
+    cond = greenhub.Condition()
+    box = {}
+    waiting = threading.Event()
+
+    def other():
+        waiting.wait()
+        with cond:  # taken as soon as the waiter released it
+            box["taken"] = True
+            while not (box["outer"].expired() or box.get("done")):
+                time.sleep(0.001)
+
+    def body():
+        helper = threading.Thread(target=other)
+        helper.start()
+        try:
+            # (0.2 s for the other thread to take the lock: "taken" says it did)
+            with greenhub.timeout(0.4) as outer:
+                box["outer"] = outer
+                with greenhub.timeout(0.2):
+                    with cond:
+                        waiting.set()
+                        try:
+                            cond.wait()
+                        finally:
+                            box["owned"] = cond._is_owned()
+        except TimeoutError:
+            return box["owned"], box.get("taken")
+        finally:
+            box["done"] = True
+            helper.join()
+
+    assert in_thread(body) == (True, True)
