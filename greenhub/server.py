@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import inspect
 import logging
 import socket as _stdsocket
 import ssl as _ssl
@@ -266,7 +267,9 @@ class StreamServer:
                     _logger.debug("TLS handshake with %r failed: %r", address, exc)
                     return
             try:
-                self.handle(sock, address)
+                result = self.handle(sock, address)
+                if inspect.isawaitable(result):
+                    _await(result)  # an async handle(): awaited in the connection's task
             except Exception as exc:
                 asyncio.get_running_loop().call_exception_handler(
                     {

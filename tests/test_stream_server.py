@@ -437,3 +437,16 @@ def test_unix_socket_path(gloop, tmp_path):
             return greenhub.await_(client())
 
     assert in_vthread(gloop, main) == b"UNIX\n"
+
+
+def test_async_handle(gloop):
+    # A coroutine function as handle: its coroutine is awaited in the connection's task.
+    async def handle(sock, address):
+        await asyncio.sleep(0)
+        sock.sendall(b"async\n")
+
+    def main():
+        with StreamServer(("127.0.0.1", 0), handle) as server:
+            return greenhub.await_(talk(server.address))
+
+    assert in_vthread(gloop, main) == b"async\n"
