@@ -40,7 +40,9 @@ from ._dump import (
 from ._loop import Loop
 from ._private import _get_running_loop
 from ._switches import SwitchError, get_switch_log, no_switch, set_switch_log
+from ._timeout import Timeout, timeout, timeout_at
 from ._vthread import await_, spawn
+from .pool import Group, Pool
 from .sync import (
     BoundedSemaphore,
     Condition,
@@ -59,16 +61,19 @@ __all__ = [
     "Condition",
     "Event",
     "GreenCoro",
+    "Group",
     "LifoQueue",
     "Lock",
     "Loop",
     "Policy",
+    "Pool",
     "PriorityQueue",
     "Queue",
     "RLock",
     "Semaphore",
     "SwitchError",
     "TaskStack",
+    "Timeout",
     "async_to_sync",
     "await_",
     "check_switch",
@@ -88,10 +93,12 @@ __all__ = [
     "spawn",
     "sync_to_async",
     "task_stacks",
+    "timeout",
+    "timeout_at",
     "to_thread",
     "vthread",
 ]
-__all__ += ["socket", "ssl"]  # green sockets (imported on first use: import greenhub.socket)
+__all__ += ["server", "socket", "ssl"]  # imported on first use: import greenhub.socket
 __version__ = "0.1.0.dev0"
 
 _T = _TypeVar("_T")

@@ -696,6 +696,13 @@ NAMES: tuple[PrivateName, ...] = (
         "the SSLObject whose do_handshake() the green socket drives",
     ),
     PrivateName(
+        "ssl.SSLSocket", "_create", METHOD, "3.11+", "server.py",
+        "what SSLContext.wrap_socket() calls: StreamServer makes greenhub SSLSockets "
+        "with a stock ssl.SSLContext through it",
+        params="sock, server_side, do_handshake_on_connect, suppress_ragged_eofs, "
+        "server_hostname, context, session",
+    ),
+    PrivateName(
         "subprocess.Popen", "_wait", OVERRIDDEN_METHOD, "3.11+",
         "monkey/_subprocess.py (patch_subprocess() replaces it)",
         "the wait every Popen wait goes through (wait(), communicate(), __exit__)",

@@ -42,7 +42,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeAlias, TypeVar
 
-from . import _core, _waits
+from . import _core, _timeout, _waits
 from ._private import _get_running_loop
 
 __all__ = [
@@ -69,6 +69,9 @@ _await = _core.await_
 _running_loop = asyncio.get_running_loop  # where a loop must run (in a virtual thread)
 _current_task = asyncio.current_task
 _CancelledError = asyncio.CancelledError
+# greenhub.timeout() in an OS thread: its deadline limits the raw-lock waits below.
+_os_acquire = _timeout.os_acquire
+_TimeoutInterrupt = _timeout.TimeoutInterrupt
 
 _T = TypeVar("_T")
 _Mutex: TypeAlias = _thread.LockType
@@ -128,6 +131,8 @@ def sleep(seconds: float) -> None:
     ``await asyncio.sleep(seconds)``.
     """
     if not _in_vthread():
+        if _timeout._local.blocks:  # in a greenhub.timeout() block
+            return _timeout.os_sleep(_sleep_seconds(seconds))
         return _os_sleep(seconds)
     _waits.sleep(_sleep_seconds(seconds))
     return None
@@ -281,10 +286,7 @@ class _WaitQueue:
                 _block_vthread(w, timeout)
             else:
                 assert w.lock is not None
-                if timeout is None:
-                    w.lock.acquire()
-                else:
-                    w.lock.acquire(True, timeout)
+                _os_acquire(w.lock, timeout)
             raised = False
         finally:
             mutex.acquire()
@@ -397,7 +399,7 @@ class Lock:
         if seconds == 0.0:
             return False
         if not _in_vthread():
-            return self._lock.acquire(True, -1 if seconds is None else seconds)
+            return _os_acquire(self._lock, seconds)
         deadline = _deadline(seconds)
         mutex = self._mutex
         mutex.acquire()
@@ -693,7 +695,7 @@ class Condition:
             try:
                 self._acquire_restore(saved[0])
                 break
-            except _CancelledError as exc:
+            except (_CancelledError, _TimeoutInterrupt) as exc:
                 cancelled = exc
         if cancelled is not None:
             raise cancelled

@@ -38,3 +38,9 @@ def test_green_echo_example():
 @pytest.mark.timeout(120)
 def test_demo():
     assert run_example("demo.py", timeout=110).strip()
+
+
+def test_chat_server_example():
+    out = run_example("chat_server.py")
+    assert "5 bots exchanged 60 lines" in out
+    assert "the idle one was told: * idle too long, bye" in out
