@@ -350,7 +350,7 @@ release_gil(void *arg)
 {
     gh_Loop *self = arg;
     assert(self->sleeping);
-    atomic_store_explicit(&self->polling, 1, memory_order_relaxed);
+    atomic_store_explicit(&self->watch.polling, 1, memory_order_relaxed);
     self->poll_tstate = PyEval_SaveThread();
 }
 
@@ -360,8 +360,8 @@ acquire_gil(void *arg)
     gh_Loop *self = arg;
     PyEval_RestoreThread(self->poll_tstate);
     self->poll_tstate = NULL;
-    gh_loop_tick(self);
-    atomic_store_explicit(&self->polling, 0, memory_order_relaxed);
+    gh_watch_tick(&self->watch);
+    atomic_store_explicit(&self->watch.polling, 0, memory_order_relaxed);
 }
 
 /* Wakes the poll if the loop may be sleeping (see the invariant above).  A
@@ -603,7 +603,7 @@ poll_timeout(gh_Loop *self, double *timeout)
             *timeout = wait > MAX_POLL_TIMEOUT ? MAX_POLL_TIMEOUT : wait;
         }
     }
-    if (*timeout != 0. && gh_pool_trim(&self->pool) &&
+    if (*timeout != 0. && gh_pool_trim(&self->vt.pool) &&
         (*timeout < 0. || *timeout > POOL_TRIM_INTERVAL)) {
         /* About to wait: a good time to free idle workers left from a
          * burst; come back soon for the rest. */
@@ -723,16 +723,16 @@ run_once(gh_Loop *self)
             Py_DECREF(h);
             continue;
         }
-        gh_loop_tick(self);
-        self->running_handle = h;
+        gh_watch_tick(&self->watch);
+        self->watch.running_handle = h;
         int rc = self->debug ? run_handle_debug(self, h) : gh_handle_run(self->st, h);
-        self->running_handle = NULL;
+        self->watch.running_handle = NULL;
         Py_DECREF(h);
         if (rc < 0) {
             /* What the callbacks wrote is sent even so, as asyncio's
              * transports would have sent it in write(). */
             PyObject *exc = gh_err_get_raised();
-            if (gh_loop_flush_writes(self) < 0) {
+            if (gh_writes_flush(self) < 0) {
                 PyErr_WriteUnraisable((PyObject *)self);
             }
             gh_err_set_raised(exc);
@@ -740,7 +740,7 @@ run_once(gh_Loop *self)
         }
     }
     /* The writes of this iteration, one writev() per transport (transport.c). */
-    return gh_loop_flush_writes(self);
+    return gh_writes_flush(self);
 }
 
 /* --- Python-visible methods --------------------------------------------- */
@@ -1167,28 +1167,12 @@ loop_close_core(PyObject *op, PyObject *Py_UNUSED(ignored))
         return NULL;
     }
     self->closed = 1;
-    /* Virtual threads still suspended inside await_(): unwind their stacks
-     * (GeneratorExit raised at the await_ call, finally blocks run).
-     * greenhub.Loop.close() cancels them properly first; this is for what
-     * is left. */
-    while (self->parked != NULL) {
-        /* Owned for the call: closing may drop the task's last reference. */
-        gh_GreenCoro *w = (gh_GreenCoro *)Py_NewRef(self->parked);
-        PyObject *res = PyObject_CallMethodNoArgs((PyObject *)w, self->st->str_close);
-        if (res == NULL) {
-            if (self->parked == w) {
-                gh_coro_unpark(w); /* it refused; do not loop forever */
-            }
-            /* Reported with the error still set: WriteUnraisable() reads it. */
-            PyErr_WriteUnraisable((PyObject *)w);
-        }
-        Py_XDECREF(res);
-        Py_DECREF(w);
-    }
-    gh_loop_io_clear(self);
-    gh_loop_clear_writes(self);
+    /* Virtual threads still suspended inside await_(): unwind their stacks. */
+    gh_workers_unwind_parked(self);
+    gh_io_close(self);
+    gh_writes_clear(self);
     clear_queues(self);
-    gh_pool_clear(&self->pool);
+    gh_workers_clear(&self->vt);
     /* The epoll set and wakeup fd go now, as the stock loop closes its
      * selector and self-pipe in close(): a closed loop holds no fd.  Every
      * use of the reactor checks for NULL (a closed loop refuses new work
@@ -1203,7 +1187,7 @@ loop_parked_coros(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
     gh_Loop *self = (gh_Loop *)op;
     PyObject *list = PyList_New(0);
-    for (gh_GreenCoro *w = self->parked; list != NULL && w != NULL; w = w->park_next) {
+    for (gh_GreenCoro *w = self->vt.parked; list != NULL && w != NULL; w = w->park_next) {
         if (PyList_Append(list, (PyObject *)w) < 0) {
             Py_CLEAR(list);
         }
@@ -1383,13 +1367,13 @@ gh_loop_after_fork_child(PyObject *module, PyObject *Py_UNUSED(ignored))
      * code that frees loops: find the next loop from the start each time.) */
     for (;;) {
         gh_Loop *lp = st->loops;
-        while (lp != NULL && lp->wq_head == NULL) {
+        while (lp != NULL && lp->writes.head == NULL) {
             lp = lp->next_loop;
         }
         if (lp == NULL) {
             break;
         }
-        gh_loop_clear_writes(lp);
+        gh_writes_clear(lp);
     }
     Py_RETURN_NONE;
 }
@@ -1424,7 +1408,7 @@ loop_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwds
         return NULL;
     }
     gh_reactor_set_blocking_hooks(self->reactor, release_gil, acquire_gil, self);
-    gh_reactor_set_io_callback(self->reactor, gh_loop_io_ready, self);
+    gh_reactor_set_io_callback(self->reactor, gh_io_ready, self);
     if (gh_watchdog_from_env(self) < 0) {
         Py_DECREF(self);
         return NULL;
@@ -1432,6 +1416,7 @@ loop_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwds
     return (PyObject *)self;
 }
 
+/* tp_traverse and tp_clear: the loop's own references, then each part's. */
 static int
 loop_traverse(PyObject *op, visitproc visit, void *arg)
 {
@@ -1442,27 +1427,20 @@ loop_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(self->thread_id_obj);
     Py_VISIT(self->current_handle);
     Py_VISIT(self->task_factory);
-    Py_VISIT(self->wd_handler);
-    Py_VISIT(self->io_trace);
-    for (int fd = 0; fd < self->n_io_slots; fd++) {
-        Py_VISIT(self->io_slots[fd].reader);
-        Py_VISIT(self->io_slots[fd].writer);
-        Py_VISIT(self->io_slots[fd].fileobj);
-    }
     for (size_t i = 0; i < self->ready.len; i++) {
         Py_VISIT((PyObject *)gh_readyq_at(&self->ready, i));
     }
     for (size_t i = 0; i < self->timers.len; i++) {
         Py_VISIT((PyObject *)self->timers.items[i].data);
     }
-    for (struct gh_TransportState *wq = self->wq_head; wq != NULL; wq = wq->next) {
-        Py_VISIT((PyObject *)wq);
-    }
-    Py_VISIT(self->sock_recv_ready);
-    Py_VISIT(self->sock_recv_into_ready);
-    Py_VISIT(self->green_ready);
-    for (Py_ssize_t i = 0; i < self->pool.len; i++) {
-        Py_VISIT(self->pool.greenlets[i]);
+    int rc;
+    if ((rc = gh_io_traverse(&self->io, visit, arg)) != 0 ||
+        (rc = gh_fd_waits_traverse(&self->fdw, visit, arg)) != 0 ||
+        (rc = gh_sock_waits_traverse(&self->sockw, visit, arg)) != 0 ||
+        (rc = gh_writes_traverse(&self->writes, visit, arg)) != 0 ||
+        (rc = gh_workers_traverse(&self->vt, visit, arg)) != 0 ||
+        (rc = gh_watch_traverse(&self->watch, visit, arg)) != 0) {
+        return rc;
     }
     return 0;
 }
@@ -1471,17 +1449,15 @@ static int
 loop_clear(PyObject *op)
 {
     gh_Loop *self = (gh_Loop *)op;
-    gh_loop_io_clear(self);
-    gh_loop_clear_writes(self);
+    gh_io_clear(self);
+    gh_writes_clear(self);
     clear_queues(self);
-    Py_CLEAR(self->sock_recv_ready);
-    Py_CLEAR(self->sock_recv_into_ready);
-    Py_CLEAR(self->green_ready);
+    gh_sock_waits_clear(&self->sockw);
+    gh_fd_waits_clear(&self->fdw);
     Py_CLEAR(self->current_handle);
     Py_CLEAR(self->task_factory);
-    Py_CLEAR(self->wd_handler);
-    Py_CLEAR(self->io_trace);
-    gh_pool_clear(&self->pool);
+    gh_watch_clear(&self->watch);
+    gh_workers_clear(&self->vt);
     return 0;
 }
 
@@ -1491,9 +1467,8 @@ loop_dealloc(PyObject *op)
     gh_Loop *self = (gh_Loop *)op;
     PyTypeObject *tp = Py_TYPE(op);
     PyObject_GC_UnTrack(op);
-    assert(self->wd == NULL); /* joined before _run() returned */
+    assert(self->watch.running == NULL); /* joined before _run() returned */
     loop_clear(op);
-    gh_pool_clear(&self->pool);
     Py_CLEAR(self->debug_obj);
     Py_CLEAR(self->thread_id_obj);
     gh_readyq_free(&self->ready);

@@ -71,6 +71,21 @@ typedef struct {
     unsigned long thread_id; /* the thread the pooled greenlets belong to */
 } gh_pool;
 
+/* The virtual threads' part of the loop (gh_Loop.vt; task_step.c). */
+typedef struct {
+    gh_GreenCoro *current_step; /* borrowed: the task step running now, or NULL */
+    gh_GreenCoro *parked;       /* borrowed: list of coros suspended inside await_() */
+    gh_pool pool;               /* idle worker greenlets */
+    Py_ssize_t bound_workers;   /* workers bound to a task */
+} gh_workers;
+
+int gh_workers_traverse(gh_workers *vt, visitproc visit, void *arg);
+/* Empties the pool (tp_clear, dealloc, close). */
+void gh_workers_clear(gh_workers *vt);
+/* close(): unwinds the virtual threads still parked inside await_()
+ * (GeneratorExit raised at the await_ call, finally blocks run). */
+void gh_workers_unwind_parked(gh_Loop *loop);
+
 extern PyType_Spec gh_greencoro_spec;
 
 /* greenhub.await_(awaitable) - see bridge.c. */
