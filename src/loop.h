@@ -1,11 +1,17 @@
 /*
- * loop.h - the Loop type: asyncio's scheduling core in C.
+ * loop.h - the Loop object and the loop core.
  *
  * greenhub.Loop (Python) subclasses this type and asyncio.BaseEventLoop.
  * This type owns everything on the hot path - call_soon and friends, the
  * ready queue, timers, the run loop, time() - and the state that both the
  * C and the inherited Python code read (_closed, _stopping, _debug,
  * _thread_id, _current_handle), so there is one copy of each.
+ *
+ * gh_Loop is the list of its parts; each subsystem's header declares its
+ * part and the functions loop.c calls to traverse, clear and close it.  The
+ * core functions below (sched.c) are what the subsystems call in turn: the
+ * type and the run loop (loop.c, run.c) sit above the subsystems, the core
+ * below them, so calls and includes point one way (docs/design.md, Layers).
  */
 #ifndef GH_LOOP_H
 #define GH_LOOP_H
@@ -13,6 +19,7 @@
 #include <Python.h>
 
 #include "fd_wait.h"
+#include "handle.h"
 #include "io.h"
 #include "reactor.h"
 #include "readyq.h"
@@ -46,7 +53,7 @@ struct gh_Loop_s {
     char closed;
     char stopping;
     /* 0 not known yet, 1 the type's time() is greenhub's, 2 a subclass
-     * overrides it (see loop_now in sched.c). */
+     * overrides it (see loop_now_obj in sched.c). */
     char time_kind;
     /* Wakeups from other threads (call_soon_threadsafe; the invariant is
      * written out in sched.c, above gh_loop_wake_if_sleeping()): `sleeping`
@@ -79,8 +86,12 @@ extern PyType_Spec gh_loop_spec;
  * greenhub/_loop.py calls it). */
 PyObject *gh_loop_after_fork_child(PyObject *module, PyObject *ignored);
 
+/* --- the loop core (sched.c) ---------------------------------------------- *
+ * What the run loop and every subsystem schedule through.  It calls no
+ * subsystem, so a subsystem may call it without a cycle. */
+
 /* Wakes the poll if the loop may be sleeping (the wakeup invariant in
- * loop.c): for pushes from other threads, and for fd watchers changed from
+ * sched.c): for pushes from other threads, and for fd watchers changed from
  * another thread while the loop sleeps. */
 void gh_loop_wake_if_sleeping(gh_Loop *loop);
 
@@ -89,12 +100,22 @@ void gh_loop_wake_if_sleeping(gh_Loop *loop);
 int gh_loop_push_ready(gh_Loop *loop, PyObject *h);
 
 /* A TimerHandle for callback(*args) at loop time `when` (args[0] is the
- * callback), in `context`; a new reference.  loop.c. */
+ * callback), in `context`; a new reference. */
 PyObject *gh_loop_call_at(gh_Loop *loop, double when, PyObject *const *args, Py_ssize_t nargs,
                           PyObject *context);
 
-/* TimerHandle.cancel() tells its loop (counts lazily-cancelled timers). */
-void gh_loop_timer_cancelled(gh_Loop *loop, PyObject *timer);
+/* RuntimeError("Event loop is closed") and -1 if the loop is closed. */
+int gh_loop_check_closed(gh_Loop *loop);
+
+/* TimerHandle.cancel() tells its loop: a timer still in the heap is now
+ * lazily cancelled (the run loop drops it when it reaches the top). */
+static inline void
+gh_loop_timer_cancelled(gh_Loop *loop, PyObject *timer)
+{
+    if (gh_hd(timer)->scheduled) {
+        loop->timer_cancelled_count++;
+    }
+}
 
 static inline gh_Loop *
 gh_as_loop(gh_state *st, PyObject *obj)
