@@ -25,7 +25,8 @@ help:
 	@echo "make bench       benchmarks: greenhub vs asyncio vs uvloop (and vthread peers), echo, HTTP"
 	@echo "make soak        20-minute soak: 10,000 churning connections, waves of 10,000 virtual"
 	@echo "                 threads; server RSS and counters (SOAK_ARGS=--quick: about 1 minute)"
-	@echo "make lint        ruff + clang-format checks;  make format  applies them"
+	@echo "make lint        ruff + clang-format checks, src/'s include graph against docs/design.md's"
+	@echo "                 layers (.ci/include-graph);  make format  applies the formatters"
 	@echo "make typecheck   mypy --strict: the package, examples/typed_usage.py; stubtest of _core"
 	@echo "make wheel       dist/: the sdist and a wheel built from it that carries its own libev"
 	@echo "make test-installed  that wheel in a fresh virtualenv: the pytest suite against it"
@@ -165,6 +166,7 @@ lint:
 	ruff check greenhub tests compat benchmarks examples
 	ruff format --check greenhub examples
 	clang-format --dry-run --Werror src/*.c src/*.h benchmarks/*.c
+	$(PY) .ci/include-graph
 
 format:
 	ruff check --fix greenhub tests compat benchmarks examples
