@@ -328,8 +328,7 @@ loop_dealloc(PyObject *op)
     loop_clear(op);
     Py_CLEAR(self->debug_obj);
     Py_CLEAR(self->thread_id_obj);
-    gh_readyq_free(&self->ready);
-    gh_timerq_free(&self->timers);
+    gh_sched_free(self);
     gh_reactor_free(self->reactor);
     self->reactor = NULL;
     self->st->live_loops--;

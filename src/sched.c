@@ -284,6 +284,13 @@ gh_sched_clear(gh_Loop *self)
     self->timer_cancelled_count = 0;
 }
 
+void
+gh_sched_free(gh_Loop *self)
+{
+    gh_readyq_free(&self->ready);
+    gh_timerq_free(&self->timers);
+}
+
 int
 gh_sched_traverse(gh_Loop *self, visitproc visit, void *arg)
 {

@@ -37,5 +37,7 @@ int gh_sched_move_due(gh_Loop *loop);
  * release sees consistent queues. */
 int gh_sched_traverse(gh_Loop *loop, visitproc visit, void *arg);
 void gh_sched_clear(gh_Loop *loop);
+/* Frees the (emptied) queues' arrays: dealloc. */
+void gh_sched_free(gh_Loop *loop);
 
 #endif /* GH_SCHED_H */
