@@ -61,19 +61,6 @@ loop_close_core(PyObject *op, PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
-static PyObject *
-loop_parked_coros(PyObject *op, PyObject *Py_UNUSED(ignored))
-{
-    gh_Loop *self = (gh_Loop *)op;
-    PyObject *list = PyList_New(0);
-    for (gh_GreenCoro *w = self->vt.parked; list != NULL && w != NULL; w = w->park_next) {
-        if (PyList_Append(list, (PyObject *)w) < 0) {
-            Py_CLEAR(list);
-        }
-    }
-    return list;
-}
-
 /* --- attributes shared with the inherited Python code ------------------- */
 
 static int
@@ -229,7 +216,7 @@ gh_loop_after_fork_child(PyObject *module, PyObject *Py_UNUSED(ignored))
      * code that frees loops: find the next loop from the start each time.) */
     for (;;) {
         gh_Loop *lp = st->loops;
-        while (lp != NULL && lp->writes.head == NULL) {
+        while (lp != NULL && !gh_writes_pending(&lp->writes)) {
             lp = lp->next_loop;
         }
         if (lp == NULL) {
@@ -388,7 +375,7 @@ static PyMethodDef loop_methods[] = {
     {"_check_callback", (PyCFunction)(void (*)(void))gh_loop_check_callback_method, METH_FASTCALL,
      NULL},
     {"_write_to_self", gh_loop_write_to_self, METH_NOARGS, NULL},
-    {"_parked_coros", loop_parked_coros, METH_NOARGS, NULL},
+    {"_parked_coros", gh_loop_parked_coros, METH_NOARGS, NULL},
     {"_add_reader", (PyCFunction)(void (*)(void))gh_loop_add_reader, METH_FASTCALL | METH_KEYWORDS,
      "_add_reader(fd, callback, *args) -> Handle: run callback(*args) while fd is readable.\n"
      "From Python 3.15, context=None: the contextvars.Context callback runs in."},

@@ -45,7 +45,7 @@ gh_run_release_gil(void *arg)
 {
     gh_Loop *self = arg;
     assert(self->sleeping);
-    atomic_store_explicit(&self->watch.polling, 1, memory_order_relaxed);
+    gh_watch_poll_begin(&self->watch);
     self->poll_tstate = PyEval_SaveThread();
 }
 
@@ -55,8 +55,7 @@ gh_run_acquire_gil(void *arg)
     gh_Loop *self = arg;
     PyEval_RestoreThread(self->poll_tstate);
     self->poll_tstate = NULL;
-    gh_watch_tick(&self->watch);
-    atomic_store_explicit(&self->watch.polling, 0, memory_order_relaxed);
+    gh_watch_poll_end(&self->watch);
 }
 
 /* --- one iteration ----------------------------------------------------------- */
@@ -117,7 +116,7 @@ poll_timeout(gh_Loop *self, double *timeout)
     if (gh_sched_timeout(self, timeout) < 0) {
         return -1;
     }
-    if (*timeout != 0. && gh_pool_trim(&self->vt.pool) &&
+    if (*timeout != 0. && gh_workers_trim(&self->vt) &&
         (*timeout < 0. || *timeout > POOL_TRIM_INTERVAL)) {
         /* About to wait: a good time to free idle workers left from a
          * burst; come back soon for the rest. */
@@ -200,10 +199,9 @@ run_once(gh_Loop *self)
             Py_DECREF(h);
             continue;
         }
-        gh_watch_tick(&self->watch);
-        self->watch.running_handle = h;
+        gh_watch_callback_begin(&self->watch, h);
         int rc = self->debug ? run_handle_debug(self, h) : gh_handle_run(self->st, h);
-        self->watch.running_handle = NULL;
+        gh_watch_callback_end(&self->watch);
         Py_DECREF(h);
         if (rc < 0) {
             /* What the callbacks wrote is sent even so, as asyncio's

@@ -125,6 +125,19 @@ gh_workers_clear(gh_workers *vt)
     gh_pool_clear(&vt->pool);
 }
 
+PyObject *
+gh_loop_parked_coros(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    gh_Loop *self = (gh_Loop *)op;
+    PyObject *list = PyList_New(0);
+    for (gh_GreenCoro *w = self->vt.parked; list != NULL && w != NULL; w = w->park_next) {
+        if (PyList_Append(list, (PyObject *)w) < 0) {
+            Py_CLEAR(list);
+        }
+    }
+    return list;
+}
+
 void
 gh_workers_unwind_parked(gh_Loop *loop)
 {

@@ -39,6 +39,13 @@ typedef struct {
     gh_TransportState *head, *tail;
 } gh_write_queues;
 
+/* Whether any transport has data queued (a forked child drops it). */
+static inline int
+gh_writes_pending(const gh_write_queues *wq)
+{
+    return wq->head != NULL;
+}
+
 int gh_writes_traverse(gh_write_queues *wq, visitproc visit, void *arg);
 
 extern PyType_Spec gh_transport_state_spec;

@@ -153,6 +153,17 @@ void gh_pool_clear(gh_pool *pool);
  * if some are left to kill on a later idle pass. */
 int gh_pool_trim(gh_pool *pool);
 
+/* The run loop is about to wait: frees a few idle workers left from a burst
+ * (gh_pool_trim()); 1 while more remain. */
+static inline int
+gh_workers_trim(gh_workers *vt)
+{
+    return gh_pool_trim(&vt->pool);
+}
+
+/* Loop._parked_coros(): the GreenCoros suspended inside await_(), a list. */
+PyObject *gh_loop_parked_coros(PyObject *op, PyObject *ignored);
+
 /* Module-level function objects the workers run; made by module.c. */
 PyObject *gh_make_worker_main(PyObject *module);
 

@@ -37,6 +37,35 @@ gh_watch_tick(gh_loop_watch *w)
     atomic_store_explicit(&w->ticks, t + 1, memory_order_relaxed);
 }
 
+/* The run loop's side (run.c), inline because it is on the hot path: a
+ * callback starts (the watchdog may report `h` if it holds the loop) and
+ * ends; a poll that may block starts and ends. */
+static inline void
+gh_watch_callback_begin(gh_loop_watch *w, PyObject *h)
+{
+    gh_watch_tick(w);
+    w->running_handle = h;
+}
+
+static inline void
+gh_watch_callback_end(gh_loop_watch *w)
+{
+    w->running_handle = NULL;
+}
+
+static inline void
+gh_watch_poll_begin(gh_loop_watch *w)
+{
+    atomic_store_explicit(&w->polling, 1, memory_order_relaxed);
+}
+
+static inline void
+gh_watch_poll_end(gh_loop_watch *w)
+{
+    gh_watch_tick(w);
+    atomic_store_explicit(&w->polling, 0, memory_order_relaxed);
+}
+
 /* The part's traverse and clear (the thread itself is joined before _run()
  * returns, so a loop being cleared or freed has none). */
 static inline int
