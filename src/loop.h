@@ -104,8 +104,17 @@ int gh_loop_push_ready(gh_Loop *loop, PyObject *h);
 PyObject *gh_loop_call_at(gh_Loop *loop, double when, PyObject *const *args, Py_ssize_t nargs,
                           PyObject *context);
 
-/* RuntimeError("Event loop is closed") and -1 if the loop is closed. */
-int gh_loop_check_closed(gh_Loop *loop);
+/* RuntimeError("Event loop is closed") and -1 if the loop is closed.
+ * Inline: every call_soon() tests it. */
+static inline int
+gh_loop_check_closed(gh_Loop *loop)
+{
+    if (loop->closed) {
+        PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
+        return -1;
+    }
+    return 0;
+}
 
 /* TimerHandle.cancel() tells its loop: a timer still in the heap is now
  * lazily cancelled (the run loop drops it when it reaches the top). */

@@ -140,7 +140,10 @@ run_once(gh_Loop *self)
     assert(!PyErr_Occurred());
     assert(self->timer_cancelled_count >= 0 &&
            (size_t)self->timer_cancelled_count <= self->timers.len);
-    if (gh_sched_drop_cancelled(self) < 0) {
+    /* The timer steps are calls into sched.c: made only when there are
+     * timers, so an iteration without any costs no call (the test the
+     * functions would make first). */
+    if (self->timers.len && gh_sched_drop_cancelled(self) < 0) {
         return -1;
     }
 
@@ -187,7 +190,7 @@ run_once(gh_Loop *self)
         return -1;
     }
 
-    if (gh_sched_move_due(self) < 0) {
+    if (self->timers.len && gh_sched_move_due(self) < 0) {
         return -1;
     }
 

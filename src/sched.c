@@ -30,16 +30,6 @@
 
 /* --- checks shared by the scheduling methods ----------------------------- */
 
-int
-gh_loop_check_closed(gh_Loop *self)
-{
-    if (self->closed) {
-        PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
-        return -1;
-    }
-    return 0;
-}
-
 static int
 check_thread(gh_Loop *self)
 {
