@@ -26,8 +26,8 @@ help:
 	@echo "                 Django; JSON, charts and report.md in BENCH_OUT (benchmarks/results/latest)"
 	@echo "make soak        20-minute soak: 10,000 churning connections, waves of 10,000 virtual"
 	@echo "                 threads; server RSS and counters (SOAK_ARGS=--quick: about 1 minute)"
-	@echo "make lint        ruff + clang-format checks, the Python import graph against"
-	@echo "                 docs/design.md's layers;  make format  applies ruff and clang-format"
+	@echo "make lint        ruff + clang-format checks, the Python import graph and src/'s include"
+	@echo "                 graph against docs/design.md's layers;  make format  applies the formatters"
 	@echo "make typecheck   mypy --strict: the package, examples/typed_usage.py; stubtest of _core"
 	@echo "make wheel       dist/: the sdist and a wheel built from it that carries its own libev"
 	@echo "make test-installed  that wheel in a fresh virtualenv: the pytest suite against it"
@@ -172,6 +172,7 @@ lint:
 	ruff format --check greenhub examples .ci/check_imports.py
 	$(PY) .ci/check_imports.py
 	clang-format --dry-run --Werror src/*.c src/*.h benchmarks/*.c greenhub/include/*.h tests/capi_ext/*.c
+	$(PY) .ci/include-graph
 
 format:
 	ruff check --fix greenhub tests compat benchmarks examples .ci/check_imports.py

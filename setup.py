@@ -65,7 +65,7 @@ def greenlet_include():
 
 def extension():
     if sysconfig.get_config_var("Py_GIL_DISABLED"):
-        # The ready queue relies on the GIL for its locking (src/loop.c).
+        # The ready queue relies on the GIL for its locking (src/sched.c).
         sys.exit("greenhub does not support free-threaded CPython builds yet")
     include, libdir = find_libev()
     compile_args = ["-std=c11", "-Wall", "-Wextra", "-D_GNU_SOURCE"]

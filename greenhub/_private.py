@@ -431,7 +431,7 @@ NAMES: tuple[PrivateName, ...] = (
     ),
     PrivateName(
         _LOOP, "_clock_resolution", ATTRIBUTE, "3.11+",
-        "src/loop.c (looked up by name)",
+        "src/sched.c (looked up by name)",
         "the stock 'not due yet' margin for deadlines that are not floats",
     ),
     PrivateName(
@@ -440,7 +440,7 @@ NAMES: tuple[PrivateName, ...] = (
         "fd -> transport: the C sock_* paths refuse a socket a transport owns, as the "
         "stock ones do",
     ),
-    # ... and what greenhub.Loop replaces (C: src/loop.c, src/io.c; Python: _loop.py)
+    # ... and what greenhub.Loop replaces (C: src/loop.c, sched.c, run.c, io.c; Python: _loop.py)
     PrivateName(
         _LOOP, "_closed", OVERRIDDEN_ATTRIBUTE, "3.11+", "src/loop.c",
         "a C property, so that the inherited code and the C core share one flag",
@@ -469,28 +469,28 @@ NAMES: tuple[PrivateName, ...] = (
         "share it",
     ),
     PrivateName(
-        _LOOP, "_run_once", OVERRIDDEN_METHOD, "3.11+", "src/loop.c",
+        _LOOP, "_run_once", OVERRIDDEN_METHOD, "3.11+", "src/run.c",
         "one iteration of the C run loop, for stock code that calls it",
         params="",
     ),
     PrivateName(
-        _LOOP, "_check_closed", OVERRIDDEN_METHOD, "3.11+", "src/loop.c",
+        _LOOP, "_check_closed", OVERRIDDEN_METHOD, "3.11+", "src/sched.c",
         "the closed-loop error, in C", params="",
     ),
     PrivateName(
-        _LOOP, "_check_thread", OVERRIDDEN_METHOD, "3.11+", "src/loop.c",
+        _LOOP, "_check_thread", OVERRIDDEN_METHOD, "3.11+", "src/sched.c",
         "debug mode's wrong-thread error, in C", params="",
     ),
     PrivateName(
-        _LOOP, "_check_callback", OVERRIDDEN_METHOD, "3.11+", "src/loop.c",
+        _LOOP, "_check_callback", OVERRIDDEN_METHOD, "3.11+", "src/sched.c",
         "the stock 'a callable is required' errors, in C", params="callback, method",
     ),
     PrivateName(
-        _LOOP, "_write_to_self", OVERRIDDEN_METHOD, "3.11+", "src/loop.c",
+        _LOOP, "_write_to_self", OVERRIDDEN_METHOD, "3.11+", "src/sched.c",
         "wakes the C loop's poll (the stock signal code calls it)", params="",
     ),
     PrivateName(
-        _LOOP, "_timer_handle_cancelled", OVERRIDDEN_METHOD, "3.11+", "src/loop.c",
+        _LOOP, "_timer_handle_cancelled", OVERRIDDEN_METHOD, "3.11+", "src/sched.c",
         "called by a cancelled stock TimerHandle", params="handle",
     ),
     PrivateName(

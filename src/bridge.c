@@ -294,7 +294,7 @@ gh_switch_out(gh_GreenCoro *w, PyObject *yielded, PyObject **value, PyObject **e
 static gh_GreenCoro *
 step_here(gh_Loop *loop)
 {
-    gh_GreenCoro *w = loop->current_step;
+    gh_GreenCoro *w = loop->vt.current_step;
     if (w == NULL || w->parked_in != NULL || w->step_over) {
         return NULL;
     }
@@ -339,7 +339,7 @@ closing_step(gh_state *st)
 {
     unsigned long here = PyThread_get_thread_ident();
     for (gh_Loop *lp = st->loops; lp != NULL; lp = lp->next_loop) {
-        gh_GreenCoro *w = lp->current_step;
+        gh_GreenCoro *w = lp->vt.current_step;
         if (w != NULL && lp->closed && w->thread_id == here) {
             return w;
         }

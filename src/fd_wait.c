@@ -36,7 +36,7 @@
  * it returns (each Handle owns a reference to the Future through its
  * arguments; the loop's fd slot and timer queue own theirs until the wait
  * removes them); the caller owns the step `w`, which keeps the loop alive.
- * The callback object (loop->green_ready) is owned by the loop, made on
+ * The callback object (loop->fdw.ready) is owned by the loop, made on
  * first use; the Handles share the module's empty Context (st->gs.context).
  */
 #include <errno.h>
@@ -48,6 +48,8 @@
 #include "compat.h"
 #include "fd_wait.h"
 #include "handle.h"
+#include "io.h"
+#include "loop.h"
 
 /* What a wait's Future is completed with, besides the ready direction
  * (a small int: GH_IO_READ, GH_IO_WRITE, or 0 for the timer). */
@@ -127,7 +129,7 @@ arm(gh_Loop *loop, PyObject *fut, int fd, PyObject *sock, int which)
         return NULL;
     }
     PyObject *hargs[2] = {fut, flag};
-    PyObject *h = gh_handle_new(st, st->HandleType, (PyObject *)loop, loop->green_ready, hargs, 2,
+    PyObject *h = gh_handle_new(st, st->HandleType, (PyObject *)loop, loop->fdw.ready, hargs, 2,
                                 st->gs.context);
     Py_DECREF(flag);
     if (h == NULL) {
@@ -152,7 +154,7 @@ set_timer(gh_Loop *loop, PyObject *fut, double deadline)
     if (zero == NULL) {
         return NULL;
     }
-    PyObject *targs[3] = {loop->green_ready, fut, zero};
+    PyObject *targs[3] = {loop->fdw.ready, fut, zero};
     PyObject *timer = gh_loop_call_at(loop, deadline, targs, 3, loop->st->gs.context);
     Py_DECREF(zero);
     return timer;
@@ -170,8 +172,8 @@ gh_fd_wait(gh_Loop *loop, gh_GreenCoro *w, int fd, PyObject *sock, int events, d
             return -1;
         }
     }
-    if (loop->green_ready == NULL &&
-        (loop->green_ready = PyCFunction_New(&fd_ready_def, (PyObject *)loop)) == NULL) {
+    if (loop->fdw.ready == NULL &&
+        (loop->fdw.ready = PyCFunction_New(&fd_ready_def, (PyObject *)loop)) == NULL) {
         return -1;
     }
     PyObject *loop_arg[1] = {(PyObject *)loop};
@@ -247,13 +249,13 @@ gh_fd_wait(gh_Loop *loop, gh_GreenCoro *w, int fd, PyObject *sock, int events, d
 int
 gh_fd_wait_wake_closed(gh_Loop *loop, int fd)
 {
-    if (loop->green_ready == NULL) {
+    if (loop->fdw.ready == NULL) {
         return 0; /* no wait was ever made on this loop */
     }
     for (int which = GH_IO_READ; which <= GH_IO_WRITE; which <<= 1) {
         PyObject *h = gh_io_waiter(loop, fd, which);
         gh_handle_data *d = h ? gh_hd(h) : NULL;
-        if (d == NULL || d->callback != loop->green_ready || d->args == NULL) {
+        if (d == NULL || d->callback != loop->fdw.ready || d->args == NULL) {
             continue;
         }
         PyObject *cargs[2] = {Py_NewRef(PyTuple_GET_ITEM(d->args, 0)), RESULT_CLOSED};
@@ -412,6 +414,21 @@ static PyMethodDef fd_wait_methods[] = {
      "direction; OSError for an fd that cannot be watched (EBADF: not open)."},
     {NULL, NULL, 0, NULL},
 };
+
+/* --- the loop's part -------------------------------------------------------- */
+
+int
+gh_fd_waits_traverse(gh_fd_waits *fw, visitproc visit, void *arg)
+{
+    Py_VISIT(fw->ready);
+    return 0;
+}
+
+void
+gh_fd_waits_clear(gh_fd_waits *fw)
+{
+    Py_CLEAR(fw->ready);
+}
 
 int
 gh_fd_wait_init(PyObject *mod, gh_state *st)

@@ -8,9 +8,18 @@
 
 #include <Python.h>
 
-#include "loop.h"
 #include "state.h"
 #include "vthread.h"
+
+/* fd_wait.c's part of the loop (gh_Loop.fdw). */
+typedef struct {
+    /* Owned, made on first use: the reader/writer/timer callback, bound to
+     * the loop, that wakes a green wait. */
+    PyObject *ready;
+} gh_fd_waits;
+
+int gh_fd_waits_traverse(gh_fd_waits *fw, visitproc visit, void *arg);
+void gh_fd_waits_clear(gh_fd_waits *fw);
 
 /* Suspends the task step `w` (running now on `loop`, the caller holds a
  * reference to it) until fd is ready for `events` (GH_IO_READ and/or

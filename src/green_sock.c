@@ -551,7 +551,7 @@ green_closing(PyObject *mod, PyObject *sock)
     if (PyErr_Occurred()) {
         return NULL;
     }
-    if (loop == NULL || loop->green_ready == NULL || loop->closed) {
+    if (loop == NULL || loop->fdw.ready == NULL || loop->closed) {
         Py_RETURN_NONE;
     }
     int fd = sock_fd(st, sock);

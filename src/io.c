@@ -11,13 +11,14 @@
  * removed instead.  The reactor (libev) only reports readiness; the handles
  * run with the other ready callbacks, in order.
  */
-#include "loop.h"
+#include "io.h"
 
 #include <errno.h>
 #include <fcntl.h>
 
 #include "compat.h"
 #include "handle.h"
+#include "loop.h"
 
 /* asyncio's fd normalisation (selectors._fileobj_to_fd and
  * _ensure_fd_no_transport): an int, or an object whose fileno() gives one. */
@@ -70,8 +71,8 @@ check_fd(long fd)
 static gh_io_slot *
 slot_for(gh_Loop *self, int fd, int create)
 {
-    if (fd < self->n_io_slots) {
-        return &self->io_slots[fd];
+    if (fd < self->io.n_slots) {
+        return &self->io.slots[fd];
     }
     if (!create) {
         return NULL;
@@ -83,20 +84,20 @@ slot_for(gh_Loop *self, int fd, int create)
         PyErr_SetFromErrno(PyExc_OSError);
         return NULL;
     }
-    size_t n = self->n_io_slots ? (size_t)self->n_io_slots : 64;
+    size_t n = self->io.n_slots ? (size_t)self->io.n_slots : 64;
     while (n <= (size_t)fd) {
         n *= 2;
     }
-    gh_io_slot *slots = PyMem_Realloc(self->io_slots, n * sizeof(*slots));
+    gh_io_slot *slots = PyMem_Realloc(self->io.slots, n * sizeof(*slots));
     if (slots == NULL) {
         PyErr_NoMemory();
         return NULL;
     }
-    for (size_t i = (size_t)self->n_io_slots; i < n; i++) {
+    for (size_t i = (size_t)self->io.n_slots; i < n; i++) {
         slots[i].reader = slots[i].writer = slots[i].armed_for = slots[i].fileobj = NULL;
     }
-    self->io_slots = slots;
-    self->n_io_slots = (int)n;
+    self->io.slots = slots;
+    self->io.n_slots = (int)n;
     return &slots[fd];
 }
 
@@ -144,8 +145,8 @@ drop_slot(gh_Loop *self, int fd)
 static long
 fd_of_fileobj(gh_Loop *self, PyObject *fileobj)
 {
-    for (int fd = 0; fd < self->n_io_slots; fd++) {
-        if (self->io_slots[fd].fileobj == fileobj) {
+    for (int fd = 0; fd < self->io.n_slots; fd++) {
+        if (self->io.slots[fd].fileobj == fileobj) {
             return fd;
         }
     }
@@ -366,16 +367,16 @@ gh_loop_remove_writer(PyObject *op, PyObject *fileobj)
 /* Called by the reactor inside the poll, with the GIL held: queue the
  * handles; run nothing.  A failure leaves MemoryError set for run_once(). */
 void
-gh_loop_io_ready(void *arg, int fd, int readable, int writable)
+gh_io_ready(void *arg, int fd, int readable, int writable)
 {
     gh_Loop *self = arg;
     if (PyErr_Occurred()) {
         return;
     }
-    if (self->io_trace != NULL) {
+    if (self->io.trace != NULL) {
         /* No Python code runs here: a list append of an int. */
         PyObject *n = PyLong_FromLong(fd);
-        int rc = n == NULL ? -1 : PyList_Append(self->io_trace, n);
+        int rc = n == NULL ? -1 : PyList_Append(self->io.trace, n);
         Py_XDECREF(n);
         if (rc < 0) {
             return; /* MemoryError, left for run_once() */
@@ -414,7 +415,7 @@ PyObject *
 gh_loop_get_io_trace(PyObject *op, void *Py_UNUSED(closure))
 {
     gh_Loop *self = (gh_Loop *)op;
-    return Py_NewRef(self->io_trace ? self->io_trace : Py_None);
+    return Py_NewRef(self->io.trace ? self->io.trace : Py_None);
 }
 
 int
@@ -425,7 +426,7 @@ gh_loop_set_io_trace(PyObject *op, PyObject *value, void *Py_UNUSED(closure))
         PyErr_SetString(PyExc_TypeError, "_io_trace must be a list or None");
         return -1;
     }
-    Py_XSETREF(self->io_trace, (value && value != Py_None) ? Py_NewRef(value) : NULL);
+    Py_XSETREF(self->io.trace, (value && value != Py_None) ? Py_NewRef(value) : NULL);
     return 0;
 }
 
@@ -434,8 +435,8 @@ gh_loop_io_watchers(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
     gh_Loop *self = (gh_Loop *)op;
     PyObject *d = PyDict_New();
-    for (int fd = 0; d != NULL && fd < self->n_io_slots; fd++) {
-        int events = interest(&self->io_slots[fd]);
+    for (int fd = 0; d != NULL && fd < self->io.n_slots; fd++) {
+        int events = interest(&self->io.slots[fd]);
         if (events == 0) {
             continue;
         }
@@ -449,11 +450,23 @@ gh_loop_io_watchers(PyObject *op, PyObject *Py_UNUSED(ignored))
     return d;
 }
 
-void
-gh_loop_io_clear(gh_Loop *self)
+int
+gh_io_traverse(gh_io *io, visitproc visit, void *arg)
 {
-    for (int fd = 0; fd < self->n_io_slots; fd++) {
-        gh_io_slot *slot = &self->io_slots[fd];
+    Py_VISIT(io->trace);
+    for (int fd = 0; fd < io->n_slots; fd++) {
+        Py_VISIT(io->slots[fd].reader);
+        Py_VISIT(io->slots[fd].writer);
+        Py_VISIT(io->slots[fd].fileobj);
+    }
+    return 0;
+}
+
+void
+gh_io_close(gh_Loop *self)
+{
+    for (int fd = 0; fd < self->io.n_slots; fd++) {
+        gh_io_slot *slot = &self->io.slots[fd];
         if (slot->reader == NULL && slot->writer == NULL && slot->armed_for == NULL &&
             slot->fileobj == NULL) {
             continue;
@@ -467,9 +480,16 @@ gh_loop_io_clear(gh_Loop *self)
         Py_XDECREF(armed);
         Py_XDECREF(fileobj);
     }
-    PyMem_Free(self->io_slots);
-    self->io_slots = NULL;
-    self->n_io_slots = 0;
+    PyMem_Free(self->io.slots);
+    self->io.slots = NULL;
+    self->io.n_slots = 0;
+}
+
+void
+gh_io_clear(gh_Loop *self)
+{
+    gh_io_close(self);
+    Py_CLEAR(self->io.trace);
 }
 
 /* --- waits of sock.c ------------------------------------------------------- */
@@ -616,8 +636,7 @@ gh_io_forget(gh_Loop *self, int fd, PyObject *sock)
     for (int which = GH_IO_READ; which <= GH_IO_WRITE; which <<= 1) {
         slot = slot_for(self, fd, 0); /* cancelling may run Python code */
         PyObject *h = which == GH_IO_READ ? slot->reader : slot->writer;
-        if (h != NULL && gh_hd(h)->callback == self->green_ready &&
-            remove_io(self, fd, which) < 0) {
+        if (h != NULL && gh_hd(h)->callback == self->fdw.ready && remove_io(self, fd, which) < 0) {
             rc = -1;
         }
     }

@@ -4,7 +4,7 @@
  * No PyObject here; the loop layer stores handles in it and owns one
  * reference per queued item.  Capacity is a power of two so that indexes
  * wrap with a mask.  Not thread-safe by itself: every access happens with
- * the GIL held (see loop.c, "Threads").
+ * the GIL held (see sched.c, "Threads").
  */
 #ifndef GH_READYQ_H
 #define GH_READYQ_H

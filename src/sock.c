@@ -339,7 +339,7 @@ gh_loop_sock_recv(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
     if (t != 0) {
         return t < 0 ? NULL : Py_NewRef(Py_None);
     }
-    PyObject *ready = bound_ready(self, &self->sock_recv_ready, &recv_ready_def);
+    PyObject *ready = bound_ready(self, &self->sockw.recv_ready, &recv_ready_def);
     return ready == NULL ? NULL : start_wait(st, self, fd, sock, ready, args[1]);
 }
 
@@ -422,7 +422,7 @@ gh_loop_sock_recv_into(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
     if (t != 0) {
         return t < 0 ? NULL : Py_NewRef(Py_None);
     }
-    PyObject *ready = bound_ready(self, &self->sock_recv_into_ready, &recv_into_ready_def);
+    PyObject *ready = bound_ready(self, &self->sockw.recv_into_ready, &recv_into_ready_def);
     return ready == NULL ? NULL : start_wait(st, self, fd, sock, ready, buf);
 }
 
@@ -594,6 +594,21 @@ gh_sock_state_init(gh_state *st)
             &(st)->sk.recv_into, &(st)->sk.done, &(st)->sk.set_result, &(st)->sk.set_exception,    \
             &(st)->sk.kw_loop, &(st)->sk.future_type, &(st)->sk.add_done_callback,                 \
     }
+
+int
+gh_sock_waits_traverse(gh_sock_waits *sw, visitproc visit, void *arg)
+{
+    Py_VISIT(sw->recv_ready);
+    Py_VISIT(sw->recv_into_ready);
+    return 0;
+}
+
+void
+gh_sock_waits_clear(gh_sock_waits *sw)
+{
+    Py_CLEAR(sw->recv_ready);
+    Py_CLEAR(sw->recv_into_ready);
+}
 
 int
 gh_sock_state_traverse(gh_state *st, visitproc visit, void *arg)

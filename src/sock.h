@@ -11,6 +11,16 @@
 
 extern PyType_Spec gh_sockdone_spec;
 
+/* sock.c's part of the loop (gh_Loop.sockw): its reader callbacks, bound to
+ * the loop; each owned, made on first use. */
+typedef struct {
+    PyObject *recv_ready;
+    PyObject *recv_into_ready;
+} gh_sock_waits;
+
+int gh_sock_waits_traverse(gh_sock_waits *sw, visitproc visit, void *arg);
+void gh_sock_waits_clear(gh_sock_waits *sw);
+
 /* Loop methods: _gh_sock_recv(sock, n), _gh_sock_recv_into(sock, buf) and
  * _gh_sock_send(sock, data); each returns None when asyncio's own method
  * must handle the call. */

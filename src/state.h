@@ -13,6 +13,10 @@
 /* asyncio's max_size for one read of a socket transport. */
 #define GH_RBUF_SIZE (256 * 1024)
 
+/* The Loop object (loop.h); declared here so that each subsystem's header
+ * can name it without including loop.h, which includes those headers. */
+typedef struct gh_Loop_s gh_Loop;
+
 typedef struct {
     /* Heap types made by module.c; each field owns a reference. */
     PyTypeObject *LoopType;

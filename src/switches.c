@@ -43,7 +43,7 @@ current_step(gh_state *st, gh_GreenCoro **out)
     }
     gh_Loop *loop = gh_as_loop(st, loop_obj);
     if (loop != NULL) {
-        *out = loop->current_step;
+        *out = loop->vt.current_step;
     }
     Py_DECREF(loop_obj); /* a running loop is kept alive by its caller */
     return 0;

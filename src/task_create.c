@@ -1,7 +1,7 @@
 /*
  * task_create.c - the Task a greenhub loop makes, and what get_coro() reports.
  *
- * Loop.create_task() (loop.c) wraps the coroutine in a GreenCoro (task_step.c)
+ * Loop.create_task() (below) wraps the coroutine in a GreenCoro (task_step.c)
  * and builds CPython's own asyncio.Task around the wrapper: the Task steps
  * whatever its coroutine field holds, and only the wrapper's send()/throw()
  * move a step onto a greenlet.  That field is also what Task.get_coro()
@@ -32,6 +32,7 @@
  */
 #include "task_create.h"
 
+#include "loop.h"
 #include "vthread.h"
 
 int
@@ -253,4 +254,84 @@ gh_install_task_type(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     Py_XSETREF(st->tk.green_task, Py_NewRef(type));
     Py_XSETREF(st->tk.green_eager, eager == Py_None ? NULL : Py_NewRef(eager));
     Py_RETURN_NONE;
+}
+
+/* --- Loop.create_task() ------------------------------------------------------ */
+
+/*
+ * create_task(coro, *, name=None, context=None) - and on 3.14+ any keyword
+ * arguments, which go to the Task (eager_start=).  Every coroutine is wrapped
+ * in a GreenCoro so that its steps run on a greenlet (vthread.h).  Without a
+ * task factory the Task is made here, as greenhub's Task (task_create.c);
+ * otherwise, and for arguments asyncio refuses, asyncio's
+ * BaseEventLoop.create_task() does the rest with the wrapped coroutine, so
+ * factories, names and errors behave exactly as on the stock loop.  (Made
+ * here, in debug mode too, the Task's source traceback ends at the caller as
+ * asyncio's does once create_task() deletes its own frame from it.)
+ */
+PyObject *
+gh_loop_create_task(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    gh_Loop *self = (gh_Loop *)op;
+    gh_state *st = self->st;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *name = Py_None, *context = Py_None, *eager = NULL;
+    int fast = nargs == 1 && self->task_factory == NULL;
+    for (Py_ssize_t i = 0; fast && kwnames != NULL && i < PyTuple_GET_SIZE(kwnames); i++) {
+        PyObject *key = PyTuple_GET_ITEM(kwnames, i);
+        if (PyUnicode_CompareWithASCIIString(key, "name") == 0) {
+            name = args[nargs + i];
+        }
+        else if (PyUnicode_CompareWithASCIIString(key, "context") == 0) {
+            context = args[nargs + i];
+        }
+#if PY_VERSION_HEX >= 0x030E0000
+        /* 3.14's create_task() passes its keyword arguments on to the Task. */
+        else if (PyUnicode_CompareWithASCIIString(key, "eager_start") == 0) {
+            eager = args[nargs + i];
+        }
+#endif
+        else {
+            fast = 0; /* let asyncio report the unexpected argument */
+        }
+    }
+    /* Where the coroutine is: first positional, or create_task(coro=...). */
+    Py_ssize_t at = nargs >= 1 ? 0 : -1;
+    for (Py_ssize_t i = 0; at < 0 && kwnames != NULL && i < PyTuple_GET_SIZE(kwnames); i++) {
+        if (PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, i), "coro") == 0) {
+            at = nargs + i;
+        }
+    }
+    if (at >= 0 && gh_loop_check_closed(self) < 0) {
+        return NULL;
+    }
+    PyObject *coro = at >= 0 ? gh_wrap_coroutine(st, args[at], op) : NULL;
+    if (at >= 0 && coro == NULL) {
+        return NULL;
+    }
+    PyObject *res;
+    if (fast) {
+        res = gh_task_new(st, op, coro, name, context, eager);
+    }
+    else {
+        /* BaseEventLoop.create_task(self, coro, ...) with the same arguments */
+        Py_ssize_t total = nargs + (kwnames ? PyTuple_GET_SIZE(kwnames) : 0);
+        PyObject **cargs = PyMem_Malloc((total + 2) * sizeof(PyObject *));
+        if (cargs == NULL) {
+            Py_XDECREF(coro);
+            return PyErr_NoMemory();
+        }
+        cargs[1] = op;
+        for (Py_ssize_t i = 0; i < total; i++) {
+            cargs[i + 2] = i == at ? coro : args[i];
+        }
+        res = PyObject_Vectorcall(st->tk.base_create_task, cargs + 1,
+                                  (nargs + 1) | PY_VECTORCALL_ARGUMENTS_OFFSET, kwnames);
+        PyMem_Free(cargs);
+        if (res != NULL && at >= 0 && coro != args[at] && gh_task_expose_coro(st, res, coro) < 0) {
+            Py_CLEAR(res);
+        }
+    }
+    Py_XDECREF(coro);
+    return res;
 }

@@ -41,4 +41,8 @@ PyObject *gh_task_factory_to_store(gh_state *st, PyObject *value);
  * greenhub/_task.py. */
 PyObject *gh_install_task_type(PyObject *mod, PyObject *const *args, Py_ssize_t nargs);
 
+/* Loop.create_task(coro, *, name=None, context=None). */
+PyObject *gh_loop_create_task(PyObject *op, PyObject *const *args, size_t nargsf,
+                              PyObject *kwnames);
+
 #endif /* GH_TASK_CREATE_H */

@@ -107,6 +107,58 @@ gh_pool_trim(gh_pool *p)
     return p->keep != 0;
 }
 
+/* --- the loop's part ------------------------------------------------------ */
+
+int
+gh_workers_traverse(gh_workers *vt, visitproc visit, void *arg)
+{
+    /* current_step and parked are borrowed: not visited. */
+    for (Py_ssize_t i = 0; i < vt->pool.len; i++) {
+        Py_VISIT(vt->pool.greenlets[i]);
+    }
+    return 0;
+}
+
+void
+gh_workers_clear(gh_workers *vt)
+{
+    gh_pool_clear(&vt->pool);
+}
+
+PyObject *
+gh_loop_parked_coros(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    gh_Loop *self = (gh_Loop *)op;
+    PyObject *list = PyList_New(0);
+    for (gh_GreenCoro *w = self->vt.parked; list != NULL && w != NULL; w = w->park_next) {
+        if (PyList_Append(list, (PyObject *)w) < 0) {
+            Py_CLEAR(list);
+        }
+    }
+    return list;
+}
+
+void
+gh_workers_unwind_parked(gh_Loop *loop)
+{
+    /* greenhub.Loop.close() cancels them properly first; this is for what
+     * is left. */
+    while (loop->vt.parked != NULL) {
+        /* Owned for the call: closing may drop the task's last reference. */
+        gh_GreenCoro *w = (gh_GreenCoro *)Py_NewRef(loop->vt.parked);
+        PyObject *res = PyObject_CallMethodNoArgs((PyObject *)w, loop->st->str_close);
+        if (res == NULL) {
+            if (loop->vt.parked == w) {
+                gh_coro_unpark(w); /* it refused; do not loop forever */
+            }
+            /* Reported with the error still set: WriteUnraisable() reads it. */
+            PyErr_WriteUnraisable((PyObject *)w);
+        }
+        Py_XDECREF(res);
+        Py_DECREF(w);
+    }
+}
+
 /* --- binding workers to tasks --------------------------------------------- */
 
 static int
@@ -128,13 +180,13 @@ bind_worker(gh_state *st, gh_Loop *loop, gh_GreenCoro *w)
     }
     PyObject *g;
     unsigned long here = PyThread_get_thread_ident();
-    if (loop->pool.len > 0 && loop->pool.thread_id != here) {
+    if (loop->vt.pool.len > 0 && loop->vt.pool.thread_id != here) {
         /* The loop now runs in another thread; greenlets cannot follow.
          * (greenlet frees them in their own thread.) */
-        gh_pool_clear(&loop->pool);
+        gh_pool_clear(&loop->vt.pool);
     }
-    if (loop->pool.len > 0) {
-        g = loop->pool.greenlets[--loop->pool.len];
+    if (loop->vt.pool.len > 0) {
+        g = loop->vt.pool.greenlets[--loop->vt.pool.len];
     }
     else {
         g = gh_green_new_under_main(st->VThreadGreenletType, st->worker_main);
@@ -146,9 +198,9 @@ bind_worker(gh_state *st, gh_Loop *loop, gh_GreenCoro *w)
     *worker_owner(g) = w;
     w->worker = g;
     w->thread_id = here;
-    loop->bound_workers++;
-    if (loop->bound_workers > loop->pool.keep && loop->bound_workers <= POOL_BURST_MAX) {
-        loop->pool.keep = loop->bound_workers;
+    loop->vt.bound_workers++;
+    if (loop->vt.bound_workers > loop->vt.pool.keep && loop->vt.bound_workers <= POOL_BURST_MAX) {
+        loop->vt.pool.keep = loop->vt.bound_workers;
     }
     return 0;
 }
@@ -163,18 +215,18 @@ maybe_unbind_worker(gh_Loop *loop, gh_GreenCoro *w)
         return;
     }
     int observable = gh_green_observable(g, 1);
-    if (!w->finished && (observable || loop->bound_workers <= KEEP_BOUND_MAX)) {
+    if (!w->finished && (observable || loop->vt.bound_workers <= KEEP_BOUND_MAX)) {
         return;
     }
     w->worker = NULL;
     *worker_owner(g) = NULL;
-    loop->bound_workers--;
-    if (loop->pool.len == 0) {
-        loop->pool.thread_id = w->thread_id;
+    loop->vt.bound_workers--;
+    if (loop->vt.pool.len == 0) {
+        loop->vt.pool.thread_id = w->thread_id;
     }
-    Py_ssize_t room = loop->pool.keep > POOL_MAX ? loop->pool.keep : POOL_MAX;
-    if (observable || !gh_green_active(g) || loop->pool.len >= room || loop->closed ||
-        loop->pool.thread_id != w->thread_id) {
+    Py_ssize_t room = loop->vt.pool.keep > POOL_MAX ? loop->vt.pool.keep : POOL_MAX;
+    if (observable || !gh_green_active(g) || loop->vt.pool.len >= room || loop->closed ||
+        loop->vt.pool.thread_id != w->thread_id) {
         /* Not reusable here: someone else holds it, or no room.  Dropping
          * our reference kills it if nobody else has one. */
         Py_DECREF(g);
@@ -183,7 +235,7 @@ maybe_unbind_worker(gh_Loop *loop, gh_GreenCoro *w)
     /* Attributes set on a finished task's greenlet must not reach the next
      * task.  (An idle task's unobservable greenlet has none.) */
     gh_green_clear_attributes(g);
-    if (pool_push(&loop->pool, g) < 0) {
+    if (pool_push(&loop->vt.pool, g) < 0) {
         Py_DECREF(g);
     }
 }
@@ -348,8 +400,8 @@ running_step(gh_state *st)
 {
     unsigned long here = PyThread_get_thread_ident();
     for (gh_Loop *lp = st->loops; lp != NULL; lp = lp->next_loop) {
-        if (lp->current_step != NULL && lp->current_step->thread_id == here) {
-            return lp->current_step;
+        if (lp->vt.current_step != NULL && lp->vt.current_step->thread_id == here) {
+            return lp->vt.current_step;
         }
     }
     return NULL;
@@ -557,7 +609,7 @@ park_unlink(gh_Loop *loop, gh_GreenCoro *w)
         w->park_prev->park_next = w->park_next;
     }
     else {
-        loop->parked = w->park_next;
+        loop->vt.parked = w->park_next;
     }
     if (w->park_next) {
         w->park_next->park_prev = w->park_prev;
@@ -643,7 +695,7 @@ coro_step(gh_GreenCoro *w, PyObject *value, PyObject *exc, PyObject **presult)
             /* An idle bound worker killed from outside: bind another one. */
             *worker_owner(w->worker) = NULL;
             Py_CLEAR(w->worker);
-            loop->bound_workers--;
+            loop->vt.bound_workers--;
         }
         if (w->worker == NULL && bind_worker(st, loop, w) < 0) {
             return PYGEN_ERROR;
@@ -664,8 +716,8 @@ coro_step(gh_GreenCoro *w, PyObject *value, PyObject *exc, PyObject **presult)
     w->running = 1;
     w->step_over = 0;
     w->stepping = target;
-    w->prev_step = loop->current_step;
-    loop->current_step = w;
+    w->prev_step = loop->vt.current_step;
+    loop->vt.current_step = w;
     Py_INCREF(w); /* alive across the switch, whatever the step does */
 
     PyObject *r = switch_in(target, fresh);
@@ -685,7 +737,7 @@ coro_step(gh_GreenCoro *w, PyObject *value, PyObject *exc, PyObject **presult)
     w->handed = 0; /* not taken if the switch failed */
 
     Py_DECREF(target);
-    loop->current_step = w->prev_step;
+    loop->vt.current_step = w->prev_step;
     w->prev_step = NULL;
     w->running = 0;
     Py_CLEAR(w->driver);
@@ -740,11 +792,11 @@ gh_coro_park(gh_GreenCoro *w, PyObject *here)
     w->parked_in = Py_NewRef(here);
     w->parked = 1;
     w->park_prev = NULL;
-    w->park_next = loop->parked;
-    if (loop->parked) {
-        loop->parked->park_prev = w;
+    w->park_next = loop->vt.parked;
+    if (loop->vt.parked) {
+        loop->vt.parked->park_prev = w;
     }
-    loop->parked = w;
+    loop->vt.parked = w;
     loop->st->parked_coros++;
 }
 
@@ -984,7 +1036,7 @@ coro_clear(PyObject *self)
         w->finished = 1;
         maybe_unbind_worker(loop, w);
         if (w->worker != NULL) {
-            loop->bound_workers--;
+            loop->vt.bound_workers--;
             *worker_owner(w->worker) = NULL;
             Py_CLEAR(w->worker);
         }
@@ -1017,7 +1069,7 @@ coro_dealloc(PyObject *self)
         w->finished = 1;
         maybe_unbind_worker(loop, w);
         if (w->worker != NULL) { /* kept: someone else observes it */
-            loop->bound_workers--;
+            loop->vt.bound_workers--;
             *worker_owner(w->worker) = NULL;
             Py_CLEAR(w->worker);
         }
@@ -1135,7 +1187,7 @@ coro_release_worker(PyObject *self, PyObject *Py_UNUSED(ignored))
     PyObject *g = w->worker;
     w->worker = NULL;
     *worker_owner(g) = NULL;
-    loop->bound_workers--;
+    loop->vt.bound_workers--;
     Py_DECREF(g); /* ends it (GreenletExit) unless someone else holds it */
     Py_RETURN_NONE;
 }

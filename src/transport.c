@@ -9,7 +9,7 @@
  *     one recv() and one call of the protocol, no Python frames between;
  *   write(): the data goes on the transport's write queue, and at the end of
  *     the loop iteration the loop sends each queue with one writev()
- *     (gh_loop_flush_writes), so the writes of one iteration cost one
+ *     (gh_writes_flush), so the writes of one iteration cost one
  *     system call per connection.
  *
  * Everything else - close, abort, EOF, flow control, sendfile, set_protocol,
@@ -446,15 +446,15 @@ wq_link(gh_Loop *loop, gh_TransportState *wq, PyObject *transport)
     wq->queued = 1;
     wq->transport = Py_NewRef(transport);
     Py_INCREF(wq); /* the loop's reference */
-    wq->prev = loop->wq_tail;
+    wq->prev = loop->writes.tail;
     wq->next = NULL;
-    if (loop->wq_tail != NULL) {
-        loop->wq_tail->next = wq;
+    if (loop->writes.tail != NULL) {
+        loop->writes.tail->next = wq;
     }
     else {
-        loop->wq_head = wq;
+        loop->writes.head = wq;
     }
-    loop->wq_tail = wq;
+    loop->writes.tail = wq;
 }
 
 /* Takes wq off its loop's flush list.  Returns the references the list held:
@@ -468,13 +468,13 @@ wq_unlink(gh_TransportState *wq)
         wq->prev->next = wq->next;
     }
     else {
-        loop->wq_head = wq->next;
+        loop->writes.head = wq->next;
     }
     if (wq->next != NULL) {
         wq->next->prev = wq->prev;
     }
     else {
-        loop->wq_tail = wq->prev;
+        loop->writes.tail = wq->prev;
     }
     wq->prev = wq->next = NULL;
     wq->queued = 0;
@@ -782,11 +782,11 @@ tr_flush(PyObject *self, PyTypeObject *cls, PyObject *const *args, size_t nargsf
 /* --- the loop's side ---------------------------------------------------------- */
 
 int
-gh_loop_flush_writes(gh_Loop *loop)
+gh_writes_flush(gh_Loop *loop)
 {
     gh_state *st = loop->st;
-    while (loop->wq_head != NULL) {
-        gh_TransportState *wq = loop->wq_head;
+    while (loop->writes.head != NULL) {
+        gh_TransportState *wq = loop->writes.head;
         PyObject *tr = wq_unlink(wq);
         int rc = wq_send(st, wq, tr);
         Py_DECREF(tr);
@@ -798,11 +798,20 @@ gh_loop_flush_writes(gh_Loop *loop)
     return 0;
 }
 
-void
-gh_loop_clear_writes(gh_Loop *loop)
+int
+gh_writes_traverse(gh_write_queues *wq, visitproc visit, void *arg)
 {
-    while (loop->wq_head != NULL) {
-        gh_TransportState *wq = loop->wq_head;
+    for (gh_TransportState *ts = wq->head; ts != NULL; ts = ts->next) {
+        Py_VISIT((PyObject *)ts);
+    }
+    return 0;
+}
+
+void
+gh_writes_clear(gh_Loop *loop)
+{
+    while (loop->writes.head != NULL) {
+        gh_TransportState *wq = loop->writes.head;
         PyObject *tr = wq_unlink(wq);
         wq_drop_items(wq, 0);
         wq->size = 0;

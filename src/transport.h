@@ -9,8 +9,6 @@
 
 #include "state.h"
 
-struct gh_Loop_s;
-
 /* A socket transport's C state (its `_gh_state` attribute, owned by the
  * transport): the attributes of asyncio's transport that the hot paths read,
  * kept here instead of the instance __dict__ (the mixin's descriptors
@@ -35,6 +33,21 @@ typedef struct gh_TransportState {
     char queued;     /* on the loop's flush list */
 } gh_TransportState;
 
+/* transport.c's part of the loop (gh_Loop.writes): the write queues to send
+ * at the end of this iteration; the list owns a reference to each. */
+typedef struct {
+    gh_TransportState *head, *tail;
+} gh_write_queues;
+
+/* Whether any transport has data queued (a forked child drops it). */
+static inline int
+gh_writes_pending(const gh_write_queues *wq)
+{
+    return wq->head != NULL;
+}
+
+int gh_writes_traverse(gh_write_queues *wq, visitproc visit, void *arg);
+
 extern PyType_Spec gh_transport_state_spec;
 extern PyType_Spec gh_transport_base_spec;
 
@@ -57,9 +70,9 @@ int gh_transport_state_traverse(gh_state *st, visitproc visit, void *arg);
 /* Sends the data of every queued transport (end of a loop iteration).
  * Returns -1 with an exception set if sending raised one that must
  * propagate (KeyboardInterrupt, SystemExit, MemoryError). */
-int gh_loop_flush_writes(struct gh_Loop_s *loop);
+int gh_writes_flush(gh_Loop *loop);
 
 /* Drops the flush list without sending (loop close, GC). */
-void gh_loop_clear_writes(struct gh_Loop_s *loop);
+void gh_writes_clear(gh_Loop *loop);
 
 #endif /* GH_TRANSPORT_H */

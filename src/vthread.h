@@ -71,6 +71,21 @@ typedef struct {
     unsigned long thread_id; /* the thread the pooled greenlets belong to */
 } gh_pool;
 
+/* The virtual threads' part of the loop (gh_Loop.vt; task_step.c). */
+typedef struct {
+    gh_GreenCoro *current_step; /* borrowed: the task step running now, or NULL */
+    gh_GreenCoro *parked;       /* borrowed: list of coros suspended inside await_() */
+    gh_pool pool;               /* idle worker greenlets */
+    Py_ssize_t bound_workers;   /* workers bound to a task */
+} gh_workers;
+
+int gh_workers_traverse(gh_workers *vt, visitproc visit, void *arg);
+/* Empties the pool (tp_clear, dealloc, close). */
+void gh_workers_clear(gh_workers *vt);
+/* close(): unwinds the virtual threads still parked inside await_()
+ * (GeneratorExit raised at the await_ call, finally blocks run). */
+void gh_workers_unwind_parked(gh_Loop *loop);
+
 extern PyType_Spec gh_greencoro_spec;
 
 /* greenhub.await_(awaitable) - see bridge.c. */
@@ -137,6 +152,17 @@ void gh_pool_clear(gh_pool *pool);
  * workers kept beyond the usual pool size after a burst of tasks.  Returns 1
  * if some are left to kill on a later idle pass. */
 int gh_pool_trim(gh_pool *pool);
+
+/* The run loop is about to wait: frees a few idle workers left from a burst
+ * (gh_pool_trim()); 1 while more remain. */
+static inline int
+gh_workers_trim(gh_workers *vt)
+{
+    return gh_pool_trim(&vt->pool);
+}
+
+/* Loop._parked_coros(): the GreenCoros suspended inside await_(), a list. */
+PyObject *gh_loop_parked_coros(PyObject *op, PyObject *ignored);
 
 /* Module-level function objects the workers run; made by module.c. */
 PyObject *gh_make_worker_main(PyObject *module);

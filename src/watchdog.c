@@ -2,8 +2,8 @@
  * watchdog.c - reports a callback or task step that holds the loop too long.
  *
  * The loop thread's side costs nothing measurable: gh_loop_tick() (a plain
- * load and store of `loop->ticks`) before each callback and after each
- * blocking poll, `loop->polling` set around blocking polls, and the running
+ * load and store of `loop->watch.ticks`) before each callback and after each
+ * blocking poll, `loop->watch.polling` set around blocking polls, and the running
  * handle recorded in a borrowed pointer.  It does the same whether the
  * watchdog is on or off, so turning it on changes only what another thread
  * does.
@@ -53,6 +53,7 @@
 
 #include "clock.h"
 #include "compat.h"
+#include "loop.h"
 
 /* How many frames a report keeps (innermost first). */
 #define MAX_FRAMES 200
@@ -124,19 +125,20 @@ report_with_gil(gh_watchdog *wd, unsigned long seen, double since)
     }
     PyObject *stack = Py_NewRef(Py_None), *task = Py_NewRef(Py_None);
     PyObject *handle = Py_NewRef(Py_None), *res = NULL;
-    int ongoing = atomic_load_explicit(&loop->ticks, memory_order_relaxed) == seen &&
-                  !atomic_load_explicit(&loop->polling, memory_order_relaxed);
-    if (ongoing && loop->run_tstate != NULL && tstate_alive(wd->interp, loop->run_tstate)) {
+    int ongoing = atomic_load_explicit(&loop->watch.ticks, memory_order_relaxed) == seen &&
+                  !atomic_load_explicit(&loop->watch.polling, memory_order_relaxed);
+    if (ongoing && loop->watch.run_tstate != NULL &&
+        tstate_alive(wd->interp, loop->watch.run_tstate)) {
         /* Nothing here runs Python code or releases the GIL, so the loop
          * thread stays where it is until all of this is read. */
-        PyFrameObject *frame = PyThreadState_GetFrame(loop->run_tstate);
+        PyFrameObject *frame = PyThreadState_GetFrame(loop->watch.run_tstate);
         Py_SETREF(stack, snapshot_stack(frame));
         Py_XDECREF(frame);
         if (stack == NULL) {
             goto error;
         }
-        if (loop->running_handle != NULL) {
-            Py_SETREF(handle, Py_NewRef(loop->running_handle));
+        if (loop->watch.running_handle != NULL) {
+            Py_SETREF(handle, Py_NewRef(loop->watch.running_handle));
         }
         Py_SETREF(task, PyObject_CallOneArg(st->current_task, (PyObject *)loop));
         if (task == NULL) {
@@ -146,7 +148,7 @@ report_with_gil(gh_watchdog *wd, unsigned long seen, double since)
     PyObject *since_obj = PyFloat_FromDouble(since);
     PyObject *threshold = PyFloat_FromDouble(wd->threshold);
     if (since_obj != NULL && threshold != NULL) {
-        PyObject *handler = loop->wd_handler ? loop->wd_handler : Py_None;
+        PyObject *handler = loop->watch.handler ? loop->watch.handler : Py_None;
         res = PyObject_CallFunctionObjArgs(st->hook_watchdog, (PyObject *)loop, task, handle, stack,
                                            since_obj, threshold, handler, NULL);
     }
@@ -183,7 +185,7 @@ watchdog_main(void *arg)
     gh_watchdog *wd = arg;
     gh_Loop *loop = wd->loop;
     double interval = wd->threshold / SAMPLES_PER_THRESHOLD;
-    unsigned long seen = atomic_load_explicit(&loop->ticks, memory_order_relaxed);
+    unsigned long seen = atomic_load_explicit(&loop->watch.ticks, memory_order_relaxed);
     double since = gh_monotonic();
     int reported = 0;
     pthread_mutex_lock(&wd->mu);
@@ -197,8 +199,8 @@ watchdog_main(void *arg)
             continue; /* stop, or a spurious wakeup: look again */
         }
         double now = gh_monotonic();
-        unsigned long ticks = atomic_load_explicit(&loop->ticks, memory_order_relaxed);
-        if (ticks != seen || atomic_load_explicit(&loop->polling, memory_order_relaxed)) {
+        unsigned long ticks = atomic_load_explicit(&loop->watch.ticks, memory_order_relaxed);
+        if (ticks != seen || atomic_load_explicit(&loop->watch.polling, memory_order_relaxed)) {
             seen = ticks;
             since = now;
             reported = 0;
@@ -224,8 +226,8 @@ static int
 watchdog_start(gh_Loop *loop)
 {
     gh_state *st = loop->st;
-    if (loop->wd != NULL || loop->wd_threshold <= 0. || loop->run_tstate == NULL ||
-        st->wd_exiting) {
+    if (loop->watch.running != NULL || loop->watch.threshold <= 0. ||
+        loop->watch.run_tstate == NULL || st->wd_exiting) {
         return 0;
     }
     gh_watchdog *wd = PyMem_RawCalloc(1, sizeof(*wd));
@@ -235,7 +237,7 @@ watchdog_start(gh_Loop *loop)
     }
     wd->loop = loop;
     wd->interp = PyInterpreterState_Get();
-    wd->threshold = loop->wd_threshold;
+    wd->threshold = loop->watch.threshold;
     wd->pid = getpid();
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -264,20 +266,20 @@ watchdog_start(gh_Loop *loop)
         st->watchdogs->prev = wd;
     }
     st->watchdogs = wd;
-    loop->wd = wd;
+    loop->watch.running = wd;
     return 0;
 }
 
 static void
 watchdog_stop(gh_Loop *loop)
 {
-    gh_watchdog *wd = loop->wd;
+    gh_watchdog *wd = loop->watch.running;
     if (wd == NULL) {
         return;
     }
     /* Detach first: whatever runs while the GIL is released below (another
      * set_watchdog(), the atexit hook) no longer sees this one. */
-    loop->wd = NULL;
+    loop->watch.running = NULL;
     gh_state *st = loop->st;
     if (wd->prev != NULL) {
         wd->prev->next = wd->next;
@@ -316,11 +318,11 @@ watchdog_stop(gh_Loop *loop)
 int
 gh_watchdog_run_begin(gh_Loop *loop)
 {
-    loop->run_tstate = PyThreadState_Get();
-    atomic_store_explicit(&loop->polling, 0, memory_order_relaxed);
-    gh_loop_tick(loop);
+    loop->watch.run_tstate = PyThreadState_Get();
+    atomic_store_explicit(&loop->watch.polling, 0, memory_order_relaxed);
+    gh_watch_tick(&loop->watch);
     if (watchdog_start(loop) < 0) {
-        loop->run_tstate = NULL;
+        loop->watch.run_tstate = NULL;
         return -1;
     }
     return 0;
@@ -331,7 +333,7 @@ gh_watchdog_run_end(gh_Loop *loop)
 {
     PyObject *exc = gh_err_get_raised();
     watchdog_stop(loop);
-    loop->run_tstate = NULL;
+    loop->watch.run_tstate = NULL;
     if (exc != NULL) {
         gh_err_set_raised(exc);
     }
@@ -413,8 +415,8 @@ gh_loop_set_watchdog(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyOb
                      Py_TYPE(handler)->tp_name);
         return NULL;
     }
-    loop->wd_threshold = threshold;
-    Py_XSETREF(loop->wd_handler, handler == Py_None ? NULL : Py_NewRef(handler));
+    loop->watch.threshold = threshold;
+    Py_XSETREF(loop->watch.handler, handler == Py_None ? NULL : Py_NewRef(handler));
     if (apply(loop) < 0) {
         return NULL;
     }
@@ -435,10 +437,10 @@ PyObject *
 gh_loop_get_watchdog(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
     gh_Loop *loop = (gh_Loop *)op;
-    if (loop->wd_threshold <= 0.) {
+    if (loop->watch.threshold <= 0.) {
         Py_RETURN_NONE;
     }
-    return PyFloat_FromDouble(loop->wd_threshold);
+    return PyFloat_FromDouble(loop->watch.threshold);
 }
 
 int
