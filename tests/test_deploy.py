@@ -217,3 +217,22 @@ def test_hypercorn_without_greenhub_install_gets_a_clear_error(app_dir):
         log = srv.stop()
     assert status == 500
     assert "need a greenhub event loop" in log, log
+
+
+@pytest.mark.parametrize(
+    "setting, on_greenhub",
+    [("greenhub:new_event_loop", True), ("auto", False), ("asyncio", False), ("none", True)],
+)
+def test_uvicorn_loop_settings_with_greenhub_install(setting, on_greenhub, greenhub_leak_check):
+    # docs/guide-deploy.md's table: with greenhub's policy installed, uvicorn's "auto" and
+    # "asyncio" still make their own loops (they pass a loop factory); "none" leaves it
+    # to the policy; greenhub's factory works whatever the policy.
+    import uvicorn
+
+    import greenhub
+
+    greenhub.install()  # (conftest restores the default policy afterwards)
+    factory = uvicorn.Config(app=None, loop=setting).get_loop_factory()
+    with asyncio.Runner(loop_factory=factory) as runner:
+        loop = runner.get_loop()
+        assert isinstance(loop, greenhub.Loop) is on_greenhub, type(loop)
