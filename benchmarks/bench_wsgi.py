@@ -1,4 +1,4 @@
-"""One Flask app, four ways to serve it: virtual threads against gevent and thread pools.
+"""One Flask app, five ways to serve it: virtual threads against gevent and thread pools.
 
 The same Flask application (this module's ``flask_app``), one server process each,
 side by side in one run:
@@ -7,6 +7,8 @@ side by side in one run:
   ``greenhub.contrib.wsgi.WSGIMiddleware(flask_app)``: each request's view runs in the
   request's own task, a virtual thread; ``greenhub.monkey.patch_time()`` makes its
   ``time.sleep`` suspend only that request.
+- greenhub-gunicorn: the same application under gunicorn with greenhub's worker class
+  (``gunicorn -k greenhub.contrib.gunicorn.Worker -w 1``: uvicorn inside).
 - gevent: gunicorn's gevent worker (``gunicorn -k gevent -w 1``), which monkey-patches
   the process (``time.sleep`` included) and serves each request in a greenlet - the
   deployment a gevent user has today.
@@ -49,7 +51,7 @@ if HERE not in sys.path:
 from _common import machine_info, python_build_flags  # noqa: E402
 from bench_http import parse_wrk  # noqa: E402
 
-KINDS = ("greenhub", "gevent", "a2wsgi", "asgiref")
+KINDS = ("greenhub", "greenhub-gunicorn", "gevent", "a2wsgi", "asgiref")
 WORKLOADS = {"fast": "/fast", "slow": "/slow"}
 SLOW_SECONDS = 0.01
 
@@ -71,10 +73,17 @@ def make_flask_app():
     return app
 
 
-# gunicorn's gevent worker imports this module by name (bench_wsgi:flask_app) after it
-# has monkey-patched the process; the other servers make the app in serve().
-if os.environ.get("BENCH_WSGI_GUNICORN"):
+# gunicorn imports this module by name: bench_wsgi:flask_app in its gevent worker (after
+# it has monkey-patched the process), bench_wsgi:asgi_app in greenhub's worker.  The
+# uvicorn servers make the application in serve().
+if os.environ.get("BENCH_WSGI_GUNICORN") == "gevent":
     flask_app = make_flask_app()
+elif os.environ.get("BENCH_WSGI_GUNICORN") == "greenhub":
+    import greenhub.monkey
+    from greenhub.contrib.wsgi import WSGIMiddleware
+
+    greenhub.monkey.patch_time()
+    asgi_app = WSGIMiddleware(make_flask_app())
 
 
 def http_parser():
@@ -117,10 +126,14 @@ def serve(kind, port):
 
 
 def server_argv(kind, port):
-    if kind == "gevent":
-        argv = [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "1"]
+    if kind in ("gevent", "greenhub-gunicorn"):
+        worker, app = {
+            "gevent": ("gevent", "flask_app"),
+            "greenhub-gunicorn": ("greenhub.contrib.gunicorn.Worker", "asgi_app"),
+        }[kind]
+        argv = [sys.executable, "-m", "gunicorn", "-k", worker, "-w", "1"]
         argv += ["--worker-connections", "4096", "--backlog", "2048", "--log-level", "warning"]
-        argv += ["-b", f"127.0.0.1:{port}", "bench_wsgi:flask_app"]
+        argv += ["-b", f"127.0.0.1:{port}", f"bench_wsgi:{app}"]
         import gunicorn.config
 
         if any(s.name == "control_socket_disable" for s in gunicorn.config.KNOWN_SETTINGS):
@@ -189,7 +202,8 @@ def proc_tree_cpu(pid):
 
 def measure(kind, workload, args, cpus):
     port = free_port()
-    env = dict(os.environ, BENCH_WSGI_GUNICORN="1" if kind == "gevent" else "")
+    gunicorn = {"gevent": "gevent", "greenhub-gunicorn": "greenhub"}.get(kind, "")
+    env = dict(os.environ, BENCH_WSGI_GUNICORN=gunicorn)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, HERE, env.get("PYTHONPATH")]))
     proc = subprocess.Popen(
         taskset(cpus[0]) + server_argv(kind, port), cwd=HERE, env=env, start_new_session=True
@@ -222,13 +236,12 @@ def report(results, args, minfo):
     lines = [
         f"bench_wsgi.py  {minfo['date']}",
         f"machine: {minfo['cpu_model']}, {minfo['cpu_count']} CPUs, {minfo['platform']}",
-        f"python:  {minfo['python'].split()[0]} ({minfo['python_build_flags']}); "
-        f"{versions()}",
+        f"python:  {minfo['python'].split()[0]} ({minfo['python_build_flags']}); {versions()}",
         f"Flask app, one server process on one CPU each; uvicorn parses with {http_parser()}; "
         f"wrk -t1 -c{args.conns} {args.duration}s after {args.warmup}s warm-up; "
         f"slow = time.sleep({SLOW_SECONDS}) in the view",
         "",
-        f"{'workload':8} {'server':9} {'req/s':>9} {'avg ms':>7} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'workload':8} {'server':17} {'req/s':>9} {'avg ms':>7} {'p50 ms':>7} {'p99 ms':>7} "
         f"{'cpu/req':>9} {'busy':>5}  {'errors':>6}",
     ]
     for workload in args.workloads:
@@ -237,11 +250,11 @@ def report(results, args, minfo):
             if r is None:
                 continue
             if "failed" in r:
-                lines.append(f"{workload:8} {kind:9} failed: {r['failed']}")
+                lines.append(f"{workload:8} {kind:17} failed: {r['failed']}")
                 continue
             errors = r["socket_errors"] + r["non_2xx"]
             lines.append(
-                f"{workload:8} {kind:9} {r['req_per_s']:9.0f} {fmt_ms(r['lat_avg'])} "
+                f"{workload:8} {kind:17} {r['req_per_s']:9.0f} {fmt_ms(r['lat_avg'])} "
                 f"{fmt_ms(r['lat_p50'])} {fmt_ms(r['lat_p99'])} "
                 f"{r['cpu_per_req'] * 1e6:7.0f}us {r['server_busy']:5.2f}  {errors:6d}"
             )
@@ -253,7 +266,7 @@ def report(results, args, minfo):
         cols = []
         for kind in args.kinds:
             o = results.get((workload, kind))
-            if kind == "greenhub" or not o or "failed" in o:
+            if kind.startswith("greenhub") or not o or "failed" in o:
                 continue
             cols.append(
                 f"vs {kind} {g['req_per_s'] / o['req_per_s']:.2f}x req/s, "
