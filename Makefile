@@ -22,10 +22,12 @@ help:
 	@echo "make fuzz        differential fuzzer, greenhub vs the stock loop: random seeds for"
 	@echo "                 FUZZ_SECONDS (default 900), or FUZZ_SEEDS=A:B; FUZZ_OPS per program"
 	@echo "                 (default 200); stops at the first divergence and shrinks it"
-	@echo "make bench       benchmarks: greenhub vs asyncio vs uvloop (and vthread peers), echo, HTTP"
+	@echo "make bench       benchmarks: greenhub vs asyncio vs uvloop (and vthread peers), echo, HTTP,"
+	@echo "                 Django; JSON, charts and report.md in BENCH_OUT (benchmarks/results/latest)"
 	@echo "make soak        20-minute soak: 10,000 churning connections, waves of 10,000 virtual"
 	@echo "                 threads; server RSS and counters (SOAK_ARGS=--quick: about 1 minute)"
-	@echo "make lint        ruff + clang-format checks;  make format  applies them"
+	@echo "make lint        ruff + clang-format checks, the Python import graph against"
+	@echo "                 docs/design.md's layers;  make format  applies ruff and clang-format"
 	@echo "make typecheck   mypy --strict: the package, examples/typed_usage.py; stubtest of _core"
 	@echo "make wheel       dist/: the sdist and a wheel built from it that carries its own libev"
 	@echo "make test-installed  that wheel in a fresh virtualenv: the pytest suite against it"
@@ -117,17 +119,21 @@ fuzz: build
 
 # The peers the benchmarks compare with are the [bench] extra; each benchmark skips a
 # missing one.
+# Each benchmark's JSON goes to BENCH_OUT; report.py draws the charts and report.md there.
+BENCH_OUT ?= benchmarks/results/latest
 bench: build
 	@$(PY) .ci/deps bench
-	$(PY) benchmarks/bench_scheduling.py
-	$(PY) benchmarks/bench_vthread.py
-	$(PY) benchmarks/bench_memory.py
-	$(PY) benchmarks/bench_echo.py
-	$(PY) benchmarks/bench_green.py
+	@mkdir -p $(BENCH_OUT)
+	$(PY) benchmarks/bench_scheduling.py --json $(BENCH_OUT)/scheduling.json
+	$(PY) benchmarks/bench_vthread.py --json $(BENCH_OUT)/bridge.json
+	$(PY) benchmarks/bench_memory.py --json $(BENCH_OUT)/memory.json
+	$(PY) benchmarks/bench_echo.py --json $(BENCH_OUT)/echo.json
+	$(PY) benchmarks/bench_green.py --json $(BENCH_OUT)/green.json
 	@command -v wrk >/dev/null || { echo "installing wrk (bench_http.py's load generator)"; \
 	    (apt-get update -qq && apt-get install -y -qq wrk) >/dev/null || true; }
-	$(PY) benchmarks/bench_http.py
-	$(PY) benchmarks/bench_django.py
+	$(PY) benchmarks/bench_http.py --json $(BENCH_OUT)/http.json
+	$(PY) benchmarks/bench_django.py --json $(BENCH_OUT)/django.json
+	$(PY) benchmarks/report.py $(BENCH_OUT)
 
 # dist/: the sdist and a wheel built from it whose _core carries its own libev
 # (auditwheel repair), tagged with the manylinux level its symbols allow (.ci/wheel).
@@ -162,14 +168,15 @@ soak: build
 	$(PY) benchmarks/bench_soak.py $(SOAK_ARGS)
 
 lint:
-	ruff check greenhub tests compat benchmarks examples
-	ruff format --check greenhub examples
-	clang-format --dry-run --Werror src/*.c src/*.h benchmarks/*.c
+	ruff check greenhub tests compat benchmarks examples .ci/check_imports.py
+	ruff format --check greenhub examples .ci/check_imports.py
+	$(PY) .ci/check_imports.py
+	clang-format --dry-run --Werror src/*.c src/*.h benchmarks/*.c greenhub/include/*.h tests/capi_ext/*.c
 
 format:
-	ruff check --fix greenhub tests compat benchmarks examples
-	ruff format greenhub examples
-	clang-format -i src/*.c src/*.h benchmarks/*.c
+	ruff check --fix greenhub tests compat benchmarks examples .ci/check_imports.py
+	ruff format greenhub examples .ci/check_imports.py
+	clang-format -i src/*.c src/*.h benchmarks/*.c greenhub/include/*.h tests/capi_ext/*.c
 
 clean:
 	rm -rf build dist greenhub/*.so greenhub/__pycache__ tests/__pycache__ *.egg-info

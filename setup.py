@@ -96,7 +96,7 @@ def extension():
     return Extension(
         "greenhub._core",
         sources=sources,
-        depends=sorted(glob.glob("src/*.h")),
+        depends=sorted(glob.glob("src/*.h")) + ["greenhub/include/greenhub.h"],  # src/capi.c
         include_dirs=([include] if include != "/usr/include" else []) + [greenlet_include()],
         library_dirs=[libdir],
         runtime_library_dirs=[libdir] if libdir.startswith(("/opt", "/home")) else [],

@@ -1,18 +1,23 @@
 """Django sync views doing ORM work: greenhub virtual threads vs sync_to_async threads.
 
 The same Django project (tests/django_app: sync views, the ORM over psycopg 3, a real
-PostgreSQL) served by uvicorn in one process, two ways:
+PostgreSQL) served by uvicorn in one process: on a greenhub loop (``--loop
+greenhub:new_event_loop``) with ``greenhub.contrib.django.get_asgi_application()``, where
+each request's sync view runs in the request's task and its database waits suspend only
+that task; and on the stock asyncio loop with Django's own ``get_asgi_application()``,
+where sync views reach the ORM through ``sync_to_async`` threads (Django's documented
+ASGI deployment).  Three comparisons, each with the same database settings on both
+sides, so that a sceptic can see where greenhub's lead comes from:
 
-- greenhub: uvicorn on a greenhub loop (``--loop greenhub:new_event_loop``) with
-  ``greenhub.contrib.django.get_asgi_application()``: each request's sync view runs in
-  the request's task, its database waits suspend only that task; connections are
-  pooled per virtual thread (CONN_MAX_AGE=60, max_connections = the load's connections).
-- stock: uvicorn on the stock asyncio loop with Django's own ``get_asgi_application()``:
-  sync views reach the ORM through ``sync_to_async`` threads (Django's documented ASGI
-  deployment), with Django's psycopg connection pool (``OPTIONS={"pool": ...}``, as big
-  as the greenhub cap; Django asks for CONN_MAX_AGE=0 with it);
-- greenhub-nopool and stock-nopool: the same two with Django's defaults (CONN_MAX_AGE=0,
-  no pool: a new database connection per request).
+- ``greenhub`` / ``stock``: Django's defaults on both sides (CONN_MAX_AGE=0, no pool).
+  Stock Django opens a server connection per request; greenhub keeps each closed
+  connection for the next virtual thread (its ``reuse_connections``, the default).
+- ``greenhub-noreuse`` / ``stock``: no connection reuse on either side
+  (``get_asgi_application(reuse_connections=False)``: a new connection per request for
+  greenhub too) - what the virtual threads alone are worth.
+- ``greenhub-pool`` / ``stock-pool``: Django's psycopg pool on both sides
+  (``OPTIONS={"pool": ...}`` as big as the load's connections, CONN_MAX_AGE=0 as Django
+  requires).
 
 Workloads (the same URLs for both): ``sleep`` - ``select pg_sleep(0.005)`` plus one
 indexed count, a request that mostly waits on the database; ``lookup`` - three indexed
@@ -47,11 +52,16 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path[:0] = [REPO, os.path.join(REPO, "tests")]
 
-from bench_http import parse_wrk  # noqa: E402 - after the path set-up
+from _common import machine_info, write_json  # noqa: E402 - after the path set-up
+from bench_http import parse_wrk  # noqa: E402
 
-KINDS = ("greenhub", "stock", "greenhub-nopool", "stock-nopool")
-# greenhub's ratios are taken over the stock setup doing the same database work.
-PAIRS = (("greenhub", "stock"), ("greenhub-nopool", "stock-nopool"))
+KINDS = ("greenhub", "stock", "greenhub-noreuse", "greenhub-pool", "stock-pool")
+# greenhub's ratios, each over the stock setup with the same database settings.
+PAIRS = (
+    ("greenhub", "stock", "Django's defaults on both sides"),
+    ("greenhub-noreuse", "stock", "no connection reuse on either side"),
+    ("greenhub-pool", "stock-pool", "Django's pool on both sides"),
+)
 WORKLOADS = {"sleep": "/sleep/0.02", "lookup": "/lookup?k=17,420,999"}
 ROWS = 1000
 HTTP = os.environ.get("BENCH_DJANGO_HTTP", "auto")
@@ -77,11 +87,9 @@ def django_settings(dsn, kind, conns):
 
     conf = django_app.settings(dsn, MIDDLEWARE=["django.middleware.common.CommonMiddleware"])
     db = conf["DATABASES"]["default"]
-    if kind == "stock":
-        db["CONN_MAX_AGE"] = 0  # required with the pool
+    db["CONN_MAX_AGE"] = 0  # Django's default (and what its pool requires)
+    if kind.endswith("-pool"):
         db["OPTIONS"] = {"pool": {"min_size": 4, "max_size": conns}}
-    elif kind.endswith("-nopool"):
-        db["CONN_MAX_AGE"] = 0  # Django's default: a new connection per request
     return conf
 
 
@@ -94,7 +102,7 @@ def serve(kind, port, dsn, conns):
     if kind.startswith("greenhub"):
         from greenhub.contrib.django import get_asgi_application
 
-        app = get_asgi_application(max_connections=conns)
+        app = get_asgi_application(reuse_connections=kind != "greenhub-noreuse")
         loop = "greenhub:new_event_loop"
     else:
         from django.core.asgi import get_asgi_application
@@ -213,7 +221,7 @@ def report(results, args):
         f"{args.duration}s after {args.warmup}s warm-up; PostgreSQL over loopback"
     )
     print(
-        f"{'workload':8} {'server':12} {'req/s':>9} {'avg ms':>7} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'workload':8} {'server':16} {'req/s':>9} {'avg ms':>7} {'p50 ms':>7} {'p99 ms':>7} "
         f"{'cpu/req':>8} {'busy':>5} {'starved':>7}  errors"
     )
     for workload in args.workloads:
@@ -222,22 +230,45 @@ def report(results, args):
             if r is None:
                 continue
             if "failed" in r:
-                print(f"{workload:8} {kind:12} failed: {r['failed']}")
+                print(f"{workload:8} {kind:16} failed: {r['failed']}")
                 continue
             errors = r["socket_errors"] + r["non_2xx"]
             print(
-                f"{workload:8} {kind:12} {r['req_per_s']:9.0f} {fmt_ms(r['lat_avg'])} "
+                f"{workload:8} {kind:16} {r['req_per_s']:9.0f} {fmt_ms(r['lat_avg'])} "
                 f"{fmt_ms(r['lat_p50'])} {fmt_ms(r['lat_p99'])} "
                 f"{r['cpu_per_req'] * 1e3:6.2f}ms {r['server_busy']:5.2f} "
                 f"{r['loop_starved']:7.2f}  {errors}"
             )
-        for gkind, kind in PAIRS:
+        for gkind, kind, what in PAIRS:
             g, s = results.get((workload, gkind)), results.get((workload, kind))
             if g and s and "failed" not in g and "failed" not in s:
                 print(
-                    f"{workload:8} {gkind} / {kind}: {g['req_per_s'] / s['req_per_s']:.1f}x req/s, "
+                    f"{workload:8} {gkind} / {kind} ({what}): "
+                    f"{g['req_per_s'] / s['req_per_s']:.1f}x req/s, "
                     f"{s['cpu_per_req'] / g['cpu_per_req']:.1f}x less server CPU per request"
                 )
+
+
+def write_results(path, results, args):
+    """The results as JSON: each setup per workload, and each pair greenhub/stock."""
+    pairs = []
+    for workload in args.workloads:
+        for gkind, kind, what in PAIRS:
+            g, s = results.get((workload, gkind)), results.get((workload, kind))
+            servers = {}
+            for side, r in (("greenhub", g), ("stock", s)):
+                if r and "failed" not in r:
+                    servers[side] = r
+            pairs.append({"workload": workload, "setup": what, "servers": servers})
+    doc = {
+        "machine": machine_info(),
+        "config": {"conns": args.conns, "duration": args.duration, "warmup": args.warmup},
+        "django": django_version(),
+        "http": http_parser(),
+        "setups": {f"{w}/{k}": r for (w, k), r in results.items()},
+        "results": pairs,
+    }
+    write_json(path, doc)
 
 
 def django_version():
@@ -268,6 +299,7 @@ def main():
     ap.add_argument("--workloads", default="sleep,lookup", help="sleep,lookup")
     ap.add_argument("--kinds", default=",".join(KINDS), help="servers to run: " + ",".join(KINDS))
     ap.add_argument("--pin", default="auto", help="SERVER_CPU,CLIENT_CPU, 'auto' or 'none'")
+    ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     ap.add_argument("--serve", choices=KINDS, help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -306,6 +338,8 @@ def main():
                 except (RuntimeError, subprocess.TimeoutExpired) as e:
                     results[(workload, kind)] = {"failed": str(e)}
         report(results, args)
+        if args.json:
+            write_results(args.json, results, args)
     finally:
         if cluster:
             subprocess.run([os.path.join(REPO, ".ci", "pg"), "stop", cluster])

@@ -38,10 +38,8 @@ def slow_query(user_id):
 @flask_app.get("/users/<int:user_id>")
 def user(user_id):
     row = slow_query(user_id)
-    # Where it ran: the server's OS thread, on its greenhub loop (await_ above worked
-    # in this sync view, so it is a virtual thread).
-    loop = asyncio.get_running_loop()
-    return jsonify(row=row, thread=threading.get_ident(), greenhub=isinstance(loop, greenhub.Loop))
+    # Where it ran: the server's OS thread, in a virtual thread of its greenhub loop.
+    return jsonify(row=row, thread=threading.get_ident(), vthread=greenhub.in_vthread())
 
 
 app = WSGIMiddleware(flask_app)  # the ASGI application a server loads
@@ -78,11 +76,11 @@ def main():
     rows = [r.json() for r in replies]
     assert [row["row"]["id"] for row in rows] == list(range(20))
     threads = {row["thread"] for row in rows}
-    on_greenhub = all(row["greenhub"] for row in rows)
+    in_vthreads = all(row["vthread"] for row in rows)
     overlapped = "the queries overlapped" if elapsed < 20 * 0.2 / 2 else "one after another"
     print(
         f"{len(rows)} requests answered in {elapsed:.2f} s ({overlapped}) by "
-        f"{len(threads)} OS thread, each in a virtual thread of a greenhub loop: {on_greenhub}"
+        f"{len(threads)} OS thread, each in a virtual thread of a greenhub loop: {in_vthreads}"
     )
 
 

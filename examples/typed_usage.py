@@ -123,6 +123,7 @@ async def main() -> int:
     stacks = greenhub.task_stacks()
     assert_type(stacks[0].name, str)
     assert out.getvalue().startswith("greenhub:")
+    assert_type(greenhub.get_include(), str)  # where greenhub.h is, for C extensions
     return value
 
 

@@ -26,14 +26,23 @@ except ImportError as _exc:  # not built for this Python, or it does not load: s
     from ._build_hint import core_import_error
 
     raise core_import_error(_exc) from None
-from . import _core, _private, _vthread, _watchdog, vthread  # noqa: F401 - _core: diagnostics
+from . import _core, _private, _thread_loop, _vthread, _watchdog, vthread  # noqa: F401 - _core: diagnostics
 from ._cancel import defer_cancellation
 from ._colours import async_to_sync, sync_to_async, to_thread
-from ._dump import disable_dump_on_signal, dump_tasks, enable_dump_on_signal, task_stacks
+from ._core import GreenCoro, check_switch, in_vthread
+from ._dump import (
+    TaskStack,
+    disable_dump_on_signal,
+    dump_tasks,
+    enable_dump_on_signal,
+    task_stacks,
+)
 from ._loop import Loop
 from ._private import _get_running_loop
 from ._switches import SwitchError, get_switch_log, no_switch, set_switch_log
+from ._timeout import Timeout, timeout, timeout_at
 from ._vthread import await_, spawn
+from .pool import Group, Pool
 from .sync import (
     BoundedSemaphore,
     Condition,
@@ -51,22 +60,30 @@ __all__ = [
     "BoundedSemaphore",
     "Condition",
     "Event",
+    "GreenCoro",
+    "Group",
     "LifoQueue",
     "Lock",
     "Loop",
     "Policy",
+    "Pool",
     "PriorityQueue",
     "Queue",
     "RLock",
     "Semaphore",
     "SwitchError",
+    "TaskStack",
+    "Timeout",
     "async_to_sync",
     "await_",
+    "check_switch",
     "defer_cancellation",
     "disable_dump_on_signal",
     "dump_tasks",
     "enable_dump_on_signal",
+    "get_include",
     "get_switch_log",
+    "in_vthread",
     "install",
     "new_event_loop",
     "no_switch",
@@ -76,10 +93,12 @@ __all__ = [
     "spawn",
     "sync_to_async",
     "task_stacks",
+    "timeout",
+    "timeout_at",
     "to_thread",
     "vthread",
 ]
-__all__ += ["socket", "ssl"]  # green sockets (imported on first use: import greenhub.socket)
+__all__ += ["server", "socket", "ssl"]  # imported on first use: import greenhub.socket
 __version__ = "0.1.0.dev0"
 
 _T = _TypeVar("_T")
@@ -89,6 +108,15 @@ _Ts = _TypeVarTuple("_Ts")
 def new_event_loop() -> Loop:
     """Return a new greenhub event loop (usable as ``loop_factory=``)."""
     return Loop()
+
+
+def get_include() -> str:
+    """Return the directory of greenhub's C header, ``greenhub.h``: add it to the include
+    path of a C or Cython extension that uses greenhub's C API (``greenhub/capi.pxd``
+    for Cython; docs/guide-c-api.md).  Nothing needs to be linked."""
+    import os
+
+    return os.path.join(os.path.dirname(__file__), "include")
 
 
 # asyncio's event loop policies are deprecated from Python 3.14 and go in 3.16: there

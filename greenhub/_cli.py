@@ -15,16 +15,18 @@ are installed and ends with one table of ratios.  ``info`` prints what a bug rep
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
 import runpy
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from importlib import metadata
 from typing import Any
 
@@ -200,7 +202,7 @@ def info() -> dict[str, Any]:
             "version": platform.python_version(),
             "implementation": platform.python_implementation(),
             "executable": sys.executable,
-            "gil_disabled": bool(getattr(sys, "_is_gil_enabled", lambda: True)() is False),
+            "free_threaded_build": bool(sysconfig.get_config_var("Py_GIL_DISABLED")),
         },
         "platform": platform.platform(),
         "peers": peers,
@@ -238,15 +240,6 @@ def _cmd_info(argv: Sequence[str]) -> int:
 
 # -- bench -------------------------------------------------------------------------
 
-# (name, script, what it compares); each script's --quick is the quick profile.
-_BENCHMARKS: tuple[tuple[str, str, str], ...] = (
-    ("scheduling", "bench_scheduling.py", "loop and task micro-benchmarks"),
-    ("bridge", "bench_vthread.py", "await from sync code: greenhub vs its peers"),
-    ("memory", "bench_memory.py", "bytes per idle task / virtual thread"),
-    ("echo", "bench_echo.py", "TCP echo servers, CPU per round trip"),
-    ("green", "bench_green.py", "green sockets and sleeps vs gevent"),
-)
-
 
 def benchmarks_dir() -> str | None:
     """Where the benchmark scripts are: inside the installed package, or the
@@ -261,157 +254,50 @@ def benchmarks_dir() -> str | None:
     return None
 
 
-Row = tuple[str, dict[str, float], str]
-
-
-class Section:
-    """One benchmark's part of the summary: rows of values by column, and the ratio
-    columns to print (numerator column, denominator column)."""
-
-    def __init__(self, columns: list[str], ratios: list[tuple[str, str]], rows: list[Row]):
-        self.columns, self.ratios, self.rows = columns, ratios, rows
-
-
-_LOOPS = ["greenhub", "uvloop", "asyncio"]
-_LOOP_RATIOS = [("greenhub", "uvloop"), ("greenhub", "asyncio")]
-
-
-def _section_scheduling(doc: dict[str, Any]) -> Section:
-    rows = []
-    for r in doc["results"]:
-        values = {k: v["median"] for k, v in r["loops"].items() if v.get("median")}
-        rows.append((f"{r['bench']} (n={r['n']})", values, "ns/op"))
-    return Section(_LOOPS, _LOOP_RATIOS, rows)
-
-
-def _section_echo(doc: dict[str, Any]) -> Section:
-    rows = []
-    for r in doc["results"]:
-        values = {k: v["user_us"] for k, v in r["loops"].items() if v.get("user_us")}
-        rows.append((f"{r['server']} {r['size']} B x{r['conns']}", values, "user us/rt"))
-    return Section(_LOOPS, _LOOP_RATIOS, rows)
-
-
-def _section_bridge(doc: dict[str, Any]) -> Section:
-    # Each way of awaiting from sync code: its extra cost per call over a native
-    # `await` of the same coroutine (op "ret"), beside greenhub.await_'s.
-    extra = {
-        (r["contender"], r["label"].strip()): r["extra"]["median"]
-        for r in doc["summary"]
-        if r.get("op") == "ret" and r.get("extra")
-    }
-    ours = extra.get(("greenhub.await_@greenhub", "greenhub.await_(f()) in a sync fn"))
-    rows: list[Row] = []
-    for (contender, label), value in extra.items():
-        loop = contender.rpartition("@")[2]
-        values = {"bridge": value}
-        if ours is not None:
-            values["greenhub.await_"] = ours
-        rows.append((f"{label} [{loop}]", values, "ns/call"))
-    return Section(["bridge", "greenhub.await_"], [("bridge", "greenhub.await_")], rows)
-
-
-def _section_memory(doc: dict[str, Any]) -> Section:
-    got = {k: v["bytes_per_obj"] for k, v in doc["summary"].items()}
-    cols = {
-        "idle task": {
-            "greenhub": "greenhub_task",
-            "uvloop": "uvloop_task",
-            "asyncio": "asyncio_task",
-        },
-        "idle virtual thread (in sync code)": {
-            "greenhub": "greenhub_vthread",
-            "gevent": "gevent_greenlet",
-            "sqlalchemy": "sqla_asyncio",
-        },
-    }
-    rows: list[Row] = []
-    for label, kinds in cols.items():
-        values = {col: got[kind] for col, kind in kinds.items() if kind in got}
-        if values:
-            rows.append((label, values, "bytes"))
-    columns = [*_LOOPS, "gevent", "sqlalchemy"]
-    return Section(columns, [("greenhub", c) for c in columns[1:]], rows)
-
-
-def _section_green(doc: dict[str, Any]) -> Section:
-    rows: list[Row] = []
-    echo = doc["workloads"].get("echo", {}).get("results", {})
-    values = {k: v["user_us"] for k, v in echo.items() if v.get("user_us")}
-    if values:
-        rows.append(("green socket echo, 64 conns", values, "user us/rt"))
-    sleep = doc["workloads"].get("sleep", {}).get("results", {})
-    values = {k: v["warm_cpu_s"] for k, v in sleep.items() if v.get("warm_cpu_s")}
-    if values:
-        rows.append(("10k patched time.sleep()", values, "CPU s"))
-    return Section(["greenhub", "greenhub-await_", "gevent"], [("greenhub", "gevent")], rows)
-
-
-_SECTIONS: dict[str, Callable[[dict[str, Any]], Section]] = {
-    "scheduling": _section_scheduling,
-    "bridge": _section_bridge,
-    "memory": _section_memory,
-    "echo": _section_echo,
-    "green": _section_green,
-}
-
-
-def _short(column: str) -> str:
-    return {"greenhub": "gh", "asyncio": "aio", "greenhub.await_": "await_"}.get(column, column)
-
-
-def ratio_table(results: dict[str, dict[str, Any]]) -> str:
-    """One table per benchmark: each row's value per peer, and the ratios (a/b: a's
-    value divided by b's; lower is better for a)."""
-    out = []
-    for name, doc in results.items():
-        section = _SECTIONS[name](doc)
-        rows = section.rows
-        if not rows:
-            continue
-        present = [c for c in section.columns if any(c in r[1] for r in rows)]
-        ratios = [(a, b) for a, b in section.ratios if a in present and b in present]
-        width = max(len(name), *(len(r[0]) for r in rows)) + 2
-        head = f"{name:<{width}}{'unit':<11}" + "".join(f"{c:>16}" for c in present)
-        names = [f"{_short(a)}/{_short(b)}" for a, b in ratios]
-        widths = [max(11, len(n) + 2) for n in names]
-        head += "".join(f"{n:>{w}}" for n, w in zip(names, widths, strict=True))
-        out += ["", head, "-" * len(head)]
-        for label, values, unit in rows:
-            line = f"{label:<{width}}{unit:<11}"
-            line += "".join(f"{values[c]:>16.4g}" if c in values else f"{'-':>16}" for c in present)
-            for (a, b), w in zip(ratios, widths, strict=True):
-                ok = values.get(a) and values.get(b)
-                line += f"{values[a] / values[b]:>{w}.2f}" if ok else f"{'-':>{w}}"
-            out.append(line)
-    out += ["", "a/b: a's value divided by b's (time, CPU or bytes: below 1, a is better)."]
-    return "\n".join(out)
+def _summary(where: str) -> Any:
+    """benchmarks/_summary.py (shipped beside the scripts): the benchmark list, and
+    what turns their JSON results into the ratio table."""
+    spec = importlib.util.spec_from_file_location(
+        "greenhub_bench_summary", os.path.join(where, "_summary.py")
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _cmd_bench(argv: Sequence[str]) -> int:
-    names = [b[0] for b in _BENCHMARKS]
+    where = benchmarks_dir()
+    summary = _summary(where) if where is not None else None
+    quick = [b for b in summary.BENCHMARKS if b[3]] if summary is not None else []
+    names = [b[0] for b in quick]
     p = argparse.ArgumentParser(
         prog=f"{_PROG} bench",
         description="Run greenhub's benchmarks side by side with the stock asyncio loop, "
         "uvloop and gevent (each where installed: pip install 'greenhub-loop[bench]') and "
         "print one table of ratios.  The quick profile takes about a minute; each "
-        "benchmark's own table is printed too (--quiet: only the summary).",
+        "benchmark's own table is printed too (--quiet: only the summary).  The HTTP and "
+        "Django benchmarks need wrk and PostgreSQL: `make bench` in a checkout runs them.",
     )
     p.add_argument("--full", action="store_true", help="the full runs (several minutes)")
     p.add_argument("--only", metavar="NAMES", help="comma-separated subset of: " + ",".join(names))
-    p.add_argument("--json", metavar="DIR", help="also keep each benchmark's JSON results here")
+    p.add_argument(
+        "--json",
+        metavar="DIR",
+        help="keep each benchmark's JSON results in DIR, with charts and report.md "
+        "(benchmarks/report.py) when matplotlib is installed",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="print only the summary table")
     args = p.parse_args(argv)
+    if where is None or summary is None:
+        sys.stderr.write(f"{_PROG} bench: the benchmark scripts are not installed\n")
+        return 2
     selected = names
     if args.only:
         selected = [n.strip() for n in args.only.split(",") if n.strip()]
         unknown = [n for n in selected if n not in names]
         if unknown or not selected:
             p.error(f"unknown benchmark {', '.join(unknown) or '(none)'}; choose from {names}")
-    where = benchmarks_dir()
-    if where is None:
-        sys.stderr.write(f"{_PROG} bench: the benchmark scripts are not installed\n")
-        return 2
     import greenhub
 
     # The workers import the same greenhub as this process.
@@ -420,8 +306,8 @@ def _cmd_bench(argv: Sequence[str]) -> int:
     os.makedirs(out_dir, exist_ok=True)
     results: dict[str, dict[str, Any]] = {}
     failed = []
-    todo = [b for b in _BENCHMARKS if b[0] in selected]
-    for n, (name, script, what) in enumerate(todo, 1):
+    todo = [b for b in quick if b[0] in selected]
+    for n, (name, script, what, _) in enumerate(todo, 1):
         print(f"[{n}/{len(todo)}] {name}: {what} ...", file=sys.stderr, flush=True)
         path = os.path.join(out_dir, f"{name}.json")
         cmd = [sys.executable, os.path.join(where, script), "--json", path]
@@ -443,9 +329,12 @@ def _cmd_bench(argv: Sequence[str]) -> int:
             results[name] = json.load(f)
         print(f"[{n}/{len(todo)}] {name}: done in {took:.0f} s", file=sys.stderr, flush=True)
     print("summary: greenhub and its peers, side by side from this run", flush=True)
-    print(ratio_table(results))
+    print(summary.ratio_table(results))
     if args.json:
-        print(f"JSON results in {out_dir}")
+        if results and importlib.util.find_spec("matplotlib") is not None:
+            report = [sys.executable, os.path.join(where, "report.py"), out_dir]
+            subprocess.run(report, stdout=subprocess.DEVNULL, check=False)
+        print(f"results in {out_dir}")
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
         return 1

@@ -37,7 +37,8 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from concurrent.futures import Future as _CFuture
 from typing import Any, ParamSpec, TypeAlias, TypeVar, overload
 
-from . import _core, _vthread
+from . import _core, _thread_loop
+from ._loop import Loop
 from ._private import _get_running_loop
 
 _P = ParamSpec("_P")
@@ -248,7 +249,7 @@ def _in_thread(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> _T:
-    local = _vthread._local
+    local = _thread_loop.local
     outer = getattr(local, "home", None)
     local.home = home
     try:
@@ -277,7 +278,7 @@ _WorkItem: TypeAlias = tuple[_CFuture[Any], Callable[..., Any], tuple[Any, ...],
 class _Home(Executor):
     """A thread inside a fallback sync_to_async call, seen from the caller's loop.
 
-    ``run(awaitable)`` (greenhub.await_ in that thread, through _vthread._run_sync)
+    ``run(awaitable)`` (greenhub.await_ in that thread, through _thread_loop.run_sync)
     runs the awaitable as a task of the loop and blocks the thread until it is done,
     meanwhile running what thread-sensitive calls ``submit()`` here.
     """
@@ -422,7 +423,7 @@ def async_to_sync(
             # a sync_to_async thread; the context's changes come back as asgiref's.
             ctx = contextvars.copy_context()
             try:
-                return _vthread._run_sync(fn(*args, **kwargs), context=ctx)
+                return _thread_loop.run_sync(fn(*args, **kwargs), context=ctx)
             finally:
                 _restore_context(ctx)
 
@@ -432,6 +433,6 @@ def async_to_sync(
 def _run_new_loop(
     fn: Callable[..., Awaitable[_T]], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> _T:
-    from . import run
-
-    return run(_awaited(fn(*args, **kwargs)))
+    # greenhub.run(coroutine), spelled out: greenhub/__init__.py is the layer above.
+    with asyncio.Runner(loop_factory=Loop) as runner:
+        return runner.run(_awaited(fn(*args, **kwargs)))

@@ -3,8 +3,9 @@
 Checked against the built module by ``make typecheck`` (``python -m mypy.stubtest
 greenhub._core``): every name the module exposes is here.  The private names are
 greenhub's own plumbing between its C and Python halves, typed as the Python half calls
-them; user code needs only ``await_``, ``in_vthread``, ``check_switch``,
-``debug_counters``, ``SwitchError`` and, through ``greenhub.Loop``, the Loop methods.
+them.  User code reaches what it needs through ``greenhub`` (``await_``,
+``in_vthread``, ``check_switch``, ``GreenCoro``, ``SwitchError``, and the Loop methods
+through ``greenhub.Loop``); ``debug_counters`` is the one diagnostic it calls here.
 """
 
 import asyncio
@@ -33,6 +34,8 @@ BUILD_FLAGS: Final[str]
 """1 in a ``make debug`` build (assertions on), else 0."""
 LIBEV_VERSION: Final[tuple[int, int]]
 """(major, minor) of the libev the module runs with."""
+_C_API: Final[object]
+"""The C API's table for extensions, a capsule (greenhub/include/greenhub.h)."""
 
 class SwitchError(RuntimeError):
     """A virtual thread tried to switch inside a ``greenhub.no_switch()`` block."""
@@ -301,11 +304,11 @@ def _wait_fd(fd: int, events: int, timeout: float | None, /) -> int: ...
 def _register_green_socket(cls: type[socket.socket], /) -> None: ...
 def _wrap_worker_main(entry: Callable[[Callable[[], object]], Callable[[], object]], /) -> None: ...
 def _install_hooks(
-    handle_repr: Callable[[Handle | TimerHandle], str],
-    callback_error: Callable[[Handle | TimerHandle, BaseException], None],
-    slow_callback: Callable[[Handle | TimerHandle, float], None],
-    extract_stack: Callable[..., Any],
-    run_sync: Callable[..., Any],
+    *,
+    handle_repr: Callable[[Handle | TimerHandle], str] = ...,
+    callback_error: Callable[[Handle | TimerHandle, BaseException], None] = ...,
+    slow_callback: Callable[[Handle | TimerHandle, float], None] = ...,
+    run_sync: Callable[..., Any] = ...,
 ) -> None: ...
 def _install_tool_hooks(
     *,

@@ -25,12 +25,12 @@ import ssl
 import sys
 import threading
 import weakref
-from asyncio import base_events, format_helpers, sslproto
+from asyncio import base_events, sslproto
 from asyncio.log import logger
 from collections.abc import Iterator
 from typing import Any, NoReturn
 
-from . import _core, _dump, _task, _transport, _vthread
+from . import _core, _dump, _task, _transport
 from ._children import ChildrenMixin
 from ._private import (
     HAVE_RUN_FOREVER_SETUP,
@@ -468,12 +468,12 @@ def _slow_callback(handle: asyncio.Handle, seconds: float) -> None:
     base_events.logger.warning("Executing %s took %.3f seconds", _format_handle(handle), seconds)
 
 
+# (extract_stack, asyncio's, the C module installs itself; run_sync is
+# _thread_loop's, a layer up.)
 _core._install_hooks(
     handle_repr=_handle_repr,
     callback_error=_callback_error,
     slow_callback=_slow_callback,
-    extract_stack=format_helpers.extract_stack,
-    run_sync=_vthread._run_sync,
 )
 
 # A forked child gets kernel state of its own for every loop (epoll set and wakeup fd):

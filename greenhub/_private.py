@@ -225,7 +225,7 @@ NAMES: tuple[PrivateName, ...] = (
     ),
     PrivateName(
         "asyncio.events", "_get_running_loop", FUNCTION, "3.11+",
-        "__init__.py, _cancel.py, _colours.py, _dump.py, monkey.py, sync.py; "
+        "__init__.py, _cancel.py, _colours.py, _dump.py, sync.py; "
         "src/module.c (looked up by name)",
         "the running loop or None, without raising: how every greenhub call decides "
         "whether it is inside a loop",
@@ -310,7 +310,7 @@ NAMES: tuple[PrivateName, ...] = (
     ),
     PrivateName(
         "sys", "_getframe", FUNCTION, "3.11+",
-        "_dump.py, _switches.py, monkey.py",
+        "_dump.py, _switches.py, monkey/_api.py",
         "the caller's frame: where a task dump or switch-log entry starts, and "
         "warnings' stacklevel",
         params="depth, /",
@@ -323,12 +323,12 @@ NAMES: tuple[PrivateName, ...] = (
     ),
     PrivateName(
         "_thread", "_local", CLASS, "3.11+",
-        "monkey.py",
+        "monkey/_threading.py",
         "the C thread-local type (threading.local), base class of greenhub.monkey.local",
     ),
     PrivateName(
         "threading", "_allocate_lock", FUNCTION, "3.11+",
-        "monkey.py (patch_thread() replaces it)",
+        "monkey/_threading.py (patch_thread() replaces it)",
         "how threading's own code (Condition.wait()'s waiter) makes raw locks: "
         "patching it makes those greenhub locks",
     ),
@@ -696,13 +696,21 @@ NAMES: tuple[PrivateName, ...] = (
         "the SSLObject whose do_handshake() the green socket drives",
     ),
     PrivateName(
+        "ssl.SSLSocket", "_create", METHOD, "3.11+", "server.py",
+        "what SSLContext.wrap_socket() calls: StreamServer makes greenhub SSLSockets "
+        "with a stock ssl.SSLContext through it",
+        params="sock, server_side, do_handshake_on_connect, suppress_ragged_eofs, "
+        "server_hostname, context, session",
+    ),
+    PrivateName(
         "subprocess.Popen", "_wait", OVERRIDDEN_METHOD, "3.11+",
-        "monkey.py (patch_subprocess() replaces it)",
+        "monkey/_subprocess.py (patch_subprocess() replaces it)",
         "the wait every Popen wait goes through (wait(), communicate(), __exit__)",
         params="timeout",
     ),
     PrivateName(
-        "subprocess.Popen", "_communication_started", ATTRIBUTE, "3.11+", "monkey.py",
+        "subprocess.Popen", "_communication_started", ATTRIBUTE, "3.11+",
+        "monkey/_subprocess.py",
         "whether communicate() was already called (then its timeout rules differ)",
     ),
     PrivateName(

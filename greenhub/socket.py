@@ -52,6 +52,7 @@ __all__ = list(_std.__all__)
 
 _stdsocket = _std.socket
 _in_vthread = _core.in_vthread
+_await = _core.await_
 _recv = _core._green_recv
 _recv_into = _core._green_recv_into
 _send = _core._green_send
@@ -360,9 +361,7 @@ def _running_loop() -> "asyncio.AbstractEventLoop":
 
 
 def _in_executor(fn: Callable[..., _T], *args: Any) -> _T:
-    from ._vthread import await_
-
-    return await_(_running_loop().run_in_executor(None, fn, *args))
+    return _await(_running_loop().run_in_executor(None, fn, *args))
 
 
 def getaddrinfo(
@@ -375,10 +374,8 @@ def getaddrinfo(
 ) -> _GetAddrInfoResult:
     if not _in_vthread():
         return _std.getaddrinfo(host, port, family, type, proto, flags)
-    from ._vthread import await_
-
     loop = _running_loop()
-    return await_(loop.getaddrinfo(host, port, family=family, type=type, proto=proto, flags=flags))
+    return _await(loop.getaddrinfo(host, port, family=family, type=type, proto=proto, flags=flags))
 
 
 def getnameinfo(
@@ -386,9 +383,7 @@ def getnameinfo(
 ) -> tuple[str, str]:
     if not _in_vthread():
         return _std.getnameinfo(sockaddr, flags)
-    from ._vthread import await_
-
-    return await_(_running_loop().getnameinfo(sockaddr, flags))
+    return _await(_running_loop().getnameinfo(sockaddr, flags))
 
 
 def gethostbyname(hostname: str, /) -> str:

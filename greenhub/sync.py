@@ -1,7 +1,7 @@
 """Blocking primitives for virtual threads, OS threads and async code at once.
 
 Each primitive has the `threading` / `queue` interface.  A blocking call made
-inside a greenhub virtual thread (``_core.in_vthread()``: sync code running in
+inside a greenhub virtual thread (``greenhub.in_vthread()``: sync code running in
 a task step) suspends only that task; the same call made anywhere else - an OS
 thread, a program with no loop, a loop callback, a stock asyncio loop - blocks
 the calling OS thread exactly as the `threading` call does.  Async code uses
@@ -42,7 +42,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeAlias, TypeVar
 
-from . import _core
+from . import _core, _timeout, _waits
 from ._private import _get_running_loop
 
 __all__ = [
@@ -69,6 +69,9 @@ _await = _core.await_
 _running_loop = asyncio.get_running_loop  # where a loop must run (in a virtual thread)
 _current_task = asyncio.current_task
 _CancelledError = asyncio.CancelledError
+# greenhub.timeout() in an OS thread: its deadline limits the raw-lock waits below.
+_os_acquire = _timeout.os_acquire
+_TimeoutInterrupt = _timeout.TimeoutInterrupt
 
 _T = TypeVar("_T")
 _Mutex: TypeAlias = _thread.LockType
@@ -128,18 +131,10 @@ def sleep(seconds: float) -> None:
     ``await asyncio.sleep(seconds)``.
     """
     if not _in_vthread():
+        if _timeout._local.blocks:  # in a greenhub.timeout() block
+            return _timeout.os_sleep(_sleep_seconds(seconds))
         return _os_sleep(seconds)
-    seconds = _sleep_seconds(seconds)
-    if seconds == 0:
-        _await(asyncio.sleep(0))  # one trip round the loop, as asyncio.sleep(0)
-        return None
-    loop = _running_loop()
-    fut: asyncio.Future[None] = loop.create_future()
-    timer = loop.call_later(seconds, _resolve, fut, None)
-    try:
-        _await(fut)
-    finally:
-        timer.cancel()
+    _waits.sleep(_sleep_seconds(seconds))
     return None
 
 
@@ -291,10 +286,7 @@ class _WaitQueue:
                 _block_vthread(w, timeout)
             else:
                 assert w.lock is not None
-                if timeout is None:
-                    w.lock.acquire()
-                else:
-                    w.lock.acquire(True, timeout)
+                _os_acquire(w.lock, timeout)
             raised = False
         finally:
             mutex.acquire()
@@ -347,14 +339,14 @@ def _deadline(timeout: float | None) -> float | None:
     return None if timeout is None else _monotonic() + timeout
 
 
-def _remaining(deadline: float | None) -> float | None:
-    """Seconds left before `deadline`, 0.0 once it has passed; as threading's
-    loops do (`if remaining <= 0: ...`, else Condition.wait(remaining)), what
-    is left goes through _cond_timeout()'s rules: an infinite deadline
-    overflows there, and a NaN one raises ValueError from 3.14, as there.  Up
-    to 3.13 Condition.wait(nan) does not block, and threading computes NaN
-    again, forever; there _cond_timeout(nan) is 0.0, so the deadline counts
-    as passed."""
+def _cond_remaining(deadline: float | None) -> float | None:
+    """_waits.remaining() with threading's checks: seconds left before
+    `deadline`, 0.0 once it has passed; as threading's loops do (`if remaining
+    <= 0: ...`, else Condition.wait(remaining)), what is left goes through
+    _cond_timeout()'s rules: an infinite deadline overflows there, and a NaN one
+    raises ValueError from 3.14, as there.  Up to 3.13 Condition.wait(nan) does
+    not block, and threading computes NaN again, forever; there
+    _cond_timeout(nan) is 0.0, so the deadline counts as passed."""
     if deadline is None:
         return None
     left = deadline - _monotonic()
@@ -407,7 +399,7 @@ class Lock:
         if seconds == 0.0:
             return False
         if not _in_vthread():
-            return self._lock.acquire(True, -1 if seconds is None else seconds)
+            return _os_acquire(self._lock, seconds)
         deadline = _deadline(seconds)
         mutex = self._mutex
         mutex.acquire()
@@ -415,7 +407,7 @@ class Lock:
             while True:
                 if self._lock.acquire(False):
                     return True
-                remaining = _remaining(deadline)
+                remaining = _cond_remaining(deadline)
                 if remaining == 0.0:
                     return False
                 self._waiters.wait(mutex, remaining)
@@ -436,7 +428,7 @@ class Lock:
             while True:
                 if self._lock.acquire(False):
                     return True
-                remaining = _remaining(deadline)
+                remaining = _cond_remaining(deadline)
                 if remaining == 0.0:
                     return False
                 await self._waiters.async_wait(mutex, remaining)
@@ -703,7 +695,7 @@ class Condition:
             try:
                 self._acquire_restore(saved[0])
                 break
-            except _CancelledError as exc:
+            except (_CancelledError, _TimeoutInterrupt) as exc:
                 cancelled = exc
         if cancelled is not None:
             raise cancelled
@@ -746,7 +738,7 @@ class Condition:
             deadline = _deadline(timeout)
             _cond_timeout(timeout)
         while not result:
-            remaining = _remaining(deadline)
+            remaining = _cond_remaining(deadline)
             if remaining == 0.0:
                 break
             self.wait(remaining)
@@ -759,7 +751,7 @@ class Condition:
             deadline = _deadline(timeout)
             _cond_timeout(timeout)
         while not result:
-            remaining = _remaining(deadline)
+            remaining = _cond_remaining(deadline)
             if remaining == 0.0:
                 break
             await self.async_wait(remaining)
@@ -886,7 +878,7 @@ class Semaphore:
                 if not started:
                     deadline = _first_deadline(timeout)
                     started = True
-                remaining = _remaining(deadline)
+                remaining = _cond_remaining(deadline)
                 if remaining == 0.0:
                     return False
                 self._waiters.wait(mutex, remaining)
@@ -908,7 +900,7 @@ class Semaphore:
                 if not started:
                     deadline = _first_deadline(timeout)
                     started = True
-                remaining = _remaining(deadline)
+                remaining = _cond_remaining(deadline)
                 if remaining == 0.0:
                     return False
                 await self._waiters.async_wait(mutex, remaining)
@@ -1023,7 +1015,7 @@ class Queue(Generic[_T]):
             if self.maxsize > 0:
                 deadline = _deadline(seconds)
                 while self._qsize() >= self.maxsize:
-                    remaining = _remaining(deadline)
+                    remaining = _cond_remaining(deadline)
                     if remaining == 0.0:
                         raise _queue.Full
                     self._not_full.wait(mutex, remaining)
@@ -1039,7 +1031,7 @@ class Queue(Generic[_T]):
             if self.maxsize > 0:
                 deadline = _deadline(seconds)
                 while self._qsize() >= self.maxsize:
-                    remaining = _remaining(deadline)
+                    remaining = _cond_remaining(deadline)
                     if remaining == 0.0:
                         raise _queue.Full
                     await self._not_full.async_wait(mutex, remaining)
@@ -1059,7 +1051,7 @@ class Queue(Generic[_T]):
         try:
             deadline = _deadline(seconds)
             while not self._qsize():
-                remaining = _remaining(deadline)
+                remaining = _cond_remaining(deadline)
                 if remaining == 0.0:
                     raise _queue.Empty
                 self._not_empty.wait(mutex, remaining)
@@ -1074,7 +1066,7 @@ class Queue(Generic[_T]):
         try:
             deadline = _deadline(seconds)
             while not self._qsize():
-                remaining = _remaining(deadline)
+                remaining = _cond_remaining(deadline)
                 if remaining == 0.0:
                     raise _queue.Empty
                 await self._not_empty.async_wait(mutex, remaining)

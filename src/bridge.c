@@ -370,8 +370,8 @@ gh_await(gh_state *st, PyObject *awaitable)
             return NULL;
         }
         /* A plain synchronous program: run it to completion on this
-         * thread's greenhub loop (greenhub/_vthread.py, which installs the
-         * hook when greenhub is imported). */
+         * thread's greenhub loop (greenhub/_thread_loop.py, which installs
+         * the hook when greenhub is imported). */
         if (st->hook_run_sync == NULL) {
             PyObject *pkg = PyImport_ImportModule("greenhub");
             Py_XDECREF(pkg);

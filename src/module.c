@@ -4,6 +4,7 @@
  */
 #include <Python.h>
 
+#include "capi.h"
 #include "defer.h"
 #include "fd_wait.h"
 #include "green.h"
@@ -35,24 +36,30 @@ debug_counters(PyObject *mod, PyObject *Py_UNUSED(ignored))
                          st->parked_coros, "transport_states", st->live_transport_states);
 }
 
-/* Called once by greenhub/_loop.py with the Python helpers the C code uses
- * on slow paths (repr, errors in callbacks, debug mode). */
+/* _install_hooks(*, handle_repr=, callback_error=, slow_callback=, run_sync=):
+ * the Python helpers the C code calls on slow paths (repr, errors in
+ * callbacks, debug mode, await_() with no loop).  Each Python module installs
+ * the ones it defines when it is imported (greenhub/_loop.py the first three,
+ * greenhub/_thread_loop.py run_sync); until then the C code falls back (see
+ * each hook's use).  extract_stack, asyncio's own, is installed by
+ * module_exec. */
 static PyObject *
 install_hooks(PyObject *mod, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"handle_repr",   "callback_error", "slow_callback",
-                             "extract_stack", "run_sync",       NULL};
-    PyObject *repr, *error, *slow, *stack, *run_sync;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOO:_install_hooks", kwlist, &repr, &error,
-                                     &slow, &stack, &run_sync)) {
+    static char *kwlist[] = {"handle_repr", "callback_error", "slow_callback", "run_sync", NULL};
+    PyObject *hooks[4] = {NULL, NULL, NULL, NULL}; /* borrowed */
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$OOOO:_install_hooks", kwlist, &hooks[0],
+                                     &hooks[1], &hooks[2], &hooks[3])) {
         return NULL;
     }
     gh_state *st = module_state(mod);
-    Py_XSETREF(st->hook_handle_repr, Py_NewRef(repr));
-    Py_XSETREF(st->hook_callback_error, Py_NewRef(error));
-    Py_XSETREF(st->hook_slow_callback, Py_NewRef(slow));
-    Py_XSETREF(st->hook_extract_stack, Py_NewRef(stack));
-    Py_XSETREF(st->hook_run_sync, Py_NewRef(run_sync));
+    PyObject **slots[4] = {&st->hook_handle_repr, &st->hook_callback_error, &st->hook_slow_callback,
+                           &st->hook_run_sync};
+    for (int i = 0; i < 4; i++) {
+        if (hooks[i] != NULL) {
+            Py_XSETREF(*slots[i], Py_NewRef(hooks[i])); /* the state owns it */
+        }
+    }
     Py_RETURN_NONE;
 }
 
@@ -203,7 +210,8 @@ module_exec(PyObject *mod)
         add_type(mod, &gh_transport_base_spec, NULL, &st->TransportBaseType) < 0 ||
         add_type(mod, &gh_sockdone_spec, NULL, &st->SockDoneType) < 0 ||
         gh_transport_state_init(st) < 0 || gh_sock_state_init(st) < 0 ||
-        gh_fd_wait_init(mod, st) < 0 || gh_green_sock_init(mod, st) < 0 || gh_bridge_init(st) < 0) {
+        gh_fd_wait_init(mod, st) < 0 || gh_green_sock_init(mod, st) < 0 || gh_bridge_init(st) < 0 ||
+        gh_capi_init(mod) < 0) {
         return -1;
     }
     if (gh_green_import() < 0) {
@@ -225,6 +233,12 @@ module_exec(PyObject *mod)
     }
     if (st->worker_main == NULL || st->get_running_loop == NULL || st->str_gr_context == NULL ||
         st->str_throw == NULL || st->str_close == NULL) {
+        return -1;
+    }
+    /* Debug mode's source tracebacks: asyncio's own helper, so that the hook
+     * needs no Python layer (the other hooks are greenhub's Python code). */
+    st->hook_extract_stack = import_attr("asyncio.format_helpers", "extract_stack");
+    if (st->hook_extract_stack == NULL) {
         return -1;
     }
     st->current_task = import_attr("asyncio.tasks", "current_task");

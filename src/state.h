@@ -30,8 +30,9 @@ typedef struct {
     PyObject *worker_main;             /* owned: what every worker greenlet runs */
     PyObject *in_transit; /* owned or NULL: what gh_pass_on_resume() passes on (task_step.c) */
 
-    /* Hooks into the Python layer, installed by greenhub/_loop.py through
-     * _core._install_hooks(); each owns a reference, NULL until installed.
+    /* Hooks into the Python layer, installed through _core._install_hooks()
+     * by the module that defines each (greenhub/_loop.py, _thread_loop.py;
+     * extract_stack by module_exec); each owns a reference, NULL until then.
      * They run only on slow paths (repr, errors, debug mode). */
     PyObject *hook_handle_repr;    /* (handle) -> str */
     PyObject *hook_callback_error; /* (handle, exc) -> None: exception handler */

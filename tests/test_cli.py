@@ -228,3 +228,56 @@ def test_bench_quick_profile_prints_one_ratio_table(tmp_path):
     for name in ("scheduling", "memory"):
         with open(tmp_path / f"{name}.json") as f:
             assert json.load(f)  # each benchmark's raw results are kept
+    # ... with their charts and report (matplotlib is in the [test] extra)
+    assert (tmp_path / "scheduling.svg").stat().st_size > 0
+    assert (tmp_path / "scheduling.png").stat().st_size > 0
+    report = (tmp_path / "report.md").read_text()
+    assert "![scheduling](scheduling.svg)" in report
+    assert "python3 benchmarks/bench_scheduling.py --quick" in report
+
+
+def test_report_draws_the_server_benchmarks(tmp_path):
+    """report.py on results of the benchmarks a test cannot run (wrk, PostgreSQL), in
+    the form bench_http.py and bench_django.py write them."""
+    machine = {"date": "2026-01-01T00:00:00", "cpu_model": "X", "cpu_count": 2}
+    http = {
+        "machine": machine,
+        "config": {"quick": False},
+        "results": [
+            {
+                "server": "streams",
+                "conns": 64,
+                "loops": {
+                    "greenhub": {"cpu_us": 20.0},
+                    "uvloop": {"cpu_us": 25.0},
+                    "asyncio": {"cpu_us": 50.0},
+                },
+            }
+        ],
+    }
+    django = {
+        "machine": machine,
+        "config": {},
+        "results": [
+            {
+                "workload": "lookup",
+                "setup": "greenhub vs stock",
+                "servers": {"greenhub": {"req_per_s": 3000.0}, "stock": {"req_per_s": 1000.0}},
+            }
+        ],
+    }
+    for name, doc in (("http", http), ("django", django)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(doc))
+    from greenhub._cli import benchmarks_dir
+
+    got = subprocess.run(
+        [sys.executable, os.path.join(benchmarks_dir(), "report.py"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=50,
+    )
+    assert got.returncode == 0, got.stderr
+    assert (tmp_path / "http.svg").exists() and (tmp_path / "django.svg").exists()
+    report = (tmp_path / "report.md").read_text()
+    assert "streams x64" in report and "0.80" in report  # greenhub/uvloop CPU per request
+    assert "lookup: greenhub vs stock" in report and "3.00" in report  # req/s, higher better

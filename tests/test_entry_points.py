@@ -235,7 +235,7 @@ def test_greenhub_run_sync_function_is_the_main_vthread():
     import greenhub
 
     def main(n, step):
-        assert greenhub._core.in_vthread()
+        assert greenhub.in_vthread()
         tasks = [greenhub.spawn(greenhub.sleep, step) for _ in range(n)]
         greenhub.await_(asyncio.gather(*tasks))
         return asyncio.get_running_loop().__class__.__name__, n

@@ -295,6 +295,70 @@ def test_select_bad_arguments_raise_as_the_originals_inside_vthreads():
 
 
 @pytest.mark.timeout(60)
+def test_selectors_and_join_bad_timeouts_raise_as_the_originals_inside_vthreads():
+    # A timeout the original refuses (NaN, infinite, past the clock's range, not a
+    # number) raised there but was waited on here (NaN: forever), as was a finite one
+    # just under the clock's limit that the original takes.
+    r = run_child(
+        """
+        import selectors, threading
+        bad = [float("nan"), float("inf"), 1e300, 9223372037, 2**70, "x", 1.5j]
+        classes = [selectors.SelectSelector, selectors.PollSelector, selectors.EpollSelector]
+        def select_errors(_=None):
+            out = {}
+            for cls in classes:
+                sel = cls()
+                a, b = socket.socketpair()
+                sel.register(a, selectors.EVENT_READ)
+                out[cls.__name__] = errors(sel.select, bad)
+                sel.close(); a.close(); b.close()
+            return out
+        def join_errors(_=None):
+            out = []
+            for v in bad + [-1]:
+                stop = threading.Event()
+                t = threading.Thread(target=stop.wait)  # alive while it is joined
+                t.start()
+                out += errors(t.join, [v])
+                stop.set()
+                t.join()
+            return out
+        orig = {"select": select_errors(), "join": join_errors()}
+        monkey.patch_selectors()
+        monkey.patch_thread()
+        inside = in_vthreads(lambda i: {"select": select_errors(), "join": join_errors()}, 1)[0]
+        emit(orig=orig, inside=inside)
+        """
+    )
+    assert r["inside"] == r["orig"], r
+    assert all(e != "ok" for errs in r["orig"]["select"].values() for e in errs), r
+    assert r["orig"]["join"][-1] == "ok" and "ok" not in r["orig"]["join"][:-1], r
+
+
+@pytest.mark.timeout(60)
+def test_communicate_without_timeout_outlasting_polls_limit_loses_nothing():
+    # communicate() with one pipe and no timeout waits through the selector path with
+    # the longest timeout poll() takes (~24.8 days) and starts again when it passes;
+    # here that limit is shortened to 50 ms for a child that writes across it.
+    r = run_child(
+        """
+        import subprocess
+        from greenhub.monkey import _subprocess
+        _subprocess._LONG_WAIT = 0.05
+        monkey.patch_subprocess()
+        cmd = [sys.executable, "-c",
+               "import sys, time; print('a', flush=True); time.sleep(0.3); print('b')"]
+        def run(_=None):
+            p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+            out, _ = p.communicate()
+            return out, p.returncode
+        emit(inside=in_vthreads(lambda i: run(), 1)[0], outside=run())
+        """
+    )
+    assert r["inside"] == r["outside"] == ["a\nb\n", 0], r
+
+
+@pytest.mark.timeout(60)
 def test_cancelling_a_vthread_in_select_leaves_no_watcher_behind():
     r = run_child(
         """

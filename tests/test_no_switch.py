@@ -350,13 +350,27 @@ def test_await_with_no_loop_inside_block_runs():
 
 def test_check_switch(gloop):
     def critical():
-        _core.check_switch()  # fine outside a block
+        greenhub.check_switch()  # fine outside a block
         with greenhub.no_switch("checked"):
-            _core.check_switch()
+            greenhub.check_switch()
 
     with pytest.raises(greenhub.SwitchError, match=r"a blocking call would switch.*\(checked\)"):
         in_vthread(gloop, critical)
-    _core.check_switch()  # no loop: fine
+    greenhub.check_switch()  # no loop: fine
+
+
+def test_public_names_for_blocking_calls(gloop):
+    """What a blocking call of the user's own asks (docs/api.md): public, in __all__,
+    and the C functions themselves (the private names keep working)."""
+    for name in ("in_vthread", "check_switch"):
+        assert name in greenhub.__all__
+        assert getattr(greenhub, name) is getattr(_core, name)
+
+    def inside():
+        return greenhub.in_vthread()
+
+    assert in_vthread(gloop, inside) is True
+    assert greenhub.in_vthread() is False  # no loop running
 
 
 def test_bad_input():

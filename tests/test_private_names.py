@@ -239,6 +239,7 @@ NOT_FOREIGN = {
     "_tasks": "greenhub._colours._Home's own attribute (an Executor subclass)",
     "_work": "greenhub._colours._Home's own attribute (an Executor subclass)",
     "_stock": "greenhub.contrib.django ASGIHandler's own attribute",
+    "_benchmarks": "greenhub/_benchmarks, the benchmark scripts setup.py puts in the wheel",
 }
 
 

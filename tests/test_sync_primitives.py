@@ -134,7 +134,7 @@ def test_lock_shared_by_vthreads_and_os_threads(gloop):
         for _ in range(n):
             with lock:
                 v = counter[0]
-                if greenhub._core.in_vthread():
+                if greenhub.in_vthread():
                     greenhub.sleep(0)  # switch while holding it
                 else:
                     time.sleep(0)

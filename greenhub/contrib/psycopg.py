@@ -8,7 +8,7 @@
             return conn.execute("select pg_sleep(0.3)").fetchall()   # so does the query
 
 After ``install()``, every wait of a sync ``psycopg.Connection`` made inside a virtual
-thread (``greenhub._core.in_vthread()``) suspends only that task: ``_core._wait_fd``, in C,
+thread (``greenhub.in_vthread()``) suspends only that task: ``_core._wait_fd``, in C,
 arms the loop's watchers on the libpq socket and a timer, suspends the task until one
 fires and removes them.  The same call anywhere else - an OS thread, a program with no
 loop, a stock asyncio loop - is psycopg's own wait, unchanged, whichever psycopg picked

@@ -4,7 +4,7 @@ import io
 from django.db import connection, transaction
 from django.http import FileResponse, JsonResponse, StreamingHttpResponse
 
-from greenhub import _core
+import greenhub
 
 from .models import Item
 
@@ -112,7 +112,7 @@ async def async_view(request):
     return JsonResponse(
         {
             "count": n,
-            "in_vthread": _core.in_vthread(),
+            "in_vthread": greenhub.in_vthread(),
             "middleware": getattr(request, "async_middleware_ran", False),
         }
     )

@@ -11,7 +11,7 @@ them, and one set inside a task is copied into every task it creates.
 class, so ``uninstall()`` simply puts them back):
 
 - ``_connections`` becomes ``_Connections``: inside a virtual thread
-  (``_core.in_vthread()``) it keeps ``{alias: DatabaseWrapper}`` per *task*; anywhere
+  (``greenhub.in_vthread()``) it keeps ``{alias: DatabaseWrapper}`` per *task*; anywhere
   else it hands every access to the original ``Local``, so OS threads, scripts and
   management commands see Django's own behaviour.
 - ``create_connection`` (called by ``connections[alias]`` when the task has none yet)

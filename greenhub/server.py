@@ -1,0 +1,380 @@
+"""greenhub.server: ``StreamServer``, gevent's accept-loop server on virtual threads.
+
+::
+
+    def handle(sock, address):          # sync code, in its own virtual thread
+        with sock.makefile("rb") as lines:
+            for line in lines:
+                sock.sendall(line)
+
+    StreamServer(("127.0.0.1", 8000), handle, max_connections=1000).serve_forever()
+
+An accept loop runs as a virtual thread; each connection it accepts is handed to
+``handle(sock, address)`` in a virtual thread of its own, with a green socket
+(``greenhub.socket.socket``, or ``greenhub.ssl.SSLSocket`` with ``ssl_context=``), which
+is closed when ``handle`` returns.  The handlers run in a ``greenhub.Group`` - or the
+``Pool`` given as ``spawn=``, or a ``Pool(max_connections)`` - so a full pool makes the
+accept loop wait: the connections beyond the limit wait in the listen backlog.
+
+``stop(timeout)`` is graceful: the server stops accepting (its listening socket is
+closed), waits up to `timeout` seconds for the running handlers to finish, then cancels
+those still running (``CancelledError`` where they wait) and waits for them to end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import inspect
+import logging
+import socket as _stdsocket
+import ssl as _ssl
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+from . import _core
+from . import socket as _gsocket
+from . import ssl as _gssl
+from ._private import _get_running_loop
+from ._vthread import spawn as _spawn_vthread
+from .pool import Group, Pool
+from .sync import sleep as _sleep
+
+__all__ = ["StreamServer"]
+
+_in_vthread = _core.in_vthread
+_await = _core.await_
+_logger = logging.getLogger("greenhub.server")
+
+# accept() errors that mean "out of resources for now": wait, then accept again, as
+# asyncio's servers do (they pause one second, ACCEPT_RETRY_DELAY).
+_ACCEPT_RETRY_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+_ACCEPT_RETRY_DELAY = 1.0
+
+Handler = Callable[[Any, Any], object]
+
+
+def _is_listening(sock: _stdsocket.socket) -> bool:
+    try:
+        return bool(sock.getsockopt(_stdsocket.SOL_SOCKET, _stdsocket.SO_ACCEPTCONN))
+    except OSError:
+        return False
+
+
+class StreamServer:
+    """A TCP (or Unix stream) server whose handler, ``handle(sock, address)``, runs as
+    a virtual thread per connection (gevent.server.StreamServer's shape).
+
+    `listener`: an address to listen on, ``(host, port)`` (port 0 picks a free one:
+    see ``address``), or a bound socket, listening or not (the server listens on a
+    duplicate of its fd and leaves the socket itself open).  `backlog`: ``listen()``'s
+    (default: the system's).  `spawn`: the ``Group`` or ``Pool`` the handlers run in;
+    or `max_connections`: a ``Pool`` of that size.  `ssl_context`: an
+    ``ssl.SSLContext`` for the server side; each connection's handshake runs in its
+    handler's virtual thread before ``handle`` is called.
+    """
+
+    stop_timeout: float = 1.0  # stop()'s default grace period, as gevent's
+
+    def __init__(
+        self,
+        listener: tuple[Any, ...] | str | _stdsocket.socket,
+        handle: Handler,
+        *,
+        backlog: int | None = None,
+        spawn: Group | None = None,
+        max_connections: int | None = None,
+        ssl_context: _ssl.SSLContext | None = None,
+    ) -> None:
+        if not callable(handle):
+            raise TypeError(f"StreamServer needs a callable handle, got {handle!r}")
+        if spawn is not None and max_connections is not None:
+            raise TypeError("give StreamServer spawn= or max_connections=, not both")
+        if spawn is not None and not isinstance(spawn, Group):
+            raise TypeError(f"spawn= must be a greenhub Group or Pool, not {type(spawn).__name__}")
+        if ssl_context is not None and not isinstance(ssl_context, _ssl.SSLContext):
+            raise TypeError(
+                f"ssl_context= must be an ssl.SSLContext, not {type(ssl_context).__name__}"
+            )
+        self.handle = handle
+        self.ssl_context = ssl_context
+        self.backlog = backlog
+        self.pool: Group = (
+            spawn
+            if spawn is not None
+            else (Group() if max_connections is None else Pool(max_connections))
+        )
+        self._listener_arg = listener
+        self.socket: _gsocket.socket | None = None
+        self._accepting: asyncio.Task[None] | None = None
+        self._closed: asyncio.Future[None] | None = None  # set by close()
+        self._finished: asyncio.Future[None] | None = None  # set once stopped
+        self._shutting_down = False
+        self._handlers: set[asyncio.Task[None]] = set()  # this server's, in the pool
+        self._state = "new"  # -> "started" -> "stopping" -> "stopped"
+        self._bound: Any = None  # the listening socket's address
+
+    def __repr__(self) -> str:
+        where = self.address
+        return f"<greenhub.server.StreamServer {self._state} at {where!r}>"
+
+    # -- the listening socket ----------------------------------------------------
+
+    def _listen(self) -> _gsocket.socket:
+        arg = self._listener_arg
+        if isinstance(arg, _gsocket.socket):
+            sock = arg  # the server's from now on (closed when it stops), as gevent's
+        elif isinstance(arg, _stdsocket.socket):
+            # A duplicate fd, so the caller's socket object stays valid; the two share
+            # the open file, whose O_NONBLOCK greenhub's socket sets.
+            sock = _gsocket.fromfd(arg.fileno(), arg.family, arg.type, arg.proto)
+        else:
+            sock = None
+        if sock is not None:
+            if not _is_listening(sock):
+                try:
+                    sock.listen(*(() if self.backlog is None else (self.backlog,)))
+                except BaseException:
+                    sock.close()
+                    raise
+            return sock
+        if isinstance(arg, str):
+            return _gsocket.create_server(arg, family=_stdsocket.AF_UNIX, backlog=self.backlog)
+        if not isinstance(arg, tuple):
+            raise TypeError(
+                f"StreamServer listener must be an address or a socket, not {type(arg).__name__}"
+            )
+        host = arg[0]
+        family = (
+            _stdsocket.AF_INET6 if isinstance(host, str) and ":" in host else _stdsocket.AF_INET
+        )
+        return _gsocket.create_server(arg, family=family, backlog=self.backlog)
+
+    @property
+    def address(self) -> Any:
+        """The address the server listens on (with the port picked for port 0)."""
+        return self._listener_arg if self._bound is None else self._bound
+
+    @property
+    def server_host(self) -> Any:
+        return self.address[0]
+
+    @property
+    def server_port(self) -> Any:
+        return self.address[1]
+
+    @property
+    def started(self) -> bool:
+        """Whether the server accepts connections."""
+        return self._state == "started"
+
+    @property
+    def closed(self) -> bool:
+        """Whether the server stopped accepting (stop() or close())."""
+        return self._state in ("stopping", "stopped")
+
+    # -- starting ----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start accepting connections, in a virtual thread of the running greenhub
+        loop; returns at once.  Usable from sync and async code on that loop."""
+        if self._state != "new":
+            raise RuntimeError(f"{self!r} has already been started")
+        loop = asyncio.get_running_loop()
+        if not isinstance(loop, _core.Loop):
+            raise RuntimeError(
+                "StreamServer needs a running greenhub loop: start the program with greenhub.run()"
+            )
+        self.socket = self._listen()
+        self._bound = self.socket.getsockname()
+        self._closed = loop.create_future()
+        self._finished = loop.create_future()
+        self._state = "started"
+        self._accepting = _spawn_vthread(self._accept_loop, self.socket)
+
+    def serve_forever(self) -> None:
+        """Start (if not started) and wait until the server is stopped.
+
+        In a virtual thread only that virtual thread waits.  Called where no loop runs
+        (a plain script), it runs one, as ``greenhub.run(server.serve_forever)``:
+        Ctrl-C then stops the server (handlers cancelled) and raises
+        KeyboardInterrupt.  In async code use ``await server.async_serve_forever()``."""
+        if _in_vthread():
+            _await(self.async_serve_forever())
+            return
+        if _get_running_loop() is not None:
+            raise RuntimeError(
+                "serve_forever() blocks: call it from a virtual thread, from a script with "
+                "no event loop running, or in async code use 'await server.async_serve_forever()'"
+            )
+        from . import run
+
+        run(self.serve_forever)
+
+    async def async_serve_forever(self) -> None:
+        """``serve_forever()`` for async code.  It returns once the server is closed
+        (``close()``, ``stop()``), after a graceful stop (``stop_timeout``); cancelling
+        it stops the server at once: the handlers are cancelled and waited for."""
+        if self._state == "new":
+            self.start()
+        closed = self._closed
+        if closed is None:
+            return  # closed before it started
+        try:
+            await asyncio.shield(closed)
+        except _CancelledError:
+            await self._shutdown(0)
+            raise
+        await self._shutdown(self.stop_timeout)
+
+    # -- the accept loop -----------------------------------------------------------
+
+    def _accept_loop(self, listener: _gsocket.socket) -> None:
+        while True:
+            try:
+                conn, addr = listener.accept()
+            except OSError as exc:
+                if self._state != "started":
+                    return
+                if exc.errno in _ACCEPT_RETRY_ERRNOS:
+                    asyncio.get_running_loop().call_exception_handler(
+                        {
+                            "message": "StreamServer: accept() failed; retrying after a pause",
+                            "exception": exc,
+                            "socket": listener,
+                        }
+                    )
+                    _sleep(_ACCEPT_RETRY_DELAY)
+                # ECONNABORTED and the like: that connection is gone; accept the next.
+                continue
+            try:
+                task = self.pool.spawn(self._serve_one, conn, addr)  # may wait for a slot
+            except BaseException:
+                conn.close()
+                raise
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
+
+    def _serve_one(self, conn: _gsocket.socket, address: Any) -> None:
+        sock: Any = conn
+        try:
+            if self.ssl_context is not None:
+                sock = _wrap_tls(self.ssl_context, conn)
+                try:
+                    sock.do_handshake()
+                except (OSError, ValueError) as exc:
+                    _logger.debug("TLS handshake with %r failed: %r", address, exc)
+                    return
+            try:
+                result = self.handle(sock, address)
+                if inspect.isawaitable(result):
+                    _await(result)  # an async handle(): awaited in the connection's task
+            except Exception as exc:
+                asyncio.get_running_loop().call_exception_handler(
+                    {
+                        "message": f"StreamServer: handle() failed for the connection from {address!r}",
+                        "exception": exc,
+                        "server": self,
+                    }
+                )
+        finally:
+            sock.close()
+
+    # -- stopping ------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop accepting connections (the handlers carry on); returns at once.  A
+        ``serve_forever()`` in progress then stops the server gracefully and returns."""
+        if self._state in ("new", "started"):
+            self._state = "stopping" if self._closed is not None else "stopped"
+        if self._accepting is not None:
+            self._accepting.cancel()
+        if self.socket is not None:
+            self.socket.close()
+        if self._closed is not None and not self._closed.done():
+            self._closed.set_result(None)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop accepting, wait up to `timeout` seconds (default: ``stop_timeout``)
+        for the running handlers to finish, then cancel those left and wait for them.
+        In async code: ``await server.async_stop(timeout)``."""
+        if not _in_vthread() and _get_running_loop() is not None:
+            raise RuntimeError(
+                "stop() blocks: call it from a virtual thread, or in async code use "
+                "'await server.async_stop()'"
+            )
+        if self._closed is None:
+            self.close()
+            return
+        _await(self.async_stop(timeout))
+
+    async def async_stop(self, timeout: float | None = None) -> None:
+        """``stop()`` for async code."""
+        await self._shutdown(self.stop_timeout if timeout is None else timeout)
+
+    async def _shutdown(self, grace: float) -> None:
+        """Every stop ends here; the first does the work, the others wait for it."""
+        self.close()
+        finished = self._finished
+        if finished is None:
+            return  # never started
+        if self._shutting_down:
+            await asyncio.shield(finished)
+            return
+        self._shutting_down = True
+        try:
+            accepting = self._accepting
+            if accepting is not None and not accepting.done():
+                await asyncio.wait((accepting,))
+            if self._handlers and grace > 0:
+                await asyncio.wait(set(self._handlers), timeout=grace)
+            while self._handlers:
+                left = set(self._handlers)
+                for task in left:
+                    task.cancel()
+                await asyncio.wait(left)
+        finally:
+            self._state = "stopped"
+            if not finished.done():
+                finished.set_result(None)
+
+    # -- with ------------------------------------------------------------------------
+
+    def __enter__(self) -> StreamServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> StreamServer:
+        self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        await self.async_stop()
+
+
+_CancelledError = asyncio.CancelledError
+
+
+def _wrap_tls(context: _ssl.SSLContext, conn: _gsocket.socket) -> _gssl.SSLSocket:
+    """A server-side greenhub SSLSocket over `conn`, with `context` (a stock
+    ssl.SSLContext too: greenhub's SSLSocket class makes the socket, as a greenhub
+    SSLContext's wrap_socket() does; the handshake is left to the caller)."""
+    if isinstance(context, _gssl.SSLContext):
+        return context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)  # type: ignore[return-value]
+    return _gssl.SSLSocket._create(  # type: ignore[attr-defined,no-any-return]
+        sock=conn, server_side=True, do_handshake_on_connect=False, context=context
+    )

@@ -1,0 +1,452 @@
+"""greenhub.server.StreamServer: gevent's accept-loop server on virtual threads.
+
+Handlers are sync code in virtual threads, which exist only on greenhub, so these tests
+run on greenhub alone; the clients are asyncio streams (async code, independent of the
+green sockets the server hands to its handlers).  Concurrency is shown with
+support.Overlap / support.Gathering, never by timing.
+"""
+
+import asyncio
+import socket
+import ssl
+
+import pytest
+from support import Gathering, Overlap, tls_contexts
+from vthread_helpers import gloop_fixture, in_thread, run_child
+
+import greenhub
+import greenhub.socket as gsocket
+from greenhub import Pool
+from greenhub.server import StreamServer
+
+gloop = gloop_fixture
+
+
+def echo(sock, address):
+    with sock.makefile("rb") as lines:
+        for line in lines:
+            sock.sendall(line.upper())
+
+
+async def talk(address, line=b"hello\n", ssl_context=None):
+    """One client: send a line, return the answer (b"" at EOF)."""
+    host, port = address[:2]
+    kwargs = {"ssl": ssl_context, "server_hostname": "localhost"} if ssl_context else {}
+    reader, writer = await asyncio.open_connection(host, port, **kwargs)
+    try:
+        writer.write(line)
+        await writer.drain()
+        try:
+            return await reader.readline()
+        except ConnectionResetError:
+            return b""  # (a server that closed the connection without reading everything)
+    finally:
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except (ConnectionError, ssl.SSLError):
+            pass
+
+
+def in_vthread(gloop, fn, *args):
+    async def main():
+        return await greenhub.spawn(fn, *args)
+
+    return gloop.run_until_complete(main())
+
+
+def test_echo_and_the_handler_gets_a_green_socket(gloop):
+    seen = []
+
+    def handle(sock, address):
+        seen.append((type(sock), address[0], sock.gettimeout()))
+        echo(sock, address)
+
+    def main():
+        with StreamServer(("127.0.0.1", 0), handle) as server:
+            assert server.started and not server.closed
+            answers = [greenhub.await_(talk(server.address, b"line %d\n" % i)) for i in range(3)]
+        assert server.closed and not server.started
+        return answers
+
+    assert in_vthread(gloop, main) == [b"LINE 0\n", b"LINE 1\n", b"LINE 2\n"]
+    assert seen == [(gsocket.socket, "127.0.0.1", None)] * 3
+
+
+def test_socket_closed_when_handle_returns(gloop):
+    def main():
+        with StreamServer(("127.0.0.1", 0), lambda sock, addr: sock.sendall(b"bye\n")) as server:
+            return greenhub.await_(_read_all(server.address))
+
+    assert in_vthread(gloop, main) == b"bye\n"  # then EOF: the server closed it
+
+
+async def _read_all(address):
+    reader, writer = await asyncio.open_connection(*address[:2])
+    data = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    return data
+
+
+def test_handlers_run_concurrently(gloop):
+    together = Gathering(10)
+
+    def handle(sock, address):
+        greenhub.await_(together.wait())
+        sock.sendall(b"ok\n")
+
+    def main():
+        with StreamServer(("127.0.0.1", 0), handle) as server:
+            clients = [greenhub.spawn(greenhub.await_, talk(server.address)) for _ in range(10)]
+            return greenhub.await_(asyncio.gather(*clients))
+
+    assert in_vthread(gloop, main) == [b"ok\n"] * 10
+    assert together.arrived == 10
+
+
+@pytest.mark.parametrize("how", ["max_connections", "spawn"])
+def test_connection_limit(gloop, how):
+    inside = Overlap()
+
+    def handle(sock, address):
+        with inside:
+            greenhub.sleep(0.001)
+        sock.sendall(b"ok\n")
+
+    def main():
+        limit = {"max_connections": 3} if how == "max_connections" else {"spawn": Pool(3)}
+        with StreamServer(("127.0.0.1", 0), handle, **limit) as server:
+            clients = [greenhub.spawn(greenhub.await_, talk(server.address)) for _ in range(12)]
+            return greenhub.await_(asyncio.gather(*clients)), server.pool.size
+
+    assert in_vthread(gloop, main) == ([b"ok\n"] * 12, 3)
+    assert inside.peak == 3  # the others waited in the backlog, then were served
+
+
+def test_graceful_stop_waits_for_running_handlers(gloop):
+    log = []
+    release = greenhub.Event()
+
+    def handle(sock, address):
+        log.append("handler started")
+        release.wait()
+        sock.sendall(b"finished\n")
+        log.append("handler finished")
+
+    def stopper(server):
+        server.stop(timeout=3600)
+        log.append("stop returned")
+
+    def main():
+        server = StreamServer(("127.0.0.1", 0), handle)
+        server.start()
+        client = greenhub.spawn(greenhub.await_, talk(server.address))
+        while not log:
+            greenhub.sleep(0.001)
+        stopping = greenhub.spawn(stopper, server)
+        greenhub.sleep(0)
+        assert server.closed and not stopping.done()
+        # No longer accepting: a new connection is refused.
+        with pytest.raises(ConnectionRefusedError):
+            greenhub.await_(talk(server.address))
+        log.append("releasing")
+        release.set()
+        greenhub.await_(stopping)
+        return greenhub.await_(client)
+
+    assert in_vthread(gloop, main) == b"finished\n"
+    assert log == ["handler started", "releasing", "handler finished", "stop returned"]
+
+
+def test_stop_cancels_handlers_left_after_the_timeout(gloop):
+    cancelled = []
+
+    def handle(sock, address):
+        try:
+            greenhub.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.append(address[0])
+            raise
+
+    def main():
+        server = StreamServer(("127.0.0.1", 0), handle)
+        server.start()
+        client = greenhub.spawn(greenhub.await_, talk(server.address))
+        while not server._handlers:
+            greenhub.sleep(0.001)
+        server.stop(timeout=0.01)
+        return greenhub.await_(client), len(server.pool)
+
+    assert in_vthread(gloop, main) == (b"", 0)  # the handler's socket was closed
+    assert cancelled == ["127.0.0.1"]
+
+
+def test_stop_leaves_other_work_of_a_shared_pool(gloop):
+    def main():
+        pool = Pool(10)
+        other = pool.spawn(greenhub.sleep, 0.01)
+        server = StreamServer(("127.0.0.1", 0), echo, spawn=pool)
+        server.start()
+        server.stop(timeout=0)
+        return greenhub.await_(other), other.cancelled()
+
+    assert in_vthread(gloop, main) == (None, False)
+
+
+def test_serve_forever_in_a_vthread_returns_after_close_or_stop(gloop):
+    def handle(sock, address, server_box):
+        sock.sendall(b"closing\n")
+        server_box[0].close()  # from a handler: serve_forever stops gracefully
+
+    def main():
+        box = []
+        server = StreamServer(("127.0.0.1", 0), lambda s, a: handle(s, a, box))
+        box.append(server)
+        serving = greenhub.spawn(server.serve_forever)
+        greenhub.sleep(0)
+        answer = greenhub.await_(talk(server.address))
+        greenhub.await_(serving)
+        return answer, repr(server).startswith("<greenhub.server.StreamServer stopped")
+
+    assert in_vthread(gloop, main) == (b"closing\n", True)
+
+
+def test_cancelling_serve_forever_stops_the_server(gloop):
+    cancelled = []
+
+    def handle(sock, address):
+        try:
+            greenhub.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    async def main():
+        server = StreamServer(("127.0.0.1", 0), handle)
+        serving = greenhub.spawn(server.serve_forever)
+        await asyncio.sleep(0)
+        reader, writer = await asyncio.open_connection(*server.address)
+        while not server._handlers:
+            await asyncio.sleep(0.001)
+        serving.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await serving
+        eof = await reader.read()
+        writer.close()
+        await writer.wait_closed()
+        return eof, server.closed
+
+    assert gloop.run_until_complete(main()) == (b"", True)
+    assert cancelled == [True]
+
+
+def test_serve_forever_from_a_plain_thread_runs_its_own_loop():
+    # As in a script: no loop running, serve_forever() runs one (greenhub.run).
+    def handle(sock, address):
+        sock.sendall(b"served\n")
+        server.close()
+
+    server = StreamServer(("127.0.0.1", 0), handle)
+
+    def script():
+        server.serve_forever()
+        return server.closed
+
+    def client():
+        import time
+
+        while server.socket is None:
+            time.sleep(0.001)
+        with socket.create_connection(server.address) as sock, sock.makefile("rb") as f:
+            return f.readline()
+
+    import threading
+
+    box = {}
+    t = threading.Thread(target=lambda: box.setdefault("answer", client()))
+    t.start()
+    assert in_thread(script) is True
+    t.join()
+    assert box["answer"] == b"served\n"
+
+
+@pytest.mark.parametrize("kind", ["plain listening", "plain bound", "green"])
+def test_listener_socket(gloop, kind):
+    if kind == "green":
+        sock = gsocket.create_server(("127.0.0.1", 0))
+    else:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        if kind == "plain listening":
+            sock.listen()
+
+    def main():
+        with StreamServer(sock, echo) as server:
+            assert server.address == sock.getsockname()
+            return greenhub.await_(talk(server.address))
+
+    try:
+        assert in_vthread(gloop, main) == b"HELLO\n"
+        if kind == "green":
+            assert sock.fileno() == -1  # the server's: closed when it stopped
+        else:
+            assert sock.fileno() != -1  # the caller's stays theirs (the server used a dup)
+    finally:
+        sock.close()
+
+
+def test_tls(gloop):
+    server_ctx, client_ctx = tls_contexts()
+    versions = []
+
+    def handle(sock, address):
+        versions.append(type(sock).__module__ + "." + type(sock).__name__)
+        echo(sock, address)
+
+    def main():
+        with StreamServer(("127.0.0.1", 0), handle, ssl_context=server_ctx) as server:
+            secure = greenhub.await_(talk(server.address, b"secret\n", client_ctx))
+            # A client that does not speak TLS: the handshake fails, the server carries on.
+            plain = greenhub.await_(talk(server.address, b"GET / HTTP/1.0\r\n\r\n"))
+            again = greenhub.await_(talk(server.address, b"again\n", client_ctx))
+        return secure, plain, again
+
+    assert in_vthread(gloop, main) == (b"SECRET\n", b"", b"AGAIN\n")
+    assert versions == ["greenhub.ssl.SSLSocket"] * 2
+
+
+def test_handler_exception_is_reported_and_the_server_carries_on(gloop):
+    reported = []
+    gloop.set_exception_handler(lambda loop, context: reported.append(context))
+
+    def handle(sock, address):
+        if not reported:
+            raise ValueError("handler bug")
+        sock.sendall(b"fine\n")
+
+    def main():
+        with StreamServer(("127.0.0.1", 0), handle) as server:
+            return [greenhub.await_(talk(server.address)) for _ in range(2)]
+
+    assert in_vthread(gloop, main) == [b"", b"fine\n"]
+    assert len(reported) == 1
+    assert isinstance(reported[0]["exception"], ValueError)
+    assert "handle() failed" in reported[0]["message"]
+
+
+def test_async_twins(gloop):
+    async def main():
+        server = StreamServer(("127.0.0.1", 0), echo)
+        async with server:
+            answer = await talk(server.address)
+        assert server.closed
+        server2 = StreamServer(("127.0.0.1", 0), echo)
+        serving = asyncio.ensure_future(server2.async_serve_forever())
+        await asyncio.sleep(0)
+        answer2 = await talk(server2.address, b"two\n")
+        await server2.async_stop(0)
+        await serving
+        return answer, answer2
+
+    assert gloop.run_until_complete(main()) == (b"HELLO\n", b"TWO\n")
+
+
+def test_misuse(gloop):
+    with pytest.raises(TypeError):
+        StreamServer(("127.0.0.1", 0), "not callable")
+    with pytest.raises(TypeError):
+        StreamServer(("127.0.0.1", 0), echo, spawn=Pool(1), max_connections=2)
+    with pytest.raises(TypeError):
+        StreamServer(("127.0.0.1", 0), echo, ssl_context="yes")
+    with pytest.raises(RuntimeError, match="no running event loop"):
+        StreamServer(("127.0.0.1", 0), echo).start()
+
+    def main():
+        server = StreamServer(("127.0.0.1", 0), echo)
+        server.start()
+        try:
+            with pytest.raises(RuntimeError, match="already been started"):
+                server.start()
+        finally:
+            server.stop(0)
+        StreamServer(("127.0.0.1", 0), echo).stop()  # never started: nothing to do
+        return True
+
+    assert in_vthread(gloop, main)
+
+
+def test_stock_loop_is_refused():
+    async def main():
+        with pytest.raises(RuntimeError, match="greenhub loop"):
+            StreamServer(("127.0.0.1", 0), echo).start()
+
+    asyncio.run(main())
+
+
+def test_ctrl_c_stops_serve_forever_in_a_script():
+    # A script's serve_forever() runs its own loop; Ctrl-C cancels the handlers, stops
+    # the server and raises KeyboardInterrupt, as greenhub.run() does.
+    rc, out, err = run_child(
+        """
+        import socket, threading, time
+        from greenhub.server import StreamServer
+
+        def handle(sock, address):
+            ready()
+            try:
+                greenhub.Event().wait()
+            except BaseException as exc:
+                say("handler:", type(exc).__name__)
+                raise
+
+        server = StreamServer(("127.0.0.1", 0), handle)
+        clients = []
+
+        def connect():
+            while server.socket is None:
+                time.sleep(0.001)
+            clients.append(socket.create_connection(server.address))
+
+        threading.Thread(target=connect, daemon=True).start()
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            say("KeyboardInterrupt; closed:", server.closed)
+        """,
+        sigint=True,
+    )
+    assert rc == 0, err
+    assert out.splitlines()[-2:] == ["handler: CancelledError", "KeyboardInterrupt; closed: True"]
+
+
+def test_unix_socket_path(gloop, tmp_path):
+    path = str(tmp_path / "chat.sock")
+
+    async def client():
+        reader, writer = await asyncio.open_unix_connection(path)
+        writer.write(b"unix\n")
+        answer = await reader.readline()
+        writer.close()
+        await writer.wait_closed()
+        return answer
+
+    def main():
+        with StreamServer(path, echo) as server:
+            assert server.address == path
+            return greenhub.await_(client())
+
+    assert in_vthread(gloop, main) == b"UNIX\n"
+
+
+def test_async_handle(gloop):
+    # A coroutine function as handle: its coroutine is awaited in the connection's task.
+    async def handle(sock, address):
+        await asyncio.sleep(0)
+        sock.sendall(b"async\n")
+
+    def main():
+        with StreamServer(("127.0.0.1", 0), handle) as server:
+            return greenhub.await_(talk(server.address))
+
+    assert in_vthread(gloop, main) == b"async\n"
