@@ -7,7 +7,7 @@ side by side in one run:
   ``greenhub.contrib.wsgi.WSGIMiddleware(flask_app)``: each request's view runs in the
   request's own task, a virtual thread; ``greenhub.monkey.patch_time()`` makes its
   ``time.sleep`` suspend only that request.
-- greenhub-gunicorn: the same application under gunicorn with greenhub's worker class
+- gh-gunicorn: the same application under gunicorn with greenhub's worker class
   (``gunicorn -k greenhub.contrib.gunicorn.Worker -w 1``: uvicorn inside).
 - gevent: gunicorn's gevent worker (``gunicorn -k gevent -w 1``), which monkey-patches
   the process (``time.sleep`` included) and serves each request in a greenlet - the
@@ -29,6 +29,7 @@ CPU, and greenhub's ratios over the others.
     python benchmarks/bench_wsgi.py                     # needs wrk; about 1 minute
     python benchmarks/bench_wsgi.py --quick             # 1 s runs, a smoke test
     python benchmarks/bench_wsgi.py --kinds greenhub,gevent --workloads slow --conns 256
+    python benchmarks/bench_wsgi.py --json benchmarks/results/wsgi.json
 
 uvicorn parses HTTP with httptools when it is installed (``make bench`` installs it),
 else h11; gevent's worker uses gevent's own parser (pywsgi).
@@ -48,10 +49,10 @@ REPO = os.path.dirname(HERE)
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
-from _common import machine_info, python_build_flags  # noqa: E402
+from _common import machine_info, python_build_flags, write_json  # noqa: E402
 from bench_http import parse_wrk  # noqa: E402
 
-KINDS = ("greenhub", "greenhub-gunicorn", "gevent", "a2wsgi", "asgiref")
+KINDS = ("greenhub", "gh-gunicorn", "gevent", "a2wsgi", "asgiref")
 WORKLOADS = {"fast": "/fast", "slow": "/slow"}
 SLOW_SECONDS = 0.01
 
@@ -126,10 +127,10 @@ def serve(kind, port):
 
 
 def server_argv(kind, port):
-    if kind in ("gevent", "greenhub-gunicorn"):
+    if kind in ("gevent", "gh-gunicorn"):
         worker, app = {
             "gevent": ("gevent", "flask_app"),
-            "greenhub-gunicorn": ("greenhub.contrib.gunicorn.Worker", "asgi_app"),
+            "gh-gunicorn": ("greenhub.contrib.gunicorn.Worker", "asgi_app"),
         }[kind]
         argv = [sys.executable, "-m", "gunicorn", "-k", worker, "-w", "1"]
         argv += ["--worker-connections", "4096", "--backlog", "2048", "--log-level", "warning"]
@@ -202,7 +203,7 @@ def proc_tree_cpu(pid):
 
 def measure(kind, workload, args, cpus):
     port = free_port()
-    gunicorn = {"gevent": "gevent", "greenhub-gunicorn": "greenhub"}.get(kind, "")
+    gunicorn = {"gevent": "gevent", "gh-gunicorn": "greenhub"}.get(kind, "")
     env = dict(os.environ, BENCH_WSGI_GUNICORN=gunicorn)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, HERE, env.get("PYTHONPATH")]))
     proc = subprocess.Popen(
@@ -297,6 +298,7 @@ def main():
     ap.add_argument("--workloads", default="fast,slow", help="fast,slow")
     ap.add_argument("--kinds", default=",".join(KINDS), help="servers: " + ",".join(KINDS))
     ap.add_argument("--pin", default="auto", help="SERVER_CPU,CLIENT_CPU, 'auto' or 'none'")
+    ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     ap.add_argument("--serve", choices=KINDS, help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -330,6 +332,21 @@ def main():
             except (RuntimeError, subprocess.TimeoutExpired, ImportError) as e:
                 results[(workload, kind)] = {"failed": f"{type(e).__name__}: {e}"}
     print("\n".join(report(results, args, minfo)))
+    if args.json:
+        doc = {
+            "machine": minfo,
+            "config": {
+                k: getattr(args, k) for k in ("quick", "conns", "duration", "warmup", "pin")
+            },
+            "command": "python3 benchmarks/bench_wsgi.py",
+            "versions": versions(),
+            "http_parser": http_parser(),
+            "results": [
+                {"workload": w, "servers": {k: results[(w, k)] for k in args.kinds}}
+                for w in args.workloads
+            ],
+        }
+        write_json(args.json, doc)
 
 
 if __name__ == "__main__":
