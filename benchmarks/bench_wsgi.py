@@ -267,7 +267,7 @@ def report(results, args, minfo):
         cols = []
         for kind in args.kinds:
             o = results.get((workload, kind))
-            if kind.startswith("greenhub") or not o or "failed" in o:
+            if kind in ("greenhub", "gh-gunicorn") or not o or "failed" in o:
                 continue
             cols.append(
                 f"vs {kind} {g['req_per_s'] / o['req_per_s']:.2f}x req/s, "
