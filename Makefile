@@ -133,6 +133,7 @@ bench: build
 	    (apt-get update -qq && apt-get install -y -qq wrk) >/dev/null || true; }
 	$(PY) benchmarks/bench_http.py --json $(BENCH_OUT)/http.json
 	$(PY) benchmarks/bench_django.py --json $(BENCH_OUT)/django.json
+	$(PY) benchmarks/bench_wsgi.py --json $(BENCH_OUT)/wsgi.json
 	$(PY) benchmarks/report.py $(BENCH_OUT)
 
 # dist/: the sdist and a wheel built from it whose _core carries its own libev

@@ -16,6 +16,7 @@ BENCHMARKS = (
     ("green", "bench_green.py", "green sockets and sleeps vs gevent", True),
     ("http", "bench_http.py", "HTTP keep-alive servers under wrk", False),
     ("django", "bench_django.py", "Django sync views on PostgreSQL under wrk", False),
+    ("wsgi", "bench_wsgi.py", "a Flask app: greenhub vs gevent and thread pools", False),
 )
 
 LOOPS = ["greenhub", "uvloop", "asyncio"]
@@ -119,6 +120,19 @@ def _django(doc):
     return Section(["greenhub", "stock"], [("greenhub", "stock")], rows, higher_is_better=True)
 
 
+def _wsgi(doc):
+    # One row per workload: the server's CPU time per request of each way to serve the
+    # Flask app (the fair number on a loaded machine; bench_wsgi.py prints req/s too).
+    rows = []
+    for r in doc["results"]:
+        values = {
+            k: v["cpu_per_req"] * 1e6 for k, v in r["servers"].items() if v.get("cpu_per_req")
+        }
+        rows.append((f"Flask {r['workload']}", values, "CPU us/req"))
+    columns = ["greenhub", "gh-gunicorn", "gevent", "a2wsgi", "asgiref"]
+    return Section(columns, [("greenhub", c) for c in columns[2:]], rows)
+
+
 _SECTIONS = {
     "scheduling": _scheduling,
     "bridge": _bridge,
@@ -127,6 +141,7 @@ _SECTIONS = {
     "green": _green,
     "http": _http,
     "django": _django,
+    "wsgi": _wsgi,
 }
 
 

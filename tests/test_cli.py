@@ -266,7 +266,21 @@ def test_report_draws_the_server_benchmarks(tmp_path):
             }
         ],
     }
-    for name, doc in (("http", http), ("django", django)):
+    wsgi = {  # bench_wsgi.py's form
+        "machine": machine,
+        "config": {"quick": False},
+        "results": [
+            {
+                "workload": "slow",
+                "servers": {
+                    "greenhub": {"cpu_per_req": 100e-6},
+                    "gevent": {"cpu_per_req": 200e-6},
+                    "a2wsgi": {"failed": "RuntimeError: server did not start"},
+                },
+            }
+        ],
+    }
+    for name, doc in (("http", http), ("django", django), ("wsgi", wsgi)):
         (tmp_path / f"{name}.json").write_text(json.dumps(doc))
     from greenhub._cli import benchmarks_dir
 
@@ -281,3 +295,5 @@ def test_report_draws_the_server_benchmarks(tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert "streams x64" in report and "0.80" in report  # greenhub/uvloop CPU per request
     assert "lookup: greenhub vs stock" in report and "3.00" in report  # req/s, higher better
+    assert (tmp_path / "wsgi.svg").exists()
+    assert "Flask slow" in report and "0.50" in report  # greenhub/gevent CPU per request

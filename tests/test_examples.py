@@ -40,6 +40,14 @@ def test_demo():
     assert run_example("demo.py", timeout=110).strip()
 
 
+def test_flask_wsgi_example():
+    pytest.importorskip("flask", reason="test dependency: make deps installs it")
+    out = run_example("flask_wsgi.py")
+    # How long it took is the example's to show, not the test's to assert.
+    assert "20 requests answered in" in out
+    assert "by 1 OS thread, each in a virtual thread of a greenhub loop: True" in out
+
+
 def test_chat_server_example():
     out = run_example("chat_server.py")
     assert "5 bots exchanged 60 lines" in out
