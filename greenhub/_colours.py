@@ -29,6 +29,7 @@ import contextvars
 import functools
 import inspect
 import queue
+import sys
 import threading
 import types
 import warnings
@@ -336,7 +337,19 @@ class _Home(Executor):
             raise
         try:
             while not done.done():
-                self._run_one(self._work.get())
+                try:
+                    item = self._work.get(timeout=_CLOSED_POLL)
+                except queue.Empty:
+                    # A loop closed while its task was pending drops the task: no
+                    # callback will ever end this wait, so look at the loop now and
+                    # then instead of blocking this thread for good.
+                    if self.loop.is_closed() and not done.done():
+                        raise RuntimeError(
+                            f"greenhub.await_(): {self.loop!r} was closed while this "
+                            f"thread waited for {awaitable!r} on it"
+                        ) from None
+                    continue
+                self._run_one(item)
         finally:
             self.waiting -= 1
             while not self._work.empty():  # submitted as we stopped: still this thread
@@ -365,6 +378,99 @@ class _Home(Executor):
 
 async def _awaited(awaitable: Awaitable[_T]) -> _T:
     return await awaitable
+
+
+# How often (seconds) a thread waiting in _Home.run() checks that the loop is not closed.
+_CLOSED_POLL = 1.0
+
+
+# --------------------------------------------------------------------------
+# The loop that owns a worker thread's call
+# --------------------------------------------------------------------------
+#
+# greenhub.await_() with no loop running in the thread (greenhub/_vthread.py _run_sync)
+# asks _owner_home() whether some running loop owns what this thread is doing; if one
+# does, the awaitable runs as a task of that loop and only this thread waits (_Home.run),
+# as asgiref's async_to_sync does from its sync_to_async threads.  The owner is known
+# without contextvars (executors need not copy them, and run_in_executor() does not):
+#
+# - a greenhub.Loop marks every call it submits to an executor (run_in_executor(), so
+#   also asyncio.to_thread(), getaddrinfo, asgiref's and Django's sync_to_async): the
+#   call runs under _owned_call(), which sets this thread's `home` for its duration;
+# - anyio's worker threads (anyio.to_thread.run_sync, Starlette's run_in_threadpool,
+#   FastAPI's `def` endpoints and dependencies) record their loop in anyio's thread
+#   locals for the thread's whole life, as the token anyio.from_thread.run() uses;
+# - an asyncio Future or Task knows its loop: awaited from any thread, it is waited for
+#   on that loop, if it runs.
+#
+# A loop running in this very thread never owns the call here: there get_running_loop()
+# is set, and await_() never reaches _run_sync (a loop callback that calls it gets
+# today's error, a task waits as a virtual thread), so the owner cannot be the loop the
+# waiting thread blocks.
+
+
+def _owned_call(home: "_Home", func: Callable[..., _T], /, *args: Any) -> _T:
+    """What greenhub.Loop.run_in_executor() submits: ``func(*args)``, during which
+    greenhub.await_() in this thread runs on home.loop."""
+    local = _vthread._local
+    outer = getattr(local, "home", None)
+    local.home = home
+    try:
+        return func(*args)
+    finally:
+        local.home = outer
+
+
+def _cancel_owned(home: "_Home", fut: "asyncio.Future[Any]") -> None:
+    """run_in_executor()'s future is done: if it was cancelled, so is what the thread
+    waits for on the loop (as _hop() does for sync_to_async, and asgiref): the call
+    itself cannot be stopped, but its await_() then raises CancelledError."""
+    if fut.cancelled() and home._tasks:
+        home.cancel_tasks()
+
+
+def _anyio_loop() -> asyncio.AbstractEventLoop | None:
+    """The asyncio loop of the anyio worker thread this is, or None."""
+    mod = sys.modules.get("anyio._core._eventloop")
+    if mod is None:
+        return None
+    token = getattr(getattr(mod, "threadlocals", None), "current_token", None)
+    loop = getattr(token, "native_token", None)  # a trio token on anyio's trio backend
+    return loop if isinstance(loop, asyncio.AbstractEventLoop) else None
+
+
+def _runs_elsewhere(loop: asyncio.AbstractEventLoop) -> bool:
+    return (
+        loop.is_running()
+        and not loop.is_closed()
+        and getattr(loop, "_thread_id", None) != threading.get_ident()
+    )
+
+
+def _owner_home(awaitable: object, own_loop: object) -> "_Home | None":
+    """The _Home that greenhub.await_(awaitable) in this thread, with no loop running
+    here, waits through; None: run it on this thread's own loop (`own_loop`, or None
+    if the thread has none yet), as before."""
+    if asyncio.isfuture(awaitable):
+        target = awaitable.get_loop()
+        if target is not own_loop:
+            if _runs_elsewhere(target):
+                return _Home(target)
+            if isinstance(awaitable, asyncio.Future):  # not some other future-like
+                # ValueError, as asyncio's run_until_complete() of another loop's
+                # future, but saying which loop and what to do.
+                raise ValueError(
+                    f"greenhub.await_() cannot wait on {awaitable!r} in this thread: it "
+                    f"belongs to {target!r}, which is not running; await it in that "
+                    f"loop's code, or run that loop"
+                )
+    home: _Home | None = getattr(_vthread._local, "home", None)
+    if home is not None and _runs_elsewhere(home.loop):
+        return home
+    loop = _anyio_loop()
+    if loop is not None and _runs_elsewhere(loop):
+        return _Home(loop)
+    return None
 
 
 # --------------------------------------------------------------------------

@@ -27,10 +27,10 @@ import threading
 import weakref
 from asyncio import base_events, format_helpers, sslproto
 from asyncio.log import logger
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
-from . import _core, _dump, _task, _transport, _vthread
+from . import _colours, _core, _dump, _task, _transport, _vthread
 from ._children import ChildrenMixin
 from ._private import (
     HAVE_RUN_FOREVER_SETUP,
@@ -341,6 +341,27 @@ class Loop(_core.Loop, ChildrenMixin, ResolveMixin, _UnixSelectorEventLoop):
     # (src/task_step.c) and makes the Task (greenhub._task.Task, whose get_coro()
     # looks through the wrapper), or defers to BaseEventLoop.create_task() for
     # task factories (src/task_create.c).
+
+    # -- executor ---------------------------------------------------------
+
+    def run_in_executor(
+        self, executor: Any, func: Callable[..., Any], *args: Any
+    ) -> "asyncio.Future[Any]":
+        """asyncio's run_in_executor(), with the call marked as this loop's:
+        greenhub.await_() in the worker thread, during the call, runs its
+        awaitable as a task of this loop and blocks only that thread (as
+        asgiref's async_to_sync does), so sync code in asyncio.to_thread() or
+        an executor can use this loop's objects.  Cancelling the returned
+        future cancels what the thread waits for in await_()."""
+        if func is _colours._in_thread:  # greenhub.sync_to_async's call: marked already
+            return super().run_in_executor(executor, func, *args)
+        if self._debug:  # the stock checks, on `func` itself rather than the wrapper
+            self._check_closed()
+            self._check_callback(func, "run_in_executor")
+        home = _colours._Home(self)
+        fut = super().run_in_executor(executor, _colours._owned_call, home, func, *args)
+        fut.add_done_callback(functools.partial(_colours._cancel_owned, home))
+        return fut
 
     # -- closing ----------------------------------------------------------
 

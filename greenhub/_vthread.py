@@ -116,11 +116,16 @@ def _run_sync(awaitable: Awaitable[_T], context: contextvars.Context | None = No
     cancels it and waits for it to finish before re-raising, as asyncio.run
     does for its main task.
 
-    In a thread that greenhub.sync_to_async() started for a caller on another
-    loop (greenhub/_colours.py), the awaitable runs on that caller's loop
-    instead, as asgiref's async_to_sync does.  `context`: the Context to run
+    In a thread whose call a running loop owns - greenhub.sync_to_async()'s
+    threads, a greenhub loop's executor calls (run_in_executor, to_thread),
+    anyio's worker threads - or for a Future of a loop running in another
+    thread, the awaitable runs on that loop instead and only this thread
+    waits, as asgiref's async_to_sync does (greenhub/_colours.py).  `context`: the Context to run
     it in (default: a copy of the current one)."""
-    home: _Home | None = getattr(_local, "home", None)
+    from ._colours import _owner_home
+
+    holder: _ThreadLoop | None = getattr(_local, "holder", None)
+    home = _owner_home(awaitable, holder.loop if holder is not None else None)
     if home is not None:
         return home.run(awaitable, context)
     loop = _thread_loop()
