@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 from . import _core
 
 if TYPE_CHECKING:
-    from ._colours import _Home
     from ._loop import Loop
 
 _P = ParamSpec("_P")
