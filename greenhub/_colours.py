@@ -287,6 +287,7 @@ class _Home(Executor):
         self.loop = loop
         self.waiting = 0
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._cancel_next = False
         self._work: queue.SimpleQueue[_WorkItem | None] = queue.SimpleQueue()
 
     def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _CFuture[_T]:
@@ -297,6 +298,9 @@ class _Home(Executor):
         return fut
 
     def cancel_tasks(self) -> None:
+        # On the loop's thread.  No task yet (the thread is about to start one: its
+        # start() is queued): that one is cancelled as it starts.
+        self._cancel_next = not self._tasks
         for task in list(self._tasks):
             task.cancel()
 
@@ -304,24 +308,37 @@ class _Home(Executor):
         ctx = contextvars.copy_context() if context is None else context
         ctx.run(_home_var.set, self)
         done: _CFuture[_T] = _CFuture()
+        # In an asgiref sync_to_async thread, the task joins the list asgiref's own
+        # async_to_sync tasks join: cancelling the sync_to_async call then cancels it
+        # and waits for it, as it does theirs.
+        asgiref_tasks = _asgiref_task_context()
 
         def start() -> None:  # on the loop's thread
             try:
-                task = self.loop.create_task(_awaited(awaitable), context=ctx)
+                task = self.loop.create_task(_outcome(awaitable), context=ctx)
             except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
                 done.set_exception(exc)
                 return
             self._tasks.add(task)
+            if asgiref_tasks is not None:
+                asgiref_tasks.append(task)
             task.add_done_callback(finished)
+            if self._cancel_next:
+                self._cancel_next = False
+                task.cancel()
 
-        def finished(task: asyncio.Task[_T]) -> None:
+        def finished(task: "asyncio.Task[tuple[bool, Any]]") -> None:
             self._tasks.discard(task)
-            if task.cancelled():
+            if asgiref_tasks is not None and task in asgiref_tasks:
+                asgiref_tasks.remove(task)
+            if task.cancelled():  # before it started
                 done.set_exception(asyncio.CancelledError())
-            elif (exc := task.exception()) is not None:
-                done.set_exception(exc)
+                return
+            ok, value = task.result()
+            if ok:
+                done.set_result(value)
             else:
-                done.set_result(task.result())
+                done.set_exception(value)
 
         done.add_done_callback(lambda _: self._work.put(None))
         # Counted before the task can start: once start() is scheduled the loop may run
@@ -380,6 +397,17 @@ async def _awaited(awaitable: Awaitable[_T]) -> _T:
     return await awaitable
 
 
+async def _outcome(awaitable: Awaitable[_T]) -> tuple[bool, Any]:
+    """The task _Home.run() starts: whatever the awaitable raises - CancelledError
+    included - is the waiting thread's to raise, so the task itself ends normally, as
+    asgiref's async_to_sync tasks do (a sync_to_async call that cancels one then waits
+    for its thread, which sees the CancelledError, instead of abandoning it)."""
+    try:
+        return True, await awaitable
+    except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+        return False, exc
+
+
 # How often (seconds) a thread waiting in _Home.run() checks that the loop is not closed.
 _CLOSED_POLL = 1.0
 
@@ -425,7 +453,7 @@ def _cancel_owned(home: "_Home", fut: "asyncio.Future[Any]") -> None:
     """run_in_executor()'s future is done: if it was cancelled, so is what the thread
     waits for on the loop (as _hop() does for sync_to_async, and asgiref): the call
     itself cannot be stopped, but its await_() then raises CancelledError."""
-    if fut.cancelled() and home._tasks:
+    if fut.cancelled():
         home.cancel_tasks()
 
 
@@ -437,6 +465,15 @@ def _anyio_loop() -> asyncio.AbstractEventLoop | None:
     token = getattr(getattr(mod, "threadlocals", None), "current_token", None)
     loop = getattr(token, "native_token", None)  # a trio token on anyio's trio backend
     return loop if isinstance(loop, asyncio.AbstractEventLoop) else None
+
+
+def _asgiref_task_context() -> list[Any] | None:
+    """In a thread asgiref's SyncToAsync runs: the list of tasks that cancelling its
+    call cancels (its async_to_sync tasks put themselves there), else None."""
+    mod = sys.modules.get("asgiref.sync")
+    local = getattr(getattr(mod, "SyncToAsync", None), "threadlocal", None)
+    tasks = getattr(local, "task_context", None)
+    return tasks if isinstance(tasks, list) else None
 
 
 def _runs_elsewhere(loop: asyncio.AbstractEventLoop) -> bool:
