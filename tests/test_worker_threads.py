@@ -379,3 +379,89 @@ def test_fastapi_def_endpoints_under_uvicorn(loop, kind, request):
         sock.close()
     assert not thread.is_alive()
     assert _replies(bodies) == _expect(kind)
+
+
+# -- errors a user understands ---------------------------------------------------
+
+
+async def _main():
+    return "never runs"
+
+
+def _error(fn, *args):
+    try:
+        fn(*args)
+    except Exception as exc:  # noqa: BLE001
+        return exc
+    raise AssertionError(f"{fn!r} did not raise")
+
+
+def test_run_of_a_coroutine_function_fails_as_asyncio_run(greenhub_leak_check):
+    # Before: greenhub.run(main) called main as a sync function and returned the
+    # coroutine, which then warned "never awaited".
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "coroutine ... was never awaited"
+        expected = _error(asyncio.run, _main)
+        got = _error(greenhub.run, _main)
+        got_with_args = _error(greenhub.run, _main, 1)
+        import gc
+
+        gc.collect()
+    for exc in (got, got_with_args):
+        assert (type(exc), str(exc)) == (type(expected), str(expected))
+        assert "greenhub.run(main())" in exc.__notes__[0]
+
+
+def test_spawn_of_a_coroutine_function_fails_as_asyncio_run(gloop):
+    expected = _error(asyncio.run, _main)
+
+    async def main():
+        before = len(asyncio.all_tasks())
+        exc = _error(greenhub.spawn, _main)
+        return exc, len(asyncio.all_tasks()) - before
+
+    got, new_tasks = gloop.run_until_complete(main())
+    assert (type(got), str(got)) == (type(expected), str(expected))
+    assert "asyncio.create_task" in got.__notes__[0]
+    assert new_tasks == 0
+
+
+def test_spawn_with_no_loop_says_what_to_do():
+    exc = in_thread(_error, greenhub.spawn, print)
+    assert isinstance(exc, RuntimeError)
+    assert "none is running" in str(exc) and "greenhub.run(" in str(exc)
+
+
+def _await_error(thing):
+    """greenhub.await_(thing)'s error, as (type, message, notes)."""
+    exc = _error(greenhub.await_, thing)
+    return type(exc), str(exc), getattr(exc, "__notes__", [])
+
+
+@pytest.mark.parametrize("thing", [42, _main], ids=["int", "coroutine-function"])
+def test_non_awaitable_gets_the_same_error_everywhere(gloop, thing):
+    # The message `await thing` gives in a coroutine, wherever await_() is called: in a
+    # virtual thread, with no loop, in a worker thread, in a loop callback (before: a
+    # RuntimeError about the callback there, asyncio's "An asyncio.Future, a coroutine
+    # or an awaitable is required" with no loop).
+    async def native():
+        await thing
+
+    expected = _error(asyncio.run, native())
+    places = {}
+
+    async def main():
+        places["virtual thread"] = await greenhub.spawn(_await_error, thing)
+        places["worker thread"] = await asyncio.to_thread(_await_error, thing)
+        fut = gloop.create_future()
+        gloop.call_soon(lambda: fut.set_result(_await_error(thing)))
+        places["loop callback"] = await fut
+
+    gloop.run_until_complete(main())
+    places["no loop"] = in_thread(_await_error, thing)
+    hint = ["hint: that is a coroutine function"] if thing is _main else []
+    for where, (typ, msg, notes) in places.items():
+        assert (typ, msg) == (type(expected), str(expected)), where
+        assert [n[: len(hint[0])] for n in notes] == hint, where
