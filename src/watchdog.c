@@ -73,7 +73,7 @@ typedef struct gh_watchdog {
     pid_t pid; /* the process that started the thread */
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    _Atomic(int) stop;               /* set by the loop side; read with or without the GIL */
+    _Atomic(int) stop; /* set by the loop side; read with or without the GIL */
     PyObject *pending; /* owned, only touched with the GIL: what the hook returned for the
                         * reported episode whose end is not known yet, or NULL */
     struct gh_watchdog *prev, *next; /* borrowed: the module state's list */
