@@ -106,7 +106,8 @@ def test_run_in_executor_workers_use_the_loops_queue(loop, kind, which):
 def test_exceptions_reach_the_waiting_thread(loop, kind):
     async def fails():
         await asyncio.sleep(0)
-        raise KeyError("from the loop")
+        if asyncio.get_running_loop() is loop:
+            raise KeyError("from the loop")
 
     def work(bridge):
         try:
@@ -296,6 +297,7 @@ def _fastapi_app():
     @contextlib.asynccontextmanager
     async def lifespan(app):
         # Bound to the server's loop, as an app's shared client or pool is.
+        app.state.loop = asyncio.get_running_loop()
         app.state.queue = asyncio.Queue()
         app.state.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=inner))
         async with app.state.client:
@@ -316,14 +318,20 @@ def _fastapi_app():
         greenhub.await_(state.queue.put(n))
         got = greenhub.await_(state.queue.get())
         reply = greenhub.await_(state.client.get(f"http://inner/square/{n}"))
-        loop_kind = type(greenhub.await_(_on_which_loop(0))[0]).__module__.split(".")[0]
-        return {"got": got, "square": reply.json()["square"], "loop": loop_kind}
+        ran_on = greenhub.await_(_on_which_loop(0))[0]
+        loop_kind = type(ran_on).__module__.split(".")[0]
+        return {
+            "got": got,
+            "square": reply.json()["square"],
+            "loop": loop_kind,
+            "server's loop": ran_on is state.loop,
+        }
 
     return app
 
 
 def _expect(kind):
-    return sorted(range(N)), [n * n for n in range(N)], {kind}
+    return sorted(range(N)), [n * n for n in range(N)], {kind}, {True}
 
 
 def _replies(bodies):
@@ -331,6 +339,7 @@ def _replies(bodies):
         sorted(b["got"] for b in bodies),
         [b["square"] for b in bodies],
         {b["loop"] for b in bodies},
+        {b["server's loop"] for b in bodies},
     )
 
 
