@@ -287,7 +287,7 @@ class _Home(Executor):
         self.loop = loop
         self.waiting = 0
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._cancel_next = False
+        self.cancel_next = False
         self._work: queue.SimpleQueue[_WorkItem | None] = queue.SimpleQueue()
 
     def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _CFuture[_T]:
@@ -300,7 +300,7 @@ class _Home(Executor):
     def cancel_tasks(self) -> None:
         # On the loop's thread.  No task yet (the thread is about to start one: its
         # start() is queued): that one is cancelled as it starts.
-        self._cancel_next = not self._tasks
+        self.cancel_next = not self._tasks
         for task in list(self._tasks):
             task.cancel()
 
@@ -323,8 +323,8 @@ class _Home(Executor):
             if asgiref_tasks is not None:
                 asgiref_tasks.append(task)
             task.add_done_callback(finished)
-            if self._cancel_next:
-                self._cancel_next = False
+            if self.cancel_next:
+                self.cancel_next = False
                 task.cancel()
 
         def finished(task: "asyncio.Task[tuple[bool, Any]]") -> None:
