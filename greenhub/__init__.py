@@ -221,7 +221,7 @@ def run(
     with _asyncio.Runner(debug=debug, loop_factory=factory) as runner:
         if refused:
             try:
-                runner.run(coro)  # type: ignore[arg-type]  # refused: it raises
+                return runner.run(coro)  # type: ignore[arg-type]  # refused: it raises
             except (TypeError, ValueError) as exc:
                 exc.add_note(_vthread._CORO_FN_HINT.format(where="greenhub.run"))
                 raise

@@ -36,13 +36,14 @@ import warnings
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Executor, ThreadPoolExecutor
 from concurrent.futures import Future as _CFuture
-from typing import Any, ParamSpec, TypeAlias, TypeVar, overload
+from typing import Any, ParamSpec, TypeAlias, TypeVar, TypeVarTuple, Unpack, overload
 
 from . import _core, _vthread
 from ._private import _get_running_loop
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
+_Ts = TypeVarTuple("_Ts")
 
 __all__ = ["async_to_sync", "sync_to_async", "to_thread"]
 
@@ -437,7 +438,7 @@ _CLOSED_POLL = 1.0
 # waiting thread blocks.
 
 
-def _owned_call(home: "_Home", func: Callable[..., _T], /, *args: Any) -> _T:
+def _owned_call(home: "_Home", func: Callable[[Unpack[_Ts]], _T], /, *args: Unpack[_Ts]) -> _T:
     """What greenhub.Loop.run_in_executor() submits: ``func(*args)``, during which
     greenhub.await_() in this thread runs on home.loop."""
     local = _vthread._local

@@ -28,7 +28,8 @@ import weakref
 from asyncio import base_events, format_helpers, sslproto
 from asyncio.log import logger
 from collections.abc import Callable, Iterator
-from typing import Any, NoReturn
+from concurrent.futures import Executor
+from typing import Any, NoReturn, TypeVar, TypeVarTuple, Unpack
 
 from . import _colours, _core, _dump, _task, _transport, _vthread
 from ._children import ChildrenMixin
@@ -45,6 +46,9 @@ from ._private import (
 from ._resolve import ResolveMixin
 
 __all__ = ["Loop"]
+
+_T = TypeVar("_T")
+_Ts = TypeVarTuple("_Ts")
 
 
 class _Unused:
@@ -345,15 +349,19 @@ class Loop(_core.Loop, ChildrenMixin, ResolveMixin, _UnixSelectorEventLoop):
     # -- executor ---------------------------------------------------------
 
     def run_in_executor(
-        self, executor: Any, func: Callable[..., Any], *args: Any
-    ) -> "asyncio.Future[Any]":
+        self,
+        executor: Executor | None,
+        func: Callable[[Unpack[_Ts]], _T],
+        *args: Unpack[_Ts],
+    ) -> "asyncio.Future[_T]":
         """asyncio's run_in_executor(), with the call marked as this loop's:
         greenhub.await_() in the worker thread, during the call, runs its
         awaitable as a task of this loop and blocks only that thread (as
         asgiref's async_to_sync does), so sync code in asyncio.to_thread() or
         an executor can use this loop's objects.  Cancelling the returned
         future cancels what the thread waits for in await_()."""
-        if func is _colours._in_thread:  # greenhub.sync_to_async's call: marked already
+        submitted: object = func
+        if submitted is _colours._in_thread:  # greenhub.sync_to_async's call: marked already
             return super().run_in_executor(executor, func, *args)
         if self._debug:  # the stock checks, on `func` itself rather than the wrapper
             self._check_closed()

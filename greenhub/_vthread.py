@@ -121,8 +121,8 @@ def _run_sync(awaitable: Awaitable[_T], context: contextvars.Context | None = No
     threads, a greenhub loop's executor calls (run_in_executor, to_thread),
     anyio's worker threads - or for a Future of a loop running in another
     thread, the awaitable runs on that loop instead and only this thread
-    waits, as asgiref's async_to_sync does (greenhub/_colours.py).  `context`: the Context to run
-    it in (default: a copy of the current one)."""
+    waits, as asgiref's async_to_sync does (greenhub/_colours.py).
+    `context`: the Context to run it in (default: a copy of the current one)."""
     from ._colours import _owner_home
 
     holder: _ThreadLoop | None = getattr(_local, "holder", None)
