@@ -111,6 +111,11 @@ def _thread_loop() -> Loop:
     return holder.loop
 
 
+def _existing_thread_loop() -> Loop | None:
+    holder: _ThreadLoop | None = getattr(_local, "holder", None)
+    return holder.loop if holder is not None else None
+
+
 def _run_sync(awaitable: Awaitable[_T], context: contextvars.Context | None = None) -> _T:
     """await_() with no running loop: run `awaitable` to completion on this
     thread's greenhub loop.  Ctrl-C (or any exception out of the loop)
@@ -125,8 +130,10 @@ def _run_sync(awaitable: Awaitable[_T], context: contextvars.Context | None = No
     `context`: the Context to run it in (default: a copy of the current one)."""
     from ._colours import _owner_home
 
-    holder: _ThreadLoop | None = getattr(_local, "holder", None)
-    home = _owner_home(awaitable, holder.loop if holder is not None else None)
+    # Not `holder` as a local here: a traceback that outlives the thread (an exception
+    # kept by the caller) would keep it, and its __del__ would then close the loop from
+    # another thread, where the loop's worker greenlets cannot be ended.
+    home = _owner_home(awaitable, _existing_thread_loop())
     if home is not None:
         return home.run(awaitable, context)
     loop = _thread_loop()
