@@ -489,9 +489,10 @@ def _owner_home(awaitable: object, own_loop: object) -> "_Home | None":
     """The _Home that greenhub.await_(awaitable) in this thread, with no loop running
     here, waits through; None: run it on this thread's own loop (`own_loop`, or None
     if the thread has none yet), as before."""
-    if asyncio.isfuture(awaitable):
-        target = awaitable.get_loop()
-        if target is not own_loop:
+    get_loop = getattr(awaitable, "get_loop", None) if asyncio.isfuture(awaitable) else None
+    if get_loop is not None:  # (a future-like without get_loop(): nothing to go by)
+        target = get_loop()
+        if target is not own_loop and isinstance(target, asyncio.AbstractEventLoop):
             if _runs_elsewhere(target):
                 return _Home(target)
             if isinstance(awaitable, asyncio.Future):  # not some other future-like
