@@ -188,6 +188,43 @@ def test_call_marked_by_a_loop_that_is_not_running_keeps_its_own_loop(gloop):
     assert ran_on is not gloop and isinstance(ran_on, greenhub.Loop)
 
 
+def test_thread_waiting_on_a_loop_that_gets_closed_is_told(gloop, monkeypatch):
+    # greenhub only (a marked call).  The loop stops and is closed while a worker thread
+    # waits for a task on it: the task is dropped, so nothing would ever end the wait;
+    # the thread notices the closed loop (it looks every _CLOSED_POLL seconds, shortened
+    # here) and raises RuntimeError instead of hanging.
+    from greenhub import _colours
+
+    monkeypatch.setattr(_colours, "_CLOSED_POLL", 0.01)
+
+    events = {}
+
+    async def waits():
+        events["started"].set()
+        await asyncio.Event().wait()
+
+    def work():
+        try:
+            greenhub.await_(waits())
+        except RuntimeError as exc:
+            return str(exc)
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+
+        async def main():
+            events["started"] = asyncio.Event()
+            call = pool.submit(_colours._owned_call, _colours._Home(gloop), work)
+            await events["started"].wait()
+            events.clear()
+            return call
+
+        call = gloop.run_until_complete(main())
+        with support.warnings_ignored():
+            gloop.close()
+        message = call.result(support.hang_timeout(30))
+    assert message is not None and "was closed while this thread waited" in message
+
+
 # -- asgiref / Django ----------------------------------------------------------
 
 
