@@ -223,11 +223,17 @@ def run(
             if _asyncio.iscoroutine(main):
                 main.close()
             raise
+    refused = False
     if _asyncio.iscoroutine(main):
         if args:
             main.close()
             raise TypeError("greenhub.run() takes arguments only with a function, not a coroutine")
         coro: object = main
+    elif _vthread._is_coroutine_function(main):
+        # Not a sync main: asyncio.Runner refuses it with asyncio.run()'s own error
+        # (calling it here would return a coroutine that is never awaited).
+        coro = main
+        refused = True
     elif callable(main):
         coro = _vthread._call_sync(main, args, {})
     else:
@@ -241,4 +247,10 @@ def run(
             return loop
 
     with _asyncio.Runner(debug=debug, loop_factory=factory) as runner:
+        if refused:
+            try:
+                return runner.run(coro)  # type: ignore[arg-type]  # refused: it raises
+            except (TypeError, ValueError) as exc:
+                exc.add_note(_vthread._CORO_FN_HINT.format(where="greenhub.run"))
+                raise
         return runner.run(coro)  # type: ignore[arg-type]  # (refused there if no coroutine)

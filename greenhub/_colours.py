@@ -29,13 +29,14 @@ import contextvars
 import functools
 import inspect
 import queue
+import sys
 import threading
 import types
 import warnings
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Executor, ThreadPoolExecutor
 from concurrent.futures import Future as _CFuture
-from typing import Any, ParamSpec, TypeAlias, TypeVar, overload
+from typing import Any, ParamSpec, TypeAlias, TypeVar, TypeVarTuple, Unpack, overload
 
 from . import _core, _thread_loop
 from ._loop import Loop
@@ -43,6 +44,7 @@ from ._private import _get_running_loop
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
+_Ts = TypeVarTuple("_Ts")
 
 __all__ = ["async_to_sync", "sync_to_async", "to_thread"]
 
@@ -287,6 +289,7 @@ class _Home(Executor):
         self.loop = loop
         self.waiting = 0
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.cancel_next = False
         self._work: queue.SimpleQueue[_WorkItem | None] = queue.SimpleQueue()
 
     def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _CFuture[_T]:
@@ -297,6 +300,9 @@ class _Home(Executor):
         return fut
 
     def cancel_tasks(self) -> None:
+        # On the loop's thread.  No task yet (the thread is about to start one: its
+        # start() is queued): that one is cancelled as it starts.
+        self.cancel_next = not self._tasks
         for task in list(self._tasks):
             task.cancel()
 
@@ -304,24 +310,37 @@ class _Home(Executor):
         ctx = contextvars.copy_context() if context is None else context
         ctx.run(_home_var.set, self)
         done: _CFuture[_T] = _CFuture()
+        # In an asgiref sync_to_async thread, the task joins the list asgiref's own
+        # async_to_sync tasks join: cancelling the sync_to_async call then cancels it
+        # and waits for it, as it does theirs.
+        asgiref_tasks = _asgiref_task_context()
 
         def start() -> None:  # on the loop's thread
             try:
-                task = self.loop.create_task(_awaited(awaitable), context=ctx)
+                task = self.loop.create_task(_outcome(awaitable), context=ctx)
             except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
                 done.set_exception(exc)
                 return
             self._tasks.add(task)
+            if asgiref_tasks is not None:
+                asgiref_tasks.append(task)
             task.add_done_callback(finished)
+            if self.cancel_next:
+                self.cancel_next = False
+                task.cancel()
 
-        def finished(task: asyncio.Task[_T]) -> None:
+        def finished(task: "asyncio.Task[tuple[bool, Any]]") -> None:
             self._tasks.discard(task)
-            if task.cancelled():
+            if asgiref_tasks is not None and task in asgiref_tasks:
+                asgiref_tasks.remove(task)
+            if task.cancelled():  # before it started
                 done.set_exception(asyncio.CancelledError())
-            elif (exc := task.exception()) is not None:
-                done.set_exception(exc)
+                return
+            ok, value = task.result()
+            if ok:
+                done.set_result(value)
             else:
-                done.set_result(task.result())
+                done.set_exception(value)
 
         done.add_done_callback(lambda _: self._work.put(None))
         # Counted before the task can start: once start() is scheduled the loop may run
@@ -337,7 +356,19 @@ class _Home(Executor):
             raise
         try:
             while not done.done():
-                self._run_one(self._work.get())
+                try:
+                    item = self._work.get(timeout=_CLOSED_POLL)
+                except queue.Empty:
+                    # A loop closed while its task was pending drops the task: no
+                    # callback will ever end this wait, so look at the loop now and
+                    # then instead of blocking this thread for good.
+                    if self.loop.is_closed() and not done.done():
+                        raise RuntimeError(
+                            f"greenhub.await_(): {self.loop!r} was closed while this "
+                            f"thread waited for {awaitable!r} on it"
+                        ) from None
+                    continue
+                self._run_one(item)
         finally:
             self.waiting -= 1
             while not self._work.empty():  # submitted as we stopped: still this thread
@@ -367,6 +398,135 @@ class _Home(Executor):
 async def _awaited(awaitable: Awaitable[_T]) -> _T:
     return await awaitable
 
+
+async def _outcome(awaitable: Awaitable[_T]) -> tuple[bool, Any]:
+    """The task _Home.run() starts: whatever the awaitable raises - CancelledError
+    included - is the waiting thread's to raise, so the task itself ends normally, as
+    asgiref's async_to_sync tasks do (a sync_to_async call that cancels one then waits
+    for its thread, which sees the CancelledError, instead of abandoning it)."""
+    try:
+        return True, await awaitable
+    except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+        return False, exc
+
+
+# How often (seconds) a thread waiting in _Home.run() checks that the loop is not closed.
+_CLOSED_POLL = 1.0
+
+
+# --------------------------------------------------------------------------
+# The loop that owns a worker thread's call
+# --------------------------------------------------------------------------
+#
+# greenhub.await_() with no loop running in the thread (greenhub/_thread_loop.py run_sync)
+# asks _owner_home() whether some running loop owns what this thread is doing; if one
+# does, the awaitable runs as a task of that loop and only this thread waits (_Home.run),
+# as asgiref's async_to_sync does from its sync_to_async threads.  The owner is known
+# without contextvars (executors need not copy them, and run_in_executor() does not):
+#
+# - a greenhub.Loop marks every call it submits to an executor (run_in_executor(), so
+#   also asyncio.to_thread(), getaddrinfo, asgiref's and Django's sync_to_async): the
+#   call runs under _owned_call(), which sets this thread's `home` for its duration;
+# - anyio's worker threads (anyio.to_thread.run_sync, Starlette's run_in_threadpool,
+#   FastAPI's `def` endpoints and dependencies) record their loop in anyio's thread
+#   locals for the thread's whole life, as the token anyio.from_thread.run() uses;
+# - an asyncio Future or Task knows its loop: awaited from any thread, it is waited for
+#   on that loop, if it runs.
+#
+# A loop running in this very thread never owns the call here: there get_running_loop()
+# is set, and await_() never reaches _run_sync (a loop callback that calls it gets
+# today's error, a task waits as a virtual thread), so the owner cannot be the loop the
+# waiting thread blocks.
+
+
+def _owned_call(home: "_Home", func: Callable[[Unpack[_Ts]], _T], /, *args: Unpack[_Ts]) -> _T:
+    """What greenhub.Loop.run_in_executor() submits: ``func(*args)``, during which
+    greenhub.await_() in this thread runs on home.loop."""
+    local = _thread_loop.local
+    outer = getattr(local, "home", None)
+    local.home = home
+    try:
+        return func(*args)
+    finally:
+        local.home = outer
+
+
+def _cancel_owned(home: "_Home", fut: "asyncio.Future[Any]") -> None:
+    """run_in_executor()'s future is done: if it was cancelled, so is what the thread
+    waits for on the loop (as _hop() does for sync_to_async, and asgiref): the call
+    itself cannot be stopped, but its await_() then raises CancelledError."""
+    if fut.cancelled():
+        home.cancel_tasks()
+
+
+def _anyio_loop() -> asyncio.AbstractEventLoop | None:
+    """The asyncio loop of the anyio worker thread this is, or None."""
+    mod = sys.modules.get("anyio._core._eventloop")
+    if mod is None:
+        return None
+    token = getattr(getattr(mod, "threadlocals", None), "current_token", None)
+    loop = getattr(token, "native_token", None)  # a trio token on anyio's trio backend
+    return loop if isinstance(loop, asyncio.AbstractEventLoop) else None
+
+
+def _asgiref_task_context() -> list[Any] | None:
+    """In a thread asgiref's SyncToAsync runs: the list of tasks that cancelling its
+    call cancels (its async_to_sync tasks put themselves there), else None."""
+    mod = sys.modules.get("asgiref.sync")
+    local = getattr(getattr(mod, "SyncToAsync", None), "threadlocal", None)
+    tasks = getattr(local, "task_context", None)
+    return tasks if isinstance(tasks, list) else None
+
+
+def _runs_elsewhere(loop: asyncio.AbstractEventLoop) -> bool:
+    return (
+        loop.is_running()
+        and not loop.is_closed()
+        and getattr(loop, "_thread_id", None) != threading.get_ident()
+    )
+
+
+def _owner_home(awaitable: object, own_loop: object) -> "_Home | None":
+    """The _Home that greenhub.await_(awaitable) in this thread, with no loop running
+    here, waits through; None: run it on this thread's own loop (`own_loop`, or None
+    if the thread has none yet), as before."""
+    get_loop = getattr(awaitable, "get_loop", None) if asyncio.isfuture(awaitable) else None
+    if get_loop is not None:  # (a future-like without get_loop(): nothing to go by)
+        target = get_loop()
+        if target is not own_loop and isinstance(target, asyncio.AbstractEventLoop):
+            if _runs_elsewhere(target):
+                return _Home(target)
+            if isinstance(awaitable, asyncio.Future):  # not some other future-like
+                # ValueError, as asyncio's run_until_complete() of another loop's
+                # future, but saying which loop and what to do.
+                raise ValueError(
+                    f"greenhub.await_() cannot wait on {awaitable!r} in this thread: it "
+                    f"belongs to {target!r}, which is not running; await it in that "
+                    f"loop's code, or run that loop"
+                )
+    home: _Home | None = getattr(_thread_loop.local, "home", None)
+    if home is not None and _runs_elsewhere(home.loop):
+        return home
+    loop = _anyio_loop()
+    if loop is not None and _runs_elsewhere(loop):
+        return _Home(loop)
+    return None
+
+
+def _mark_executor_call(
+    loop: Loop, func: Callable[..., Any]
+) -> tuple[Callable[..., Any], Callable[[asyncio.Future[Any]], None]] | None:
+    """greenhub.Loop.run_in_executor()'s hook: the call to submit instead of `func`
+    (``func(*args)`` during which greenhub.await_() in the worker thread runs on `loop`)
+    and the done callback of its future, or None to submit `func` as it is."""
+    if func is _in_thread:  # greenhub.sync_to_async's call: marked already
+        return None
+    home = _Home(loop)
+    return functools.partial(_owned_call, home, func), functools.partial(_cancel_owned, home)
+
+
+_thread_loop.owner_home = _owner_home
+Loop._mark_executor_call = staticmethod(_mark_executor_call)
 
 # --------------------------------------------------------------------------
 # async_to_sync

@@ -312,7 +312,7 @@ def _install_hooks(
 ) -> None: ...
 def _install_tool_hooks(
     *,
-    watchdog: Callable[..., None] = ...,
+    watchdog: Callable[..., object] = ...,  # returns the episode's end callback, or None
     log_switch: Callable[[object], None] = ...,
     deferred_wait: Callable[[object], object] = ...,
 ) -> None: ...

@@ -27,8 +27,9 @@ import threading
 import weakref
 from asyncio import base_events, sslproto
 from asyncio.log import logger
-from collections.abc import Iterator
-from typing import Any, NoReturn
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor
+from typing import Any, NoReturn, TypeVar, TypeVarTuple, Unpack
 
 from . import _core, _dump, _task, _transport
 from ._children import ChildrenMixin
@@ -45,6 +46,9 @@ from ._private import (
 from ._resolve import ResolveMixin
 
 __all__ = ["Loop"]
+
+_T = TypeVar("_T")
+_Ts = TypeVarTuple("_Ts")
 
 
 class _Unused:
@@ -341,6 +345,42 @@ class Loop(_core.Loop, ChildrenMixin, ResolveMixin, _UnixSelectorEventLoop):
     # (src/task_step.c) and makes the Task (greenhub._task.Task, whose get_coro()
     # looks through the wrapper), or defers to BaseEventLoop.create_task() for
     # task factories (src/task_create.c).
+
+    # -- executor ---------------------------------------------------------
+
+    # greenhub._colours sets this (it is a layer up): mark(loop, func) -> (call, done)
+    # or None; see run_in_executor().
+    _mark_executor_call: (
+        Callable[
+            ["Loop", Callable[..., Any]],
+            tuple[Callable[..., Any], Callable[["asyncio.Future[Any]"], None]] | None,
+        ]
+        | None
+    ) = None
+
+    def run_in_executor(
+        self,
+        executor: Executor | None,
+        func: Callable[[Unpack[_Ts]], _T],
+        *args: Unpack[_Ts],
+    ) -> "asyncio.Future[_T]":
+        """asyncio's run_in_executor(), with the call marked as this loop's:
+        greenhub.await_() in the worker thread, during the call, runs its
+        awaitable as a task of this loop and blocks only that thread (as
+        asgiref's async_to_sync does), so sync code in asyncio.to_thread() or
+        an executor can use this loop's objects.  Cancelling the returned
+        future cancels what the thread waits for in await_()."""
+        mark = self._mark_executor_call
+        marked = mark(self, func) if mark is not None else None
+        if marked is None:
+            return super().run_in_executor(executor, func, *args)
+        if self._debug:  # the stock checks, on `func` itself rather than the wrapper
+            self._check_closed()
+            self._check_callback(func, "run_in_executor")
+        call, done = marked
+        fut = super().run_in_executor(executor, call, *args)  # type: ignore[arg-type]  # (call(*args) is func(*args))
+        fut.add_done_callback(done)
+        return fut
 
     # -- closing ----------------------------------------------------------
 

@@ -800,6 +800,11 @@ NAMES: tuple[PrivateName, ...] = (
         "greenhub's ASGI handler sets it as Django's does",
     ),
     PrivateName(
+        "anyio._core._eventloop", "threadlocals", VALUE, "3.11+", "_colours.py",
+        "its `current_token.native_token` is the loop of an anyio worker thread (what "
+        "anyio.from_thread.run() goes back to): greenhub.await_() there runs on it",
+    ),
+    PrivateName(
         "asgiref.sync.SyncToAsync", "_thread_sensitive", ATTRIBUTE, "3.11+",
         "contrib/django/__init__.py",
         "whether the call asked for the caller's thread: in a virtual thread that is "

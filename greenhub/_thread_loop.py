@@ -16,7 +16,7 @@ import asyncio
 import atexit
 import contextvars
 import threading
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
 
 from . import _core
@@ -85,17 +85,32 @@ def thread_loop() -> Loop:
     return holder.loop
 
 
+def _existing_thread_loop() -> Loop | None:
+    holder: _ThreadLoop | None = getattr(local, "holder", None)
+    return holder.loop if holder is not None else None
+
+
+# greenhub._colours installs this (it is a layer up): owner_home(awaitable, own_loop)
+# is the _Home of the running loop that owns what this thread does, or None.
+owner_home: Callable[[object, Loop | None], _Home | None] | None = None
+
+
 def run_sync(awaitable: Awaitable[_T], context: contextvars.Context | None = None) -> _T:
     """await_() with no running loop: run `awaitable` to completion on this
     thread's greenhub loop.  Ctrl-C (or any exception out of the loop)
     cancels it and waits for it to finish before re-raising, as asyncio.run
     does for its main task.
 
-    In a thread that greenhub.sync_to_async() started for a caller on another
-    loop (greenhub/_colours.py), the awaitable runs on that caller's loop
-    instead, as asgiref's async_to_sync does.  `context`: the Context to run
-    it in (default: a copy of the current one)."""
-    home: _Home | None = getattr(local, "home", None)
+    In a thread whose call a running loop owns - greenhub.sync_to_async()'s
+    threads, a greenhub loop's executor calls (run_in_executor, to_thread),
+    anyio's worker threads - or for a Future of a loop running in another
+    thread, the awaitable runs on that loop instead and only this thread
+    waits, as asgiref's async_to_sync does (greenhub/_colours.py).
+    `context`: the Context to run it in (default: a copy of the current one)."""
+    # Not `holder` as a local here: a traceback that outlives the thread (an exception
+    # kept by the caller) would keep it, and its __del__ would then close the loop from
+    # another thread, where the loop's worker greenlets cannot be ended.
+    home = owner_home(awaitable, _existing_thread_loop()) if owner_home is not None else None
     if home is not None:
         return home.run(awaitable, context)
     loop = thread_loop()

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import inspect
 import sys
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
 from . import _core
+from ._private import _get_running_loop
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -52,6 +54,21 @@ async def _call_sync(fn: Callable[..., _T], args: tuple[Any, ...], kwargs: dict[
     return fn(*args, **kwargs)
 
 
+_CORO_FN_HINT = (
+    "hint: that is a coroutine function; {where}() runs a coroutine - call it: "
+    "{where}(main()) - or a synchronous function"
+)
+
+
+def _is_coroutine_function(fn: object) -> bool:
+    return inspect.iscoroutinefunction(fn) or (
+        callable(fn)
+        and not inspect.isfunction(fn)
+        and not inspect.ismethod(fn)
+        and inspect.iscoroutinefunction(getattr(fn, "__call__", None))  # noqa: B004
+    )
+
+
 def spawn(fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> asyncio.Task[_T]:
     """Run the synchronous function ``fn(*args, **kwargs)`` as a virtual
     thread: an asyncio Task on the running greenhub loop whose result is what
@@ -59,7 +76,22 @@ def spawn(fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> async
     suspends only this task."""
     if not callable(fn):
         raise TypeError(f"greenhub.spawn() needs a callable, got {fn!r}")
-    loop = asyncio.get_running_loop()
+    if _is_coroutine_function(fn):
+        # asyncio.run()'s error for the same slip (the function's call would return a
+        # coroutine that is never awaited), and what to use instead.
+        exc = ValueError(f"a coroutine was expected, got {fn!r}")
+        exc.add_note(
+            "hint: that is a coroutine function; greenhub.spawn() runs a synchronous "
+            "function as a virtual thread - for a coroutine use asyncio.create_task(fn(...))"
+        )
+        raise exc
+    loop = _get_running_loop()
+    if loop is None:
+        raise RuntimeError(
+            "greenhub.spawn() needs a running greenhub loop in this thread, and none is "
+            "running: call it from code that greenhub.run() runs (a task or a virtual "
+            "thread), or start one with greenhub.run(fn)"
+        )
     if not isinstance(loop, _core.Loop):
         raise RuntimeError(
             f"greenhub.spawn() needs a running greenhub loop, but this thread runs "

@@ -8,6 +8,12 @@ thread, which turns the frames into a ``traceback.StackSummary`` and queues
 ``_deliver`` on the loop with ``call_soon_threadsafe()``.  So the report runs on
 the loop thread, through the loop's exception handler (or the handler given
 to ``set_watchdog()``), as soon as the blocking code gives control back.
+
+``_report`` returns an ``_Episode``, which the watchdog thread calls with the
+time the episode ended once it sees the loop move on: the report's
+``blocked_for`` is that end minus the start, not the time until delivery
+(several blocking callbacks back to back deliver their reports together,
+after the last one).
 """
 
 import asyncio
@@ -34,6 +40,20 @@ class Stack(traceback.StackSummary):
         return "(most recent call last):\n" + "".join(self.format()).rstrip()
 
 
+class _Episode:
+    """One reported blocking episode; called (on the watchdog thread) with the
+    monotonic time it ended, when the watchdog sees that."""
+
+    __slots__ = ("end",)
+
+    def __init__(self) -> None:
+        self.end: float | None = None
+
+    def __call__(self, end: float) -> None:
+        if self.end is None:
+            self.end = end
+
+
 def _report(
     loop: asyncio.AbstractEventLoop,
     task: asyncio.Task[Any] | None,
@@ -42,17 +62,21 @@ def _report(
     since: float,
     threshold: float,
     handler: _Handler | None,
-) -> None:
+) -> _Episode | None:
     """On the watchdog thread, with the GIL: `frames` is [(frame, lineno), ...]
     innermost first, or None when the episode ended before the stack could be
     read (the blocking code held the GIL until it returned)."""
     stack = None
     if frames is not None:
         stack = Stack.extract(reversed(frames), limit=None)
+    episode = _Episode()
     try:
-        loop.call_soon_threadsafe(_deliver, loop, task, handle, stack, since, threshold, handler)
+        loop.call_soon_threadsafe(
+            _deliver, loop, task, handle, stack, since, threshold, handler, episode
+        )
     except RuntimeError:
-        pass  # the loop was closed meanwhile: nobody to tell
+        return None  # the loop was closed meanwhile: nobody to tell
+    return episode
 
 
 def _deliver(
@@ -63,9 +87,13 @@ def _deliver(
     since: float,
     threshold: float,
     handler: _Handler | None,
+    episode: _Episode,
 ) -> None:
     """On the loop thread, once the blocking callback has returned."""
-    blocked_for = loop.time() - since
+    # The end the watchdog saw, or - when it has not looked since - now: the
+    # episode has just ended (this runs as soon as the loop is free again).
+    end = episode.end if episode.end is not None else loop.time()
+    blocked_for = max(end - since, 0.0)
     if task is not None:
         what = f"Task {task.get_name()!r}"
     elif handle is not None:

@@ -70,6 +70,43 @@ bad_await_result(PyObject *awaitable, PyObject *it, int coroutine)
 #endif
 }
 
+/* The note added to await_()'s TypeError when it was given a coroutine
+ * function rather than what calling it returns (the commonest slip).
+ * Errors while looking are dropped: the TypeError is what counts. */
+static void
+hint_coroutine_function(PyObject *exc, PyObject *obj)
+{
+    PyObject *inspect = PyImport_ImportModule("inspect");
+    PyObject *is = inspect ? PyObject_CallMethod(inspect, "iscoroutinefunction", "O", obj) : NULL;
+    Py_XDECREF(inspect);
+    if (is == Py_True) {
+        PyObject *res = PyObject_CallMethod(exc, "add_note", "s",
+                                            "hint: that is a coroutine function; pass the "
+                                            "coroutine that calling it returns: "
+                                            "greenhub.await_(fn(...))");
+        Py_XDECREF(res);
+    }
+    Py_XDECREF(is);
+    PyErr_Clear();
+}
+
+/* 1 when `await obj` refuses obj without calling anything of it (no
+ * __await__, not a coroutine): await_() then raises at once, the same
+ * TypeError wherever it is called.  0 if not, -1 with an exception. */
+static int
+not_awaitable(PyObject *obj)
+{
+    if (PyCoro_CheckExact(obj)) {
+        return 0;
+    }
+    PyAsyncMethods *am = Py_TYPE(obj)->tp_as_async;
+    if (am != NULL && am->am_await != NULL) {
+        return 0;
+    }
+    int iterable = is_iterable_coroutine(obj);
+    return iterable < 0 ? -1 : !iterable;
+}
+
 /* Raises the TypeError `await awaitable` raises, for an object in which
  * await_iterator() found nothing `await` would drive.  The interpreter's
  * wording changes between versions ("object int can't be used in 'await'
@@ -89,6 +126,7 @@ refuse_as_await_does(gh_state *st, PyObject *awaitable)
     if (PyIter_Send(coro, Py_None, &res) == PYGEN_ERROR) {
         PyObject *exc = gh_err_get_raised();
         PyException_SetTraceback(exc, Py_None);
+        hint_coroutine_function(exc, awaitable);
         gh_err_set_raised(exc);
         Py_DECREF(coro);
         return NULL;
@@ -350,6 +388,12 @@ closing_step(gh_state *st)
 PyObject *
 gh_await(gh_state *st, PyObject *awaitable)
 {
+    /* What `await` refuses outright is refused first, with the same message
+     * in a task, with no loop, in a worker thread or a callback. */
+    int refused = not_awaitable(awaitable);
+    if (refused != 0) {
+        return refused < 0 ? NULL : refuse_as_await_does(st, awaitable);
+    }
     PyObject *loop_obj = PyObject_CallNoArgs(st->get_running_loop);
     if (loop_obj == NULL) {
         return NULL;

@@ -32,7 +32,13 @@
  *      loop thread, as soon as the blocked callback gives control back.
  *
  * It reports once per episode.  Durations come from sampling: the episode's
- * start is known to within threshold/4.
+ * start and end are each known to within threshold/4.  The end is the first
+ * sample that sees `ticks` move again: the watchdog then takes the GIL once
+ * more and calls what the hook returned with that time (`pending`), so a
+ * report says how long its callback blocked - not how long until the report
+ * was delivered, which is later when blocking callbacks come back to back.
+ * The report is delivered without waiting for that: if its end is not known
+ * yet, the episode has just ended and the delivery time stands in for it.
  *
  * Lifetime and safety.  The loop thread is inside _run() for as long as the
  * watchdog thread exists (gh_watchdog_run_end() joins it before _run()
@@ -68,7 +74,9 @@ typedef struct gh_watchdog {
     pid_t pid; /* the process that started the thread */
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    _Atomic(int) stop;               /* set by the loop side; read with or without the GIL */
+    _Atomic(int) stop; /* set by the loop side; read with or without the GIL */
+    PyObject *pending; /* owned, only touched with the GIL: what the hook returned for the
+                        * reported episode whose end is not known yet, or NULL */
     struct gh_watchdog *prev, *next; /* borrowed: the module state's list */
 } gh_watchdog;
 
@@ -113,6 +121,26 @@ tstate_alive(PyInterpreterState *interp, PyThreadState *ts)
     return 0;
 }
 
+/* With the GIL: a reported episode ended at `end` (gh_monotonic() time):
+ * tells what the hook returned for it, and lets go of it. */
+static void
+finish_pending(gh_watchdog *wd, double end)
+{
+    PyObject *pending = wd->pending;
+    if (pending == NULL) {
+        return;
+    }
+    wd->pending = NULL;
+    PyObject *when = PyFloat_FromDouble(end);
+    PyObject *res = when != NULL ? PyObject_CallOneArg(pending, when) : NULL;
+    if (res == NULL) {
+        PyErr_WriteUnraisable(pending);
+    }
+    Py_XDECREF(res);
+    Py_XDECREF(when);
+    Py_DECREF(pending);
+}
+
 /* With the GIL: builds what the Python hook reports.  `seen` is the tick
  * count the episode is at, `since` when it was first seen. */
 static void
@@ -152,6 +180,15 @@ report_with_gil(gh_watchdog *wd, unsigned long seen, double since)
         res = PyObject_CallFunctionObjArgs(st->hook_watchdog, (PyObject *)loop, task, handle, stack,
                                            since_obj, threshold, handler, NULL);
     }
+    if (res != NULL && res != Py_None) {
+        /* Told the episode's end by episode_ended() or watchdog_stop(). */
+        Py_XSETREF(wd->pending, Py_NewRef(res));
+        if (atomic_load(&wd->stop)) {
+            /* The hook's own code stopped this watchdog (watchdog_stop() ran on
+             * this thread): nobody is left to see the end. */
+            finish_pending(wd, gh_monotonic());
+        }
+    }
     Py_XDECREF(since_obj);
     Py_XDECREF(threshold);
 error:
@@ -179,6 +216,22 @@ report(gh_watchdog *wd, unsigned long seen, double since)
     PyThreadState_DeleteCurrent(); /* and releases the GIL */
 }
 
+/* Without the GIL: the episode reported last ended at `end`. */
+static void
+episode_ended(gh_watchdog *wd, double end)
+{
+    PyThreadState *ts = PyThreadState_New(wd->interp);
+    if (ts == NULL) {
+        return; /* out of memory: watchdog_stop() tells it */
+    }
+    PyEval_RestoreThread(ts);
+    if (!atomic_load(&wd->stop)) {
+        finish_pending(wd, end);
+    }
+    PyThreadState_Clear(ts);
+    PyThreadState_DeleteCurrent(); /* and releases the GIL */
+}
+
 static void *
 watchdog_main(void *arg)
 {
@@ -201,6 +254,11 @@ watchdog_main(void *arg)
         double now = gh_monotonic();
         unsigned long ticks = atomic_load_explicit(&loop->watch.ticks, memory_order_relaxed);
         if (ticks != seen || atomic_load_explicit(&loop->watch.polling, memory_order_relaxed)) {
+            if (reported) {
+                pthread_mutex_unlock(&wd->mu); /* never wait for the GIL holding it */
+                episode_ended(wd, now);
+                pthread_mutex_lock(&wd->mu);
+            }
             seen = ticks;
             since = now;
             reported = 0;
@@ -293,6 +351,7 @@ watchdog_stop(gh_Loop *loop)
     if (wd->pid != getpid()) {
         /* A forked child: the thread does not exist here, and its mutex may
          * have been copied locked.  Forget it (a small leak, once). */
+        Py_CLEAR(wd->pending);
         return;
     }
     if (pthread_equal(pthread_self(), wd->thread)) {
@@ -301,6 +360,7 @@ watchdog_stop(gh_Loop *loop)
          * next wakeup; its memory is left behind. */
         atomic_store(&wd->stop, 1);
         pthread_detach(wd->thread);
+        finish_pending(wd, gh_monotonic());
         return;
     }
     pthread_mutex_lock(&wd->mu);
@@ -310,6 +370,7 @@ watchdog_stop(gh_Loop *loop)
     PyThreadState *save = PyEval_SaveThread();
     pthread_join(wd->thread, NULL);
     PyEval_RestoreThread(save);
+    finish_pending(wd, gh_monotonic()); /* an episode whose end it did not see */
     pthread_mutex_destroy(&wd->mu);
     pthread_cond_destroy(&wd->cv);
     PyMem_RawFree(wd);

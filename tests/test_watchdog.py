@@ -146,6 +146,32 @@ def test_one_report_per_episode(gloop):
     assert len(reports) == 2
 
 
+def test_back_to_back_episodes_each_report_their_own_duration(gloop):
+    # Three tasks that each block for 0.3 s, one after the other in one iteration: the
+    # three reports are delivered together after the last, and each says how long its
+    # own task blocked (before: the time until delivery, 0.9, 0.6 and 0.3 s).
+    reports = reports_of(gloop)
+
+    async def blocker():
+        sleeps_in_sync_code(0.3)
+
+    async def main():
+        start = time.monotonic()
+        await asyncio.gather(blocker(), blocker(), blocker())
+        elapsed = time.monotonic() - start
+        await asyncio.sleep(0)
+        return elapsed
+
+    elapsed = gloop.run_until_complete(main())
+    durations = [ctx["blocked_for"] for _, ctx in reports]
+    assert len(durations) == 3, durations
+    # Each within a sample (threshold/4) of the others, and together no more than the
+    # time all three took: relations, not thresholds.
+    assert max(durations) < 1.5 * min(durations), durations
+    assert sum(durations) < 1.1 * elapsed, (durations, elapsed)
+    assert all(f"for {ctx['blocked_for']:.3f} seconds" in ctx["message"] for _, ctx in reports)
+
+
 def test_task_that_yields_often_is_never_reported(gloop):
     reports = []
     gloop.set_watchdog(0.2, handler=lambda lp, ctx: reports.append(ctx))
