@@ -16,10 +16,11 @@ import asyncio
 import atexit
 import contextvars
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
 
-from . import _core
+from . import _core, _timeout
 from ._loop import Loop
 
 if TYPE_CHECKING:
@@ -111,8 +112,23 @@ def run_sync(awaitable: Awaitable[_T], context: contextvars.Context | None = Non
     # kept by the caller) would keep it, and its __del__ would then close the loop from
     # another thread, where the loop's worker greenlets cannot be ended.
     home = owner_home(awaitable, _existing_thread_loop()) if owner_home is not None else None
-    if home is not None:
-        return home.run(awaitable, context)
+    # Inside a greenhub.timeout() block of this thread, the wait ends at its deadline.
+    block = _timeout.innermost()
+    if block is not None:
+        left = block.when() - time.monotonic()  # type: ignore[operator]  # (a deadline)
+        if left <= 0:
+            raise _timeout.expire(block)
+        awaitable = _within(awaitable, left)
+    try:
+        if home is not None:
+            return home.run(awaitable, context)
+        return _run_here(awaitable, context)
+    except _DeadlinePassed:
+        assert block is not None
+        raise _timeout.expire(block) from None
+
+
+def _run_here(awaitable: Awaitable[_T], context: contextvars.Context | None) -> _T:
     loop = thread_loop()
     if context is None:
         task = asyncio.ensure_future(awaitable, loop=loop)
@@ -128,6 +144,22 @@ def run_sync(awaitable: Awaitable[_T], context: contextvars.Context | None = Non
             except BaseException:
                 pass
         raise
+
+
+class _DeadlinePassed(Exception):
+    """The deadline of the waiting thread's greenhub.timeout() block passed (raised on
+    the loop, turned into that block's interruption in the thread)."""
+
+
+async def _within(awaitable: Awaitable[_T], delay: float) -> _T:
+    timeout = asyncio.timeout(delay)
+    try:
+        async with timeout:
+            return await awaitable
+    except TimeoutError:
+        if timeout.expired():
+            raise _DeadlinePassed from None
+        raise  # the awaitable's own
 
 
 async def _awaited(awaitable: Awaitable[_T]) -> _T:

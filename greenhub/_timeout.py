@@ -20,9 +20,10 @@ Two mechanisms, chosen when the block is entered:
   :func:`os_acquire`): they wait no longer than the earliest deadline and, when it cuts
   a wait short, raise :class:`TimeoutInterrupt` (a ``BaseException``, the stand-in for
   the ``CancelledError`` of the first mechanism), which the block that owns the deadline
-  turns into ``TimeoutError``.  Anything else - ``time.sleep()``, a green socket or a
-  plain socket, C code, ``greenhub.await_()`` running this thread's loop - runs to its
-  end; the block then exits normally, as ``asyncio.timeout()`` does when nothing awaited.
+  turns into ``TimeoutError``.  ``greenhub.await_()`` honours it too (on this thread's
+  own loop, or on the loop that owns a worker thread's call).  Anything else -
+  ``time.sleep()``, a green socket or a plain socket, C code - runs to its end; the
+  block then exits normally, as ``asyncio.timeout()`` does when nothing awaited.
 
 Entered in async code - written directly in a coroutine (on greenhub a task's coroutine
 could be interrupted, but not on another loop), or anywhere in a thread that runs an
@@ -264,6 +265,17 @@ def timeout_at(when: float | None) -> Timeout:
 
 # --------------------------------------------------------------------------
 # the OS-thread mechanism: what greenhub.sync's blocking calls use
+
+
+def innermost() -> Timeout | None:
+    """The active greenhub.timeout() block of this OS thread with the earliest
+    deadline, if any (what greenhub.await_() with no loop running honours)."""
+    return _limit()
+
+
+def expire(block: Timeout) -> TimeoutInterrupt:
+    """Mark `block`'s deadline as passed: the interruption to raise out of the wait."""
+    return _expire(block)
 
 
 def _limit() -> Timeout | None:

@@ -742,3 +742,43 @@ def test_os_thread_condition_wait_holds_the_lock_again_when_interrupted_twice():
             helper.join()
 
     assert in_thread(body) == (True, True)
+
+
+def test_os_thread_await_without_a_loop_honours_the_deadline():
+    # greenhub.await_() with no loop running runs the thread's own loop: the block's
+    # deadline ends that wait too (before, it ran to its end).
+    def body():
+        out = []
+        with pytest.raises(TimeoutError) as info:
+            with greenhub.timeout(SHORT) as t:
+                greenhub.await_(asyncio.sleep(3600))
+        out += [t.expired(), type(info.value.__cause__).__name__]
+
+        async def own():
+            raise TimeoutError("mine")
+
+        with greenhub.timeout(3600) as t2:  # the awaitable's own TimeoutError is not it
+            with pytest.raises(TimeoutError, match="mine"):
+                greenhub.await_(own())
+        out.append(t2.expired())
+        with greenhub.timeout(3600):
+            out.append(greenhub.await_(asyncio.sleep(0, "done")))
+        return out
+
+    assert in_thread(body) == [True, "TimeoutInterrupt", False, "done"]
+
+
+def test_await_in_a_worker_thread_of_a_running_loop_honours_the_deadline(gloop):
+    # In asyncio.to_thread()'s thread greenhub.await_() runs on the loop that owns the
+    # call: the block's deadline ends that wait, and nothing is left on the loop.
+    def body():
+        with greenhub.timeout(SHORT):
+            greenhub.await_(asyncio.sleep(3600))
+
+    async def main():
+        with pytest.raises(TimeoutError):
+            await asyncio.to_thread(body)
+        await asyncio.sleep(0)
+        return [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+
+    assert gloop.run_until_complete(main()) == []
