@@ -3,7 +3,7 @@ PY ?= python3
 PIP = $(PY) -m pip
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: help deps build debug asan demo test test-unit test-compat test-pg test-upstream fuzz bench soak lint format clean
+.PHONY: help deps build debug asan demo docs test test-unit test-compat test-pg test-upstream fuzz bench soak lint format clean
 .PHONY: deps-build wheel test-installed typecheck
 
 help:
@@ -28,6 +28,7 @@ help:
 	@echo "                 threads; server RSS and counters (SOAK_ARGS=--quick: about 1 minute)"
 	@echo "make lint        ruff + clang-format checks, the Python import graph and src/'s include"
 	@echo "                 graph against docs/design.md's layers;  make format  applies the formatters"
+	@echo "make docs        the docs site (mkdocs, warnings are errors) into site/"
 	@echo "make typecheck   mypy --strict: the package, examples/typed_usage.py; stubtest of _core"
 	@echo "make wheel       dist/: the sdist and a wheel built from it that carries its own libev"
 	@echo "make test-installed  that wheel in a fresh virtualenv: the pytest suite against it"
@@ -152,6 +153,12 @@ test-installed: deps-build
 # which tests/test_typed_usage.py runs), with pyproject.toml's [tool.mypy] settings; then
 # stubtest: greenhub/_core.pyi against the C extension built for $(PY) (no allowlist).
 # mypy and greenlet's stubs are the [typecheck] extra.
+# The docs site (mkdocs.yml; strict: any warning fails) into site/.  The generated
+# reference (docs/reference.md) reads the package's docstrings and stubs.
+docs:
+	@$(PY) .ci/deps docs
+	$(PY) -m mkdocs build --strict
+
 typecheck: deps build
 	@$(PY) .ci/deps typecheck
 	$(PY) -m mypy -p greenhub
