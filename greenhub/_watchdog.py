@@ -54,6 +54,21 @@ class _Episode:
             self.end = end
 
 
+# The file name of the code every worker greenlet runs its task under
+# (greenhub._vthread._WORKER_BASE); that frame and the ones outside it are greenhub's.
+_WORKER_BASE_FILE = "<greenhub virtual thread>"
+
+
+def _task_frames(frames: list[tuple[FrameType, int]]) -> list[tuple[FrameType, int]]:
+    """`frames` (innermost first) up to the task's own outermost frame: a virtual
+    thread's stack ends in the worker greenlet's base frames, which are not the user's
+    (greenhub.dump_tasks() leaves them out too)."""
+    for i, (frame, _) in enumerate(frames):
+        if frame.f_code.co_filename == _WORKER_BASE_FILE:
+            return frames[:i]
+    return frames
+
+
 def _report(
     loop: asyncio.AbstractEventLoop,
     task: asyncio.Task[Any] | None,
@@ -68,7 +83,7 @@ def _report(
     read (the blocking code held the GIL until it returned)."""
     stack = None
     if frames is not None:
-        stack = Stack.extract(reversed(frames), limit=None)
+        stack = Stack.extract(reversed(_task_frames(frames)), limit=None)
     episode = _Episode()
     try:
         loop.call_soon_threadsafe(

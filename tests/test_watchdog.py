@@ -64,8 +64,9 @@ def test_blocking_task_is_reported_with_its_stack(gloop):
     assert 0.25 <= ctx["blocked_for"] < 5
     assert ctx["threshold"] == 0.05
     names = [f.name for f in ctx["stack"]]
-    # Outermost first, as a traceback: the coroutine, then the function, then the sleep.
-    assert names[-2:] == ["blocker", "sleeps_in_sync_code"], names
+    # Outermost first, as a traceback: the coroutine, then the function, then the sleep;
+    # nothing of greenhub's below the coroutine (the worker greenlet's base frames).
+    assert names == ["blocker", "sleeps_in_sync_code"], names
     assert "time.sleep(seconds)" in repr(ctx["stack"])
 
 
@@ -459,3 +460,10 @@ def test_set_watchdog_from_another_thread_while_running(gloop):
     reports.clear()
     gloop.run_until_complete(main(3, 0.15))
     assert len(reports) == 3
+
+
+def test_worker_base_file_name_matches_the_worker_code():
+    # _watchdog recognises the worker greenlet's base frames by their file name.
+    from greenhub import _vthread, _watchdog
+
+    assert _watchdog._WORKER_BASE_FILE == _vthread._WORKER_BASE.co_filename
