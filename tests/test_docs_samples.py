@@ -152,6 +152,9 @@ def _parse(directive):
     return opts
 
 
+FILES = []  # every `file` sample (with its page), for test_docs_files_compile
+
+
 def samples_of(path):
     text = path.read_text()
     page = str(path.relative_to(ROOT))
@@ -200,6 +203,7 @@ def samples_of(path):
         )
         if sample.file:
             files.append(sample)
+            FILES.append(sample)
             continue
         if sample.server:
             servers.append(sample)
@@ -230,6 +234,13 @@ def _matches(expected, actual):
             parts = [re.escape(p) for p in line.rstrip().split("...")]
             pattern.append("[^\n]*".join(parts) + r"[ \t]*\n")
     return re.fullmatch("".join(pattern), actual.rstrip("\n") + "\n") is not None
+
+
+@pytest.mark.parametrize("sample", [f for f in FILES if f.file.endswith(".py")], ids=lambda s: s.id)
+def test_docs_files_compile(sample):
+    # A sample project's file is imported by the samples after it; one that nothing
+    # imports (a setup.py) is at least valid Python.
+    compile(sample.code, sample.file, "exec")
 
 
 def test_the_docs_have_samples():
