@@ -19,6 +19,7 @@ Needs matplotlib (in the [bench] extra).
 import argparse
 import json
 import os
+import shutil
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -102,26 +103,65 @@ def figure(name, doc, out_dir, plt):
     return paths
 
 
+def report_lines(results, charts, image_dir=""):
+    """The report in Markdown: per benchmark, the command, the chart, the table."""
+    lines = []
+    for name, doc in results.items():
+        lines += [f"## {name}: {WHAT[name]}", "", f"`{command(name, doc)}`", ""]
+        if name in charts:
+            lines += [f"![{name}]({image_dir}{name}.svg)", ""]
+        lines += ["```text", ratio_table({name: doc}).strip("\n"), "```", ""]
+    return lines
+
+
 def write_report(results, out_dir, charts):
     first = next(iter(results.values()))
     with open(os.path.join(out_dir, "machine.json"), "w") as f:
         json.dump({name: doc.get("machine", {}) for name, doc in results.items()}, f, indent=1)
     lines = ["# Benchmark results", "", f"Run: {machine_line(first)}", ""]
-    for name, doc in results.items():
-        lines += [f"## {name}: {WHAT[name]}", "", f"`{command(name, doc)}`", ""]
-        if name in charts:
-            lines += [f"![{name}]({name}.svg)", ""]
-        lines += ["```", ratio_table({name: doc}).strip("\n"), "```", ""]
+    lines += report_lines(results, charts)
     path = os.path.join(out_dir, "report.md")
     with open(path, "w") as f:
         f.write("\n".join(lines))
     return path
 
 
+DOCS_INTRO = """# Benchmarks
+
+greenhub beside the stock asyncio loop, uvloop and gevent (and, for awaiting from sync
+code, SQLAlchemy's greenlet bridge, greenback and asgiref), every number of a figure
+from one run of `make bench` on the project's 2-core machine. Each chart shows
+greenhub's value divided by each peer's, per row (log scale; the line at 1 is parity;
+below 1 greenhub is faster or smaller, except for requests per second). The command
+under each figure reproduces it; `benchmarks/README.md` says what each benchmark
+measures and how to read it, and `python -m greenhub bench` runs the quick profile on
+your machine.
+
+Run: {run}
+"""
+
+
+def write_docs_page(results, out_dir, charts, page):
+    """The docs site's page: the report, with the charts copied next to it (img/)."""
+    img = os.path.join(os.path.dirname(os.path.abspath(page)), "img")
+    os.makedirs(img, exist_ok=True)
+    for name in charts:
+        shutil.copyfile(os.path.join(out_dir, f"{name}.svg"), os.path.join(img, f"{name}.svg"))
+    first = next(iter(results.values()))
+    lines = [DOCS_INTRO.format(run=machine_line(first))]
+    lines += report_lines(results, charts, "img/")
+    with open(page, "w") as f:
+        f.write("\n".join(lines))
+    return page
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("results", help="the directory the benchmarks wrote their JSON into")
     ap.add_argument("--out", help="where to write the charts and report (default: results)")
+    ap.add_argument(
+        "--docs", metavar="PAGE", help="also write the docs site's page (charts in img/ beside it)"
+    )
     args = ap.parse_args(argv)
     results = load(args.results)
     if not results:
@@ -142,6 +182,8 @@ def main(argv=None):
             charts[name] = paths
             print("wrote " + ", ".join(paths))
     print("wrote " + write_report(results, out_dir, charts))
+    if args.docs:
+        print("wrote " + write_docs_page(results, out_dir, charts, args.docs))
     return 0
 
 
