@@ -127,16 +127,6 @@ gh_suspend_deferring(gh_state *st, gh_GreenCoro *w, PyObject *yielded, PyObject 
     return rc;
 }
 
-PyObject *
-gh_defer_await_error(void)
-{
-    return PyObject_CallFunction(
-        PyExc_RuntimeError, "s",
-        "an `await` inside a greenhub.defer_cancellation() block: the block defers the "
-        "cancellation of synchronous waits only (blocking calls, greenhub.await_()); "
-        "in async code use asyncio.shield()");
-}
-
 /* _defer_enter() -> token: opens a block in the current task, if any.  The
  * token is None outside a virtual thread (nothing to defer there), else the
  * task's GreenCoro. */

@@ -18,7 +18,15 @@ int gh_suspend_deferring(gh_state *st, gh_GreenCoro *w, PyObject *yielded, PyObj
 
 /* A new RuntimeError for a native `await` that yielded inside a block (the
  * worker throws it in at that await, as for no_switch), or NULL. */
-PyObject *gh_defer_await_error(void);
+static inline PyObject *
+gh_defer_await_error(void)
+{
+    return PyObject_CallFunction(
+        PyExc_RuntimeError, "s",
+        "an `await` inside a greenhub.defer_cancellation() block: the block defers the "
+        "cancellation of synchronous waits only (blocking calls, greenhub.await_()); "
+        "in async code use asyncio.shield()");
+}
 
 /* The module functions (module.c lists them). */
 PyObject *gh_defer_enter(PyObject *module, PyObject *ignored);

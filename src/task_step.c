@@ -1267,3 +1267,106 @@ PyType_Spec gh_greencoro_spec = {
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
     .slots = coro_slots,
 };
+
+/* --- switching out of a step ----------------------------------------------
+ *
+ * What every way of waiting in sync code ends in (await_() in bridge.c, the
+ * deferred waits of defer.c, the fd waits of fd_wait.c and green_sock.c, the
+ * C API): finding the step the caller runs in, and parking it.  Here, below
+ * those files, so that calls between them point one way. */
+
+int
+gh_switch_out(gh_GreenCoro *w, PyObject *yielded, PyObject **value, PyObject **exc)
+{
+    *value = *exc = NULL;
+    gh_state *st = ((gh_Loop *)w->loop)->st;
+    PyObject *here = gh_green_current();
+    if (here == NULL) {
+        Py_DECREF(yielded);
+        return -1;
+    }
+    w->out = yielded; /* the step's outcome owns it now */
+    w->out_status = PYGEN_NEXT;
+    gh_coro_park(w, here);
+    Py_DECREF(here);
+    w->step_over = 1;
+    PyObject *r = gh_green_switch(w->driver);
+    /* coro_step() resumes us after unparking the step, setting in_value /
+     * in_exc and becoming the step's driver (w->running).  Anything else is
+     * a switch or throw into a parked virtual thread that bypassed its
+     * greenlet's switch() - a child greenlet of ours finishing, say: it is
+     * passed on (gh_pass_on_resume), and the step stays parked until the
+     * Task resumes it. */
+    while (!w->running) {
+        int nobody;
+        r = gh_pass_on_resume(st, NULL, r, &nobody);
+        if (nobody) {
+            /* No greenlet to give control back to: the wait fails and
+             * the stack unwinds (greenlet.error from await_()). */
+            gh_coro_unpark(w);
+            return -1;
+        }
+    }
+    if (r == NULL) {
+        /* Thrown into while being resumed: deliver it as the outcome. */
+        *exc = gh_err_get_raised();
+        Py_CLEAR(w->in_value);
+        Py_CLEAR(w->in_exc);
+        return 0;
+    }
+    Py_DECREF(r);
+    *value = w->in_value;
+    *exc = w->in_exc;
+    w->in_value = w->in_exc = NULL;
+    if (*value == NULL && *exc == NULL) {
+        *value = Py_NewRef(Py_None);
+    }
+    return 0;
+}
+
+/* The loop's current step, if the caller runs inside it: on the step's
+ * greenlet (or one it switched to), not parked in await_() and not already
+ * switching back to the driver.  A greenlet.settrace() hook runs on the
+ * greenlet a switch goes to, with the step still current: on the loop's
+ * greenlet right after the step parked or ended, where a wait must not park
+ * the step a second time. */
+gh_GreenCoro *
+gh_step_here(gh_Loop *loop)
+{
+    gh_GreenCoro *w = loop->vt.current_step;
+    if (w == NULL || w->parked_in != NULL || w->step_over) {
+        return NULL;
+    }
+    return w;
+}
+
+gh_GreenCoro *
+gh_vthread_step(gh_state *st, gh_Loop **loop)
+{
+    *loop = NULL;
+    PyObject *loop_obj = PyObject_CallNoArgs(st->get_running_loop);
+    if (loop_obj == NULL) {
+        return NULL;
+    }
+    gh_Loop *l = gh_as_loop(st, loop_obj);
+    /* The running loop is referenced by the thread state while it runs. */
+    Py_DECREF(loop_obj);
+    if (l == NULL) {
+        return NULL;
+    }
+    *loop = l;
+    return gh_step_here(l);
+}
+
+int
+gh_in_vthread(gh_state *st)
+{
+    PyObject *loop_obj = PyObject_CallNoArgs(st->get_running_loop);
+    if (loop_obj == NULL) {
+        return -1;
+    }
+    gh_Loop *loop = gh_as_loop(st, loop_obj);
+    int r = loop != NULL && gh_step_here(loop) != NULL;
+    Py_DECREF(loop_obj);
+    return r;
+}

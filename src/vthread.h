@@ -96,7 +96,7 @@ int gh_bridge_init(gh_state *st);
 
 /* 1 if the caller runs inside a task step of a greenhub loop running in
  * this thread (where gh_await() suspends only that task), 0 if not, -1 with
- * an exception set on error. */
+ * an exception set on error.  task_step.c. */
 int gh_in_vthread(gh_state *st);
 
 /* Suspends the task step `w` (running on the current greenlet, inside
@@ -110,7 +110,7 @@ int gh_suspend(gh_GreenCoro *w, PyObject *yielded, PyObject **value, PyObject **
 
 /* gh_suspend() without its checks: the switch to the step's driver and back,
  * with the same contract.  For defer.c, which may suspend several times for
- * one wait.  bridge.c. */
+ * one wait.  task_step.c (below bridge.c and defer.c, which both call it). */
 int gh_switch_out(gh_GreenCoro *w, PyObject *yielded, PyObject **value, PyObject **exc);
 
 /* The task step running now on this thread's running greenhub loop
@@ -119,6 +119,11 @@ int gh_switch_out(gh_GreenCoro *w, PyObject *yielded, PyObject **value, PyObject
  * PyErr_Occurred(). */
 struct gh_Loop_s;
 gh_GreenCoro *gh_vthread_step(gh_state *st, struct gh_Loop_s **loop);
+
+/* The step running on `loop` if the caller runs inside it (on the step's greenlet
+ * or one it switched to, not parked, not switching back to the driver), or NULL;
+ * borrowed.  gh_vthread_step() without looking up the running loop. */
+gh_GreenCoro *gh_step_here(struct gh_Loop_s *loop);
 
 /* The current greenlet was resumed while it must wait (see task_step.c):
  * passes the resume on - `resumed` (taken; NULL when an exception is set)
