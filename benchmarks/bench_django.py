@@ -43,17 +43,16 @@ import argparse
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path[:0] = [REPO, os.path.join(REPO, "tests")]
 
 from _common import machine_info, write_json  # noqa: E402 - after the path set-up
-from bench_http import parse_wrk  # noqa: E402
+from bench_http import free_port, taskset, wait_port  # noqa: E402
+from bench_http import wrk_one_thread as run_wrk  # noqa: E402
 
 KINDS = ("greenhub", "stock", "greenhub-noreuse", "greenhub-pool", "stock-pool")
 # greenhub's ratios, each over the stock setup with the same database settings.
@@ -137,40 +136,6 @@ def seed(dsn):
     Item.objects.all().delete()
     Item.objects.bulk_create(Item(name=f"item{i}", n=i) for i in range(ROWS))
     connection.close()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, proc, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("server did not start")
-
-
-def taskset(cpu):
-    if cpu is None or not shutil.which("taskset"):
-        return []
-    return ["taskset", "-c", str(cpu)]
-
-
-def run_wrk(port, path, conns, seconds, cpu):
-    argv = taskset(cpu) + ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency"]
-    argv += ["--timeout", "10s", f"http://127.0.0.1:{port}{path}"]
-    p = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
-    if p.returncode:
-        raise RuntimeError("wrk: " + (p.stderr.strip()[-300:] or f"exit {p.returncode}"))
-    return parse_wrk(p.stdout)
 
 
 def measure(kind, workload, args, cpus):

@@ -26,9 +26,11 @@ import os
 import re
 import resource
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
+import time
 
 from _common import (
     LOOP_KINDS,
@@ -170,6 +172,48 @@ def parse_wrk(out):
     m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     r["non_2xx"] = int(m[1]) if m else 0
     return r
+
+
+# --- for the scripts that run one server process under wrk (bench_django.py,
+# bench_wsgi.py): a free port, waiting for the server, wrk with one thread ---
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, proc, timeout):
+    """Until `port` accepts connections; RuntimeError if `proc` exits first or
+    `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)  # a child process: nothing to wait on but its port
+    raise RuntimeError("server did not start")
+
+
+def taskset(cpu):
+    """The argv prefix that pins a command to `cpu` (none without taskset or a cpu)."""
+    if cpu is None or not shutil.which("taskset"):
+        return []
+    return ["taskset", "-c", str(cpu)]
+
+
+def wrk_one_thread(port, path, conns, seconds, cpu):
+    """wrk -t1 against 127.0.0.1:`port``path`, pinned to `cpu`: parse_wrk()'s numbers."""
+    argv = taskset(cpu) + ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency"]
+    argv += ["--timeout", "10s", f"http://127.0.0.1:{port}{path}"]
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+    if p.returncode:
+        raise RuntimeError("wrk: " + (p.stderr.strip()[-300:] or f"exit {p.returncode}"))
+    return parse_wrk(p.stdout)
 
 
 def wrk(srv, conns, seconds, client_cpu):

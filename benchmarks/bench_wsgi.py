@@ -39,7 +39,6 @@ import argparse
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -50,7 +49,8 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 from _common import machine_info, python_build_flags, write_json  # noqa: E402
-from bench_http import parse_wrk  # noqa: E402
+from bench_http import free_port, taskset, wait_port  # noqa: E402
+from bench_http import wrk_one_thread as run_wrk  # noqa: E402
 
 KINDS = ("greenhub", "gh-gunicorn", "gevent", "a2wsgi", "asgiref")
 WORKLOADS = {"fast": "/fast", "slow": "/slow"}
@@ -145,40 +145,6 @@ def server_argv(kind, port):
 
 def log(msg):
     print(msg, file=sys.stderr, flush=True)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, proc, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)  # a child process: nothing to wait on but its port
-    raise RuntimeError("server did not start")
-
-
-def taskset(cpu):
-    if cpu is None or not shutil.which("taskset"):
-        return []
-    return ["taskset", "-c", str(cpu)]
-
-
-def run_wrk(port, path, conns, seconds, cpu):
-    argv = taskset(cpu) + ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency"]
-    argv += ["--timeout", "10s", f"http://127.0.0.1:{port}{path}"]
-    p = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
-    if p.returncode:
-        raise RuntimeError("wrk: " + (p.stderr.strip()[-300:] or f"exit {p.returncode}"))
-    return parse_wrk(p.stdout)
 
 
 def proc_tree_cpu(pid):
