@@ -247,14 +247,24 @@ def _private_name(name):
     return bool(PRIVATE.fullmatch(name)) and not name.startswith("__")
 
 
+def _in_benchmarks(path):
+    # greenhub/_benchmarks/ (in an installed wheel: the benchmark scripts that
+    # `python -m greenhub bench` runs) is not greenhub's code: scripts, not modules.
+    return "_benchmarks" in path.relative_to(PACKAGE).parts
+
+
 def _python_files():
-    return sorted(p for p in PACKAGE.rglob("*.py") if p.name != "_private.py")
+    return sorted(
+        p for p in PACKAGE.rglob("*.py") if p.name != "_private.py" and not _in_benchmarks(p)
+    )
 
 
 def _greenhub_modules():
     """Every greenhub module (contrib ones where their library is installed)."""
     modules = []
     for path in sorted(PACKAGE.rglob("*.py")):
+        if _in_benchmarks(path):
+            continue
         parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
         if parts[-1] == "__init__":
             parts = parts[:-1]
