@@ -69,6 +69,19 @@ def _is_coroutine_function(fn: object) -> bool:
     )
 
 
+def _run_refusal(fn: object) -> Exception:
+    """The exception asyncio.run(fn) raises for a coroutine function on this version:
+    up to 3.13 Runner.run()'s ValueError; from 3.14, which runs any awaitable, the
+    TypeError of ensure_future(), raised here by ensure_future() itself (it checks
+    before it looks for a loop)."""
+    if sys.version_info >= (3, 14):
+        try:
+            asyncio.ensure_future(fn)  # type: ignore[call-overload]  # refused: it raises
+        except TypeError as exc:
+            return exc
+    return ValueError(f"a coroutine was expected, got {fn!r}")
+
+
 def spawn(fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> asyncio.Task[_T]:
     """Run the synchronous function ``fn(*args, **kwargs)`` as a virtual
     thread: an asyncio Task on the running greenhub loop whose result is what
@@ -79,7 +92,7 @@ def spawn(fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> async
     if _is_coroutine_function(fn):
         # asyncio.run()'s error for the same slip (the function's call would return a
         # coroutine that is never awaited), and what to use instead.
-        exc = ValueError(f"a coroutine was expected, got {fn!r}")
+        exc = _run_refusal(fn)
         exc.add_note(
             "hint: that is a coroutine function; greenhub.spawn() runs a synchronous "
             "function as a virtual thread - for a coroutine use asyncio.create_task(fn(...))"
