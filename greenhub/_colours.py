@@ -25,6 +25,7 @@ not depend on whether asgiref is installed:
 """
 
 import asyncio
+import concurrent.futures
 import contextvars
 import functools
 import inspect
@@ -513,14 +514,31 @@ def _owner_home(awaitable: object, own_loop: object) -> "_Home | None":
     return None
 
 
+def _runs_in_threads(executor: Executor | None) -> bool:
+    """Whether `executor` runs its calls in threads of this process, where the call can
+    be marked: the default executor, thread pools, asgiref's CurrentThreadExecutor.  Not
+    process or interpreter pools, which must pickle the call (and the loop it would
+    carry), nor executors greenhub does not know."""
+    if executor is None:
+        return True
+    interpreters = getattr(concurrent.futures, "InterpreterPoolExecutor", None)  # 3.14+
+    if interpreters is not None and isinstance(executor, interpreters):
+        return False
+    if isinstance(executor, ThreadPoolExecutor):
+        return True
+    mod = sys.modules.get("asgiref.current_thread_executor")
+    current = getattr(mod, "CurrentThreadExecutor", None)
+    return isinstance(current, type) and isinstance(executor, current)
+
+
 def _mark_executor_call(
-    loop: Loop, func: Callable[..., Any]
+    loop: Loop, executor: Executor | None, func: Callable[..., Any]
 ) -> tuple[Callable[..., Any], Callable[[asyncio.Future[Any]], None]] | None:
     """greenhub.Loop.run_in_executor()'s hook: the call to submit instead of `func`
     (``func(*args)`` during which greenhub.await_() in the worker thread runs on `loop`)
     and the done callback of its future, or None to submit `func` as it is."""
-    if func is _in_thread:  # greenhub.sync_to_async's call: marked already
-        return None
+    if func is _in_thread or not _runs_in_threads(executor):
+        return None  # greenhub.sync_to_async's call (marked already), or not a thread
     home = _Home(loop)
     return functools.partial(_owned_call, home, func), functools.partial(_cancel_owned, home)
 

@@ -348,11 +348,11 @@ class Loop(_core.Loop, ChildrenMixin, ResolveMixin, _UnixSelectorEventLoop):
 
     # -- executor ---------------------------------------------------------
 
-    # greenhub._colours sets this (it is a layer up): mark(loop, func) -> (call, done)
-    # or None; see run_in_executor().
+    # greenhub._colours sets this (it is a layer up): mark(loop, executor, func) ->
+    # (call, done) or None; see run_in_executor().
     _mark_executor_call: (
         Callable[
-            ["Loop", Callable[..., Any]],
+            ["Loop", Executor | None, Callable[..., Any]],
             tuple[Callable[..., Any], Callable[["asyncio.Future[Any]"], None]] | None,
         ]
         | None
@@ -369,9 +369,10 @@ class Loop(_core.Loop, ChildrenMixin, ResolveMixin, _UnixSelectorEventLoop):
         awaitable as a task of this loop and blocks only that thread (as
         asgiref's async_to_sync does), so sync code in asyncio.to_thread() or
         an executor can use this loop's objects.  Cancelling the returned
-        future cancels what the thread waits for in await_()."""
+        future cancels what the thread waits for in await_().  Only calls that
+        run in threads are marked: a process pool gets `func` as it is."""
         mark = self._mark_executor_call
-        marked = mark(self, func) if mark is not None else None
+        marked = mark(self, executor, func) if mark is not None else None
         if marked is None:
             return super().run_in_executor(executor, func, *args)
         if self._debug:  # the stock checks, on `func` itself rather than the wrapper

@@ -133,3 +133,11 @@ def test_executor_callback_wakes_a_sleeping_loop(loop):
         return await asyncio.wait_for(fut, 5)
 
     assert loop.run_until_complete(main()) == "woke"
+
+
+def test_run_in_a_process_pool(loop):
+    # The call goes to another process as it is: greenhub marks calls that run in its
+    # threads (greenhub.await_() there runs on this loop), and a marked call, which
+    # carries the loop, cannot be pickled.
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1) as pool:
+        assert loop.run_until_complete(loop.run_in_executor(pool, abs, -3)) == 3
