@@ -2,6 +2,7 @@
 
 import asyncio
 import concurrent.futures
+import multiprocessing
 import threading
 
 import pytest
@@ -139,5 +140,7 @@ def test_run_in_a_process_pool(loop):
     # The call goes to another process as it is: greenhub marks calls that run in its
     # threads (greenhub.await_() there runs on this loop), and a marked call, which
     # carries the loop, cannot be pickled.
-    with concurrent.futures.ProcessPoolExecutor(max_workers=1) as pool:
+    # "spawn": forking this multi-threaded process is deprecated (3.12+) and can deadlock.
+    spawn = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
         assert loop.run_until_complete(loop.run_in_executor(pool, abs, -3)) == 3
