@@ -51,7 +51,7 @@ REPO = os.path.dirname(HERE)
 sys.path[:0] = [REPO, os.path.join(REPO, "tests")]
 
 from _common import machine_info, write_json  # noqa: E402 - after the path set-up
-from bench_http import free_port, taskset, wait_port  # noqa: E402
+from bench_http import free_port, taskset, wait_port, wrk_cpus  # noqa: E402
 from bench_http import wrk_one_thread as run_wrk  # noqa: E402
 
 KINDS = ("greenhub", "stock", "greenhub-noreuse", "greenhub-pool", "stock-pool")
@@ -277,12 +277,7 @@ def main():
         ap.error(f"--kinds: choose from {','.join(KINDS)}")
     if not shutil.which("wrk"):
         sys.exit("bench_django.py needs wrk, the HTTP load generator: apt-get install wrk")
-    if args.pin == "none" or (os.cpu_count() or 1) < 2:
-        cpus = (None, None)
-    elif args.pin == "auto":
-        cpus = (0, 1)
-    else:
-        cpus = tuple(int(c) for c in args.pin.split(","))
+    cpus = wrk_cpus(args.pin)
 
     cluster = None
     if not args.dsn:

@@ -199,6 +199,15 @@ def wait_port(port, proc, timeout):
     raise RuntimeError("server did not start")
 
 
+def wrk_cpus(pin):
+    """--pin (SERVER_CPU,CLIENT_CPU, 'auto' or 'none') as (server cpu, client cpu)."""
+    if pin == "none" or (os.cpu_count() or 1) < 2:
+        return (None, None)
+    if pin == "auto":
+        return (0, 1)
+    return tuple(int(c) for c in pin.split(","))
+
+
 def taskset(cpu):
     """The argv prefix that pins a command to `cpu` (none without taskset or a cpu)."""
     if cpu is None or not shutil.which("taskset"):

@@ -49,7 +49,7 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 from _common import machine_info, python_build_flags, write_json  # noqa: E402
-from bench_http import free_port, taskset, wait_port  # noqa: E402
+from bench_http import free_port, taskset, wait_port, wrk_cpus  # noqa: E402
 from bench_http import wrk_one_thread as run_wrk  # noqa: E402
 
 KINDS = ("greenhub", "gh-gunicorn", "gevent", "a2wsgi", "asgiref")
@@ -282,12 +282,7 @@ def main():
         ap.error(f"--workloads: choose from {','.join(WORKLOADS)}")
     if not shutil.which("wrk"):
         sys.exit("bench_wsgi.py needs wrk, the HTTP load generator: apt-get install wrk")
-    if args.pin == "none" or (os.cpu_count() or 1) < 2:
-        cpus = (None, None)
-    elif args.pin == "auto":
-        cpus = (0, 1)
-    else:
-        cpus = tuple(int(c) for c in args.pin.split(","))
+    cpus = wrk_cpus(args.pin)
     minfo = machine_info(python_build_flags=python_build_flags())
     results = {}
     for workload in args.workloads:
