@@ -40,6 +40,8 @@ HTML comment right before a block says more, and is invisible on the rendered pa
 Directives combine: `<!-- test: continues postgres -->`.
 """
 
+import contextlib
+import fcntl
 import os
 import re
 import shutil
@@ -261,6 +263,47 @@ def _wait_listening(port, proc, deadline):
     return False
 
 
+# The docs show fixed ports (8000, 8080) on loopback.  CI runs two pytest processes at
+# once (the host's Python and the sid chroot's, which share the network and this
+# checkout), so a sample that listens on or connects to one of them holds this lock, a
+# file in the checkout that both see, for as long as it runs.
+_NET_LOCK = ROOT / "build" / "docs-samples-ports.lock"
+_USES_PORT = re.compile(r"(127\.0\.0\.1|localhost|0\.0\.0\.0)\D{1,4}\d{4,5}\b|port\s*=\s*\d{4,5}\b")
+
+
+def _uses_fixed_port(sample):
+    texts = [
+        sample.script(),
+        *(s.script() for s in sample.servers),
+        *(f.code for f in sample.files),
+    ]
+    return bool(sample.servers) or any(_USES_PORT.search(t) for t in texts)
+
+
+@contextlib.contextmanager
+def _port_lock(sample, deadline_s=120):
+    if not _uses_fixed_port(sample):
+        yield
+        return
+    _NET_LOCK.parent.mkdir(parents=True, exist_ok=True)
+    with open(_NET_LOCK, "a") as f:
+        deadline = time.monotonic() + deadline_s
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    pytest.fail(
+                        f"{sample.id}: {_NET_LOCK} held by another process for {deadline_s} s"
+                    )
+                time.sleep(0.1)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 @pytest.fixture
 def redis_url(tmp_path):
     server = shutil.which("redis-server")
@@ -283,8 +326,14 @@ def redis_url(tmp_path):
         proc.wait(10)
 
 
+@pytest.mark.timeout(240)  # up to 120 s waiting for the port lock, 50 s running, servers
 @pytest.mark.parametrize("sample", SAMPLES, ids=lambda s: s.id)
 def test_docs_sample_runs(sample, tmp_path, request):
+    with _port_lock(sample):
+        _run_sample(sample, tmp_path, request)
+
+
+def _run_sample(sample, tmp_path, request):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHONASYNCIODEBUG")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(GREENHUB_ROOT), env.get("PYTHONPATH")]))
     if sample.needs_postgres:
