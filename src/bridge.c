@@ -289,6 +289,37 @@ closing_step(gh_state *st)
     return NULL;
 }
 
+/* Why await_() cannot wait where it was called, on a running greenhub loop:
+ * `task` is asyncio's current task there if greenhub does not run its steps
+ * (None in a plain callback, or outside the step of a task greenhub runs);
+ * `nested` says a virtual thread's step runs underneath it. */
+static void
+refuse_here(PyObject *task, int nested)
+{
+    if (task == Py_None) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "greenhub.await_() called outside a task: this code runs in an event "
+                        "loop callback, where nothing can wait; run it in a task instead "
+                        "(loop.create_task(), greenhub.spawn()) or use `await`");
+    }
+    else if (nested) {
+        PyErr_Format(PyExc_RuntimeError,
+                     "greenhub.await_() cannot wait in the eager first step of %R: that step "
+                     "runs inside the step of the task that created it, which a wait here "
+                     "would suspend as well; create the task with loop.create_task() "
+                     "(eager_task_factory included), or without eager_start",
+                     task);
+    }
+    else {
+        PyErr_Format(PyExc_RuntimeError,
+                     "greenhub.await_() cannot wait in %R: its steps run on the event loop's "
+                     "greenlet, as the task was not made by loop.create_task() (it was built "
+                     "with asyncio.Task() directly, or by a task factory that does); create "
+                     "it with loop.create_task(), asyncio.create_task() or greenhub.spawn()",
+                     task);
+    }
+}
+
 PyObject *
 gh_await(gh_state *st, PyObject *awaitable)
 {
@@ -350,16 +381,20 @@ gh_await(gh_state *st, PyObject *awaitable)
         return NULL;
     }
     gh_GreenCoro *w = gh_step_here(loop);
-    if (w == NULL) {
-        PyErr_SetString(PyExc_RuntimeError,
-                        "greenhub.await_() called outside a task: this code runs in an event "
-                        "loop callback, where nothing can wait; run it in a task instead "
-                        "(loop.create_task(), greenhub.spawn()) or use `await`");
-        Py_DECREF(loop_obj);
+    int stepping;
+    PyObject *task = gh_step_current_task(st, loop, w, &stepping);
+    Py_DECREF(loop_obj); /* the step, or the thread state, keeps the loop alive */
+    if (task == NULL) {
         discard_awaitable(awaitable);
         return NULL;
     }
-    Py_DECREF(loop_obj); /* the step keeps the loop alive */
+    if (w == NULL || stepping <= 0) {
+        refuse_here(stepping < 0 ? Py_None : task, w != NULL);
+        Py_DECREF(task);
+        discard_awaitable(awaitable);
+        return NULL;
+    }
+    Py_DECREF(task);
     if (w->no_switch) {
         /* Inside greenhub.no_switch() (switches.c): every await_() call is
          * refused, also one that would not have to wait. */

@@ -1340,6 +1340,47 @@ gh_step_here(gh_Loop *loop)
     return w;
 }
 
+/* The task asyncio has current on `loop` (new reference, maybe None), and in
+ * *stepping whether it is the Task stepping `w` (its coroutine field is w): 1
+ * if so, -1 if it is another task made by a greenhub loop (its coroutine is
+ * a GreenCoro), 0 if not.  w may be NULL.
+ * It is another task in the eager first step of a task built by
+ * asyncio.Task(..., eager_start=True) - directly, or by a task factory that
+ * does not go through greenhub - inside w's step: that step runs on w's
+ * greenlet but is not w's, and a wait parked there would suspend w's task
+ * under the other one, whose Task then leaves a task that is not current.
+ * No current task (w stepped by hand, outside any Task) counts as w's. */
+PyObject *
+gh_step_current_task(gh_state *st, gh_Loop *loop, gh_GreenCoro *w, int *stepping)
+{
+    PyObject *task = PyObject_CallOneArg(st->current_task, (PyObject *)loop);
+    if (task == NULL) {
+        return NULL;
+    }
+    if (task == Py_None) {
+        *stepping = w != NULL;
+        return task;
+    }
+    PyObject *coro;
+    if (PyObject_TypeCheck(task, (PyTypeObject *)st->tk.stock_task)) {
+        coro = st->tk.read_coro_field(st->tk.stock_coro_descr, task, st->tk.stock_task);
+    }
+    else {
+        coro = PyObject_GetAttrString(task, "_coro"); /* a Task written in Python */
+        if (coro == NULL && PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            PyErr_Clear();
+            coro = Py_NewRef(Py_None);
+        }
+    }
+    if (coro == NULL) {
+        Py_DECREF(task);
+        return NULL;
+    }
+    *stepping = coro == (PyObject *)w ? 1 : PyObject_TypeCheck(coro, st->GreenCoroType) ? -1 : 0;
+    Py_DECREF(coro);
+    return task;
+}
+
 gh_GreenCoro *
 gh_vthread_step(gh_state *st, gh_Loop **loop)
 {
@@ -1355,18 +1396,26 @@ gh_vthread_step(gh_state *st, gh_Loop **loop)
         return NULL;
     }
     *loop = l;
-    return gh_step_here(l);
+    gh_GreenCoro *w = gh_step_here(l);
+    if (w == NULL) {
+        return NULL;
+    }
+    int stepping;
+    PyObject *task = gh_step_current_task(st, l, w, &stepping);
+    if (task == NULL) {
+        return NULL;
+    }
+    Py_DECREF(task);
+    return stepping > 0 ? w : NULL; /* another task's eager step: not a virtual thread */
 }
 
 int
 gh_in_vthread(gh_state *st)
 {
-    PyObject *loop_obj = PyObject_CallNoArgs(st->get_running_loop);
-    if (loop_obj == NULL) {
+    gh_Loop *loop;
+    gh_GreenCoro *w = gh_vthread_step(st, &loop);
+    if (w == NULL && PyErr_Occurred()) {
         return -1;
     }
-    gh_Loop *loop = gh_as_loop(st, loop_obj);
-    int r = loop != NULL && gh_step_here(loop) != NULL;
-    Py_DECREF(loop_obj);
-    return r;
+    return w != NULL;
 }

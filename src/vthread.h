@@ -114,11 +114,20 @@ int gh_suspend(gh_GreenCoro *w, PyObject *yielded, PyObject **value, PyObject **
 int gh_switch_out(gh_GreenCoro *w, PyObject *yielded, PyObject **value, PyObject **exc);
 
 /* The task step running now on this thread's running greenhub loop
- * (borrowed), or NULL: not in a virtual thread (*loop is the running
+ * (borrowed), with asyncio's current task the one stepping it, or NULL: not
+ * in a virtual thread (*loop is the running
  * greenhub loop, or NULL if there is none), or an error if
  * PyErr_Occurred(). */
 struct gh_Loop_s;
 gh_GreenCoro *gh_vthread_step(gh_state *st, struct gh_Loop_s **loop);
+
+/* The task asyncio has current on `loop` (new reference; None if none), and
+ * in *stepping whether it is the Task whose step `w` (maybe NULL) is: 1 if
+ * so; -1 if it is another task a greenhub loop made; 0 if it is a task whose
+ * steps greenhub does not run (built by asyncio.Task() directly), as in the
+ * eager first step of a task started inside w's step.  NULL on error. */
+PyObject *gh_step_current_task(gh_state *st, struct gh_Loop_s *loop, gh_GreenCoro *w,
+                               int *stepping);
 
 /* The step running on `loop` if the caller runs inside it (on the step's greenlet
  * or one it switched to, not parked, not switching back to the driver), or NULL;

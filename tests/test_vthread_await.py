@@ -682,6 +682,61 @@ def test_await_in_a_done_callback_of_a_vthread_raises_runtime_error(gloop):
     assert out == [True]
 
 
+def test_await_in_a_task_built_with_asyncio_task_directly_raises_runtime_error(gloop):
+    # asyncio.Task(coro) steps its coroutine itself, on the loop's greenlet: a clear
+    # error naming the task, no wait, the loop unharmed.
+    def sync():
+        c = asyncio.sleep(0)
+        try:
+            greenhub.await_(c)
+        except RuntimeError as exc:
+            return str(exc), greenhub.in_vthread(), c.cr_frame is None
+
+    async def coro():
+        return sync()
+
+    async def main():
+        t = asyncio.Task(coro(), loop=gloop, name="direct")
+        msg, in_vthread, closed = await t
+        assert "cannot wait in <Task" in msg and "name='direct'" in msg, msg
+        assert "asyncio.Task() directly" in msg
+        assert in_vthread is False and closed is True
+        return await greenhub.spawn(lambda: greenhub.await_(asyncio.sleep(0, "ok")))
+
+    assert run(gloop, main()) == "ok"
+
+
+@pytest.mark.skipif(not hasattr(asyncio, "eager_task_factory"), reason="eager tasks: 3.12+")
+def test_await_in_an_eager_step_nested_in_a_vthread_raises_runtime_error(gloop):
+    # The eager first step of asyncio.Task(..., eager_start=True) runs inside the step of
+    # the task that creates it, on that task's greenlet.  A wait there used to park the
+    # creator under the eager task: asyncio's current task went wrong and the loop hung.
+    seen = []
+
+    def sync():
+        seen.append(greenhub.in_vthread())
+        try:
+            greenhub.await_(asyncio.sleep(0))
+        except RuntimeError as exc:
+            seen.append(str(exc))
+        return asyncio.current_task().get_name()
+
+    async def eager():
+        return sync()
+
+    def creator():
+        me = asyncio.current_task()
+        t = asyncio.Task(eager(), loop=gloop, eager_start=True, name="eager")
+        assert asyncio.current_task() is me
+        assert t.done() and t.result() == "eager"
+        # the creator's own waits still work, before and after
+        return greenhub.await_(asyncio.sleep(0.001, "creator"))
+
+    assert run(gloop, sync_task(creator)) == "creator"
+    assert seen[0] is False
+    assert "eager first step of <Task" in seen[1] and "name='eager'" in seen[1], seen
+
+
 # --- spawn ------------------------------------------------------------------------------
 
 
