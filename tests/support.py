@@ -49,6 +49,38 @@ def hang_timeout(seconds):
     return seconds * SLOW
 
 
+_CHILD_ENV = "GREENHUB_TEST_IN_CHILD"
+
+
+def run_in_child(request, timeout=120):
+    """Runs the calling test again, alone, in a child pytest process, and returns True
+    there (the caller returns); returns False in that child, where the test goes on.
+
+    For tests that import extensions which keep objects allocated until the process
+    exits (FastAPI's pydantic-core): under `make asan` a process that loaded them is not
+    leak-checked (.ci/asan/sitecustomize.py), and the pytest process, where most of the
+    suite runs, must stay checked.  The child's failure output becomes this test's."""
+    import subprocess
+
+    nodeid = request.node.nodeid
+    if os.environ.get(_CHILD_ENV) == nodeid:
+        return False
+    env = dict(os.environ, **{_CHILD_ENV: nodeid})
+    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", nodeid]
+    got = subprocess.run(
+        argv,
+        cwd=request.config.rootpath,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=hang_timeout(timeout),
+    )
+    output = got.stdout + got.stderr
+    if got.returncode != 0 or not re.search(r"^1 passed\b", output, re.M):
+        raise AssertionError(f"{nodeid} failed in its child process:\n{output[-4000:]}")
+    return True
+
+
 def new_loop(kind, debug=False):
     """A fresh, not-current loop of the given kind.
 

@@ -380,7 +380,9 @@ def _replies(bodies):
     )
 
 
-def test_fastapi_def_endpoints_use_loop_bound_clients(loop, kind):
+def test_fastapi_def_endpoints_use_loop_bound_clients(loop, kind, request):
+    if support.run_in_child(request):  # FastAPI loads pydantic-core: see run_in_child
+        return
     httpx = pytest.importorskip("httpx", reason="test dependency")
     app = _fastapi_app()
 
@@ -396,6 +398,8 @@ def test_fastapi_def_endpoints_use_loop_bound_clients(loop, kind):
 
 
 def test_fastapi_def_endpoints_under_uvicorn(loop, kind, request):
+    if support.run_in_child(request):
+        return
     uvicorn = pytest.importorskip("uvicorn", reason="test dependency")
     httpx = pytest.importorskip("httpx", reason="test dependency")
     app = _fastapi_app()
