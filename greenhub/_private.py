@@ -658,10 +658,13 @@ NAMES: tuple[PrivateName, ...] = (
     ),
     PrivateName(
         "asyncio.tasks.Task", "_coro", ATTRIBUTE, "3.11+",
-        "_task.py; src/task_create.c (looked up by name)",
+        "_task.py; src/task_create.c, src/task_step.c (looked up by name)",
         "the Task's coroutine field as stored (greenhub's GreenCoro wrapper), read "
         "through the class's descriptor: what asyncio.Task.get_coro() returns, without "
-        "the crash of 3.12.0-3.12.1's get_coro() on an eager task that dropped it",
+        "the crash of 3.12.0-3.12.1's get_coro() on an eager task that dropped it; "
+        "await_() reads it on asyncio's current task, to tell its own step from the "
+        "eager first step of a Task built by asyncio.Task() inside it (by name on a "
+        "Task written in Python)",
     ),
     PrivateName(
         "asyncio.tasks.Task", "_fut_waiter", ATTRIBUTE, "3.11+",
