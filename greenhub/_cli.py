@@ -118,6 +118,32 @@ def _watchdog_seconds(value: str) -> float:
     return seconds
 
 
+def _module_problem(name: str) -> str | None:
+    """Why ``-m name`` cannot run (what the interpreter says), or None.  Finding the
+    module imports its parent packages, as ``python -m`` does; runpy then reuses them,
+    and an exception their code raises propagates as the program's."""
+    try:
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.submodule_search_locations is not None:
+            main = importlib.util.find_spec(name + ".__main__")
+            if main is None:
+                return (
+                    f"No module named {name}.__main__; "
+                    f"{name!r} is a package and cannot be directly executed"
+                )
+    except (ImportError, ValueError) as exc:  # ValueError: a relative name
+        # A package on the way that is missing is the command's problem; an ImportError
+        # its own code raises is the program's, and keeps its traceback (as python -m).
+        missing = getattr(exc, "name", None)
+        if isinstance(exc, ImportError) and (
+            missing is None or not (name == missing or name.startswith(missing + "."))
+        ):
+            raise
+        problem = f"{type(exc).__name__}: {exc}"
+        return f"Error while finding module specification for {name!r} ({problem})"
+    return f"No module named {name}" if spec is None else None
+
+
 def _cmd_run(argv: Sequence[str]) -> int:
     try:
         opts = _parse_run(argv)
@@ -132,6 +158,11 @@ def _cmd_run(argv: Sequence[str]) -> int:
         path = os.path.abspath(opts["script"])
         sys.stderr.write(f"{_PROG} run: can't open file {path!r}: No such file or directory\n")
         return 2
+    if "script" in opts and os.path.isdir(opts["script"]):
+        if not os.path.exists(os.path.join(opts["script"], "__main__.py")):
+            path = os.path.abspath(opts["script"])
+            sys.stderr.write(f"{_PROG} run: can't find '__main__' module in {path!r}\n")
+            return 2
     if opts["debug"]:
         os.environ["PYTHONASYNCIODEBUG"] = "1"  # read by every new loop, as asyncio does
         if not sys.warnoptions:
@@ -149,6 +180,10 @@ def _cmd_run(argv: Sequence[str]) -> int:
         # As `python -m`: the current directory first on sys.path; runpy sets argv[0].
         sys.argv[:] = [opts["module"], *opts["args"]]
         sys.path[0] = os.getcwd()
+        problem = _module_problem(opts["module"])
+        if problem is not None:
+            sys.stderr.write(f"{_PROG} run: {problem}\n")
+            return 2
         runpy.run_module(opts["module"], run_name="__main__", alter_sys=True)
     else:
         script = opts["script"]
@@ -303,7 +338,10 @@ def _cmd_bench(argv: Sequence[str]) -> int:
     # The workers import the same greenhub as this process.
     gh_path = os.path.dirname(os.path.dirname(os.path.abspath(greenhub.__file__)))
     out_dir = args.json or tempfile.mkdtemp(prefix="greenhub-bench-")
-    os.makedirs(out_dir, exist_ok=True)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as exc:
+        p.error(f"--json {out_dir}: {exc.strerror or exc}")
     results: dict[str, dict[str, Any]] = {}
     failed = []
     todo = [b for b in quick if b[0] in selected]

@@ -177,6 +177,42 @@ def test_usage_errors_exit_2_with_a_message(args, message, tmp_path):
     assert "Traceback" not in got.stderr
 
 
+def test_run_unrunnable_module_or_directory_is_a_message_not_a_traceback(tmp_path):
+    """What the interpreter says (in one line) for a -m module or a directory it cannot
+    run, with the usage-error status; the program's own ImportError stays a traceback."""
+    (tmp_path / "nomain").mkdir()
+    (tmp_path / "nomain" / "__init__.py").write_text("")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "__init__.py").write_text("raise ImportError('no dep')\n")
+    (tmp_path / "broken" / "sub.py").write_text("")
+    (tmp_path / "adir").mkdir()
+    cases = [
+        (["-m", "no_such_module_xyz"], "No module named no_such_module_xyz"),
+        (["-m", "nomain"], "'nomain' is a package and cannot be directly executed"),
+        (["-m", "nomain.sub"], "No module named nomain.sub"),
+        (["-m", "nopkg_xyz.sub"], "for 'nopkg_xyz.sub' (ModuleNotFoundError: No module"),
+        (["adir"], "can't find '__main__' module in"),
+    ]
+    for args, message in cases:
+        got = cli("run", *args, cwd=tmp_path)
+        assert message in plain(*args, cwd=tmp_path).stderr, args
+        assert (got.returncode, "Traceback" in got.stderr) == (2, False), (args, got.stderr)
+        assert message in got.stderr, args
+    (tmp_path / "imports.py").write_text("import no_such_dependency_xyz\n")
+    for args in (["-m", "imports"], ["-m", "broken.sub"]):
+        got, theirs = cli("run", *args, cwd=tmp_path), plain(*args, cwd=tmp_path)
+        assert got.returncode == theirs.returncode == 1
+        assert got.stderr.splitlines()[-1] == theirs.stderr.splitlines()[-1]
+        assert "Traceback" in got.stderr
+
+
+def test_bench_json_that_is_not_a_directory_is_a_usage_error(tmp_path):
+    (tmp_path / "afile").write_text("")
+    got = cli("bench", "--only", "memory", "--json", "afile", cwd=tmp_path)
+    assert (got.returncode, "Traceback" in got.stderr) == (2, False), got.stderr
+    assert "--json afile: File exists" in got.stderr
+
+
 def test_help_of_each_command(program):
     assert "commands:" in cli("--help").stdout
     assert "--watchdog SECONDS" in cli("run", "--help").stdout
