@@ -203,6 +203,22 @@ def _version(dist: str) -> str | None:
         return None
 
 
+def _loaded_library(prefix: str) -> str | None:
+    """The path of the shared library named ``prefix*.so*`` that this process mapped
+    (Linux's /proc/self/maps), or None: which libev _core resolved at run time (the
+    wheel's own copy, or the system's), not the one it was built against."""
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                path = line.split(None, 5)[-1].strip()
+                name = os.path.basename(path)
+                if name.startswith(prefix) and ".so" in name:
+                    return os.path.realpath(path)
+    except OSError:
+        pass
+    return None
+
+
 def info() -> dict[str, Any]:
     """What `python -m greenhub info` reports, as a dict."""
     import greenlet
@@ -231,6 +247,7 @@ def info() -> dict[str, Any]:
         "libev": {
             "version": "%d.%d" % _core.LIBEV_VERSION,
             "backend": backend,
+            "library": _loaded_library("libev"),
         },
         "greenlet": greenlet.__version__,
         "python": {
@@ -262,7 +279,8 @@ def _cmd_info(argv: Sequence[str]) -> int:
         f"greenhub   {gh['version']}  ({gh['path']})",
         f"extension  {build}: {gh['build_flags']}",
         f"           {gh['extension']}",
-        f"libev      {ev['version']}, backend {ev['backend']}",
+        f"libev      {ev['version']}, backend {ev['backend']}"
+        + (f"  ({ev['library']})" if ev["library"] else ""),
         f"greenlet   {data['greenlet']}",
         f"Python     {py['version']} ({py['implementation']}, {py['executable']})",
         f"platform   {data['platform']}",

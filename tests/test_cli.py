@@ -244,8 +244,14 @@ def test_info_describes_this_build():
     import greenlet
 
     assert data["greenlet"] == greenlet.__version__
+    # The libev this process loaded (the wheel's copy when installed from the wheel),
+    # which the build flags' "libev from DIR" (where it was built) need not be.
+    ldd = subprocess.run(["ldd", _core.__file__], capture_output=True, text=True, check=True)
+    (resolved,) = [line.split()[2] for line in ldd.stdout.splitlines() if "libev" in line]
+    assert data["libev"]["library"] == os.path.realpath(resolved)
     text = cli("info")
     assert text.returncode == 0
+    assert f"({data['libev']['library']})" in text.stdout
     assert f"libev      {data['libev']['version']}, backend {data['libev']['backend']}" in (
         text.stdout
     )
