@@ -16,14 +16,13 @@ from types import TracebackType
 from typing import Any, Literal, ParamSpec, TypeVar, cast, overload
 
 from . import _core
+from ._core import SwitchError
 from ._private import _getframe
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
 __all__ = ["SwitchError", "no_switch", "set_switch_log", "get_switch_log"]
-
-SwitchError = _core.SwitchError
 
 switch_logger = logging.getLogger("greenhub.switches")
 
