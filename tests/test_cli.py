@@ -339,3 +339,58 @@ def test_report_draws_the_server_benchmarks(tmp_path):
     assert "lookup: greenhub vs stock" in report and "3.00" in report  # req/s, higher better
     assert (tmp_path / "wsgi.svg").exists()
     assert "Flask slow" in report and "0.50" in report  # greenhub/gevent CPU per request
+
+
+def test_report_charts_give_each_ratio_its_own_colour_and_readable_ticks(tmp_path):
+    """memory.json's four ratios (gh/uvloop, gh/aio, gh/gevent, gh/sqlalchemy): the
+    last drew in uvloop's blue (matplotlib's first default colour), so the legend could
+    not tell the two apart; and its narrow range (1.09-1.39) had one labelled tick."""
+    import importlib.util
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as pyplot
+
+    from greenhub._cli import benchmarks_dir
+
+    spec = importlib.util.spec_from_file_location(
+        "greenhub_bench_report", os.path.join(benchmarks_dir(), "report.py")
+    )
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    doc = {
+        "machine": {"date": "2026-01-01T00:00:00", "cpu_model": "X", "cpu_count": 2},
+        "config": {},
+        "summary": {  # bench_memory.py's form
+            kind: {"bytes_per_obj": value}
+            for kind, value in [
+                ("asyncio_task", 980.8),
+                ("uvloop_task", 1032.2),
+                ("greenhub_task", 1367.0),
+                ("greenhub_vthread", 9487.0),
+                ("gevent_greenlet", 8689.0),
+                ("sqla_asyncio", 7727.0),
+            ]
+        },
+    }
+    drawn = []
+
+    class Plt:
+        def subplots(self, *args, **kwargs):
+            fig, ax = pyplot.subplots(*args, **kwargs)
+            drawn.append(ax)
+            return fig, ax
+
+        def close(self, fig):
+            pass
+
+    assert report.figure("memory", doc, str(tmp_path), Plt())
+    (ax,) = drawn
+    handles, labels = ax.get_legend_handles_labels()
+    assert labels == ["gh / uvloop", "gh / aio", "gh / gevent", "gh / sqlalchemy"]
+    colours = [tuple(h.patches[0].get_facecolor()) for h in handles]
+    assert len(set(colours)) == len(colours)
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    assert len(ticks) >= 3 and "1" in ticks
+    pyplot.close("all")
