@@ -53,6 +53,10 @@ options (before the script or -m; everything after belongs to the program):
                        greenhub loop the program makes, or its child processes make,
                        watches itself)
   --patch              greenhub.monkey.patch_all() before the program starts
+
+A loop the program builds itself (asyncio.SelectorEventLoop(); uvicorn's default
+--loop auto) stays the stock loop, with a warning: give uvicorn
+--loop greenhub:new_event_loop.
 """
 
 
@@ -118,6 +122,28 @@ def _watchdog_seconds(value: str) -> float:
     return seconds
 
 
+def _foreign_loop_warning(greenhub_loop: type) -> Any:
+    """What ``run`` does when a loop starts running: once, if it is not a greenhub loop,
+    say so - the program built that loop itself (uvicorn's default ``--loop auto``
+    makes an ``asyncio.SelectorEventLoop``), which install() cannot change."""
+    warned = False
+
+    def seen(loop: Any) -> None:
+        nonlocal warned
+        if warned or isinstance(loop, greenhub_loop):
+            return
+        warned = True
+        cls = type(loop)
+        sys.stderr.write(
+            f"{_PROG} run: warning: the program runs an event loop it builds itself "
+            f"({cls.__module__}.{cls.__qualname__}), not a greenhub loop "
+            "(uvicorn: pass --loop greenhub:new_event_loop)\n"
+        )
+        sys.stderr.flush()
+
+    return seen
+
+
 def _module_problem(name: str) -> str | None:
     """Why ``-m name`` cannot run (what the interpreter says), or None.  Finding the
     module imports its parent packages, as ``python -m`` does; runpy then reuses them,
@@ -170,12 +196,14 @@ def _cmd_run(argv: Sequence[str]) -> int:
     if opts["watchdog"] is not None:
         os.environ["GREENHUB_WATCHDOG"] = repr(opts["watchdog"])
     import greenhub
+    from greenhub import _private
 
     if opts["patch"]:
         from greenhub import monkey
 
         monkey.patch_all()
     greenhub.install()
+    _private.watch_running_loops(_foreign_loop_warning(greenhub.Loop))
     if "module" in opts:
         # As `python -m`: the current directory first on sys.path; runpy sets argv[0].
         sys.argv[:] = [opts["module"], *opts["args"]]

@@ -115,6 +115,33 @@ def test_run_exit_status_and_traceback_are_the_programs(tmp_path):
     assert 'raises.py", line 2, in f' in got.stderr
 
 
+def test_run_warns_once_when_the_program_builds_its_own_stock_loop(tmp_path):
+    """install() makes the loops asyncio makes; a program that builds its loop class
+    itself (uvicorn's default --loop auto: asyncio.SelectorEventLoop) keeps it, which
+    run says once instead of leaving the user to believe it runs on greenhub."""
+    (tmp_path / "own.py").write_text(
+        "import asyncio\n"
+        "async def main():\n    return type(asyncio.get_running_loop()).__name__\n"
+        "for _ in range(2):\n"
+        "    loop = asyncio.SelectorEventLoop()\n"
+        "    print(loop.run_until_complete(main()))\n"
+        "    loop.close()\n"
+        "print(asyncio.run(main()))\n"
+    )
+    got = cli("run", "own.py", cwd=tmp_path)
+    assert got.returncode == 0, got.stderr
+    assert got.stdout.split() == ["_UnixSelectorEventLoop", "_UnixSelectorEventLoop", "Loop"]
+    assert got.stderr.count("warning: the program runs an event loop it builds itself") == 1
+    assert "(asyncio.unix_events._UnixSelectorEventLoop), not a greenhub loop" in got.stderr
+    assert "--loop greenhub:new_event_loop" in got.stderr
+    (tmp_path / "ours.py").write_text(
+        "import asyncio\nasync def main():\n    await asyncio.sleep(0)\n"
+        "asyncio.run(main())\nasyncio.new_event_loop().run_until_complete(main())\n"
+    )
+    quiet = cli("run", "ours.py", cwd=tmp_path)
+    assert (quiet.returncode, quiet.stderr) == (0, "")
+
+
 def test_run_sync_program_awaits_at_top_level(tmp_path):
     (tmp_path / "sync.py").write_text(
         "import asyncio, greenhub\n"
