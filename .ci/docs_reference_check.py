@@ -9,15 +9,15 @@ missing from the reference page.
 
 from __future__ import annotations
 
-import importlib
+import ast
 import os
 import re
-import types
 
 from mkdocs.exceptions import PluginError
 
-# The modules docs/reference.md renders, and the names each must show.  greenhub.socket
-# and greenhub.ssl re-export the standard modules' names: only their own ones.
+# The modules docs/reference.md renders, and the names each must show (None: its
+# __all__).  greenhub.socket and greenhub.ssl re-export the standard modules' names:
+# only their own ones.
 MODULES = {
     "greenhub.vthread": None,
     "greenhub.server": None,
@@ -27,23 +27,42 @@ MODULES = {
 }
 
 
-def on_post_build(config, **kwargs):
-    import greenhub
+def _all(path):
+    """A module's __all__, read from its source (the docs build needs no compiled
+    greenhub): the literal lists assigned and added at its top level."""
+    names = []
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read(), path)
+    for node in tree.body:
+        if isinstance(node, ast.Assign):
+            target = node.targets[0]
+        elif isinstance(node, ast.AugAssign):
+            target = node.target
+        else:
+            continue
+        if isinstance(target, ast.Name) and target.id == "__all__":
+            names += ast.literal_eval(node.value)
+    return names
 
+
+def on_post_build(config, **kwargs):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    package = os.path.join(root, "greenhub")
     path = os.path.join(config["site_dir"], "reference", "index.html")
     with open(path, encoding="utf-8") as f:
         ids = set(re.findall(r'id="(greenhub[\w.]*)"', f.read()))
     wanted = []
-    for name in greenhub.__all__:
-        try:
-            obj = getattr(greenhub, name)
-        except AttributeError:  # greenhub.socket, .ssl, .server: imported on first use
-            obj = importlib.import_module(f"greenhub.{name}")
-        if not isinstance(obj, types.ModuleType) or obj.__name__ in MODULES:
-            wanted.append(f"greenhub.{name}")
+    for name in _all(os.path.join(package, "__init__.py")):
+        module = f"greenhub.{name}"
+        is_module = os.path.exists(os.path.join(package, name + ".py")) or os.path.isdir(
+            os.path.join(package, name)
+        )
+        if not is_module or module in MODULES:
+            wanted.append(module)
     for module, names in MODULES.items():
-        mod = importlib.import_module(module)
-        wanted += [f"{module}.{n}" for n in (names or mod.__all__)]
+        if names is None:
+            names = _all(os.path.join(root, *module.split(".")) + ".py")
+        wanted += [f"{module}.{n}" for n in names]
     missing = [name for name in wanted if name not in ids]
     if missing:
         raise PluginError(
