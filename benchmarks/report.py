@@ -29,6 +29,39 @@ from _summary import BENCHMARKS, ratio_table, section, short  # noqa: E402 - pat
 SCRIPTS = {name: script for name, script, _, _ in BENCHMARKS}
 WHAT = {name: what for name, _, what, _ in BENCHMARKS}
 COLOURS = {"uvloop": "#1f77b4", "asyncio": "#7f7f7f", "gevent": "#2ca02c", "stock": "#7f7f7f"}
+# For the other peers (sqlalchemy, a2wsgi, asgiref, ...): none of COLOURS' colours, so
+# that two bars of a chart never share one (matplotlib's default cycle starts with
+# uvloop's blue).
+SPARE_COLOURS = ["#ff7f0e", "#9467bd", "#d62728", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
+# Labelled ticks of the log-scale ratio axis, coarse to fine: the first set giving three
+# labels in the chart's range (a narrow range, 1.1-1.4, gets the finest).
+TICK_SETS = [
+    (0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+    (0.1, 0.2, 0.3, 0.5, 0.7, 1, 1.5, 2, 3, 5, 7, 10),
+    (0.5, 0.6, 0.7, 0.8, 0.9, 1, 1.1, 1.2, 1.3, 1.4, 1.5, 1.7, 2),
+]
+
+
+def pair_colours(peers):
+    """A colour per ratio of a chart (its denominators `peers`), all different: the
+    peer's own from COLOURS where no earlier ratio of the chart has it, else a spare."""
+    spare = iter(SPARE_COLOURS)
+    colours = []
+    for peer in peers:
+        colour = COLOURS.get(peer)
+        if colour is None or colour in colours:
+            colour = next(c for c in spare if c not in colours)
+        colours.append(colour)
+    return colours
+
+
+def axis_ticks(lo, hi):
+    """The labelled ticks for a log ratio axis showing `lo`..`hi`."""
+    for ticks in TICK_SETS:
+        shown = [t for t in ticks if lo <= t <= hi]
+        if len(shown) >= 3:
+            return shown
+    return shown
 
 
 def load(results_dir):
@@ -71,6 +104,7 @@ def figure(name, doc, out_dir, plt):
     height = 1.6 + 0.32 * len(rows) * max(1, len(pairs))
     fig, ax = plt.subplots(figsize=(10, height))
     bar = 0.8 / len(pairs)
+    colours = pair_colours([b for _, b in pairs])
     for i, (a, b) in enumerate(pairs):
         ys, xs = [], []
         for j, (_, values, _) in enumerate(rows):
@@ -78,7 +112,7 @@ def figure(name, doc, out_dir, plt):
                 ys.append(j + (i - (len(pairs) - 1) / 2) * bar)
                 xs.append(values[a] / values[b])
         label = f"{short(a)} / {short(b)}"
-        bars = ax.barh(ys, xs, height=bar * 0.9, label=label, color=COLOURS.get(b))
+        bars = ax.barh(ys, xs, height=bar * 0.9, label=label, color=colours[i])
         ax.bar_label(bars, fmt="%.2f", padding=2, fontsize=7)
     ax.axvline(1.0, color="black", linewidth=0.8)
     ax.set_yticks(range(len(rows)), [f"{r[0]}  [{r[2]}]" for r in rows], fontsize=8)
@@ -86,12 +120,12 @@ def figure(name, doc, out_dir, plt):
     better = "higher" if sec.higher_is_better else "lower"
     ax.set_xlabel(f"ratio ({better} is better for the numerator; 1 = same)")
     ax.set_xscale("log")
-    ticks = [t for t in (0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)]
-    lo, hi = ax.get_xlim()
-    ax.set_xticks([t for t in ticks if lo <= t <= hi], [f"{t:g}" for t in ticks if lo <= t <= hi])
+    ticks = axis_ticks(*ax.get_xlim())
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
     ax.minorticks_off()
-    ax.legend(loc="lower right", fontsize=8)
-    ax.set_title(f"{name}: {WHAT[name]}", fontsize=11, loc="left")
+    # In a row between the title and the plot: never over a bar or its label.
+    ax.legend(loc="lower left", bbox_to_anchor=(0, 1), ncol=len(pairs), fontsize=8, frameon=False)
+    ax.set_title(f"{name}: {WHAT[name]}", fontsize=11, loc="left", pad=22)
     fig.text(0.01, 0.01, f"{command(name, doc)}   ({machine_line(doc)})", fontsize=7)
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     paths = []

@@ -151,6 +151,7 @@ _Policy.__name__ = _Policy.__qualname__ = "Policy"
 
 if _sys.version_info < (3, 14):
     Policy = _Policy
+    """An asyncio event loop policy whose loops are greenhub loops (deprecated on 3.14+)."""
 else:
     __all__.remove("Policy")  # as asyncio's __all__ dropped its policy classes
 

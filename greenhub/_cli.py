@@ -53,6 +53,10 @@ options (before the script or -m; everything after belongs to the program):
                        greenhub loop the program makes, or its child processes make,
                        watches itself)
   --patch              greenhub.monkey.patch_all() before the program starts
+
+A loop the program builds itself (asyncio.SelectorEventLoop(); uvicorn's default
+--loop auto) stays the stock loop, with a warning: give uvicorn
+--loop greenhub:new_event_loop.
 """
 
 
@@ -118,6 +122,54 @@ def _watchdog_seconds(value: str) -> float:
     return seconds
 
 
+def _foreign_loop_warning(greenhub_loop: type) -> Any:
+    """What ``run`` does when a loop starts running: once, if it is not a greenhub loop,
+    say so - the program built that loop itself (uvicorn's default ``--loop auto``
+    makes an ``asyncio.SelectorEventLoop``), which install() cannot change."""
+    warned = False
+
+    def seen(loop: Any) -> None:
+        nonlocal warned
+        if warned or isinstance(loop, greenhub_loop):
+            return
+        warned = True
+        cls = type(loop)
+        sys.stderr.write(
+            f"{_PROG} run: warning: the program runs an event loop it builds itself "
+            f"({cls.__module__}.{cls.__qualname__}), not a greenhub loop "
+            "(uvicorn: pass --loop greenhub:new_event_loop)\n"
+        )
+        sys.stderr.flush()
+
+    return seen
+
+
+def _module_problem(name: str) -> str | None:
+    """Why ``-m name`` cannot run (what the interpreter says), or None.  Finding the
+    module imports its parent packages, as ``python -m`` does; runpy then reuses them,
+    and an exception their code raises propagates as the program's."""
+    try:
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.submodule_search_locations is not None:
+            main = importlib.util.find_spec(name + ".__main__")
+            if main is None:
+                return (
+                    f"No module named {name}.__main__; "
+                    f"{name!r} is a package and cannot be directly executed"
+                )
+    except (ImportError, ValueError) as exc:  # ValueError: a relative name
+        # A package on the way that is missing is the command's problem; an ImportError
+        # its own code raises is the program's, and keeps its traceback (as python -m).
+        missing = getattr(exc, "name", None)
+        if isinstance(exc, ImportError) and (
+            missing is None or not (name == missing or name.startswith(missing + "."))
+        ):
+            raise
+        problem = f"{type(exc).__name__}: {exc}"
+        return f"Error while finding module specification for {name!r} ({problem})"
+    return f"No module named {name}" if spec is None else None
+
+
 def _cmd_run(argv: Sequence[str]) -> int:
     try:
         opts = _parse_run(argv)
@@ -132,6 +184,11 @@ def _cmd_run(argv: Sequence[str]) -> int:
         path = os.path.abspath(opts["script"])
         sys.stderr.write(f"{_PROG} run: can't open file {path!r}: No such file or directory\n")
         return 2
+    if "script" in opts and os.path.isdir(opts["script"]):
+        if not os.path.exists(os.path.join(opts["script"], "__main__.py")):
+            path = os.path.abspath(opts["script"])
+            sys.stderr.write(f"{_PROG} run: can't find '__main__' module in {path!r}\n")
+            return 2
     if opts["debug"]:
         os.environ["PYTHONASYNCIODEBUG"] = "1"  # read by every new loop, as asyncio does
         if not sys.warnoptions:
@@ -139,16 +196,22 @@ def _cmd_run(argv: Sequence[str]) -> int:
     if opts["watchdog"] is not None:
         os.environ["GREENHUB_WATCHDOG"] = repr(opts["watchdog"])
     import greenhub
+    from greenhub import _private
 
     if opts["patch"]:
         from greenhub import monkey
 
         monkey.patch_all()
     greenhub.install()
+    _private.watch_running_loops(_foreign_loop_warning(greenhub.Loop))
     if "module" in opts:
         # As `python -m`: the current directory first on sys.path; runpy sets argv[0].
         sys.argv[:] = [opts["module"], *opts["args"]]
         sys.path[0] = os.getcwd()
+        problem = _module_problem(opts["module"])
+        if problem is not None:
+            sys.stderr.write(f"{_PROG} run: {problem}\n")
+            return 2
         runpy.run_module(opts["module"], run_name="__main__", alter_sys=True)
     else:
         script = opts["script"]
@@ -166,6 +229,22 @@ def _version(dist: str) -> str | None:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
         return None
+
+
+def _loaded_library(prefix: str) -> str | None:
+    """The path of the shared library named ``prefix*.so*`` that this process mapped
+    (Linux's /proc/self/maps), or None: which libev _core resolved at run time (the
+    wheel's own copy, or the system's), not the one it was built against."""
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                path = line.split(None, 5)[-1].strip()
+                name = os.path.basename(path)
+                if name.startswith(prefix) and ".so" in name:
+                    return os.path.realpath(path)
+    except OSError:
+        pass
+    return None
 
 
 def info() -> dict[str, Any]:
@@ -196,6 +275,7 @@ def info() -> dict[str, Any]:
         "libev": {
             "version": "%d.%d" % _core.LIBEV_VERSION,
             "backend": backend,
+            "library": _loaded_library("libev"),
         },
         "greenlet": greenlet.__version__,
         "python": {
@@ -227,7 +307,8 @@ def _cmd_info(argv: Sequence[str]) -> int:
         f"greenhub   {gh['version']}  ({gh['path']})",
         f"extension  {build}: {gh['build_flags']}",
         f"           {gh['extension']}",
-        f"libev      {ev['version']}, backend {ev['backend']}",
+        f"libev      {ev['version']}, backend {ev['backend']}"
+        + (f"  ({ev['library']})" if ev["library"] else ""),
         f"greenlet   {data['greenlet']}",
         f"Python     {py['version']} ({py['implementation']}, {py['executable']})",
         f"platform   {data['platform']}",
@@ -303,7 +384,10 @@ def _cmd_bench(argv: Sequence[str]) -> int:
     # The workers import the same greenhub as this process.
     gh_path = os.path.dirname(os.path.dirname(os.path.abspath(greenhub.__file__)))
     out_dir = args.json or tempfile.mkdtemp(prefix="greenhub-bench-")
-    os.makedirs(out_dir, exist_ok=True)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as exc:
+        p.error(f"--json {out_dir}: {exc.strerror or exc}")
     results: dict[str, dict[str, Any]] = {}
     failed = []
     todo = [b for b in quick if b[0] in selected]

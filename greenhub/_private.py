@@ -65,6 +65,7 @@ __all__ = [
     "_set_running_loop",
     "_socket",
     "format_callback_source",
+    "watch_running_loops",
 ]
 
 
@@ -72,6 +73,21 @@ def _set_running_loop(loop: Any) -> None:
     """asyncio.events._set_running_loop(), looked up at each call as asyncio's own
     run_forever() looks it up: CPython's tests swap in its pure-Python twin there."""
     _events._set_running_loop(loop)
+
+
+def watch_running_loops(seen: Callable[[Any], None]) -> None:
+    """From now on call ``seen(loop)`` whenever a loop becomes this thread's running
+    loop through asyncio.events._set_running_loop(), which the stock run_forever()
+    (and greenhub's) call: how ``python -m greenhub run`` notices a program running a
+    loop it built itself (uvicorn's ``--loop auto``) instead of a greenhub one."""
+    original = _events._set_running_loop
+
+    def _set_running_loop(loop: Any) -> None:
+        if loop is not None:
+            seen(loop)
+        original(loop)
+
+    _events._set_running_loop = _set_running_loop
 
 
 # -- what differs between versions ------------------------------------------------
@@ -233,7 +249,8 @@ NAMES: tuple[PrivateName, ...] = (
     ),
     PrivateName(
         "asyncio.events", "_set_running_loop", FUNCTION, "3.11+",
-        "_loop.py (run_forever on 3.11 and 3.12)",
+        "_loop.py (run_forever on 3.11 and 3.12); _cli.py (run: wrapped, to notice "
+        "a program running a loop that is not greenhub's)",
         "marks the loop as this thread's running loop, as the stock run_forever() does",
         params="loop, /",
     ),
@@ -348,25 +365,29 @@ NAMES: tuple[PrivateName, ...] = (
     ),
     PrivateName(
         _LOOP, "_check_running", METHOD, "3.11+",
-        "_loop.py (run_forever on 3.11 and 3.12)",
+        "_loop.py (run_forever on 3.11 and 3.12); _cli.py (run: wrapped, to notice "
+        "a program running a loop that is not greenhub's)",
         "the stock 'already running' errors",
         params="",
     ),
     PrivateName(
         _LOOP, "_set_coroutine_origin_tracking", METHOD, "3.11+",
-        "_loop.py (run_forever on 3.11 and 3.12)",
+        "_loop.py (run_forever on 3.11 and 3.12); _cli.py (run: wrapped, to notice "
+        "a program running a loop that is not greenhub's)",
         "debug mode's coroutine-origin tracking, switched as the stock loop does",
         params="enabled",
     ),
     PrivateName(
         _LOOP, "_asyncgen_firstiter_hook", METHOD, "3.11+",
-        "_loop.py (run_forever on 3.11 and 3.12)",
+        "_loop.py (run_forever on 3.11 and 3.12); _cli.py (run: wrapped, to notice "
+        "a program running a loop that is not greenhub's)",
         "the async-generator hooks installed while the loop runs",
         params="agen",
     ),
     PrivateName(
         _LOOP, "_asyncgen_finalizer_hook", METHOD, "3.11+",
-        "_loop.py (run_forever on 3.11 and 3.12)",
+        "_loop.py (run_forever on 3.11 and 3.12); _cli.py (run: wrapped, to notice "
+        "a program running a loop that is not greenhub's)",
         "the async-generator hooks installed while the loop runs",
         params="agen",
     ),

@@ -16,14 +16,13 @@ from types import TracebackType
 from typing import Any, Literal, ParamSpec, TypeVar, cast, overload
 
 from . import _core
+from ._core import SwitchError
 from ._private import _getframe
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
 __all__ = ["SwitchError", "no_switch", "set_switch_log", "get_switch_log"]
-
-SwitchError = _core.SwitchError
 
 switch_logger = logging.getLogger("greenhub.switches")
 
@@ -132,6 +131,9 @@ def get_switch_log() -> bool:
 
 _state = {"on": False}
 
+# The file name of the code a worker greenlet runs its task under (_vthread.py).
+_WORKER_BASE_FILE = "<greenhub virtual thread>"
+
 
 def _log_switch(yielded: object) -> None:
     """Called (from C) each time sync code suspends, waiting on `yielded`."""
@@ -139,9 +141,16 @@ def _log_switch(yielded: object) -> None:
         return
     # The suspending call (await_(), a green socket method) is C: frame 1 is
     # the code that called it.
-    caller = _getframe(1)
-    stack = traceback.StackSummary.extract(traceback.walk_stack(caller))
-    stack.reverse()
+    # The stack stops at the worker greenlet's base frame (greenhub._vthread's
+    # _WORKER_BASE), as dump_tasks() and the watchdog's do: what is outside it is
+    # greenhub's, not the task's.
+    frames = []
+    for frame, lineno in traceback.walk_stack(_getframe(1)):
+        if frame.f_code.co_filename == _WORKER_BASE_FILE:
+            break
+        frames.append((frame, lineno))
+    frames.reverse()
+    stack = traceback.StackSummary.extract(iter(frames), limit=None)
     task = asyncio.current_task()
     name = task.get_name() if task is not None else "?"
     switch_logger.info(

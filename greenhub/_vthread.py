@@ -15,6 +15,8 @@ from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
 from . import _core
+from ._core import await_
+from ._core import await_ as run_sync
 from ._private import _get_running_loop
 
 _P = ParamSpec("_P")
@@ -22,8 +24,6 @@ _T = TypeVar("_T")
 
 __all__ = ["await_", "run_sync", "spawn"]
 
-await_ = _core.await_
-run_sync = _core.await_
 
 # The base of every worker greenlet's frame stack: module-level code, so that a task's
 # frames end in a ``<module>`` frame of ``__main__`` as they do on the stock loop, where

@@ -115,6 +115,33 @@ def test_run_exit_status_and_traceback_are_the_programs(tmp_path):
     assert 'raises.py", line 2, in f' in got.stderr
 
 
+def test_run_warns_once_when_the_program_builds_its_own_stock_loop(tmp_path):
+    """install() makes the loops asyncio makes; a program that builds its loop class
+    itself (uvicorn's default --loop auto: asyncio.SelectorEventLoop) keeps it, which
+    run says once instead of leaving the user to believe it runs on greenhub."""
+    (tmp_path / "own.py").write_text(
+        "import asyncio\n"
+        "async def main():\n    return type(asyncio.get_running_loop()).__name__\n"
+        "for _ in range(2):\n"
+        "    loop = asyncio.SelectorEventLoop()\n"
+        "    print(loop.run_until_complete(main()))\n"
+        "    loop.close()\n"
+        "print(asyncio.run(main()))\n"
+    )
+    got = cli("run", "own.py", cwd=tmp_path)
+    assert got.returncode == 0, got.stderr
+    assert got.stdout.split() == ["_UnixSelectorEventLoop", "_UnixSelectorEventLoop", "Loop"]
+    assert got.stderr.count("warning: the program runs an event loop it builds itself") == 1
+    assert "(asyncio.unix_events._UnixSelectorEventLoop), not a greenhub loop" in got.stderr
+    assert "--loop greenhub:new_event_loop" in got.stderr
+    (tmp_path / "ours.py").write_text(
+        "import asyncio\nasync def main():\n    await asyncio.sleep(0)\n"
+        "asyncio.run(main())\nasyncio.new_event_loop().run_until_complete(main())\n"
+    )
+    quiet = cli("run", "ours.py", cwd=tmp_path)
+    assert (quiet.returncode, quiet.stderr) == (0, "")
+
+
 def test_run_sync_program_awaits_at_top_level(tmp_path):
     (tmp_path / "sync.py").write_text(
         "import asyncio, greenhub\n"
@@ -177,6 +204,42 @@ def test_usage_errors_exit_2_with_a_message(args, message, tmp_path):
     assert "Traceback" not in got.stderr
 
 
+def test_run_unrunnable_module_or_directory_is_a_message_not_a_traceback(tmp_path):
+    """What the interpreter says (in one line) for a -m module or a directory it cannot
+    run, with the usage-error status; the program's own ImportError stays a traceback."""
+    (tmp_path / "nomain").mkdir()
+    (tmp_path / "nomain" / "__init__.py").write_text("")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "__init__.py").write_text("raise ImportError('no dep')\n")
+    (tmp_path / "broken" / "sub.py").write_text("")
+    (tmp_path / "adir").mkdir()
+    cases = [
+        (["-m", "no_such_module_xyz"], "No module named no_such_module_xyz"),
+        (["-m", "nomain"], "'nomain' is a package and cannot be directly executed"),
+        (["-m", "nomain.sub"], "No module named nomain.sub"),
+        (["-m", "nopkg_xyz.sub"], "for 'nopkg_xyz.sub' (ModuleNotFoundError: No module"),
+        (["adir"], "can't find '__main__' module in"),
+    ]
+    for args, message in cases:
+        got = cli("run", *args, cwd=tmp_path)
+        assert message in plain(*args, cwd=tmp_path).stderr, args
+        assert (got.returncode, "Traceback" in got.stderr) == (2, False), (args, got.stderr)
+        assert message in got.stderr, args
+    (tmp_path / "imports.py").write_text("import no_such_dependency_xyz\n")
+    for args in (["-m", "imports"], ["-m", "broken.sub"]):
+        got, theirs = cli("run", *args, cwd=tmp_path), plain(*args, cwd=tmp_path)
+        assert got.returncode == theirs.returncode == 1
+        assert got.stderr.splitlines()[-1] == theirs.stderr.splitlines()[-1]
+        assert "Traceback" in got.stderr
+
+
+def test_bench_json_that_is_not_a_directory_is_a_usage_error(tmp_path):
+    (tmp_path / "afile").write_text("")
+    got = cli("bench", "--only", "memory", "--json", "afile", cwd=tmp_path)
+    assert (got.returncode, "Traceback" in got.stderr) == (2, False), got.stderr
+    assert "--json afile: File exists" in got.stderr
+
+
 def test_help_of_each_command(program):
     assert "commands:" in cli("--help").stdout
     assert "--watchdog SECONDS" in cli("run", "--help").stdout
@@ -208,8 +271,14 @@ def test_info_describes_this_build():
     import greenlet
 
     assert data["greenlet"] == greenlet.__version__
+    # The libev this process loaded (the wheel's copy when installed from the wheel),
+    # which the build flags' "libev from DIR" (where it was built) need not be.
+    ldd = subprocess.run(["ldd", _core.__file__], capture_output=True, text=True, check=True)
+    (resolved,) = [line.split()[2] for line in ldd.stdout.splitlines() if "libev" in line]
+    assert data["libev"]["library"] == os.path.realpath(resolved)
     text = cli("info")
     assert text.returncode == 0
+    assert f"({data['libev']['library']})" in text.stdout
     assert f"libev      {data['libev']['version']}, backend {data['libev']['backend']}" in (
         text.stdout
     )
@@ -297,3 +366,58 @@ def test_report_draws_the_server_benchmarks(tmp_path):
     assert "lookup: greenhub vs stock" in report and "3.00" in report  # req/s, higher better
     assert (tmp_path / "wsgi.svg").exists()
     assert "Flask slow" in report and "0.50" in report  # greenhub/gevent CPU per request
+
+
+def test_report_charts_give_each_ratio_its_own_colour_and_readable_ticks(tmp_path):
+    """memory.json's four ratios (gh/uvloop, gh/aio, gh/gevent, gh/sqlalchemy): the
+    last drew in uvloop's blue (matplotlib's first default colour), so the legend could
+    not tell the two apart; and its narrow range (1.09-1.39) had one labelled tick."""
+    import importlib.util
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as pyplot
+
+    from greenhub._cli import benchmarks_dir
+
+    spec = importlib.util.spec_from_file_location(
+        "greenhub_bench_report", os.path.join(benchmarks_dir(), "report.py")
+    )
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    doc = {
+        "machine": {"date": "2026-01-01T00:00:00", "cpu_model": "X", "cpu_count": 2},
+        "config": {},
+        "summary": {  # bench_memory.py's form
+            kind: {"bytes_per_obj": value}
+            for kind, value in [
+                ("asyncio_task", 980.8),
+                ("uvloop_task", 1032.2),
+                ("greenhub_task", 1367.0),
+                ("greenhub_vthread", 9487.0),
+                ("gevent_greenlet", 8689.0),
+                ("sqla_asyncio", 7727.0),
+            ]
+        },
+    }
+    drawn = []
+
+    class Plt:
+        def subplots(self, *args, **kwargs):
+            fig, ax = pyplot.subplots(*args, **kwargs)
+            drawn.append(ax)
+            return fig, ax
+
+        def close(self, fig):
+            pass
+
+    assert report.figure("memory", doc, str(tmp_path), Plt())
+    (ax,) = drawn
+    handles, labels = ax.get_legend_handles_labels()
+    assert labels == ["gh / uvloop", "gh / aio", "gh / gevent", "gh / sqlalchemy"]
+    colours = [tuple(h.patches[0].get_facecolor()) for h in handles]
+    assert len(set(colours)) == len(colours)
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    assert len(ticks) >= 3 and "1" in ticks
+    pyplot.close("all")

@@ -442,6 +442,10 @@ def test_switch_log_logs_each_suspension_with_its_stack(gloop, caplog):
     assert len(records) == 1
     rec = records[0]
     assert [f.name for f in rec.stack][-3:] == ["level1", "level2", "level3"]
+    # The task's frames only: not the worker greenlet's base frames outside them (as
+    # dump_tasks() and the watchdog show a stack).
+    assert "<greenhub virtual thread>" not in [f.filename for f in rec.stack]
+    assert "virtual_thread" not in [f.name for f in rec.stack]
     assert "suspends, waiting on None" in rec.getMessage()  # sleep(0): a bare yield
     assert "in level3" in rec.getMessage()
 
