@@ -365,29 +365,25 @@ NAMES: tuple[PrivateName, ...] = (
     ),
     PrivateName(
         _LOOP, "_check_running", METHOD, "3.11+",
-        "_loop.py (run_forever on 3.11 and 3.12); _cli.py (run: wrapped, to notice "
-        "a program running a loop that is not greenhub's)",
+        "_loop.py (run_forever on 3.11 and 3.12)",
         "the stock 'already running' errors",
         params="",
     ),
     PrivateName(
         _LOOP, "_set_coroutine_origin_tracking", METHOD, "3.11+",
-        "_loop.py (run_forever on 3.11 and 3.12); _cli.py (run: wrapped, to notice "
-        "a program running a loop that is not greenhub's)",
+        "_loop.py (run_forever on 3.11 and 3.12)",
         "debug mode's coroutine-origin tracking, switched as the stock loop does",
         params="enabled",
     ),
     PrivateName(
         _LOOP, "_asyncgen_firstiter_hook", METHOD, "3.11+",
-        "_loop.py (run_forever on 3.11 and 3.12); _cli.py (run: wrapped, to notice "
-        "a program running a loop that is not greenhub's)",
+        "_loop.py (run_forever on 3.11 and 3.12)",
         "the async-generator hooks installed while the loop runs",
         params="agen",
     ),
     PrivateName(
         _LOOP, "_asyncgen_finalizer_hook", METHOD, "3.11+",
-        "_loop.py (run_forever on 3.11 and 3.12); _cli.py (run: wrapped, to notice "
-        "a program running a loop that is not greenhub's)",
+        "_loop.py (run_forever on 3.11 and 3.12)",
         "the async-generator hooks installed while the loop runs",
         params="agen",
     ),
