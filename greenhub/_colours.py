@@ -335,6 +335,11 @@ class _Home(Executor):
             if asgiref_tasks is not None and task in asgiref_tasks:
                 asgiref_tasks.remove(task)
             if task.cancelled():  # before it started
+                # _outcome() never ran, so neither did the awaitable: close a coroutine,
+                # as a task cancelled before its first step does (its coroutine gets the
+                # CancelledError), or it warns "never awaited" when collected.
+                if inspect.iscoroutine(awaitable):
+                    awaitable.close()
                 done.set_exception(asyncio.CancelledError())
                 return
             ok, value = task.result()

@@ -27,8 +27,10 @@ import asyncio
 import errno
 import inspect
 import logging
+import os
 import socket as _stdsocket
 import ssl as _ssl
+import stat
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
@@ -114,6 +116,9 @@ class StreamServer:
         self._handlers: set[asyncio.Task[None]] = set()  # this server's, in the pool
         self._state = "new"  # -> "started" -> "stopping" -> "stopped"
         self._bound: Any = None  # the listening socket's address
+        # (path, st_dev, st_ino) of the socket file this server made for a Unix path
+        # listener: close() removes that file, and only if it is still this one.
+        self._unix_file: tuple[str, int, int] | None = None
 
     def __repr__(self) -> str:
         where = self.address
@@ -140,7 +145,7 @@ class StreamServer:
                     raise
             return sock
         if isinstance(arg, str):
-            return _gsocket.create_server(arg, family=_stdsocket.AF_UNIX, backlog=self.backlog)
+            return self._listen_unix(arg)
         if not isinstance(arg, tuple):
             raise TypeError(
                 f"StreamServer listener must be an address or a socket, not {type(arg).__name__}"
@@ -150,6 +155,42 @@ class StreamServer:
             _stdsocket.AF_INET6 if isinstance(host, str) and ":" in host else _stdsocket.AF_INET
         )
         return _gsocket.create_server(arg, family=family, backlog=self.backlog)
+
+    def _listen_unix(self, path: str) -> _gsocket.socket:
+        # A path is a file that outlives its socket: as asyncio's Unix servers do, a
+        # socket file left at `path` (a server that did not clean up, a previous run
+        # of the program) is removed before binding, and the file this server makes is
+        # removed when it closes - otherwise the next run, or a restart in this one,
+        # fails with EADDRINUSE.  Anything other than a socket there is left alone
+        # (bind() then fails).  An abstract address ("\0...") has no file.
+        abstract = path.startswith("\0")
+        if not abstract:
+            try:
+                if stat.S_ISSOCK(os.stat(path).st_mode):
+                    os.remove(path)
+            except FileNotFoundError:
+                pass
+        sock = _gsocket.create_server(path, family=_stdsocket.AF_UNIX, backlog=self.backlog)
+        if not abstract:
+            try:
+                st = os.stat(path)
+            except OSError:
+                pass  # removed already by someone else: nothing of ours to clean up
+            else:
+                self._unix_file = (path, st.st_dev, st.st_ino)
+        return sock
+
+    def _remove_unix_file(self) -> None:
+        unix_file, self._unix_file = self._unix_file, None
+        if unix_file is None:
+            return
+        path, dev, ino = unix_file
+        try:
+            st = os.stat(path)
+            if (st.st_dev, st.st_ino) == (dev, ino):  # not a newer server's socket
+                os.remove(path)
+        except OSError:
+            pass  # gone already, or not ours to remove
 
     @property
     def address(self) -> Any:
@@ -292,6 +333,7 @@ class StreamServer:
             self._accepting.cancel()
         if self.socket is not None:
             self.socket.close()
+        self._remove_unix_file()
         if self._closed is not None and not self._closed.done():
             self._closed.set_result(None)
 

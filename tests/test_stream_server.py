@@ -7,6 +7,7 @@ support.Overlap / support.Gathering, never by timing.
 """
 
 import asyncio
+import os
 import socket
 import ssl
 
@@ -450,3 +451,68 @@ def test_async_handle(gloop):
             return greenhub.await_(talk(server.address))
 
     assert in_vthread(gloop, main) == b"async\n"
+
+
+def test_unix_socket_file_is_removed_on_stop_and_a_stale_one_replaced(gloop, tmp_path):
+    # A Unix path outlives its socket.  As asyncio's Unix servers do, StreamServer
+    # replaces a socket file left at the path (a previous run that did not clean up)
+    # and removes its own file when it stops, so the program can run again or restart
+    # the server - before, the second start failed with EADDRINUSE.
+    path = str(tmp_path / "svc.sock")
+
+    def leave_a_stale_socket_file():
+        stale = socket.socket(socket.AF_UNIX)
+        stale.bind(path)
+        stale.close()  # the file stays behind, as a crashed server's does
+
+    leave_a_stale_socket_file()
+
+    async def stock_loop_takes_a_stale_socket_file_too():
+        server = await asyncio.start_unix_server(lambda r, w: w.close(), path)
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(stock_loop_takes_a_stale_socket_file_too())
+    if not os.path.exists(path):  # removed on close from 3.13 on; 3.11/3.12 leave it
+        leave_a_stale_socket_file()
+
+    async def client():
+        reader, writer = await asyncio.open_unix_connection(path)
+        writer.write(b"again\n")
+        answer = await reader.readline()
+        writer.close()
+        await writer.wait_closed()
+        return answer
+
+    def main():
+        answers = []
+        for _ in range(2):  # a restart in the same program
+            with StreamServer(path, echo):
+                answers.append(greenhub.await_(client()))
+            answers.append(os.path.exists(path))
+        # Only the server's own file goes: not a newer one's at the same path ...
+        old = StreamServer(path, echo)
+        old.start()
+        os.remove(path)
+        with StreamServer(path, echo):
+            old.stop()
+            answers.append(os.path.exists(path))
+            answers.append(greenhub.await_(client()))
+        # ... and a path holding something else than a socket is not touched.
+        with open(path, "w") as f:
+            f.write("data")
+        with pytest.raises(OSError):
+            StreamServer(path, echo).start()
+        with open(path) as f:
+            answers.append(f.read())
+        return answers
+
+    assert in_vthread(gloop, main) == [
+        b"AGAIN\n",
+        False,
+        b"AGAIN\n",
+        False,
+        True,
+        b"AGAIN\n",
+        "data",
+    ]

@@ -152,6 +152,46 @@ def test_cancelling_run_in_executor_cancels_what_its_thread_waits_for(gloop):
     assert outcome == ["cancelled"]
 
 
+def test_cancelled_before_its_thread_waits_the_coroutine_is_closed(gloop, recwarn):
+    # The run_in_executor() future is cancelled before its thread reaches await_(): the
+    # wait raises CancelledError without running the coroutine.  Before, the coroutine
+    # was dropped unclosed and warned "coroutine 'Lock.acquire' was never awaited"; a
+    # stock-loop task cancelled before its first step closes its coroutine likewise.
+    outcome = []
+
+    async def main():
+        lock = asyncio.Lock()
+        await lock.acquire()
+        entered, gate = threading.Event(), threading.Event()
+        coros = []
+
+        def work():
+            entered.set()
+            gate.wait()
+            coro = lock.acquire()
+            coros.append(coro)
+            try:
+                greenhub.await_(coro)
+            except asyncio.CancelledError:
+                outcome.append("cancelled")
+
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            fut = gloop.run_in_executor(pool, work)
+            await asyncio.to_thread(entered.wait)  # the thread runs work(), at the gate
+            fut.cancel()
+            gate.set()
+            await gloop.run_in_executor(pool, lambda: None)  # work() has returned
+        lock.release()
+        return [c.cr_frame is None for c in coros], lock.locked()
+
+    assert gloop.run_until_complete(main()) == ([True], False)
+    assert outcome == ["cancelled"]
+    import gc
+
+    gc.collect()
+    assert not [w for w in recwarn if "never awaited" in str(w.message)]
+
+
 def test_to_thread_contextvars_go_in_and_come_back(gloop):
     # greenhub only (stock has no such call): to_thread copies the caller's context
     # into the thread; await_() runs the awaitable in a copy of the thread's context
