@@ -64,6 +64,18 @@ def _is_listening(sock: _stdsocket.socket) -> bool:
         return False
 
 
+def _grace(timeout: Any) -> float:
+    """A stop's grace period in seconds, checked before the server is touched: a real
+    number (bool is refused); NaN is a ValueError; a negative one means none."""
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(
+            f"stop timeout must be a number of seconds or None, not {type(timeout).__name__}"
+        )
+    if timeout != timeout:
+        raise ValueError("stop timeout must be a number of seconds, not NaN")
+    return max(float(timeout), 0.0)
+
+
 class StreamServer:
     """A TCP (or Unix stream) server whose handler, ``handle(sock, address)``, runs as
     a virtual thread per connection (gevent.server.StreamServer's shape).
@@ -267,7 +279,7 @@ class StreamServer:
         except _CancelledError:
             await self._shutdown(0)
             raise
-        await self._shutdown(self.stop_timeout)
+        await self._shutdown(_grace(self.stop_timeout))
 
     # -- the accept loop -----------------------------------------------------------
 
@@ -346,6 +358,7 @@ class StreamServer:
                 "stop() blocks: call it from a virtual thread, or in async code use "
                 "'await server.async_stop()'"
             )
+        _grace(self.stop_timeout if timeout is None else timeout)  # before anything stops
         if self._closed is None:
             self.close()
             return
@@ -353,7 +366,7 @@ class StreamServer:
 
     async def async_stop(self, timeout: float | None = None) -> None:
         """``stop()`` for async code."""
-        await self._shutdown(self.stop_timeout if timeout is None else timeout)
+        await self._shutdown(_grace(self.stop_timeout if timeout is None else timeout))
 
     async def _shutdown(self, grace: float) -> None:
         """Every stop ends here; the first does the work, the others wait for it."""

@@ -183,6 +183,30 @@ def test_stop_cancels_handlers_left_after_the_timeout(gloop):
     assert cancelled == ["127.0.0.1"]
 
 
+@pytest.mark.parametrize(
+    "bad, error",
+    [("x", TypeError), (None, None), (True, TypeError), (float("nan"), ValueError)],
+    ids=["str", "none-default", "bool", "nan"],
+)
+def test_stop_with_a_bad_timeout_raises_before_stopping_anything(gloop, bad, error):
+    # stop(timeout="x") closed the listening socket, then raised TypeError from
+    # asyncio.wait(), leaving the handlers running and never cancelled.
+    def main():
+        server = StreamServer(("127.0.0.1", 0), echo)
+        server.start()
+        if error is None:
+            server.stop_timeout = bad  # None as the default: a TypeError too
+        with pytest.raises(TypeError if error is None else error, match="stop timeout"):
+            server.stop() if error is None else server.stop(timeout=bad)
+        with pytest.raises(TypeError if error is None else error, match="stop timeout"):
+            greenhub.await_(server.async_stop() if error is None else server.async_stop(bad))
+        still = greenhub.await_(talk(server.address, b"still serving\n"))
+        server.stop(timeout=-5)  # negative: no grace, handlers cancelled at once
+        return still, repr(server).startswith("<greenhub.server.StreamServer stopped")
+
+    assert in_vthread(gloop, main) == (b"STILL SERVING\n", True)  # echo upper-cases
+
+
 def test_stop_leaves_other_work_of_a_shared_pool(gloop):
     def main():
         pool = Pool(10)
