@@ -445,21 +445,23 @@ def test_ctrl_c_stops_serve_forever_in_a_script():
     assert out.splitlines()[-2:] == ["handler: CancelledError", "KeyboardInterrupt; closed: True"]
 
 
+async def unix_talk(path, line):
+    """One client of a Unix socket server: send a line, return the answer."""
+    reader, writer = await asyncio.open_unix_connection(path)
+    writer.write(line)
+    answer = await reader.readline()
+    writer.close()
+    await writer.wait_closed()
+    return answer
+
+
 def test_unix_socket_path(gloop, tmp_path):
     path = str(tmp_path / "chat.sock")
-
-    async def client():
-        reader, writer = await asyncio.open_unix_connection(path)
-        writer.write(b"unix\n")
-        answer = await reader.readline()
-        writer.close()
-        await writer.wait_closed()
-        return answer
 
     def main():
         with StreamServer(path, echo) as server:
             assert server.address == path
-            return greenhub.await_(client())
+            return greenhub.await_(unix_talk(path, b"unix\n"))
 
     assert in_vthread(gloop, main) == b"UNIX\n"
 
@@ -500,19 +502,11 @@ def test_unix_socket_file_is_removed_on_stop_and_a_stale_one_replaced(gloop, tmp
     if not os.path.exists(path):  # removed on close from 3.13 on; 3.11/3.12 leave it
         leave_a_stale_socket_file()
 
-    async def client():
-        reader, writer = await asyncio.open_unix_connection(path)
-        writer.write(b"again\n")
-        answer = await reader.readline()
-        writer.close()
-        await writer.wait_closed()
-        return answer
-
     def main():
         answers = []
         for _ in range(2):  # a restart in the same program
             with StreamServer(path, echo):
-                answers.append(greenhub.await_(client()))
+                answers.append(greenhub.await_(unix_talk(path, b"again\n")))
             answers.append(os.path.exists(path))
         # Only the server's own file goes: not a newer one's at the same path ...
         old = StreamServer(path, echo)
@@ -521,7 +515,7 @@ def test_unix_socket_file_is_removed_on_stop_and_a_stale_one_replaced(gloop, tmp
         with StreamServer(path, echo):
             old.stop()
             answers.append(os.path.exists(path))
-            answers.append(greenhub.await_(client()))
+            answers.append(greenhub.await_(unix_talk(path, b"again\n")))
         # ... and a path holding something else than a socket is not touched.
         with open(path, "w") as f:
             f.write("data")
