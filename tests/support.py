@@ -57,7 +57,7 @@ def run_in_child(request, timeout=120):
     there (the caller returns); returns False in that child, where the test goes on.
 
     For tests that import extensions which keep objects allocated until the process
-    exits (FastAPI's pydantic-core): under `make asan` a process that loaded them is not
+    exits (FastAPI's pydantic-core, matplotlib's numpy): under `make asan` a process that loaded them is not
     leak-checked (.ci/asan/sitecustomize.py), and the pytest process, where most of the
     suite runs, must stay checked.  The child's failure output becomes this test's."""
     import subprocess
