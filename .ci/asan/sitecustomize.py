@@ -84,7 +84,7 @@ def _skipped(reason):
 def _loops(core):
     import gc
 
-    return [o for o in gc.get_objects() if isinstance(o, core.Loop)]
+    return [o for o in gc.get_objects() if issubclass(type(o), core.Loop)]
 
 
 def _suspended_greenlets():
@@ -94,8 +94,11 @@ def _suspended_greenlets():
     import gc
 
     current = greenlet.getcurrent()
+    # type(), not isinstance(): isinstance() reads `__class__`, which a lazy object can
+    # compute (Django's unconfigured LazySettings raised here, and the check was lost).
+    gtype = greenlet.greenlet
     return any(
-        isinstance(g, greenlet.greenlet) and g and g.parent is not None and g is not current
+        issubclass(type(g), gtype) and g and g.parent is not None and g is not current
         for g in gc.get_objects()
     )
 
@@ -112,5 +115,21 @@ def _in_main_interpreter():
     return api.PyInterpreterState_Get() == api.PyInterpreterState_Main()
 
 
+def _arm_leak_check_or_say_why_not():
+    # A leak check that could not be armed must not pass as a clean run: the error is
+    # written where .ci/asan/run counts it as a report.
+    try:
+        _arm_leak_check()
+    except BaseException:
+        import os
+        import traceback
+
+        log = os.environ.get("GREENHUB_ASAN_LOG")
+        if log:
+            with open(os.path.join(log, f"leak-check-not-armed.{os.getpid()}"), "w") as f:
+                f.write(" ".join(sys.argv) + "\n" + traceback.format_exc())
+        raise
+
+
 if _in_main_interpreter():
-    atexit.register(_arm_leak_check)
+    atexit.register(_arm_leak_check_or_say_why_not)
