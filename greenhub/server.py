@@ -68,9 +68,7 @@ def _grace(timeout: Any) -> float:
     """A stop's grace period in seconds, checked before the server is touched: a real
     number (bool is refused); NaN is a ValueError; a negative one means none."""
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(
-            f"stop timeout must be a number of seconds or None, not {type(timeout).__name__}"
-        )
+        raise TypeError(f"stop timeout must be a number of seconds, not {type(timeout).__name__}")
     if timeout != timeout:
         raise ValueError("stop timeout must be a number of seconds, not NaN")
     return max(float(timeout), 0.0)
@@ -279,7 +277,12 @@ class StreamServer:
         except _CancelledError:
             await self._shutdown(0)
             raise
-        await self._shutdown(_grace(self.stop_timeout))
+        try:
+            grace = _grace(self.stop_timeout)
+        except (TypeError, ValueError):
+            await self._shutdown(0)  # a bad stop_timeout must not leave handlers running
+            raise
+        await self._shutdown(grace)
 
     # -- the accept loop -----------------------------------------------------------
 

@@ -115,9 +115,8 @@ int gh_switch_out(gh_GreenCoro *w, PyObject *yielded, PyObject **value, PyObject
 
 /* The task step running now on this thread's running greenhub loop
  * (borrowed), with asyncio's current task the one stepping it, or NULL: not
- * in a virtual thread (*loop is the running
- * greenhub loop, or NULL if there is none), or an error if
- * PyErr_Occurred(). */
+ * in a virtual thread (*loop is the running greenhub loop, or NULL if there
+ * is none), or an error if PyErr_Occurred(). */
 struct gh_Loop_s;
 gh_GreenCoro *gh_vthread_step(gh_state *st, struct gh_Loop_s **loop);
 

@@ -207,6 +207,33 @@ def test_stop_with_a_bad_timeout_raises_before_stopping_anything(gloop, bad, err
     assert in_vthread(gloop, main) == (b"STILL SERVING\n", True)  # echo upper-cases
 
 
+def test_serve_forever_with_a_bad_stop_timeout_still_stops_its_handlers(gloop):
+    cancelled = []
+
+    def handle(sock, address):
+        try:
+            greenhub.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    def main():
+        server = StreamServer(("127.0.0.1", 0), handle)
+        server.stop_timeout = "x"
+        serving = greenhub.spawn(server.serve_forever)
+        greenhub.sleep(0)
+        client = greenhub.spawn(greenhub.await_, talk(server.address))
+        while not server._handlers:
+            greenhub.sleep(0.001)
+        server.close()
+        with pytest.raises(TypeError, match="stop timeout"):
+            greenhub.await_(serving)
+        return greenhub.await_(client), len(server._handlers)
+
+    assert in_vthread(gloop, main) == (b"", 0)
+    assert cancelled == [True]
+
+
 def test_stop_leaves_other_work_of_a_shared_pool(gloop):
     def main():
         pool = Pool(10)

@@ -706,7 +706,7 @@ def test_await_in_a_task_built_with_asyncio_task_directly_raises_runtime_error(g
     assert run(gloop, main()) == "ok"
 
 
-@pytest.mark.skipif(not hasattr(asyncio, "eager_task_factory"), reason="eager tasks: 3.12+")
+@pytest.mark.skipif(not hasattr(asyncio, "eager_task_factory"), reason="asyncio.Task() takes eager_start from Python 3.12 on")
 def test_await_in_an_eager_step_nested_in_a_vthread_raises_runtime_error(gloop):
     # The eager first step of asyncio.Task(..., eager_start=True) runs inside the step of
     # the task that creates it, on that task's greenlet.  A wait there used to park the
