@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import LOOP_KINDS, PY312
+from support import PY312
 
 REPO = Path(__file__).resolve().parents[1]
 READY_TIMEOUT = 10
@@ -92,18 +92,35 @@ def _run_child(body, kind):
     }
 
 
+# What asyncio's run_forever() cleanup race looks like to these programs.  That cleanup is
+# Python code on both loops (greenhub's Loop uses asyncio's _run_forever_cleanup()); a
+# SIGINT whose KeyboardInterrupt is raised in it before it clears the loop's thread id
+# leaves the loop marked running, and the program's close() then fails.  Seen once on
+# 3.14's stock loop, with busy tasks; asyncio's race, not a behaviour to compare.
+CLEANUP_RACE = "RuntimeError: Cannot close a running event loop"
+
+
+def _run_past_cleanup_race(body, kind, attempts=3):
+    """_run_child(), again (at most `attempts` runs in all) while a run shows only the
+    cleanup race; any other outcome is returned as it is."""
+    for _ in range(attempts):
+        result = _run_child(body, kind)
+        if result["stderr_last"] != CLEANUP_RACE:
+            break
+    return result
+
+
 def _compare(body, expect_stdout, expect_stderr_last, expect_returncode):
     """Run body on both loops; expect_stderr_last=None: don't compare stderr."""
-    results = {kind: _run_child(body, kind) for kind in LOOP_KINDS}
     keys = ("stdout", "returncode") + (("stderr_last",) if expect_stderr_last is not None else ())
     expected = {"stdout": expect_stdout, "returncode": expect_returncode}
     if expect_stderr_last is not None:
         expected["stderr_last"] = expect_stderr_last
     # The program's expected behaviour is what the stock loop does; check that first so a
     # broken test is not mistaken for a greenhub bug.
-    stock = results["asyncio"]
+    stock = _run_past_cleanup_race(body, "asyncio")
     assert {k: stock[k] for k in keys} == expected, stock["stderr"]
-    gh = results["greenhub"]
+    gh = _run_past_cleanup_race(body, "greenhub")
     assert {k: gh[k] for k in keys} == expected, gh["stderr"]
 
 

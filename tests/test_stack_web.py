@@ -139,7 +139,7 @@ def test_uvicorn_serves_on_the_configured_loop(loop, uvicorn_kind):
     payload = os.urandom(2 * 1024 * 1024)
 
     async def client(base):
-        async with httpx.AsyncClient(base_url=base, timeout=30) as c:
+        async with httpx.AsyncClient(base_url=base, timeout=support.hang_timeout(30)) as c:
             which = (await c.get("/loop")).text
             many = await asyncio.gather(*(c.get("/loop") for _ in range(50)))
             sha = (await c.post("/sha", content=payload)).text
@@ -154,11 +154,16 @@ def test_uvicorn_serves_on_the_configured_loop(loop, uvicorn_kind):
         )
         from websockets.sync.client import connect
 
-        with connect(f"ws://127.0.0.1:{srv.port}/ws") as ws:
+        # Hang bounds, not websockets' defaults (a 10 s opening handshake): CI runs this
+        # on two busy cores beside the sanitizer lane.
+        bound = support.hang_timeout(30)
+        with connect(
+            f"ws://127.0.0.1:{srv.port}/ws", open_timeout=bound, close_timeout=bound
+        ) as ws:
             echoes = []
             for text in ("abc", "x" * 70_000):
                 ws.send(text)
-                echoes.append(ws.recv(timeout=30))
+                echoes.append(ws.recv(timeout=bound))
     assert which == uvicorn_kind  # the server's loop, from the request handler
     assert many == {uvicorn_kind}
     assert sha == hashlib.sha256(payload).hexdigest()
