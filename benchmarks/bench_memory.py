@@ -28,6 +28,14 @@ objects and pools that exist once per process are not charged to the N objects.
 
 Also reported: the time to create the N objects and run each to its suspension point,
 and the time to wake them all and run them to completion (ns per object).
+
+Where the bytes go (every run): for each contender, the C stack its suspended greenlets
+hold saved on the heap (greenlet's `_stack_saved`, per object), and - from one more
+fresh process per contender, run under tracemalloc - what is allocated through Python's
+allocators (objects, greenlet stack copies) as against what is not: the rest of the RSS
+delta, which for a greenlet that ran Python code is mostly the page of CPython's frame
+stack (its "data stack" chunk) that the greenlet touched.  `--no-breakdown` skips the
+traced processes.
 """
 
 import argparse
@@ -67,6 +75,7 @@ CONTENDERS = [
 ]
 LABEL = {c[0]: c[1] for c in CONTENDERS}
 PAGE = os.sysconf("SC_PAGE_SIZE")
+TRACE = False  # set in a worker process by --trace
 
 
 def rss_bytes():
@@ -79,8 +88,9 @@ def rss_bytes():
 # --------------------------------------------------------------------------
 
 
-def _result(n, rss0, rss1, t0, t1, t2, t3):
-    """A worker's answer: RSS before/after (t0..t1 creates the N objects, t2..t3 wakes them)."""
+def _result(n, rss0, rss1, t0, t1, t2, t3, held):
+    """A worker's answer: RSS before/after (t0..t1 creates the N objects, t2..t3 wakes
+    them); `held` is what _held() measured while the N objects were suspended."""
     return {
         "rss0": rss0,
         "rss1": rss1,
@@ -88,7 +98,45 @@ def _result(n, rss0, rss1, t0, t1, t2, t3):
         "wake_ns": (t3 - t2) / n,
         "n": n,
         "per_obj": (rss1 - rss0) / n,
+        **held,
     }
+
+
+def _trace_start():
+    """Under --trace: count what Python's allocators hand out from here on."""
+    if TRACE:
+        import tracemalloc
+
+        tracemalloc.start()
+
+
+def _held(n):
+    """With the N objects suspended: what their greenlets hold as saved C stack, and
+    under --trace what Python's allocators handed out since _trace_start(), per object."""
+    import gc
+
+    held = {}
+    try:
+        import greenlet
+    except ImportError:
+        greenlet = None
+    if greenlet is not None:
+        # A greenlet that is started and not dead (bool(g)) and not running holds the
+        # part of the C stack it had used, copied to the heap.
+        here = greenlet.getcurrent()
+        saved = [
+            g._stack_saved
+            for g in gc.get_objects()
+            if isinstance(g, greenlet.greenlet) and g and g is not here
+        ]
+        held["greenlets"] = len(saved)
+        held["stack_saved"] = sum(saved) / n
+    if TRACE:
+        import tracemalloc
+
+        held["traced"] = tracemalloc.get_traced_memory()[0] / n
+        tracemalloc.stop()
+    return held
 
 
 def measure_asyncio_like(kind, n):
@@ -175,6 +223,7 @@ def measure_asyncio_like(kind, n):
         await finish(futs, objs)
         del futs, objs
         gc.collect()
+        _trace_start()
         r0 = rss_bytes()
         target[:] = [WARMUP + n, WARMUP + n]
         t0 = time.perf_counter_ns()
@@ -182,10 +231,11 @@ def measure_asyncio_like(kind, n):
         t1 = time.perf_counter_ns()
         gc.collect()
         r1 = rss_bytes()
+        held = _held(n)
         t2 = time.perf_counter_ns()
         await finish(futs, objs)
         t3 = time.perf_counter_ns()
-        return _result(n, r0, r1, t0, t1, t2, t3)
+        return _result(n, r0, r1, t0, t1, t2, t3, held)
 
     return loop.run_until_complete(main())
 
@@ -221,19 +271,23 @@ def measure_gevent(n):
     finish(evs, objs, WARMUP)
     del evs, objs
     gc.collect()
+    _trace_start()
     r0 = rss_bytes()
     t0 = time.perf_counter_ns()
     evs, objs = batch(n, WARMUP + n)
     t1 = time.perf_counter_ns()
     gc.collect()
     r1 = rss_bytes()
+    held = _held(n)
     t2 = time.perf_counter_ns()
     finish(evs, objs, WARMUP + n)
     t3 = time.perf_counter_ns()
-    return _result(n, r0, r1, t0, t1, t2, t3)
+    return _result(n, r0, r1, t0, t1, t2, t3, held)
 
 
-def worker_main(kind, n, gh_path):
+def worker_main(kind, n, gh_path, trace):
+    global TRACE
+    TRACE = trace
     use_greenhub_path(gh_path)
     libs = {c[0]: c[2] for c in CONTENDERS}[kind]
     try:
@@ -264,7 +318,7 @@ def worker_main(kind, n, gh_path):
 # --------------------------------------------------------------------------
 
 
-def run_worker(kind, n, args):
+def run_worker(kind, n, args, trace=False):
     argv = [
         os.path.abspath(__file__),
         "--worker",
@@ -273,7 +327,7 @@ def run_worker(kind, n, args):
         str(n),
         "--greenhub-path",
         args.greenhub_path,
-    ]
+    ] + (["--trace"] if trace else [])
     try:
         msgs, rc, err = run_worker_once(argv, args.timeout)
     except WorkerFailed as exc:
@@ -302,11 +356,17 @@ def main():
     ap.add_argument("--json", metavar="PATH", help="also write all results as JSON")
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--greenhub-path", default=REPO)
+    ap.add_argument(
+        "--no-breakdown",
+        action="store_true",
+        help="skip the tracemalloc process per contender (where the bytes go)",
+    )
     ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     n = args.n or (10_000 if args.quick else 100_000)
     if args.worker:
-        return worker_main(args.worker, n, args.greenhub_path)
+        return worker_main(args.worker, n, args.greenhub_path, args.trace)
     procs = args.processes or (1 if args.quick else 3)
     kinds = filter_ids([c[0] for c in CONTENDERS], args.filter)
 
@@ -331,6 +391,14 @@ def main():
                 versions.update(r.pop("versions"))
                 results[k].append(r)
     minfo["versions"] = versions
+    traced = {}
+    if not args.no_breakdown:
+        log("where the bytes go: one process per contender under tracemalloc")
+        for k in kinds:
+            if results[k]:
+                r = run_worker(k, n, args, trace=True)
+                if "traced" in r:
+                    traced[k] = r["traced"]
 
     summ = {}
     for k, rs in results.items():
@@ -345,6 +413,11 @@ def main():
                 "rss0_mib": statistics.median([r["rss0"] for r in rs]) / 2**20,
                 "processes": len(rs),
             }
+            if "stack_saved" in rs[0]:
+                summ[k]["stack_saved"] = statistics.median([r["stack_saved"] for r in rs])
+                summ[k]["greenlets_per_obj"] = rs[0]["greenlets"] / n
+            if k in traced:
+                summ[k]["traced"] = traced[k]
 
     L = []
     L.append("greenhub memory benchmark (bench_memory.py)  %s" % minfo["date"])
@@ -397,13 +470,56 @@ def main():
         if k in status:
             L.append("    " + status[k][:150])
     L.append("")
-    for k in ("greenhub_task", "greenhub_vthread"):
-        if k in summ:
-            v = summ[k]["bytes_per_obj"]
+    if any("traced" in s or "stack_saved" in s for s in summ.values()):
+        L.append(
+            "where the bytes go, per object: Python heap = allocated through Python's "
+            "allocators (tracemalloc, its own process),"
+        )
+        L.append(
+            "  of which C stack = greenlet stack slices saved to the heap; rest = RSS "
+            "minus Python heap (CPython's frame-stack pages, malloc overhead)"
+        )
+        hdr = "%-40s %9s %12s %9s %9s %11s" % (
+            "idle object",
+            "RSS",
+            "Python heap",
+            "C stack",
+            "rest",
+            "greenlets",
+        )
+        L.append(hdr)
+        L.append("-" * len(hdr))
+        for k in kinds:
+            s = summ.get(k)
+            if not s:
+                continue
+            heap = s.get("traced")
             L.append(
-                "goal %s <= 4 KiB: %.2f KiB -> %s"
-                % (LABEL[k], v / 1024, "MET" if v <= 4096 else "MISSED")
+                "%-40s %9s %12s %9s %9s %11s"
+                % (
+                    LABEL[k],
+                    fmt_b(s["bytes_per_obj"]),
+                    fmt_b(heap) if heap is not None else "-",
+                    fmt_b(s["stack_saved"]) if "stack_saved" in s else "-",
+                    fmt_b(s["bytes_per_obj"] - heap) if heap is not None else "-",
+                    ("%.2f" % s["greenlets_per_obj"]) if "greenlets_per_obj" in s else "-",
+                )
             )
+        L.append("")
+    # The goals of zero-switch task steps (docs/design.md): an idle task no larger than
+    # the stock loop's, a virtual thread suspended in sync code at most 6 KiB.
+    if "greenhub_task" in summ and base:
+        v = summ["greenhub_task"]["bytes_per_obj"]
+        L.append(
+            "goal %s <= asyncio task: %.2f KiB vs %.2f KiB -> %s"
+            % (LABEL["greenhub_task"], v / 1024, base / 1024, "MET" if v <= base else "MISSED")
+        )
+    if "greenhub_vthread" in summ:
+        v = summ["greenhub_vthread"]["bytes_per_obj"]
+        L.append(
+            "goal %s <= 6 KiB: %.2f KiB -> %s"
+            % (LABEL["greenhub_vthread"], v / 1024, "MET" if v <= 6144 else "MISSED")
+        )
     L.append(
         "create ns: make N objects and run each to its suspension point; wake ns: "
         "complete every future/event and run all to the end (wall time, per object)"

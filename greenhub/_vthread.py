@@ -11,6 +11,7 @@ import asyncio
 import builtins
 import inspect
 import sys
+import types
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
@@ -25,29 +26,36 @@ _T = TypeVar("_T")
 __all__ = ["await_", "run_sync", "spawn"]
 
 
-# The base of every worker greenlet's frame stack: module-level code, so that a task's
-# frames end in a ``<module>`` frame of ``__main__`` as they do on the stock loop, where
-# the step's caller frames lead down to the script that started the loop.  Code that
-# walks ``f_back`` to the nearest module frame (aiohttp's ``web.AppKey``, which names a
-# key after it) then finds one.  The worker's return value is kept: greenlet hands it
-# to the parent when a resumed await_() ends the greenlet.
-_WORKER_BASE = compile("_greenhub_result = _greenhub_worker()", "<greenhub virtual thread>", "exec")
+# The base of every worker greenlet's frame stack: a frame named ``<module>``, in the
+# namespace of ``__main__``, so that a task's frames end in a module frame of
+# ``__main__`` as they do on the stock loop, where the step's caller frames lead down to
+# the script that started the loop.  Code that walks ``f_back`` to the nearest module
+# frame (aiohttp's ``web.AppKey``, which names a key after it) then finds one.  It is a
+# function whose code is renamed ``<module>``, not module code run by exec(): the
+# greenlet calls it directly, which keeps two interpreter calls and exec()'s own C
+# frames off the stack every suspended virtual thread saves.  The worker's return value
+# is kept: greenlet hands it to the parent when a resumed await_() ends the greenlet.
+def _make_worker_base() -> types.CodeType:
+    source = "def base(_greenhub_worker):\n    return _greenhub_worker()\n"
+    module = compile(source, "<greenhub virtual thread>", "exec")
+    (code,) = (c for c in module.co_consts if isinstance(c, types.CodeType))
+    return code.replace(co_name="<module>", co_qualname="<module>")
 
 
-def _worker_entry(worker_main: Callable[[], object]) -> Callable[[], object]:
-    def virtual_thread() -> object:
-        main = sys.modules.get("__main__")
-        namespace = getattr(main, "__dict__", None)
-        if not isinstance(namespace, dict) or "__builtins__" not in namespace:
-            namespace = {"__name__": "__main__", "__builtins__": builtins}
-        local = {"_greenhub_worker": worker_main}
-        exec(_WORKER_BASE, namespace, local)
-        return local["_greenhub_result"]
-
-    return virtual_thread
+_WORKER_BASE = _make_worker_base()
 
 
-_core._wrap_worker_main(_worker_entry)
+def _worker_run(worker_main: Callable[[], object]) -> Callable[[], object]:
+    """What a new worker greenlet runs: worker_main under the base frame, whose
+    globals are those of ``__main__`` as it is now."""
+    main = sys.modules.get("__main__")
+    namespace = getattr(main, "__dict__", None)
+    if not isinstance(namespace, dict) or "__builtins__" not in namespace:
+        namespace = {"__name__": "__main__", "__builtins__": builtins}
+    return types.FunctionType(_WORKER_BASE, namespace, "<module>", (worker_main,))
+
+
+_core._set_worker_base(_worker_run)
 
 
 async def _call_sync(fn: Callable[..., _T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> _T:

@@ -115,26 +115,21 @@ register_green_socket(PyObject *mod, PyObject *cls)
     Py_RETURN_NONE;
 }
 
-/* _wrap_worker_main(wrap): from now on, worker greenlets run wrap(run)
- * instead of run, the C function that steps task coroutines.  greenhub/
- * _vthread.py uses it once, at import, to put a module-level frame under
- * every task's frames (see _worker_entry there).  The state owns the new
- * callable; the old one stays alive through the closure wrap made. */
+/* _set_worker_base(make_run): from now on, each new worker greenlet runs
+ * make_run(run) instead of run, the C function that steps task coroutines.
+ * greenhub/_vthread.py sets it once, at import, to put a module-level frame
+ * of __main__ under every task's frames (see _worker_run there); it is
+ * called once per new worker, which the pool then reuses, so it costs
+ * nothing per step.  The state owns make_run. */
 static PyObject *
-wrap_worker_main(PyObject *mod, PyObject *wrap)
+set_worker_base(PyObject *mod, PyObject *make_run)
 {
-    gh_state *st = module_state(mod);
-    PyObject *run = PyObject_CallOneArg(wrap, st->worker_main);
-    if (run == NULL) {
+    if (!PyCallable_Check(make_run)) {
+        PyErr_Format(PyExc_TypeError, "worker base must be callable, not %.100s",
+                     Py_TYPE(make_run)->tp_name);
         return NULL;
     }
-    if (!PyCallable_Check(run)) {
-        PyErr_Format(PyExc_TypeError, "worker entry must be callable, not %.100s",
-                     Py_TYPE(run)->tp_name);
-        Py_DECREF(run);
-        return NULL;
-    }
-    Py_SETREF(st->worker_main, run);
+    Py_XSETREF(module_state(mod)->worker_base, Py_NewRef(make_run));
     Py_RETURN_NONE;
 }
 
@@ -154,7 +149,7 @@ static PyMethodDef module_methods[] = {
      "thread: there, greenhub.await_() and greenhub's blocking calls suspend only\n"
      "that task.  False anywhere else (no loop, another loop, a loop callback)."},
     {"_register_green_socket", register_green_socket, METH_O, NULL},
-    {"_wrap_worker_main", wrap_worker_main, METH_O, NULL},
+    {"_set_worker_base", set_worker_base, METH_O, NULL},
     {"_install_hooks", (PyCFunction)(void (*)(void))install_hooks, METH_VARARGS | METH_KEYWORDS,
      NULL},
     {"_install_task_type", (PyCFunction)(void (*)(void))gh_install_task_type, METH_FASTCALL, NULL},
@@ -311,6 +306,7 @@ module_traverse(PyObject *mod, visitproc visit, void *arg)
     Py_VISIT(st->SockDoneType);
     Py_VISIT(st->VThreadGreenletType);
     Py_VISIT(st->worker_main);
+    Py_VISIT(st->worker_base);
     Py_VISIT(st->get_running_loop);
     Py_VISIT(st->hook_run_sync);
     Py_VISIT(st->hook_handle_repr);
@@ -371,6 +367,7 @@ module_clear(PyObject *mod)
     gh_fd_wait_clear(st);
     gh_tasks_clear(st);
     Py_CLEAR(st->worker_main);
+    Py_CLEAR(st->worker_base);
     Py_CLEAR(st->get_running_loop);
     Py_CLEAR(st->await_probe);
     Py_CLEAR(st->hook_run_sync);

@@ -31,8 +31,10 @@ typedef struct {
     PyTypeObject *TransportBaseType;   /* transport.c */
     PyTypeObject *SockDoneType;        /* sock.c */
     PyTypeObject *VThreadGreenletType; /* task_step.c: the workers' greenlet subclass */
-    PyObject *worker_main;             /* owned: what every worker greenlet runs */
-    PyObject *in_transit; /* owned or NULL: what gh_pass_on_resume() passes on (task_step.c) */
+    PyObject *worker_main;             /* owned: the C function that steps task coroutines */
+    PyObject *worker_base; /* owned or NULL: make_run(worker_main) -> what a new worker greenlet
+                              runs (_core._set_worker_base; greenhub/_vthread.py) */
+    PyObject *in_transit;  /* owned or NULL: what gh_pass_on_resume() passes on (task_step.c) */
 
     /* Hooks into the Python layer, installed through _core._install_hooks()
      * by the module that defines each (greenhub/_loop.py, _thread_loop.py;

@@ -189,7 +189,16 @@ bind_worker(gh_state *st, gh_Loop *loop, gh_GreenCoro *w)
         g = loop->vt.pool.greenlets[--loop->vt.pool.len];
     }
     else {
-        g = gh_green_new_under_main(st->VThreadGreenletType, st->worker_main);
+        /* What it runs: worker_main, under the Python layer's base frame
+         * (_core._set_worker_base) once that is set. */
+        PyObject *run = st->worker_base == NULL
+                            ? Py_NewRef(st->worker_main)
+                            : PyObject_CallOneArg(st->worker_base, st->worker_main);
+        if (run == NULL) {
+            return -1;
+        }
+        g = gh_green_new_under_main(st->VThreadGreenletType, run);
+        Py_DECREF(run);
         if (g == NULL) {
             return -1;
         }

@@ -233,7 +233,6 @@ PRIVATE = re.compile(r"_[A-Za-z][A-Za-z0-9_]*")
 # own (attributes of greenhub classes that derive from a foreign class, strings).
 NOT_FOREIGN = {
     "_greenhub_worker": "a name in greenhub._vthread's worker base code",
-    "_greenhub_result": "a name in greenhub._vthread's worker base code",
     "_thread": "a module name (greenhub.monkey's patch labels)",
     "_socket": "a module name (compared with __module__)",
     "_tasks": "greenhub._colours._Home's own attribute (an Executor subclass)",

@@ -10,6 +10,7 @@ long run of short tasks needs only a handful of greenlets.
 
 import asyncio
 import contextvars
+import sys
 import weakref
 
 import greenlet
@@ -149,6 +150,54 @@ def test_task_greenlet_is_not_the_loop_greenlet_and_current_task_is_right(gloop)
     g = run(gloop, main())
     assert g is not loop_greenlet
     assert greenlet.getcurrent() is loop_greenlet
+
+
+def _module_frame_below(frame):
+    """The nearest frame named <module> down the f_back chain, as aiohttp's web.AppKey
+    looks for it (to name a key after the module that made it)."""
+    while frame is not None and frame.f_code.co_name != "<module>":
+        frame = frame.f_back
+    return frame
+
+
+def test_task_frames_lead_down_to_a_module_frame_of_main(loop):
+    # On the stock loop a step's caller frames lead down to the script that started the
+    # loop; on greenhub the worker greenlet's base frame stands in for them - in an
+    # async step, in sync code under await_, and in a greenhub.spawn() function.
+    def sync_part():
+        return _module_frame_below(sys._getframe())
+
+    async def main():
+        return _module_frame_below(sys._getframe()), sync_part()
+
+    frames = loop.run_until_complete(main())
+    assert [f.f_globals["__name__"] for f in frames] == ["__main__", "__main__"]
+    if type(loop).__module__.startswith("greenhub"):
+        # The worker's base frame is all there is below the task's frames: the
+        # greenlet calls it directly (no exec() frames, which every suspended virtual
+        # thread would keep on its saved C stack).
+        assert [f.f_code.co_filename for f in frames] == ["<greenhub virtual thread>"] * 2
+        assert [f.f_back for f in frames] == [None, None]
+
+
+def test_aiohttp_app_key_made_in_a_task_and_in_a_virtual_thread(loop):
+    web = pytest.importorskip("aiohttp.web", reason="test dependency: make deps installs it")
+
+    async def main():
+        return web.AppKey("in_task", int)
+
+    key = loop.run_until_complete(main())
+    assert "__main__.in_task" in repr(key)
+    if type(loop).__module__.startswith("greenhub"):
+
+        def sync_fn():
+            return web.AppKey("in_vthread", str)
+
+        async def spawn_it():
+            return await greenhub.spawn(sync_fn)
+
+        key = loop.run_until_complete(spawn_it())
+        assert "__main__.in_vthread" in repr(key)
 
 
 # --- pooling ---------------------------------------------------------------------------
