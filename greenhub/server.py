@@ -381,17 +381,24 @@ class StreamServer:
             await asyncio.shield(finished)
             return
         self._shutting_down = True
+        accepting = self._accepting
         try:
-            accepting = self._accepting
-            if accepting is not None and not accepting.done():
-                await asyncio.wait((accepting,))
-            if self._handlers and grace > 0:
-                await asyncio.wait(set(self._handlers), timeout=grace)
-            while self._handlers:
-                left = set(self._handlers)
-                for task in left:
-                    task.cancel()
-                await asyncio.wait(left)
+            try:
+                if accepting is not None and not accepting.done():
+                    await asyncio.wait((accepting,))
+                if self._handlers and grace > 0:
+                    await asyncio.wait(set(self._handlers), timeout=grace)
+            finally:
+                # Also when the graceful part is cancelled (serve_forever() or a stop
+                # cancelled during its grace period): that makes it a stop at once,
+                # never one that reports "stopped" with handlers still running.
+                if accepting is not None and not accepting.done():
+                    await asyncio.wait((accepting,))
+                while self._handlers:
+                    left = set(self._handlers)
+                    for task in left:
+                        task.cancel()
+                    await asyncio.wait(left)
         finally:
             self._state = "stopped"
             if not finished.done():

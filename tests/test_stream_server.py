@@ -293,6 +293,54 @@ def test_cancelling_serve_forever_stops_the_server(gloop):
     assert cancelled == [True]
 
 
+@pytest.mark.parametrize("how", ["serve_forever", "async_stop"])
+def test_cancelling_a_graceful_stop_stops_the_server_at_once(gloop, how):
+    # Cancelled during its grace period (close() called, handlers still running), a
+    # stop becomes a stop at once: the handlers are cancelled and waited for before the
+    # cancelled call raises.  (It used to end with the server "stopped" and the
+    # handlers running on, and every later stop returned at once without them.)
+    cancelled = []
+
+    def handle(sock, address):
+        try:
+            greenhub.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    async def main():
+        server = StreamServer(("127.0.0.1", 0), handle)
+        server.stop_timeout = 3600
+        serving = greenhub.spawn(server.serve_forever)
+        await asyncio.sleep(0)
+        reader, writer = await asyncio.open_connection(*server.address)
+        while not server._handlers:
+            await asyncio.sleep(0.001)
+        if how == "async_stop":
+            stopping = asyncio.ensure_future(server.async_stop(3600))
+        else:
+            server.close()
+            stopping = serving
+        for _ in range(3):
+            await asyncio.sleep(0)
+        stopping.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await stopping
+        running = len(server._handlers)
+        for task in list(server._handlers):  # (only without the fix: no hang then)
+            task.cancel()
+        await server.async_stop(0)
+        if how == "async_stop":
+            await serving
+        eof = await reader.read()
+        writer.close()
+        await writer.wait_closed()
+        return running, eof, server.closed
+
+    assert gloop.run_until_complete(main()) == (0, b"", True)
+    assert cancelled == [True]
+
+
 def test_serve_forever_from_a_plain_thread_runs_its_own_loop():
     # As in a script: no loop running, serve_forever() runs one (greenhub.run).
     def handle(sock, address):
