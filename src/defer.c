@@ -28,10 +28,15 @@
  * When the outermost block ends, _defer_exit() hands the kept CancelledError
  * back to Python, which re-arms it on the task: uncancel() then cancel(msg),
  * so the task's count of cancel requests is what it was and asyncio.timeout()
- * still recognises its own.  A cancel() of a running task is delivered at its
- * next suspension, exactly as on the stock loop: the next wait outside a
- * block, the next `await`, or the end of the coroutine (the task then ends
- * cancelled).
+ * still recognises its own.  Unless the request was withdrawn meanwhile: a
+ * timeout inside the block (greenhub.timeout(), asyncio.timeout() under
+ * await_()) that expires cancels the task, and the end of its own block
+ * uncancels it again.  So the task's cancelling() is read when the first
+ * CancelledError is kept (the request is counted by then) and again at the
+ * end: lower means the request is gone, and nothing is re-armed.  A cancel()
+ * of a running task is delivered at its next suspension, exactly as on the
+ * stock loop: the next wait outside a block, the next `await`, or the end of
+ * the coroutine (the task then ends cancelled).
  *
  * Only the suspensions of synchronous code go through gh_suspend().  A native
  * `await` in the task's coroutine, inside a block, would hand its future to
@@ -49,12 +54,35 @@ is_cancellation(gh_state *st, PyObject *exc)
     return PyObject_TypeCheck(exc, (PyTypeObject *)st->CancelledError);
 }
 
+/* The current task's count of cancel requests (Task.cancelling()), or -1
+ * if it cannot be read (no current task, an error: cleared). */
+static Py_ssize_t
+task_cancel_requests(gh_state *st, gh_GreenCoro *w)
+{
+    Py_ssize_t n = -1;
+    PyObject *task = PyObject_CallOneArg(st->current_task, w->loop);
+    if (task != NULL && task != Py_None) {
+        PyObject *count = PyObject_CallMethod(task, "cancelling", NULL);
+        if (count != NULL) {
+            n = PyLong_AsSsize_t(count);
+            Py_DECREF(count);
+        }
+    }
+    Py_XDECREF(task);
+    if (n < 0) {
+        PyErr_Clear();
+        n = -1;
+    }
+    return n;
+}
+
 /* Keeps `exc` (stolen) as the block's pending cancellation. */
 static void
-keep(gh_GreenCoro *w, PyObject *exc)
+keep(gh_state *st, gh_GreenCoro *w, PyObject *exc)
 {
     if (w->deferred_cancel == NULL) {
         w->deferred_cancel = exc;
+        w->kept_requests = task_cancel_requests(st, w);
     }
     else {
         Py_DECREF(exc);
@@ -84,7 +112,7 @@ gh_suspend_deferring(gh_state *st, gh_GreenCoro *w, PyObject *yielded, PyObject 
             return -1;
         }
         if (*exc != NULL && is_cancellation(st, *exc)) {
-            keep(w, *exc);
+            keep(st, w, *exc);
             *exc = NULL;
             Py_XSETREF(*value, Py_NewRef(Py_None));
         }
@@ -109,7 +137,7 @@ gh_suspend_deferring(gh_state *st, gh_GreenCoro *w, PyObject *yielded, PyObject 
         if (*exc == NULL || !is_cancellation(st, *exc)) {
             break; /* resumed, or something else to deliver (GeneratorExit) */
         }
-        keep(w, *exc);
+        keep(st, w, *exc);
         *exc = NULL;
         Py_CLEAR(*value);
     }
@@ -172,6 +200,14 @@ gh_defer_exit(PyObject *module, PyObject *token)
     if (w->defer_cancel == 0 && w->deferred_cancel != NULL) {
         PyObject *exc = w->deferred_cancel; /* ownership moves to the caller */
         w->deferred_cancel = NULL;
+        Py_ssize_t kept = w->kept_requests;
+        if (kept >= 0) {
+            Py_ssize_t now = task_cancel_requests(st, w);
+            if (now >= 0 && now < kept) { /* withdrawn (uncancel()ed) meanwhile */
+                Py_DECREF(exc);
+                Py_RETURN_NONE;
+            }
+        }
         return exc;
     }
     Py_RETURN_NONE;

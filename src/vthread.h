@@ -46,6 +46,8 @@ typedef struct gh_GreenCoro {
                                   running in this task; that call's caller owns it */
     PyObject *deferred_cancel; /* owned or NULL: the CancelledError a defer_cancellation()
                                   block held back (defer.c) */
+    Py_ssize_t kept_requests;  /* the task's cancelling() when deferred_cancel was kept,
+                                  -1 if it could not be read (defer.c) */
     struct gh_GreenCoro *prev_step; /* borrowed: the loop's current step before this one */
     struct gh_GreenCoro *park_prev; /* borrowed: links in the loop's list of parked coros */
     struct gh_GreenCoro *park_next;

@@ -175,6 +175,74 @@ def test_asyncio_timeout_still_raises_timeout_error(gloop):
     assert run(gloop, gloop.create_task(main())) == [True, ("timeout", 0)]
 
 
+async def _in_timeout(ev):
+    async with asyncio.timeout(0.001):
+        await ev.wait()
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.timeout is 3.11+")
+@pytest.mark.parametrize("timeout", ["greenhub", "asyncio"])
+@pytest.mark.parametrize("cancel", ["none", "stale", "also"])
+def test_timeout_inside_a_block_that_expired_and_ended_cancels_nothing(gloop, timeout, cancel):
+    """A timeout inside a block (the docs' advice: bound a block's waits) is deferred
+    like any cancellation; once its own block has ended it has withdrawn its request
+    (uncancel()), so leaving the outer block must not cancel the task.  It used to:
+    the next wait raised CancelledError though nobody cancelled the task.  "stale": a
+    cancellation swallowed before (the count stays 1) changes nothing; "also": a real
+    cancel() during the block is still delivered after it."""
+    log = []
+
+    def body(ev):
+        if cancel == "stale":
+            try:
+                greenhub.sleep(3600)
+            except asyncio.CancelledError:
+                log.append("swallowed")
+        with greenhub.defer_cancellation():
+            if timeout == "greenhub":
+                with greenhub.timeout(0.001):
+                    ev.wait()
+            else:
+                greenhub.await_(_in_timeout(ev))
+        log.append("block ended")
+        try:
+            greenhub.sleep(0)
+        except asyncio.CancelledError:
+            log.append("cancelled")
+            raise
+        return "went on"
+
+    async def main():
+        ev = asyncio.Event() if timeout == "asyncio" else greenhub.Event()
+        t = greenhub.spawn(body, ev)
+        if cancel == "stale":
+            await parked(t)
+            t.cancel()
+            while not log:
+                await asyncio.sleep(0)
+        base = t.cancelling()
+        while t.cancelling() == base:  # the timeout expired: it cancelled the task
+            await asyncio.sleep(0.001)
+        for _ in range(3):  # the task takes the CancelledError into the block
+            await asyncio.sleep(0)
+        if cancel == "also":
+            t.cancel()
+            await asyncio.sleep(0)
+        ev.set()
+        try:
+            log.append(await t)
+        except asyncio.CancelledError:
+            log.append("task cancelled")
+        return log
+
+    expected = ["block ended", "went on"]
+    if cancel == "stale":
+        expected.insert(0, "swallowed")
+    if cancel == "also":
+        expected = ["block ended", "cancelled", "task cancelled"]
+    assert run(gloop, main()) == expected
+
+
 def test_nested_blocks_deliver_after_the_outermost(gloop):
     log = []
     ev = greenhub.Event()
