@@ -31,6 +31,7 @@ import os
 import socket as _stdsocket
 import ssl as _ssl
 import stat
+import threading
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
@@ -339,9 +340,27 @@ class StreamServer:
 
     # -- stopping ------------------------------------------------------------------
 
+    def _loop_elsewhere(self) -> asyncio.AbstractEventLoop | None:
+        """The server's loop if it runs in another OS thread than the caller, else None."""
+        closed = self._closed
+        if closed is None:
+            return None
+        loop = closed.get_loop()
+        if loop.is_running() and getattr(loop, "_thread_id", None) != threading.get_ident():
+            return loop
+        return None
+
     def close(self) -> None:
         """Stop accepting connections (the handlers carry on); returns at once.  A
-        ``serve_forever()`` in progress then stops the server gracefully and returns."""
+        ``serve_forever()`` in progress then stops the server gracefully and returns.
+        From another OS thread than the one its loop runs in, the close is scheduled
+        on that loop (``call_soon_threadsafe``)."""
+        loop = self._loop_elsewhere()
+        if loop is not None:
+            # The server's task, futures and socket belong to its loop's thread: done
+            # from here they raced it (the loop was not even woken up).
+            loop.call_soon_threadsafe(self.close)
+            return
         if self._state in ("new", "started"):
             self._state = "stopping" if self._closed is not None else "stopped"
         if self._accepting is not None:
@@ -355,7 +374,9 @@ class StreamServer:
     def stop(self, timeout: float | None = None) -> None:
         """Stop accepting, wait up to `timeout` seconds (default: ``stop_timeout``)
         for the running handlers to finish, then cancel those left and wait for them.
-        In async code: ``await server.async_stop(timeout)``."""
+        In async code: ``await server.async_stop(timeout)``.  From another OS thread
+        than the one the server's loop runs in, the stop runs on that loop and this
+        thread (or virtual thread) waits for it."""
         if not _in_vthread() and _get_running_loop() is not None:
             raise RuntimeError(
                 "stop() blocks: call it from a virtual thread, or in async code use "
@@ -364,6 +385,16 @@ class StreamServer:
         _grace(self.stop_timeout if timeout is None else timeout)  # before anything stops
         if self._closed is None:
             self.close()
+            return
+        loop = self._loop_elsewhere()
+        if loop is not None:
+            # Not on this thread's own loop (which await_() would pick): the server's
+            # tasks and futures are its loop's, and it must be woken up.
+            done = asyncio.run_coroutine_threadsafe(self.async_stop(timeout), loop)
+            if _in_vthread():
+                _await(asyncio.wrap_future(done))
+            else:
+                done.result()
             return
         _await(self.async_stop(timeout))
 

@@ -10,9 +10,10 @@ import asyncio
 import os
 import socket
 import ssl
+import threading
 
 import pytest
-from support import Gathering, Overlap, tls_contexts
+from support import Gathering, Overlap, hang_timeout, tls_contexts
 from vthread_helpers import gloop_fixture, in_thread, run_child
 
 import greenhub
@@ -338,6 +339,53 @@ def test_cancelling_a_graceful_stop_stops_the_server_at_once(gloop, how):
         return running, eof, server.closed
 
     assert gloop.run_until_complete(main()) == (0, b"", True)
+    assert cancelled == [True]
+
+
+@pytest.mark.parametrize("how", ["stop", "close"])
+def test_stop_or_close_from_another_os_thread(gloop, how):
+    # A plain thread (no loop running there) stops the server its loop runs.  stop()
+    # used to run the stop on that thread's own loop with the server's tasks and
+    # futures: the two loops then waited for each other for ever.  close() did its work
+    # from the wrong thread and the idle loop was never woken up.  Both now go through
+    # the server's loop (a daemon thread here, so a regression fails instead of hanging).
+    cancelled = []
+    done = threading.Event()
+
+    def handle(sock, address):
+        try:
+            greenhub.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    def other(server):
+        server.stop(0) if how == "stop" else server.close()
+        done.set()
+
+    async def main():
+        server = StreamServer(("127.0.0.1", 0), handle)
+        server.stop_timeout = 0
+        serving = greenhub.spawn(server.serve_forever)
+        await asyncio.sleep(0)
+        reader, writer = await asyncio.open_connection(*server.address)
+        while not server._handlers:
+            await asyncio.sleep(0.001)
+        threading.Thread(target=other, args=(server,), daemon=True).start()
+        stopped, _ = await asyncio.wait([serving], timeout=hang_timeout(5))
+        if not stopped:  # (a regression: unstick the server so that the test ends)
+            for task in list(server._handlers):
+                task.cancel()
+            if not server._finished.done():
+                server._finished.set_result(None)
+            await asyncio.wait([serving], timeout=hang_timeout(5))
+        eof = await reader.read()
+        writer.close()
+        await writer.wait_closed()
+        stopper = await asyncio.to_thread(done.wait, hang_timeout(5))
+        return bool(stopped), eof, server.closed, stopper
+
+    assert gloop.run_until_complete(main()) == (True, b"", True, True)
     assert cancelled == [True]
 
 
