@@ -124,6 +124,7 @@ class StreamServer:
         self._closed: asyncio.Future[None] | None = None  # set by close()
         self._finished: asyncio.Future[None] | None = None  # set once stopped
         self._shutting_down = False
+        self._accept_error: Exception | None = None  # what ended the accept loop, if not close()
         self._handlers: set[asyncio.Task[None]] = set()  # this server's, in the pool
         self._state = "new"  # -> "started" -> "stopping" -> "stopped"
         self._bound: Any = None  # the listening socket's address
@@ -244,6 +245,7 @@ class StreamServer:
         self._finished = loop.create_future()
         self._state = "started"
         self._accepting = _spawn_vthread(self._accept_loop, self.socket)
+        self._accepting.add_done_callback(self._accept_ended)
 
     def serve_forever(self) -> None:
         """Start (if not started) and wait until the server is stopped.
@@ -284,6 +286,9 @@ class StreamServer:
             await self._shutdown(0)  # a bad stop_timeout must not leave handlers running
             raise
         await self._shutdown(grace)
+        error = self._accept_error
+        if error is not None:
+            raise RuntimeError(f"{self!r} stopped: its accept loop failed") from error
 
     # -- the accept loop -----------------------------------------------------------
 
@@ -312,6 +317,25 @@ class StreamServer:
                 raise
             self._handlers.add(task)
             task.add_done_callback(self._handlers.discard)
+
+    def _accept_ended(self, task: asyncio.Task[None]) -> None:
+        # Anything but close() ending the accept loop (a spawn= pool that refuses, a
+        # cancel() of its task) used to leave the server "started" with nothing
+        # accepting and serve_forever() waiting for ever: stop it instead; an error
+        # is reported and raised by serve_forever().
+        if self._state != "started":
+            return
+        error = None if task.cancelled() else task.exception()
+        if isinstance(error, Exception):
+            self._accept_error = error
+            task.get_loop().call_exception_handler(
+                {
+                    "message": "StreamServer: the accept loop failed; the server stops",
+                    "exception": error,
+                    "server": self,
+                }
+            )
+        self.close()
 
     def _serve_one(self, conn: _gsocket.socket, address: Any) -> None:
         sock: Any = conn

@@ -389,6 +389,44 @@ def test_stop_or_close_from_another_os_thread(gloop, how):
     assert cancelled == [True]
 
 
+class _RefusingGroup(greenhub.Group):
+    def spawn(self, fn, /, *args, **kwargs):
+        raise ValueError("no more")
+
+
+@pytest.mark.parametrize("how", ["spawn raises", "accept loop cancelled"])
+def test_accept_loop_that_dies_stops_the_server(gloop, how):
+    # The accept loop ended by anything but close(): the server used to stay "started"
+    # with nothing accepting, and serve_forever() waited for ever.  Now the server is
+    # stopped; an error that ended the loop is reported and raised by serve_forever().
+    reported = []
+    gloop.set_exception_handler(lambda loop, context: reported.append(context["message"]))
+
+    async def main():
+        server = StreamServer(
+            ("127.0.0.1", 0), echo, spawn=_RefusingGroup() if how == "spawn raises" else None
+        )
+        serving = greenhub.spawn(server.serve_forever)
+        await asyncio.sleep(0)
+        if how == "spawn raises":
+            answer = await talk(server.address)  # accepted, then closed: the pool refused
+        else:
+            answer = b""
+            server._accepting.cancel()
+        done, _ = await asyncio.wait([serving], timeout=hang_timeout(5))
+        if not done:  # (a regression: end it, so that the test fails instead of hanging)
+            await server.async_stop(0)
+        try:
+            outcome = await serving
+        except RuntimeError as exc:
+            outcome = repr(exc.__cause__)
+        return bool(done), answer, outcome, server.closed
+
+    expected = "ValueError('no more')" if how == "spawn raises" else None
+    assert gloop.run_until_complete(main()) == (True, b"", expected, True)
+    assert reported == (["StreamServer: the accept loop failed; the server stops"] if expected else [])
+
+
 def test_serve_forever_from_a_plain_thread_runs_its_own_loop():
     # As in a script: no loop running, serve_forever() runs one (greenhub.run).
     def handle(sock, address):
