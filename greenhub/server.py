@@ -269,7 +269,9 @@ class StreamServer:
     async def async_serve_forever(self) -> None:
         """``serve_forever()`` for async code.  It returns once the server is closed
         (``close()``, ``stop()``), after a graceful stop (``stop_timeout``); cancelling
-        it stops the server at once: the handlers are cancelled and waited for."""
+        it stops the server at once: the handlers are cancelled and waited for.  An
+        accept loop that fails stops the server, and this raises ``RuntimeError`` from
+        its error."""
         if self._state == "new":
             self.start()
         closed = self._closed
