@@ -54,6 +54,8 @@ _logger = logging.getLogger("greenhub.server")
 # asyncio's servers do (they pause one second, ACCEPT_RETRY_DELAY).
 _ACCEPT_RETRY_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _ACCEPT_RETRY_DELAY = 1.0
+# accept() errors that mean the listening socket cannot accept at all.
+_ACCEPT_FATAL_ERRNOS = (errno.EBADF, errno.ENOTSOCK, errno.EINVAL, errno.EOPNOTSUPP)
 
 Handler = Callable[[Any, Any], object]
 
@@ -310,6 +312,12 @@ class StreamServer:
                         }
                     )
                     _sleep(_ACCEPT_RETRY_DELAY)
+                elif exc.errno in _ACCEPT_FATAL_ERRNOS or listener.fileno() < 0:
+                    # The listening socket itself is gone (closed by someone else, not
+                    # listening): every accept() would fail at once, without a wait, and
+                    # this loop would spin with the event loop starved.  The server
+                    # stops (_accept_ended) and serve_forever() raises this.
+                    raise
                 # ECONNABORTED and the like: that connection is gone; accept the next.
                 continue
             try:

@@ -427,6 +427,35 @@ def test_accept_loop_that_dies_stops_the_server(gloop, how):
     assert reported == (["StreamServer: the accept loop failed; the server stops"] if expected else [])
 
 
+def test_listening_socket_closed_under_the_server():
+    # The listening socket closed by someone else (the caller's own greenhub socket
+    # given as listener): accept() failed at once with EBADF, and the accept loop
+    # retried for ever without a wait - the loop starved, the process spun.  Now the
+    # server stops and serve_forever() raises.  (In a child: the old spin cannot be
+    # interrupted from inside.)
+    rc, out, err = run_child(
+        """
+        import errno
+        from greenhub.server import StreamServer
+
+        def main():
+            listener = greenhub.socket.create_server(("127.0.0.1", 0))
+            server = StreamServer(listener, lambda sock, address: None)
+            server.start()
+            greenhub.sleep(0)
+            listener.close()
+            try:
+                server.serve_forever()
+            except RuntimeError as exc:
+                say("raised", exc.__cause__.errno == errno.EBADF, server.closed)
+
+        greenhub.run(main)
+        """,
+        timeout=10,
+    )
+    assert (rc, out) == (0, "raised True True\n"), err
+
+
 def test_serve_forever_from_a_plain_thread_runs_its_own_loop():
     # As in a script: no loop running, serve_forever() runs one (greenhub.run).
     def handle(sock, address):
