@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextvars
+import inspect
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -117,6 +118,8 @@ def run_sync(awaitable: Awaitable[_T], context: contextvars.Context | None = Non
     if block is not None:
         left = block.when() - time.monotonic()  # type: ignore[operator]  # (a deadline)
         if left <= 0:
+            if inspect.iscoroutine(awaitable):
+                awaitable.close()  # never to run: no "never awaited" warning
             raise _timeout.expire(block)
         awaitable = _within(awaitable, left)
     try:

@@ -11,6 +11,7 @@ refusal in async code.  Deadlines are short; nothing asserts how long anything t
 
 import asyncio
 import gc
+import inspect
 import queue
 import sys
 import threading
@@ -766,6 +767,28 @@ def test_os_thread_await_without_a_loop_honours_the_deadline():
         return out
 
     assert in_thread(body) == [True, "TimeoutInterrupt", False, "done"]
+
+
+def test_os_thread_await_after_the_deadline_closes_the_coroutine(loop):
+    # The deadline passed before greenhub.await_() is called in a thread with no loop
+    # running (its own loop, or one that owns the call): TimeoutError at once, and the
+    # coroutine, which never runs, is closed (it was left to warn "never awaited").
+    def body():
+        coros = [asyncio.sleep(3600), asyncio.sleep(3600)]
+        out = []
+        for coro in coros:
+            with pytest.raises(TimeoutError):
+                with greenhub.timeout(0):
+                    greenhub.await_(coro)
+            out.append(inspect.getcoroutinestate(coro))
+        return out
+
+    async def main():
+        return await asyncio.to_thread(body)
+
+    closed = [inspect.CORO_CLOSED] * 2
+    assert in_thread(body) == closed
+    assert loop.run_until_complete(main()) == closed
 
 
 def test_await_in_a_worker_thread_of_a_running_loop_honours_the_deadline(gloop):
