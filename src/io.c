@@ -21,20 +21,22 @@
 #include "loop.h"
 
 /* asyncio's fd normalisation (selectors._fileobj_to_fd and
- * _ensure_fd_no_transport): an int, or an object whose fileno() gives one. */
+ * _ensure_fd_no_transport): an int, or an object whose fileno() gives
+ * something int() takes (a str or a float too, as there).  *fd is the
+ * number; one beyond a C int is LONG_MAX (the selector's register() fails
+ * with OverflowError, its lookups find nothing), a negative one is at most
+ * -1, and *num (a new reference) is the int itself, for messages. */
 static int
-fileobj_to_fd(PyObject *fileobj, long *fd)
+fileobj_to_fd(PyObject *fileobj, long *fd, PyObject **num)
 {
-    PyObject *num;
     if (PyLong_Check(fileobj)) {
-        num = Py_NewRef(fileobj);
+        *num = Py_NewRef(fileobj);
     }
     else {
-        num = PyObject_CallMethod(fileobj, "fileno", NULL);
-        if (num != NULL && !PyLong_Check(num)) {
-            Py_SETREF(num, PyNumber_Index(num));
-        }
-        if (num == NULL) {
+        PyObject *res = PyObject_CallMethod(fileobj, "fileno", NULL);
+        *num = res == NULL ? NULL : PyNumber_Long(res);
+        Py_XDECREF(res);
+        if (*num == NULL) {
             if (!PyErr_ExceptionMatches(PyExc_AttributeError) &&
                 !PyErr_ExceptionMatches(PyExc_TypeError) &&
                 !PyErr_ExceptionMatches(PyExc_ValueError)) {
@@ -46,23 +48,26 @@ fileobj_to_fd(PyObject *fileobj, long *fd)
         }
     }
     int overflow;
-    *fd = PyLong_AsLongAndOverflow(num, &overflow);
-    Py_DECREF(num);
+    *fd = PyLong_AsLongAndOverflow(*num, &overflow);
     if (*fd == -1 && PyErr_Occurred()) {
+        Py_CLEAR(*num);
         return -1;
     }
-    if (overflow || *fd > INT_MAX) {
-        PyErr_Format(PyExc_ValueError, "Invalid file descriptor: %R", fileobj);
-        return -1;
+    if (overflow > 0 || *fd > INT_MAX) {
+        *fd = LONG_MAX;
+    }
+    else if (overflow < 0 || *fd < 0) {
+        *fd = -1;
     }
     return 0;
 }
 
+/* ValueError for a negative fd (`num` is the number asked for). */
 static int
-check_fd(long fd)
+check_fd(PyObject *num, long fd)
 {
     if (fd < 0) {
-        PyErr_Format(PyExc_ValueError, "Invalid file descriptor: %ld", fd);
+        PyErr_Format(PyExc_ValueError, "Invalid file descriptor: %S", num);
         return -1;
     }
     return 0;
@@ -201,10 +206,12 @@ add_io(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames, in
         return NULL;
     }
     long fd;
-    if (fileobj_to_fd(args[0], &fd) < 0) {
+    PyObject *num;
+    if (fileobj_to_fd(args[0], &fd, &num) < 0) {
         return NULL;
     }
     if (self->closed) {
+        Py_DECREF(num);
         PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
         return NULL;
     }
@@ -215,7 +222,14 @@ add_io(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames, in
         long found = fd_of_fileobj(self, args[0]);
         fd = found < 0 ? fd : found;
     }
-    if (check_fd(fd) < 0) {
+    int bad = check_fd(num, fd);
+    Py_DECREF(num);
+    if (bad < 0) {
+        return NULL;
+    }
+    if (fd > INT_MAX) {
+        /* What the selector's epoll.register() raises for it. */
+        PyErr_SetString(PyExc_OverflowError, "Python int too large to convert to C int");
         return NULL;
     }
     /* The handle first: making it allocates, and a garbage collection there
@@ -322,10 +336,12 @@ remove_io_method(PyObject *op, PyObject *fileobj, int which)
 {
     gh_Loop *self = (gh_Loop *)op;
     long fd;
-    if (fileobj_to_fd(fileobj, &fd) < 0) {
+    PyObject *num;
+    if (fileobj_to_fd(fileobj, &fd, &num) < 0) {
         return NULL;
     }
     if (self->closed) {
+        Py_DECREF(num);
         Py_RETURN_FALSE;
     }
     if (fd < 0) {
@@ -333,8 +349,13 @@ remove_io_method(PyObject *op, PyObject *fileobj, int which)
         long found = fd_of_fileobj(self, fileobj);
         fd = found < 0 ? fd : found;
     }
-    if (check_fd(fd) < 0) {
+    int bad = check_fd(num, fd);
+    Py_DECREF(num);
+    if (bad < 0) {
         return NULL;
+    }
+    if (fd > INT_MAX) {
+        Py_RETURN_FALSE; /* never registered: the selector finds no key */
     }
     int rc = remove_io(self, (int)fd, which);
     return rc < 0 ? NULL : PyBool_FromLong(rc);

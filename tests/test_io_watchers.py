@@ -123,6 +123,49 @@ def test_bad_fds_raise_as_on_the_stock_loop(both_loops, bad):
     assert results[0] == results[1]
 
 
+def _outcome(fn):
+    try:
+        return ("returned", fn())
+    except Exception as exc:  # noqa: BLE001 - the exception itself is compared
+        return type(exc), str(exc)
+
+
+class _Fileno:
+    def __init__(self, value):
+        self.value = value
+
+    def fileno(self):
+        return self.value
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda fd: _Fileno(str(fd)),  # asyncio takes what int() takes
+        lambda fd: _Fileno(fd + 0.25),
+        lambda fd: _Fileno(2**40),  # OverflowError from the selector; remove: False
+        lambda fd: _Fileno(2**31),
+        lambda fd: _Fileno(-(2**70)),
+        lambda fd: 2**70,
+    ],
+    ids=["str", "float", "2**40", "2**31", "-2**70", "int-2**70"],
+)
+def test_fileno_values_int_takes_or_a_c_int_cannot_hold(both_loops, pair, make):
+    results = []
+    for loop in both_loops.values():
+        obj = make(pair[0].fileno())
+        results.append(
+            [
+                _outcome(functools.partial(loop.add_reader, obj, print)),
+                _outcome(functools.partial(loop.add_writer, obj, print)),
+                _outcome(functools.partial(loop.remove_reader, obj)),
+                _outcome(functools.partial(loop.remove_writer, obj)),
+                _outcome(functools.partial(loop.remove_reader, obj)),
+            ]
+        )
+    assert results[0] == results[1]
+
+
 def test_closed_fd_raises_oserror(both_loops):
     kinds = []
     for loop in both_loops.values():
