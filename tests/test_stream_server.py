@@ -208,8 +208,8 @@ def test_stop_with_a_bad_timeout_raises_before_stopping_anything(gloop, bad, err
     assert in_vthread(gloop, main) == (b"STILL SERVING\n", True)  # echo upper-cases
 
 
-def test_serve_forever_with_a_bad_stop_timeout_still_stops_its_handlers(gloop):
-    cancelled = []
+def _waits_until_cancelled(cancelled):
+    """A handler that waits for ever, and records its cancellation in `cancelled`."""
 
     def handle(sock, address):
         try:
@@ -217,6 +217,13 @@ def test_serve_forever_with_a_bad_stop_timeout_still_stops_its_handlers(gloop):
         except asyncio.CancelledError:
             cancelled.append(True)
             raise
+
+    return handle
+
+
+def test_serve_forever_with_a_bad_stop_timeout_still_stops_its_handlers(gloop):
+    cancelled = []
+    handle = _waits_until_cancelled(cancelled)
 
     def main():
         server = StreamServer(("127.0.0.1", 0), handle)
@@ -265,23 +272,27 @@ def test_serve_forever_in_a_vthread_returns_after_close_or_stop(gloop):
     assert in_vthread(gloop, main) == (b"closing\n", True)
 
 
+async def _serving_one_connection(handle, stop_timeout=None):
+    """A server run by serve_forever() in a virtual thread, with one client connected
+    and its handler running: (server, serving task, reader, writer)."""
+    server = StreamServer(("127.0.0.1", 0), handle)
+    if stop_timeout is not None:
+        server.stop_timeout = stop_timeout
+    serving = greenhub.spawn(server.serve_forever)
+    await asyncio.sleep(0)
+    reader, writer = await asyncio.open_connection(*server.address)
+    while not server._handlers:
+        await asyncio.sleep(0.001)
+    return server, serving, reader, writer
+
+
 def test_cancelling_serve_forever_stops_the_server(gloop):
     cancelled = []
 
-    def handle(sock, address):
-        try:
-            greenhub.Event().wait()
-        except asyncio.CancelledError:
-            cancelled.append(True)
-            raise
-
     async def main():
-        server = StreamServer(("127.0.0.1", 0), handle)
-        serving = greenhub.spawn(server.serve_forever)
-        await asyncio.sleep(0)
-        reader, writer = await asyncio.open_connection(*server.address)
-        while not server._handlers:
-            await asyncio.sleep(0.001)
+        server, serving, reader, writer = await _serving_one_connection(
+            _waits_until_cancelled(cancelled)
+        )
         serving.cancel()
         with pytest.raises(asyncio.CancelledError):
             await serving
@@ -302,21 +313,10 @@ def test_cancelling_a_graceful_stop_stops_the_server_at_once(gloop, how):
     # handlers running on, and every later stop returned at once without them.)
     cancelled = []
 
-    def handle(sock, address):
-        try:
-            greenhub.Event().wait()
-        except asyncio.CancelledError:
-            cancelled.append(True)
-            raise
-
     async def main():
-        server = StreamServer(("127.0.0.1", 0), handle)
-        server.stop_timeout = 3600
-        serving = greenhub.spawn(server.serve_forever)
-        await asyncio.sleep(0)
-        reader, writer = await asyncio.open_connection(*server.address)
-        while not server._handlers:
-            await asyncio.sleep(0.001)
+        server, serving, reader, writer = await _serving_one_connection(
+            _waits_until_cancelled(cancelled), stop_timeout=3600
+        )
         if how == "async_stop":
             stopping = asyncio.ensure_future(server.async_stop(3600))
         else:
@@ -424,7 +424,9 @@ def test_accept_loop_that_dies_stops_the_server(gloop, how):
 
     expected = "ValueError('no more')" if how == "spawn raises" else None
     assert gloop.run_until_complete(main()) == (True, b"", expected, True)
-    assert reported == (["StreamServer: the accept loop failed; the server stops"] if expected else [])
+    assert reported == (
+        ["StreamServer: the accept loop failed; the server stops"] if expected else []
+    )
 
 
 def test_listening_socket_closed_under_the_server():
