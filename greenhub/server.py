@@ -60,6 +60,18 @@ _ACCEPT_FATAL_ERRNOS = (errno.EBADF, errno.ENOTSOCK, errno.EINVAL, errno.EOPNOTS
 Handler = Callable[[Any, Any], object]
 
 
+def _wait_on(loop: asyncio.AbstractEventLoop, coro: Any) -> None:
+    """Run `coro` on `loop`, which runs in another OS thread, and wait for it here (a
+    virtual thread of this thread's loop, or a plain thread).  Not on this thread's own
+    loop, which await_() would pick: a server's tasks and futures are its loop's, and
+    that loop must be woken up."""
+    done = asyncio.run_coroutine_threadsafe(coro, loop)
+    if _in_vthread():
+        _await(asyncio.wrap_future(done))
+    else:
+        done.result()
+
+
 def _is_listening(sock: _stdsocket.socket) -> bool:
     try:
         return bool(sock.getsockopt(_stdsocket.SOL_SOCKET, _stdsocket.SO_ACCEPTCONN))
@@ -255,15 +267,21 @@ class StreamServer:
         In a virtual thread only that virtual thread waits.  Called where no loop runs
         (a plain script), it runs one, as ``greenhub.run(server.serve_forever)``:
         Ctrl-C then stops the server (handlers cancelled) and raises
-        KeyboardInterrupt.  In async code use ``await server.async_serve_forever()``."""
-        if _in_vthread():
-            _await(self.async_serve_forever())
-            return
-        if _get_running_loop() is not None:
+        KeyboardInterrupt.  In async code use ``await server.async_serve_forever()``.
+        For a server started on a loop that runs in another OS thread, the wait runs on
+        that loop and this thread (or virtual thread) waits for it."""
+        if not _in_vthread() and _get_running_loop() is not None:
             raise RuntimeError(
                 "serve_forever() blocks: call it from a virtual thread, from a script with "
                 "no event loop running, or in async code use 'await server.async_serve_forever()'"
             )
+        loop = self._loop_elsewhere()
+        if loop is not None:
+            _wait_on(loop, self.async_serve_forever())
+            return
+        if _in_vthread():
+            _await(self.async_serve_forever())
+            return
         from . import run
 
         run(self.serve_forever)
@@ -422,13 +440,7 @@ class StreamServer:
             return
         loop = self._loop_elsewhere()
         if loop is not None:
-            # Not on this thread's own loop (which await_() would pick): the server's
-            # tasks and futures are its loop's, and it must be woken up.
-            done = asyncio.run_coroutine_threadsafe(self.async_stop(timeout), loop)
-            if _in_vthread():
-                _await(asyncio.wrap_future(done))
-            else:
-                done.result()
+            _wait_on(loop, self.async_stop(timeout))
             return
         _await(self.async_stop(timeout))
 

@@ -352,25 +352,14 @@ def test_stop_or_close_from_another_os_thread(gloop, how):
     cancelled = []
     done = threading.Event()
 
-    def handle(sock, address):
-        try:
-            greenhub.Event().wait()
-        except asyncio.CancelledError:
-            cancelled.append(True)
-            raise
-
     def other(server):
         server.stop(0) if how == "stop" else server.close()
         done.set()
 
     async def main():
-        server = StreamServer(("127.0.0.1", 0), handle)
-        server.stop_timeout = 0
-        serving = greenhub.spawn(server.serve_forever)
-        await asyncio.sleep(0)
-        reader, writer = await asyncio.open_connection(*server.address)
-        while not server._handlers:
-            await asyncio.sleep(0.001)
+        server, serving, reader, writer = await _serving_one_connection(
+            _waits_until_cancelled(cancelled), stop_timeout=0
+        )
         threading.Thread(target=other, args=(server,), daemon=True).start()
         stopped, _ = await asyncio.wait([serving], timeout=hang_timeout(5))
         if not stopped:  # (a regression: unstick the server so that the test ends)
@@ -387,6 +376,43 @@ def test_stop_or_close_from_another_os_thread(gloop, how):
 
     assert gloop.run_until_complete(main()) == (True, b"", True, True)
     assert cancelled == [True]
+
+
+def test_serve_forever_from_another_os_thread_waits_on_the_servers_loop(gloop):
+    # serve_forever() in a plain thread for a server started on a loop that runs in
+    # another thread: it waits until that loop stops the server (it raised a
+    # RuntimeError about a task of another loop).
+    outcome = []
+
+    def other(server):
+        try:
+            server.serve_forever()
+            outcome.append("returned")
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion
+            outcome.append(repr(exc))
+
+    async def main():
+        server = StreamServer(("127.0.0.1", 0), lambda sock, address: None)
+        server.start()
+        waiter = threading.Thread(target=other, args=(server,), daemon=True)
+        waiter.start()
+        while not outcome and not _waiting_on(server):
+            await asyncio.sleep(0.001)
+        state_while_waiting = (list(outcome), waiter.is_alive())
+        await server.async_stop(0)
+        await asyncio.to_thread(waiter.join, hang_timeout(5))
+        return state_while_waiting, outcome, waiter.is_alive()
+
+    assert gloop.run_until_complete(main()) == (([], True), ["returned"], False)
+
+
+def _waiting_on(server):
+    """Whether a serve_forever() from another thread waits on the server's loop: a task
+    of that loop other than the accept loop awaits the server's close."""
+    return any(
+        task is not server._accepting and "async_serve_forever" in repr(task.get_coro())
+        for task in asyncio.all_tasks()
+    )
 
 
 class _RefusingGroup(greenhub.Group):
