@@ -79,6 +79,9 @@ def _is_listening(sock: _stdsocket.socket) -> bool:
         return False
 
 
+_INF = float("inf")
+
+
 def _grace(timeout: Any) -> float:
     """A stop's grace period in seconds, checked before the server is touched: a real
     number (bool is refused); NaN is a ValueError; a negative one means none."""
@@ -138,6 +141,8 @@ class StreamServer:
         self._closed: asyncio.Future[None] | None = None  # set by close()
         self._finished: asyncio.Future[None] | None = None  # set once stopped
         self._shutting_down = False
+        self._grace_ends = _INF  # loop time a stop's grace period ends (the earliest asked)
+        self._grace_period: asyncio.Timeout | None = None  # a graceful stop's, while it lasts
         self._accept_error: Exception | None = None  # what ended the accept loop, if not close()
         self._handlers: set[asyncio.Task[None]] = set()  # this server's, in the pool
         self._state = "new"  # -> "started" -> "stopping" -> "stopped"
@@ -426,9 +431,11 @@ class StreamServer:
     def stop(self, timeout: float | None = None) -> None:
         """Stop accepting, wait up to `timeout` seconds (default: ``stop_timeout``)
         for the running handlers to finish, then cancel those left and wait for them.
-        In async code: ``await server.async_stop(timeout)``.  From another OS thread
-        than the one the server's loop runs in, the stop runs on that loop and this
-        thread (or virtual thread) waits for it."""
+        In async code: ``await server.async_stop(timeout)``.  A stop made while another
+        is under way waits for that one, whose grace period it can only shorten
+        (``stop(0)`` cancels the handlers at once).  From another OS thread than the
+        one the server's loop runs in, the stop runs on that loop and this thread (or
+        virtual thread) waits for it."""
         if not _in_vthread() and _get_running_loop() is not None:
             raise RuntimeError(
                 "stop() blocks: call it from a virtual thread, or in async code use "
@@ -455,16 +462,32 @@ class StreamServer:
         if finished is None:
             return  # never started
         if self._shutting_down:
+            # A stop is under way: this one waits for it, and may only shorten its grace
+            # period (stop(0) during a stop(10) stops at once, as gevent's would).
+            when = asyncio.get_running_loop().time() + grace
+            if when < self._grace_ends:
+                self._grace_ends = when
+                if self._grace_period is not None:
+                    self._grace_period.reschedule(when)
             await asyncio.shield(finished)
             return
         self._shutting_down = True
+        self._grace_ends = asyncio.get_running_loop().time() + grace
         accepting = self._accepting
         try:
             try:
                 if accepting is not None and not accepting.done():
                     await asyncio.wait((accepting,))
-                if self._handlers and grace > 0:
-                    await asyncio.wait(set(self._handlers), timeout=grace)
+                ends = self._grace_ends
+                if self._handlers and ends > asyncio.get_running_loop().time():
+                    try:
+                        async with asyncio.timeout_at(None if ends == _INF else ends) as period:
+                            self._grace_period = period
+                            await asyncio.wait(set(self._handlers))
+                    except TimeoutError:
+                        pass  # the grace period is over: what is left is cancelled below
+                    finally:
+                        self._grace_period = None
             finally:
                 # Also when the graceful part is cancelled (serve_forever() or a stop
                 # cancelled during its grace period): that makes it a stop at once,

@@ -342,6 +342,32 @@ def test_cancelling_a_graceful_stop_stops_the_server_at_once(gloop, how):
     assert cancelled == [True]
 
 
+@pytest.mark.parametrize("first_grace", [3600, float("inf")])
+def test_a_later_stop_with_a_shorter_grace_ends_the_grace_period(gloop, first_grace):
+    # stop(0) while a stop(3600) waits out its grace period stops at once (it waited
+    # for the first stop's full grace period); both return once the handlers are gone.
+    cancelled = []
+
+    async def main():
+        server, serving, reader, writer = await _serving_one_connection(
+            _waits_until_cancelled(cancelled)
+        )
+        first = asyncio.ensure_future(server.async_stop(first_grace))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        graceful = (first.done(), list(cancelled))
+        await asyncio.wait_for(server.async_stop(0), hang_timeout(10))
+        await asyncio.wait_for(first, hang_timeout(10))
+        await serving
+        eof = await reader.read()
+        writer.close()
+        await writer.wait_closed()
+        return graceful, eof, server.closed
+
+    assert gloop.run_until_complete(main()) == ((False, []), b"", True)
+    assert cancelled == [True]
+
+
 @pytest.mark.parametrize("how", ["stop", "close"])
 def test_stop_or_close_from_another_os_thread(gloop, how):
     # A plain thread (no loop running there) stops the server its loop runs.  stop()
