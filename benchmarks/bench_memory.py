@@ -116,6 +116,11 @@ def _held(n):
     import gc
 
     held = {}
+    if TRACE:  # first: the scan below allocates a list of its own
+        import tracemalloc
+
+        held["traced"] = tracemalloc.get_traced_memory()[0] / n
+        tracemalloc.stop()
     try:
         import greenlet
     except ImportError:
@@ -131,11 +136,6 @@ def _held(n):
         ]
         held["greenlets"] = len(saved)
         held["stack_saved"] = sum(saved) / n
-    if TRACE:
-        import tracemalloc
-
-        held["traced"] = tracemalloc.get_traced_memory()[0] / n
-        tracemalloc.stop()
     return held
 
 

@@ -66,10 +66,14 @@ def _wait_on(loop: asyncio.AbstractEventLoop, coro: Any) -> None:
     loop, which await_() would pick: a server's tasks and futures are its loop's, and
     that loop must be woken up."""
     done = asyncio.run_coroutine_threadsafe(coro, loop)
-    if _in_vthread():
-        _await(asyncio.wrap_future(done))
-    else:
-        done.result()
+    try:
+        if _in_vthread():
+            _await(asyncio.wrap_future(done))
+        else:
+            done.result()
+    except BaseException:
+        done.cancel()  # Ctrl-C, a cancelled virtual thread: the call is withdrawn there too
+        raise
 
 
 def _is_listening(sock: _stdsocket.socket) -> bool:
@@ -141,8 +145,9 @@ class StreamServer:
         self._closed: asyncio.Future[None] | None = None  # set by close()
         self._finished: asyncio.Future[None] | None = None  # set once stopped
         self._shutting_down = False
+        self._thread = 0  # the thread that started it
         self._grace_ends = _INF  # loop time a stop's grace period ends (the earliest asked)
-        self._grace_period: asyncio.Timeout | None = None  # a graceful stop's, while it lasts
+        self._hurry: asyncio.Future[None] | None = None  # set: _grace_ends came forward
         self._accept_error: Exception | None = None  # what ended the accept loop, if not close()
         self._handlers: set[asyncio.Task[None]] = set()  # this server's, in the pool
         self._state = "new"  # -> "started" -> "stopping" -> "stopped"
@@ -259,6 +264,7 @@ class StreamServer:
                 "StreamServer needs a running greenhub loop: start the program with greenhub.run()"
             )
         self.socket = self._listen()
+        self._thread = threading.get_ident()  # whose greenlets its virtual threads are
         self._bound = self.socket.getsockname()
         self._closed = loop.create_future()
         self._finished = loop.create_future()
@@ -280,9 +286,8 @@ class StreamServer:
                 "serve_forever() blocks: call it from a virtual thread, from a script with "
                 "no event loop running, or in async code use 'await server.async_serve_forever()'"
             )
-        loop = self._loop_elsewhere()
-        if loop is not None:
-            _wait_on(loop, self.async_serve_forever())
+        if self._closed is not None:  # started: wait where it was started
+            self._wait_for(self.async_serve_forever, "serve_forever()")
             return
         if _in_vthread():
             _await(self.async_serve_forever())
@@ -356,11 +361,10 @@ class StreamServer:
         # cancel() of its task) used to leave the server "started" with nothing
         # accepting and serve_forever() waiting for ever: stop it instead; an error
         # is reported and raised by serve_forever().
-        if self._state != "started":
-            return
-        error = None if task.cancelled() else task.exception()
+        error = None if task.cancelled() else task.exception()  # retrieved, whatever follows
         if isinstance(error, Exception):
-            self._accept_error = error
+            if self._state == "started":
+                self._accept_error = error  # serve_forever() raises it
             task.get_loop().call_exception_handler(
                 {
                     "message": "StreamServer: the accept loop failed; the server stops",
@@ -368,7 +372,8 @@ class StreamServer:
                     "server": self,
                 }
             )
-        self.close()
+        if self._state == "started":
+            self.close()
 
     def _serve_one(self, conn: _gsocket.socket, address: Any) -> None:
         sock: Any = conn
@@ -416,8 +421,11 @@ class StreamServer:
         if loop is not None:
             # The server's task, futures and socket belong to its loop's thread: done
             # from here they raced it (the loop was not even woken up).
-            loop.call_soon_threadsafe(self.close)
-            return
+            try:
+                loop.call_soon_threadsafe(self.close)
+                return
+            except RuntimeError:
+                pass  # that loop closed meanwhile: nothing runs there any more
         if self._state in ("new", "started"):
             self._state = "stopping" if self._closed is not None else "stopped"
         if self._accepting is not None:
@@ -445,11 +453,50 @@ class StreamServer:
         if self._closed is None:
             self.close()
             return
-        loop = self._loop_elsewhere()
-        if loop is not None:
-            _wait_on(loop, self.async_stop(timeout))
+        if self._closed.get_loop().is_closed():
+            self.close()  # its handlers went with the loop's close()
             return
-        _await(self.async_stop(timeout))
+        self._wait_for(lambda: self.async_stop(timeout), "stop()")
+
+    def _wait_for(self, make: Callable[[], Any], what: str) -> None:
+        """Run the coroutine make() on the started server's loop and wait for it here:
+        in this virtual thread if that loop runs it; from another OS thread through
+        run_coroutine_threadsafe(); if that loop is not running, by running it here
+        (a plain script or test harness between two run_until_complete() calls)."""
+        loop = self._closed.get_loop() if self._closed is not None else None
+        assert loop is not None
+        if loop.is_running():
+            if getattr(loop, "_thread_id", None) != threading.get_ident():
+                _wait_on(loop, make())
+            else:
+                _await(make())  # a virtual thread of the server's loop
+            return
+        if loop.is_closed():
+            raise RuntimeError(f"{what}: the server's event loop is closed")
+        if threading.get_ident() != self._thread:
+            # Its virtual threads (the accept loop, the handlers) are greenlets of the
+            # thread that started it: only that thread can run them.
+            raise RuntimeError(
+                f"{what} needs the server's event loop running, and it is not: its virtual "
+                "threads belong to the thread that started the server; call it there, or "
+                "while the loop runs"
+            )
+        if _in_vthread():
+            raise RuntimeError(
+                f"{what} needs the server's event loop running, and this thread runs "
+                "another one: call it where the server's loop runs, or from a thread with "
+                "no loop running"
+            )
+        task = loop.create_task(make())
+        try:
+            loop.run_until_complete(task)
+        except BaseException:
+            # Ctrl-C: as under greenhub.run(), the call is cancelled (a cancelled
+            # serve_forever() or stop() stops the server at once) before this raises.
+            if not task.done():
+                task.cancel()
+                loop.run_until_complete(asyncio.wait((task,)))
+            raise
 
     async def async_stop(self, timeout: float | None = None) -> None:
         """``stop()`` for async code."""
@@ -467,27 +514,21 @@ class StreamServer:
             when = asyncio.get_running_loop().time() + grace
             if when < self._grace_ends:
                 self._grace_ends = when
-                if self._grace_period is not None:
-                    self._grace_period.reschedule(when)
+                hurry = self._hurry
+                if hurry is not None and not hurry.done():
+                    hurry.set_result(None)
             await asyncio.shield(finished)
             return
         self._shutting_down = True
-        self._grace_ends = asyncio.get_running_loop().time() + grace
+        loop = asyncio.get_running_loop()
+        self._grace_ends = loop.time() + grace
         accepting = self._accepting
         try:
             try:
                 if accepting is not None and not accepting.done():
                     await asyncio.wait((accepting,))
-                ends = self._grace_ends
-                if self._handlers and ends > asyncio.get_running_loop().time():
-                    try:
-                        async with asyncio.timeout_at(None if ends == _INF else ends) as period:
-                            self._grace_period = period
-                            await asyncio.wait(set(self._handlers))
-                    except TimeoutError:
-                        pass  # the grace period is over: what is left is cancelled below
-                    finally:
-                        self._grace_period = None
+                if self._handlers:
+                    await self._grace_period(loop)
             finally:
                 # Also when the graceful part is cancelled (serve_forever() or a stop
                 # cancelled during its grace period): that makes it a stop at once,
@@ -503,6 +544,27 @@ class StreamServer:
             self._state = "stopped"
             if not finished.done():
                 finished.set_result(None)
+
+    async def _grace_period(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Wait for the handlers until self._grace_ends, which a later stop may bring
+        forward (it wakes this up through self._hurry).  Waits with a timeout, never by
+        cancelling the current task, which may be the caller's own (stop() runs this in
+        its virtual thread) and may hold cancellations back (defer_cancellation())."""
+        handlers = asyncio.ensure_future(asyncio.wait(set(self._handlers)))
+        try:
+            while not handlers.done():
+                left = self._grace_ends - loop.time()
+                if left <= 0:
+                    return
+                self._hurry = hurry = loop.create_future()
+                await asyncio.wait(
+                    (handlers, hurry),
+                    timeout=None if left == _INF else left,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+        finally:
+            self._hurry = None
+            handlers.cancel()
 
     # -- with ------------------------------------------------------------------------
 

@@ -31,9 +31,9 @@
  * still recognises its own.  Unless the request was withdrawn meanwhile: a
  * timeout inside the block (greenhub.timeout(), asyncio.timeout() under
  * await_()) that expires cancels the task, and the end of its own block
- * uncancels it again.  So the task's cancelling() is read when the first
- * CancelledError is kept (the request is counted by then) and again at the
- * end: lower means the request is gone, and nothing is re-armed.  A cancel()
+ * uncancels it again.  So the task's cancelling() is read as the outermost
+ * block begins, when the first CancelledError is kept, and at the end (see
+ * withdrawn()): nothing is re-armed when every request was taken back.  A cancel()
  * of a running task is delivered at its next suspension, exactly as on the
  * stock loop: the next wait outside a block, the next `await`, or the end of
  * the coroutine (the task then ends cancelled).
@@ -74,6 +74,23 @@ task_cancel_requests(gh_state *st, gh_GreenCoro *w)
         n = -1;
     }
     return n;
+}
+
+/* At the end of the outermost block: whether every cancel request behind the
+ * kept CancelledError was withdrawn meanwhile.  One CancelledError can stand
+ * for several requests (a block's timeout expiring and a real cancel() before
+ * the task takes it), so the count is compared twice: a request is still
+ * pending if there are more than when the outermost block began, or at least
+ * as many as when the error was kept (one made before the block, delivered at
+ * its first wait).  Unreadable counts: not withdrawn. */
+static int
+withdrawn(gh_state *st, gh_GreenCoro *w)
+{
+    Py_ssize_t now = task_cancel_requests(st, w);
+    if (now < 0 || w->entry_requests < 0 || w->kept_requests < 0) {
+        return 0;
+    }
+    return now <= w->entry_requests && now < w->kept_requests;
 }
 
 /* Keeps `exc` (stolen) as the block's pending cancellation. */
@@ -174,6 +191,9 @@ gh_defer_enter(PyObject *module, PyObject *Py_UNUSED(ignored))
         PyErr_SetString(PyExc_RecursionError, "too many nested defer_cancellation() blocks");
         return NULL;
     }
+    if (w->defer_cancel == 0) {
+        w->entry_requests = task_cancel_requests(st, w);
+    }
     w->defer_cancel++;
     return Py_NewRef((PyObject *)w);
 }
@@ -200,13 +220,9 @@ gh_defer_exit(PyObject *module, PyObject *token)
     if (w->defer_cancel == 0 && w->deferred_cancel != NULL) {
         PyObject *exc = w->deferred_cancel; /* ownership moves to the caller */
         w->deferred_cancel = NULL;
-        Py_ssize_t kept = w->kept_requests;
-        if (kept >= 0) {
-            Py_ssize_t now = task_cancel_requests(st, w);
-            if (now >= 0 && now < kept) { /* withdrawn (uncancel()ed) meanwhile */
-                Py_DECREF(exc);
-                Py_RETURN_NONE;
-            }
+        if (withdrawn(st, w)) {
+            Py_DECREF(exc);
+            Py_RETURN_NONE;
         }
         return exc;
     }

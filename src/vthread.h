@@ -48,6 +48,7 @@ typedef struct gh_GreenCoro {
                                   block held back (defer.c) */
     Py_ssize_t kept_requests;  /* the task's cancelling() when deferred_cancel was kept,
                                   -1 if it could not be read (defer.c) */
+    Py_ssize_t entry_requests; /* the same as the outermost defer_cancellation() began */
     struct gh_GreenCoro *prev_step; /* borrowed: the loop's current step before this one */
     struct gh_GreenCoro *park_prev; /* borrowed: links in the loop's list of parked coros */
     struct gh_GreenCoro *park_next;

@@ -368,6 +368,104 @@ def test_a_later_stop_with_a_shorter_grace_ends_the_grace_period(gloop, first_gr
     assert cancelled == [True]
 
 
+def test_stop_with_a_grace_period_inside_defer_cancellation(gloop):
+    # The grace period ends by a timeout, not by cancelling the stopping task: inside
+    # a defer_cancellation() block (a natural place for cleanup) that cancellation
+    # would be held back and the stop would wait for ever on a handler that never ends.
+    cancelled = []
+
+    def body(server):
+        with greenhub.defer_cancellation():
+            server.stop(0.01)
+        return len(server._handlers), server.closed
+
+    async def main():
+        server, serving, reader, writer = await _serving_one_connection(
+            _waits_until_cancelled(cancelled)
+        )
+        stopping = greenhub.spawn(body, server)
+        done, _ = await asyncio.wait([stopping], timeout=hang_timeout(5))
+        if not done:  # (a regression: unstick it so that the test ends)
+            for task in list(server._handlers):
+                task.cancel()
+            await asyncio.wait([stopping], timeout=hang_timeout(5))
+        await serving
+        writer.close()
+        await writer.wait_closed()
+        return bool(done), stopping.result()
+
+    assert gloop.run_until_complete(main()) == (True, (0, True))
+    assert cancelled == [True]
+
+
+@pytest.mark.parametrize("where", ["this thread", "another thread"])
+def test_stop_and_serve_forever_run_an_idle_servers_loop(gloop, where):
+    # A harness starts the server in one run_until_complete() and stops it between
+    # two: stop() (and serve_forever()) run the server's idle loop to do so.  They
+    # waited on a fresh loop of their own with the idle loop's futures, for ever.
+    # Another thread cannot run it (the server's virtual threads are greenlets of the
+    # thread that started it): there both raise RuntimeError, and this thread stops it.
+    cancelled = []
+
+    async def start():
+        server, serving, reader, writer = await _serving_one_connection(
+            _waits_until_cancelled(cancelled), stop_timeout=0
+        )
+        return server, serving, reader, writer
+
+    server, serving, reader, writer = gloop.run_until_complete(start())
+    outcome = []
+
+    def stop_then_serve():
+        server.stop()
+        outcome.append(server.closed)
+        server.serve_forever()  # stopped: returns at once
+        outcome.append("serve_forever returned")
+
+    def refused():
+        for call in (server.stop, server.serve_forever):
+            try:
+                call()
+            except RuntimeError as exc:
+                outcome.append("needs the server's event loop running" in str(exc))
+
+    if where == "another thread":
+        other = threading.Thread(target=refused, daemon=True)
+        other.start()
+        other.join(hang_timeout(10))
+        assert not other.is_alive()
+    stop_then_serve()
+
+    async def finish():
+        await serving
+        eof = await reader.read()
+        writer.close()
+        await writer.wait_closed()
+        return eof
+
+    assert gloop.run_until_complete(finish()) == b""
+    refusals = [True, True] if where == "another thread" else []
+    assert outcome == [*refusals, True, "serve_forever returned"]
+    assert cancelled == [True]
+
+
+def test_stop_in_a_virtual_thread_of_another_loop_while_the_servers_is_idle(gloop):
+    server, *_ = gloop.run_until_complete(
+        _serving_one_connection(_waits_until_cancelled([]), stop_timeout=0)
+    )
+
+    async def stop_there():
+        await greenhub.spawn(server.stop)
+
+    other = greenhub.new_event_loop()
+    try:
+        with pytest.raises(RuntimeError, match="needs the server's event loop running"):
+            other.run_until_complete(stop_there())
+    finally:
+        other.close()
+    gloop.run_until_complete(server.async_stop(0))
+
+
 @pytest.mark.parametrize("how", ["stop", "close"])
 def test_stop_or_close_from_another_os_thread(gloop, how):
     # A plain thread (no loop running there) stops the server its loop runs.  stop()
