@@ -57,8 +57,13 @@ def sync_lookup(n):
 
 def make_asgi_app(started):
     async def reply(send, body, status=200):
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"text/plain")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"text/plain")],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     async def app(scope, receive, send):
@@ -110,15 +115,26 @@ class UvicornThread:
         self.started = threading.Event()
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
+        # Listening from the start: uvicorn reports the app's lifespan startup (what
+        # __enter__ waits for) before it listens on the socket itself, and a client
+        # connecting in between was refused (seen in CI on 3.14 and 3.15, on a loaded
+        # machine).  Connections made early wait in the backlog instead.
+        self.sock.listen(128)
         self.port = self.sock.getsockname()[1]
-        config = uvicorn.Config(make_asgi_app(self.started), loop=loop_setting,
-                                lifespan="on", log_level="warning")
+        config = uvicorn.Config(
+            make_asgi_app(self.started), loop=loop_setting, lifespan="on", log_level="warning"
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]})
 
     def __enter__(self):
         self.thread.start()
-        assert self.started.wait(support.hang_timeout(30)), "uvicorn did not start"
+        bound = support.hang_timeout(30)
+        assert self.started.wait(bound), "uvicorn did not start"
+        deadline = time.monotonic() + bound
+        while not self.server.started and time.monotonic() < deadline:  # serving too
+            time.sleep(0.005)
+        assert self.server.started, "uvicorn did not start serving"
         return self
 
     def __exit__(self, *exc):
@@ -214,8 +230,9 @@ def test_uvicorn_command_line_loop_option(tmp_path, loop_option):
     uds = str(tmp_path / "uvicorn.sock")
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = [sys.executable, "-m", "uvicorn", "--loop", loop_option, "--uds", uds, "app:app"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
         deadline = time.monotonic() + support.hang_timeout(30)
         while not os.path.exists(uds) and proc.poll() is None and time.monotonic() < deadline:
